@@ -1,0 +1,31 @@
+"""Errors that the toolkit raises for bad input.
+
+Every message is one line that names the offending file or value and says what would be valid, e.g.
+``mask 00000.png is 640x360 but the video is 854x480``. The command-line tools print ``error: <message>`` and
+exit with status 2 on any :class:`SiamMAEError`, without a traceback.
+"""
+
+
+class SiamMAEError(Exception):
+    """Base class of the errors a user can act on (bad input, missing optional extra)."""
+
+
+class InputError(SiamMAEError, ValueError):
+    """A file or value given by the user is missing, unreadable or malformed."""
+
+
+class CheckpointError(InputError):
+    """A checkpoint or weight file cannot be loaded."""
+
+
+class VideoError(InputError):
+    """A video or frame folder cannot be read (missing, corrupt, empty)."""
+
+
+class MissingExtraError(SiamMAEError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+    def __init__(self, package: str, extra: str, purpose: str):
+        super().__init__(f"{purpose} needs {package}: pip install 'siammae[{extra}]'")
+        self.package = package
+        self.extra = extra
