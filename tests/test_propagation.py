@@ -166,7 +166,9 @@ def test_siammae_preset_equals_dense_crw(backend):
     first = F.one_hot(_ids(h, w, seed=2), 3).permute(2, 0, 1).float()
     consts = dict(topk=4, temperature=0.7, n_last=3, radius=2.5)
     dense = crw_dense(feats, first, **consts)
-    out = list(propagate_labels(feats, first, "siammae-davis", chunk_size=5, backend=backend, **consts))  # 5+1
+    out = list(
+        propagate_labels(feats, first, "siammae-davis", chunk_size=5, backend=backend, **consts)
+    )  # 5+1
     for ours, ref in zip(out, dense, strict=True):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
@@ -259,7 +261,7 @@ def test_objects_that_appear_later(backend):
             torch.testing.assert_close(ref, dense_labels[t - 1].T.reshape(-1, h, w), atol=1e-5, rtol=0)
             assert torch.all(ref[:, given[t - 1] > 0].max(0).values == 1)  # one-hot where the mask is given
     assert prop.num_classes == 5
-    assert len(prop.state.ref_feats) == 3 and [len(prop.state.queue)] == [3]  # n + 1
+    assert prop.state.n_ref == 3 and prop.state.n_queue == 3  # references 0, 3, 5; queue 2, 4, 6 (n + 1)
     for ours, ref in zip(out, dense, strict=True):
         torch.testing.assert_close(ours[: ref.shape[0]], ref, atol=1e-5, rtol=0)
         assert torch.all(ours[ref.shape[0] :] == 0)  # returned before the class existed
@@ -270,22 +272,25 @@ def test_memory_does_not_grow_with_the_video():
     g = torch.Generator().manual_seed(7)
     prop = Propagator(get_preset("dino", n_last=3, radius=1), backend="torch")
     prop.reset(torch.randn(h, w, D, generator=g), _ids(h, w))
+    banks = set()
     for i in range(12):
         prop.step(torch.randn(2, h, w, D, generator=g))
-        assert len(prop.state.queue) == min(2 * i + 2, 4) and len(prop.state.ref_feats) == 1  # n + 1 at most
-        for feat, lab in prop.state.queue:  # each entry keeps only its own chunk alive, not the whole bank
-            assert lab.untyped_storage().nbytes() == 2 * h * w * 3 * 4
-            assert feat.untyped_storage().nbytes() == 2 * h * w * D * 4
+        assert prop.state.n_queue == min(2 * i + 2, 4) and prop.state.n_ref == 1  # n + 1 at most
+        assert prop.state.feats.shape == (1 + 4 + 2, h * w, D)  # references, n + 1 queued, the chunk
+        banks.add(prop.state.feats.data_ptr())
+    assert len(banks) == 1  # allocated once: a step neither grows nor reallocates the bank
 
 
 def test_prefill_puts_n_copies_of_frame_0_in_the_queue():
     feat = torch.randn(3, 4, 8)
     prop = Propagator("siammae-davis", backend="torch")
     prop.reset(feat, _ids(3, 4))
-    assert len(prop.state.queue) == 20 and all(f is prop.state.ref_feats[0] for f, _ in prop.state.queue)
+    assert prop.state.n_queue == 20 and torch.equal(
+        prop.state.feats[1:21], prop.state.feats[:1].expand(20, -1, -1)
+    )
     prop = Propagator("dino", backend="torch")
     prop.reset(feat, _ids(3, 4))
-    assert len(prop.state.queue) == 0
+    assert prop.state.n_queue == 0
 
 
 def test_misuse_is_reported():

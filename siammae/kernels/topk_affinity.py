@@ -58,11 +58,34 @@ def neighbourhood_reach(radius: float | None, neighbourhood: str) -> tuple[int, 
     return 2, (math.isqrt(d2_max) if d2_max >= 0 else -1), d2_max
 
 
-def _inside(dy: torch.Tensor, dx: torch.Tensor, shape: int, reach: int, d2_max: int) -> torch.Tensor:
-    """Boolean neighbourhood test on integer patch offsets (broadcasting)."""
+def _out_of_reach(dy: torch.Tensor, dx: torch.Tensor, shape: int, reach: int, d2_max: int) -> torch.Tensor:
+    """Additive mask, 0 in reach and -inf out of it: dy (B, R) row and dx (B, w) column offsets -> (B, R, w).
+
+    Adding it is an order of magnitude faster on CPU than ``masked_fill_`` with a broadcast boolean mask.
+    """
     if shape == 1:
-        return (dy.abs() <= reach) & (dx.abs() <= reach)
-    return dy * dy + dx * dx <= d2_max
+        out = (dy.abs() > reach)[:, :, None] | (dx.abs() > reach)[:, None, :]
+    else:
+        out = (dy * dy)[:, :, None] + (dx * dx)[:, None, :] > d2_max
+    return torch.zeros(out.shape, device=out.device).masked_fill_(out, float("-inf"))
+
+
+def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per query of scores s (Fg, B, L): values (B, k') in descending order, positions f * L + j.
+
+    Exact shortcut: split every frame's L keys into groups of G; the k largest scores of a query lie in its
+    k groups with the largest maxima (a group outside them has its maximum below k distinct scores). So one
+    max-pass over the scores and a top-k over k * G candidates replace a top-k over all F * L of them.
+    """
+    Fg, B, L = s.shape
+    G = max(g for g in range(1, min(L, 256) + 1) if L % g == 0)  # groups of up to 256 keys tile each frame
+    n = L // G
+    group_max = s.view(Fg, B, n, G).amax(-1).permute(1, 0, 2).reshape(B, Fg * n)  # (B, Fg*n)
+    _, groups = group_max.topk(min(k, Fg * n), dim=1)  # (B, kg) groups f * n + g
+    b = torch.arange(B, device=s.device)[:, None]
+    cand = s.view(Fg, B, n, G)[groups // n, b, groups % n]  # (B, kg, G)
+    v, j = cand.reshape(B, -1).topk(min(k, cand.shape[1] * G), dim=1)  # (B, k')
+    return v, groups.gather(1, j // G) * G + j % G
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -324,10 +347,11 @@ def topk_affinity_ref(
 ):
     """The specification of :func:`topk_affinity` in PyTorch (fp32), also its CPU path.
 
-    Queries are processed in blocks of ``max(1, block_elems // (n_context * N))`` patches; per block and
-    context frame only the key rows that can be in reach are scored, each frame's top-k is taken, then the
-    top-k of those. Peak extra memory: ``4 * max(block_elems, n_context * N)`` bytes of scores, plus an fp32
-    copy of the inputs when they are fp16 / bf16.
+    Queries are processed in blocks of ``max(1, block_elems // (n_context * N))`` patches. Per block, the
+    reference frames and the short-term frames are each scored in one batched matmul over the key rows that
+    can be in reach, keys out of reach are set to -inf, the top-k is taken (``_topk_rows``), and the two
+    top-k lists are merged. Peak extra memory: about ``4 * max(block_elems, n_context * N)`` bytes of scores,
+    plus an fp32 copy of the inputs when they are fp16 / bf16.
     """
     T, N, D = query.shape
     h, w = grid
@@ -335,7 +359,7 @@ def topk_affinity_ref(
     query = query.float()
     keys = keys.float()
     dev = query.device
-    pos = torch.arange(N, device=dev)
+    pos = torch.arange(N, device=dev, dtype=torch.int32)
     ys, xs = pos // w, pos % w  # (N,) patch coordinates, raster order
     if labels is not None:
         lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
@@ -361,16 +385,16 @@ def topk_affinity_ref(
                     r0, r1 = max(0, q0 // w - reach), min(h, (q1 - 1) // w + reach + 1)
                     if r1 <= r0:
                         continue
-                kb = keys[f0:f1, r0 * w : r1 * w]  # (Fg, L, D)
+                kb = keys[f0:f1, r0 * w : r1 * w]  # (Fg, L, D), L = (r1 - r0) * w
                 s = torch.matmul(qb, kb.transpose(1, 2))  # (Fg, B, L)
                 if restricted:
-                    dy = ys[r0 * w : r1 * w][None] - ys[q0:q1, None]  # (B, L)
-                    dx = xs[r0 * w : r1 * w][None] - xs[q0:q1, None]
-                    s.masked_fill_(~_inside(dy, dx, shape, reach, d2_max), float("-inf"))
-                v, i = s.topk(min(topk, s.shape[-1]), dim=-1)  # (Fg, B, k')
-                frame = torch.arange(f0, f1, device=dev)[:, None, None]
-                vals.append(v.permute(1, 0, 2).reshape(q1 - q0, -1))  # (B, Fg*k')
-                idxs.append((frame * N + r0 * w + i).permute(1, 0, 2).reshape(q1 - q0, -1))
+                    dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[None] - ys[q0:q1, None]  # (B, R)
+                    dx = torch.arange(w, device=dev, dtype=torch.int32)[None] - xs[q0:q1, None]  # (B, w)
+                    s.view(f1 - f0, q1 - q0, r1 - r0, w).add_(_out_of_reach(dy, dx, shape, reach, d2_max))
+                v, p = _topk_grouped(s, topk)  # (B, k'), p = f * L + key offset
+                L = (r1 - r0) * w
+                vals.append(v)
+                idxs.append((f0 + p // L) * N + r0 * w + p % L)
             if vals:
                 v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
                 v, sel = v.topk(min(topk, v.shape[1]), dim=1)  # (B, k'), descending

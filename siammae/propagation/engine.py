@@ -16,9 +16,8 @@ state holds the reference frames and at most n + 1 queued frames, so memory does
 from __future__ import annotations
 
 import dataclasses
-from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -32,30 +31,56 @@ from siammae.propagation.labels import one_hot
 
 @dataclass
 class PropagationState:
-    """What a video needs between steps; every tensor is one frame of L2-normalised features (N, D) or soft
-    labels (N, C) at patch resolution, N = h * w."""
+    """What a video needs between steps: one bank of frames, laid out ``[references | queue | chunk]``.
+
+    feats: (F, N, D) L2-normalised features; labels: (F, N, C) fp32 soft labels at patch resolution,
+    N = h * w. Frames ``0 .. n_ref-1`` are the reference frames (frame 0 and every frame given a mask later);
+    the next ``n_queue`` (at most n + 1) are the last frames that are not references, oldest first: the newest
+    may still become a reference (``add_reference``), and the n before it then form the short-term context.
+    The rest is room for the frames of the next chunk. Keeping the context in one tensor means a step neither
+    copies nor concatenates it.
+    """
 
     grid: tuple[int, int]
-    num_classes: int
-    ref_feats: list[torch.Tensor] = field(default_factory=list)
-    ref_labels: list[torch.Tensor] = field(default_factory=list)
-    # (features, labels) of the last n + 1 frames that are not references, oldest first: the newest one may
-    # still become a reference (add_reference), and the n before it then form the short-term context.
-    queue: deque = field(default_factory=deque)
-    last: tuple[torch.Tensor, torch.Tensor] | None = None  # the frame step() returned last
-    last_is_reference: bool = False
+    feats: torch.Tensor
+    labels: torch.Tensor
+    n_ref: int = 1
+    n_queue: int = 0
+    stepped: bool = False  # step() has returned a frame (the one add_reference applies to)
+    last_is_reference: bool = False  # that frame was given a mask since
+
+    @property
+    def num_classes(self) -> int:
+        return self.labels.shape[-1]
+
+    @property
+    def n_used(self) -> int:
+        return self.n_ref + self.n_queue
+
+    def reserve(self, size: int) -> None:
+        """Make the bank ``size`` frames long, keeping the used ones (a copy only when the size changes)."""
+        if self.feats.shape[0] != size:
+            used = self.n_used
+            feats = self.feats.new_empty(size, *self.feats.shape[1:])
+            labels = self.labels.new_empty(size, *self.labels.shape[1:])
+            feats[:used] = self.feats[:used]
+            labels[:used] = self.labels[:used]
+            self.feats, self.labels = feats, labels
 
     def pad_classes(self, num_classes: int) -> None:
-        """Grow every stored label map to ``num_classes`` channels (new objects start at 0 everywhere)."""
-        grow = num_classes - self.num_classes
-        if grow <= 0:
+        """Grow the label bank to ``num_classes`` channels (new objects start at 0 everywhere)."""
+        if num_classes > self.num_classes:
+            self.labels = F.pad(self.labels, (0, num_classes - self.num_classes))  # (F, N, C) -> (F, N, C')
+
+    def move(self, src: int, dst: int, count: int) -> None:
+        """Move ``count`` frames from bank position ``src`` to ``dst``, in place, one frame at a time in the
+        order that never overwrites a frame before it is read."""
+        if src == dst:
             return
-        pad = lambda lab: F.pad(lab, (0, grow))  # (N, C) -> (N, C + grow)
-        self.ref_labels = [pad(lab) for lab in self.ref_labels]
-        self.queue = deque(((f, pad(lab)) for f, lab in self.queue), maxlen=self.queue.maxlen)
-        if self.last is not None:
-            self.last = (self.last[0], pad(self.last[1]))
-        self.num_classes = num_classes
+        order = range(count) if dst < src else reversed(range(count))
+        for i in order:
+            self.feats[dst + i] = self.feats[src + i]
+            self.labels[dst + i] = self.labels[src + i]
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
@@ -69,6 +94,10 @@ class Propagator:
     config: a :class:`PropagationConfig` or a preset name ("dino", "siammae-davis", ...).
     backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch"; ``SIAMMAE_KERNEL_BACKEND``
         overrides "auto".
+
+    Memory: the bank holds the reference frames, n + 1 queued frames and the current chunk, features in the
+    input dtype and labels in fp32; the top-k op adds at most a bounded block of scores (PyTorch) or nothing
+    of the sort (Triton).
     """
 
     def __init__(self, config: PropagationConfig | str = "dino", backend: str = "auto"):
@@ -94,19 +123,19 @@ class Propagator:
             labels0 = torch.from_numpy(np.array(labels0))
         if not torch.is_tensor(labels0) or labels0.dim() not in (2, 3):
             raise InputError("labels of frame 0 must be an (h, w) id map or (C, h, w) soft labels")
-        if labels0.dtype.is_floating_point:
-            soft = labels0.float()
-        else:
-            soft = one_hot(labels0)
+        soft = labels0.float() if labels0.dtype.is_floating_point else one_hot(labels0)
         if tuple(soft.shape[1:]) != (h, w):
             raise InputError(f"labels of frame 0 are {tuple(labels0.shape)} but the feature grid is {h}x{w}")
-        feats = _normalise(features0).reshape(h * w, D)  # (N, D)
-        labels = soft.to(features0.device).reshape(soft.shape[0], h * w).T.contiguous()  # (C, h, w) -> (N, C)
-        cfg = self.config
-        queue = deque(maxlen=cfg.n_last + 1)
-        if cfg.prefill_queue:
-            queue.extend([(feats, labels)] * cfg.n_last)
-        self.state = PropagationState((h, w), soft.shape[0], [feats], [labels], queue)
+        n = self.config.n_last
+        copies = n if self.config.prefill_queue else 0
+        size = 1 + (n + 1) + 1  # the reference, the queue, a chunk of one frame
+        feats = features0.new_empty(size, h * w, D)
+        labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
+        feats[: 1 + copies] = _normalise(features0).reshape(h * w, D)
+        labels[: 1 + copies] = (
+            soft.to(features0.device).reshape(soft.shape[0], h * w).T
+        )  # (C, h, w) -> (N, C)
+        self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies)
 
     @torch.no_grad()
     def step(self, features: torch.Tensor) -> torch.Tensor:
@@ -115,34 +144,26 @@ class Propagator:
         h, w = st.grid
         if features.dim() != 4 or tuple(features.shape[1:3]) != (h, w):
             raise InputError(f"features must be (T, {h}, {w}, D), got {tuple(features.shape)}")
-        ref0 = st.ref_feats[0]
+        bank = st.feats
         if (
-            features.shape[-1] != ref0.shape[-1]
-            or features.dtype != ref0.dtype
-            or features.device != ref0.device
+            features.shape[-1] != bank.shape[-1]
+            or features.dtype != bank.dtype
+            or features.device != bank.device
         ):
             raise InputError(
                 f"features are {features.shape[-1]}-d {features.dtype} on {features.device} but frame 0 was "
-                f"{ref0.shape[-1]}-d {ref0.dtype} on {ref0.device}"
+                f"{bank.shape[-1]}-d {bank.dtype} on {bank.device}"
             )
         T, N, C, cfg = features.shape[0], h * w, st.num_classes, self.config
-        feats = _normalise(features).reshape(T, N, -1)  # (T, N, D)
-        recent = list(st.queue)[-cfg.n_last :] if cfg.n_last else []  # the last n non-reference frames
-        R, Q = len(st.ref_feats), len(recent)
-        bank = torch.cat([torch.stack(st.ref_feats), *(f[None] for f, _ in recent), feats])  # (R+Q+T, N, D)
-        labels = torch.cat(
-            [
-                torch.stack(st.ref_labels),
-                *(lab[None] for _, lab in recent),
-                feats.new_zeros(T, N, C, dtype=torch.float32),
-            ]
-        )  # (R+Q+T, N, C); the chunk's own labels are filled in below
+        st.reserve(st.n_ref + cfg.n_last + 1 + T)  # the same size at every step of a steady stream
+        first = st.n_used  # bank position of the chunk's first frame
+        st.feats[first : first + T] = _normalise(features).reshape(T, N, -1)
         stop = [
-            R + Q + j for j in range(T)
+            first + j for j in range(T)
         ]  # frame j sees the n frames before it, earlier chunk frames included
-        start = [max(R, s - cfg.n_last) for s in stop]
+        start = [max(st.n_ref, s - cfg.n_last) for s in stop]
         kw = dict(
-            n_ref=R,
+            n_ref=st.n_ref,
             topk=cfg.topk,
             temperature=cfg.temperature,
             radius=cfg.radius,
@@ -150,18 +171,20 @@ class Propagator:
             restrict_ref=cfg.restrict_reference,
             backend=self.backend,
         )
+        query, keys, labels = st.feats[first : first + T], st.feats[: first + T], st.labels[: first + T]
         if T == 1:  # every context label is known: the fused top-k + gather
-            out = topk_affinity(feats, bank, (h, w), start, stop, labels=labels, **kw)  # (1, N, C)
+            st.labels[first] = topk_affinity(query, keys, (h, w), start, stop, labels=labels, **kw)[0]
         else:
-            weights, index = topk_affinity(feats, bank, (h, w), start, stop, **kw)  # (T, N, k) each
-            flat = labels.view(-1, C)  # (F*N, C)
+            weights, index = topk_affinity(query, keys, (h, w), start, stop, **kw)  # (T, N, k) each
+            flat = labels.reshape(-1, C)  # (F*N, C), a view
             for j in range(T):  # the only sequential part: N x k x C per frame
                 gathered = flat[index[j].clamp_min(0)]  # (N, k, C); empty slots weigh 0
-                labels[R + Q + j] = torch.einsum("nk,nkc->nc", weights[j], gathered)
-            out = labels[R + Q :].clone()  # a copy, so the queue does not keep the whole bank alive
-        frames = [(feats[j], out[j]) for j in range(T)]
-        st.queue.extend(frames)
-        st.last, st.last_is_reference = frames[-1], False
+                st.labels[first + j] = torch.einsum("nk,nkc->nc", weights[j], gathered)
+        out = st.labels[first : first + T].clone()  # (T, N, C)
+        # Keep the last n + 1 frames that are not references: slide them down to follow the references.
+        keep = min(cfg.n_last + 1, st.n_queue + T)
+        st.move(st.n_used + T - keep, st.n_ref, keep)
+        st.n_queue, st.stepped, st.last_is_reference = keep, True, False
         return out.view(T, h, w, C).permute(0, 3, 1, 2)  # (T, N, C) -> (T, C, h, w)
 
     @torch.no_grad()
@@ -174,30 +197,27 @@ class Propagator:
         (C, h, w).
         """
         st = self._require_state("add_reference")
-        if st.last is None:
+        if not st.stepped:
             raise InputError(
                 "add_reference applies to the frame step() returned last, and step() was not called"
             )
-        ids = labels.to(st.last[1].device)
         h, w = st.grid
-        if ids.dim() != 2 or tuple(ids.shape) != (h, w) or ids.dtype.is_floating_point:
-            raise InputError(
-                f"reference labels must be an ({h}, {w}) integer id map, got {tuple(ids.shape)} {ids.dtype}"
-            )
-        st.pad_classes(max(st.num_classes, int(ids.max()) + 1))
-        feats, lab = st.last
-        given = ids.reshape(-1) > 0  # (N,)
-        lab = lab.clone()
-        lab[given] = one_hot(ids.reshape(1, -1), st.num_classes)[:, 0, given].T  # (n_given, C)
-        if st.last_is_reference:  # a second mask for the same frame
-            st.ref_labels[-1] = lab
-        else:
-            if st.queue and st.queue[-1][0] is feats:
-                st.queue.pop()
-            st.ref_feats.append(feats)
-            st.ref_labels.append(lab)
-        st.last, st.last_is_reference = (feats, lab), True
-        return lab.T.reshape(st.num_classes, h, w)
+        if not torch.is_tensor(labels) or tuple(labels.shape) != (h, w) or labels.dtype.is_floating_point:
+            raise InputError(f"reference labels must be an ({h}, {w}) integer id map, got {labels!r:.60}")
+        ids = labels.to(st.labels.device).reshape(-1)  # (N,)
+        st.pad_classes(int(ids.max()) + 1)
+        if not st.last_is_reference:
+            # The newest queued frame moves to the end of the references: rotate it in front of the queue,
+            # through the first free slot (after a step the bank has room for at least one more frame).
+            last = st.n_used - 1
+            st.move(last, st.n_used, 1)
+            st.move(st.n_ref, st.n_ref + 1, st.n_queue - 1)
+            st.move(st.n_used, st.n_ref, 1)
+            st.n_ref, st.n_queue, st.last_is_reference = st.n_ref + 1, st.n_queue - 1, True
+        lab = st.labels[st.n_ref - 1]  # (N, C), a view of the bank
+        given = ids > 0
+        lab[given] = F.one_hot(ids[given], st.num_classes).float()
+        return lab.T.reshape(st.num_classes, h, w).clone()
 
     @property
     def num_classes(self) -> int:
