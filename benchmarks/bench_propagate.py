@@ -181,14 +181,15 @@ def run_case(method: str, device: str, grid: tuple[int, int], repeats: int, dtyp
         )  # else the step stayed under the setup's high-water mark
     del out
 
-    times = []
+    times, cpu_times = [], []
     for q in queries[1 : repeats + 2]:
         _sync(dev)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step(q)
         _sync(dev)
         times.append((time.perf_counter() - t0) / step_frames)
-    times = times[1:]  # one more warm-up
+        cpu_times.append((time.process_time() - c0) / step_frames)
+    times, cpu_times = times[1:], cpu_times[1:]  # one more warm-up
     return {
         "method": method,
         "device": device,
@@ -197,6 +198,7 @@ def run_case(method: str, device: str, grid: tuple[int, int], repeats: int, dtyp
         "chunk": step_frames,
         "ms_per_frame": statistics.median(times) * 1e3,
         "ms_per_frame_min": min(times) * 1e3,
+        "cpu_ms_per_frame": statistics.median(cpu_times) * 1e3,  # CPU time of all threads
         "repeats": len(times),
         "peak_mib": peak / 2**20,
         "peak_above_setup": high_water_ok,
@@ -277,10 +279,12 @@ def dense_estimate_bytes(grid) -> int:
     return 4 * (N_LAST + 1) * N * N * 4
 
 
-def spawn(method, device, grid, repeats, dtype="float32", chunk=1) -> dict:
+def spawn(method, device, grid, repeats, dtype="float32", chunk=1, threads=None) -> dict:
     cmd = [sys.executable, __file__, "--worker", method, device, f"{grid[0]}x{grid[1]}", str(repeats), dtype]
     cmd.append(str(chunk))
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{method} on {device} at {grid} failed:\n{done.stderr[-3000:]}")
@@ -289,7 +293,7 @@ def spawn(method, device, grid, repeats, dtype="float32", chunk=1) -> dict:
     return row
 
 
-def bench_device(device: str, grids: list[str], repeats: int) -> list[dict]:
+def bench_device(device: str, grids: list[str], repeats: int, threads: int | None = None) -> list[dict]:
     rows = []
     for name in grids:
         grid = GRIDS[name]
@@ -303,11 +307,11 @@ def bench_device(device: str, grids: list[str], repeats: int) -> list[dict]:
                          estimated_peak_mib=need / 2**20)
                 )  # fmt: skip
             else:
-                rows.append(spawn("dense", device, grid, repeats))
-            rows.append(spawn("torch", device, grid, repeats))
+                rows.append(spawn("dense", device, grid, repeats, threads=threads))
+            rows.append(spawn("torch", device, grid, repeats, threads=threads))
         else:
-            rows.append(spawn("dense", device, grid, repeats))
-            rows.append(spawn("torch", device, grid, repeats))
+            rows.append(spawn("dense", device, grid, repeats, threads=threads))
+            rows.append(spawn("torch", device, grid, repeats, threads=threads))
             for dtype in ("float32", "float16"):
                 rows.append(spawn("triton", device, grid, repeats, dtype=dtype, chunk=1))
             rows.append(spawn("triton", device, grid, repeats, dtype="float16", chunk=8))
@@ -316,6 +320,7 @@ def bench_device(device: str, grids: list[str], repeats: int) -> list[dict]:
         if r.get("skipped") or r["grid"] not in dense:
             continue
         r["speedup_vs_dense"] = dense[r["grid"]]["ms_per_frame"] / r["ms_per_frame"]
+        r["cpu_time_speedup_vs_dense"] = dense[r["grid"]]["cpu_ms_per_frame"] / r["cpu_ms_per_frame"]
         r["memory_ratio_vs_dense"] = dense[r["grid"]]["peak_mib"] / max(r["peak_mib"], 1e-9)
     if device == "cuda":
         peaks = {dt: measured_peak_tflops(dt) for dt in ("float32", "float16")}
@@ -337,6 +342,9 @@ def markdown(device: str, meta: dict, rows: list[dict]) -> str:
         "| grid | method | dtype | frames/step | ms / frame | peak MiB | speedup vs dense | memory / dense |"
     )
     sep = "|---|---|---|---|---|---|---|---|"
+    if not gpu:
+        head += " CPU ms / frame | speedup in CPU time |"
+        sep += "---|---|"
     if gpu:
         head += " executed TFLOP/s | of card peak |"
         sep += "---|---|"
@@ -356,7 +364,7 @@ def markdown(device: str, meta: dict, rows: list[dict]) -> str:
         if r.get("skipped"):
             lines.append(
                 f"| {r['grid']} | {r['method']} | {r['dtype']} | 1 | skipped: {r['reason']} | "
-                f"~{r['estimated_peak_mib']:.0f} (estimate) | | |" + (" | |" if gpu else "")
+                f"~{r['estimated_peak_mib']:.0f} (estimate) | | | | |"
             )
             continue
         cells = [
@@ -365,6 +373,11 @@ def markdown(device: str, meta: dict, rows: list[dict]) -> str:
             f"{r['speedup_vs_dense']:.1f}x" if "speedup_vs_dense" in r else "",
             f"1/{r['memory_ratio_vs_dense']:.0f}" if "memory_ratio_vs_dense" in r else "",
         ]  # fmt: skip
+        if not gpu:
+            cells += [
+                f"{r['cpu_ms_per_frame']:.1f}",
+                f"{r['cpu_time_speedup_vs_dense']:.1f}x" if "cpu_time_speedup_vs_dense" in r else "",
+            ]
         if gpu:
             cells += [
                 f"{r['executed_tflops']:.1f}" if "executed_tflops" in r else "",
@@ -378,7 +391,13 @@ def markdown(device: str, meta: dict, rows: list[dict]) -> str:
         "## Method",
         "",
         "- Each case is a fresh process. Time: median over repeated steps after two warm-up steps "
-        "(`ms / frame` is the step time divided by the frames of the step).",
+        "(`ms / frame` is the step time divided by the frames of the step)."
+        + (
+            ""
+            if gpu
+            else " `CPU ms / frame` is the process time of all threads: on a machine shared with other jobs "
+            "it is steadier than the wall time, which waits for the cores."
+        ),
         "- Peak memory is the working memory of one step over its inputs (the context features and labels): "
         + (
             "`torch.cuda.max_memory_allocated()` minus the allocation before the step."
@@ -409,6 +428,7 @@ def main(argv=None):
     parser.add_argument("--grids", default="30x55,60x110", help="comma-separated, from " + ", ".join(GRIDS))
     parser.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when present)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads per case (OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument(
         "--worker", nargs=6, metavar=("METHOD", "DEVICE", "GRID", "REPEATS", "DTYPE", "CHUNK")
@@ -427,8 +447,9 @@ def main(argv=None):
         args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     )
     meta = environment()
+    meta["torch_threads"] = args.threads or meta["torch_threads"]  # the workers' threads
     for device in devices:
-        rows = bench_device(device, grids, args.repeats)
+        rows = bench_device(device, grids, args.repeats, args.threads)
         path = write_results(f"propagate_{device}", meta, rows, markdown(device, meta, rows), folder=args.out)
         print(f"wrote {path} and {path.with_suffix('.md')}")
 

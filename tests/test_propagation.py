@@ -304,6 +304,11 @@ def test_misuse_is_reported():
         prop.step(torch.zeros(1, 4, 3, 8))
     with pytest.raises(InputError, match="8-d"):
         prop.step(torch.zeros(1, 3, 4, 9))
+    prop.step(torch.randn(1, 3, 4, 8))
+    with pytest.raises(
+        InputError, match="must be an \\(3, 4\\) integer id map, got \\(3, 4\\) torch.float32"
+    ):
+        prop.add_reference(torch.zeros(3, 4))
     with pytest.raises(InputError, match="feature grid is 3x4"):
         prop.reset(torch.randn(3, 4, 8), _ids(4, 4))
     with pytest.raises(InputError, match="at least frame 0"):

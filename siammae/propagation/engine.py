@@ -132,9 +132,7 @@ class Propagator:
         feats = features0.new_empty(size, h * w, D)
         labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
         feats[: 1 + copies] = _normalise(features0).reshape(h * w, D)
-        labels[: 1 + copies] = (
-            soft.to(features0.device).reshape(soft.shape[0], h * w).T
-        )  # (C, h, w) -> (N, C)
+        labels[: 1 + copies] = soft.to(features0.device).reshape(-1, h * w).T  # (C, h, w) -> (N, C)
         self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies)
 
     @torch.no_grad()
@@ -158,9 +156,8 @@ class Propagator:
         st.reserve(st.n_ref + cfg.n_last + 1 + T)  # the same size at every step of a steady stream
         first = st.n_used  # bank position of the chunk's first frame
         st.feats[first : first + T] = _normalise(features).reshape(T, N, -1)
-        stop = [
-            first + j for j in range(T)
-        ]  # frame j sees the n frames before it, earlier chunk frames included
+        # Frame j of the chunk sees the n frames before it, earlier frames of the chunk included.
+        stop = [first + j for j in range(T)]
         start = [max(st.n_ref, s - cfg.n_last) for s in stop]
         kw = dict(
             n_ref=st.n_ref,
@@ -202,8 +199,13 @@ class Propagator:
                 "add_reference applies to the frame step() returned last, and step() was not called"
             )
         h, w = st.grid
+        if isinstance(labels, np.ndarray):
+            labels = torch.from_numpy(np.array(labels))
         if not torch.is_tensor(labels) or tuple(labels.shape) != (h, w) or labels.dtype.is_floating_point:
-            raise InputError(f"reference labels must be an ({h}, {w}) integer id map, got {labels!r:.60}")
+            got = (
+                f"{tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
+            )
+            raise InputError(f"reference labels must be an ({h}, {w}) integer id map, got {got}")
         ids = labels.to(st.labels.device).reshape(-1)  # (N,)
         st.pad_classes(int(ids.max()) + 1)
         if not st.last_is_reference:
