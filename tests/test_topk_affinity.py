@@ -107,6 +107,9 @@ TRITON_CASES = [
     ((3, 5), 16, 1, 1, [(1, 3)], 7, 0, "square", True, torch.float32),  # radius 0: 1 key per frame < k
     ((1, 1), 16, 2, 1, [(1, 2), (1, 3)], 2, 1, "circle", True, torch.float32),  # a single patch
     ((7, 4), 16, 2, 1, [(1, 2), (2, 3)], 5, None, "square", True, torch.float16),  # unrestricted
+    # 3x3 tiles of 4x4: key tiles out of the bounding box (square) and corner tiles of the circle are skipped
+    ((9, 10), 16, 1, 1, [(1, 2)], 3, 1.2, "circle", True, torch.float32),
+    ((9, 10), 16, 1, 1, [(1, 2)], 6, 1, "square", False, torch.float32),
 ]
 
 
