@@ -384,6 +384,9 @@ def test_presets_follow_the_protocols():
         get_preset("davis")
     with pytest.raises(ValueError, match="unknown propagation setting\\(s\\) k;"):
         get_preset("dino", k=3)
+    with pytest.raises(ValueError, match="valid settings: topk, temperature"):
+        list(propagate_labels([torch.zeros(2, 2, 4)] * 2, _ids(2, 2), dino, tau=0.1))
+    assert dino.replace(n_last=3).n_last == 3 and dino.n_last == 7
     for bad in (dict(topk=0), dict(temperature=0), dict(n_last=-1), dict(radius=-1), dict(topk=2.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             get_preset("dino", **bad)

@@ -74,8 +74,9 @@ def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k per query of scores s (Fg, B, L): values (B, k') in descending order, positions f * L + j.
 
     Exact shortcut: split every frame's L keys into groups of G; the k largest scores of a query lie in its
-    k groups with the largest maxima (a group outside them has its maximum below k distinct scores). So one
-    max-pass over the scores and a top-k over k * G candidates replace a top-k over all F * L of them.
+    k groups with the largest maxima (each of those k maxima is a distinct score at least as large as any
+    score in another group). So one max-pass over the scores and a top-k over k * G candidates replace a
+    top-k over all F * L of them.
     """
     Fg, B, L = s.shape
     G = max(g for g in range(1, min(L, 256) + 1) if L % g == 0)  # groups of up to 256 keys tile each frame
@@ -226,10 +227,9 @@ if triton is not None:
                         k_min = tl.min(top_v, axis=1)
                         n_new = tl.sum((s > k_min[:, None]).to(tl.int32), axis=1)
                         for _ in range(0, tl.minimum(tl.max(n_new, axis=0), K)):
-                            m, am = tl.max(
-                                s, axis=1, return_indices=True
-                            )  # (BQ,) best remaining key of the tile
-                            k_min, a_min = tl.min(top_v, axis=1, return_indices=True)  # (BQ,) worst kept key
+                            # (BQ,) the best remaining key of the tile and the worst kept key
+                            m, am = tl.max(s, axis=1, return_indices=True)
+                            k_min, a_min = tl.min(top_v, axis=1, return_indices=True)
                             key = f.to(tl.int64) * N + (ky0 + am // KW) * W + kx0 + am % KW
                             put = (slot[None, :] == a_min[:, None]) & (m > k_min)[:, None]
                             top_v = tl.where(put, m[:, None], top_v)
@@ -289,9 +289,8 @@ def _topk_affinity_triton(
     T, N, D = query.shape
     h, w = grid
     interpreted = triton_interpreted()
-    size = (
-        16 if interpreted else 64
-    )  # tl.dot needs >= 16 per side; 64 x 64 tiles suit sm80+ on 384-d features
+    # tl.dot needs >= 16 per side; tiles of 64 queries x 64 keys suit sm80+ on 384-d features.
+    size = 16 if interpreted else 64
     qh, qw = _tile(h, w, size)
     kh, kw = _tile(h, w, size)
     block_d = 16 if interpreted else min(64, max(16, triton.next_power_of_2(D)))
@@ -350,7 +349,7 @@ def topk_affinity_ref(
 
     Queries are processed in blocks of ``max(1, block_elems // (n_context * N))`` patches. Per block, the
     reference frames and the short-term frames are each scored in one batched matmul over the key rows that
-    can be in reach, keys out of reach are set to -inf, the top-k is taken (``_topk_rows``), and the two
+    can be in reach, keys out of reach are set to -inf, the top-k is taken (``_topk_grouped``), and the two
     top-k lists are merged. Peak extra memory: about ``4 * max(block_elems, n_context * N)`` bytes of scores,
     plus an fp32 copy of the inputs when they are fp16 / bf16.
     """

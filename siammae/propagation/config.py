@@ -71,6 +71,16 @@ class PropagationConfig:
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
+    def replace(self, **overrides) -> PropagationConfig:
+        """A copy with the given fields replaced (validated), e.g. ``cfg.replace(topk=7, radius=None)``."""
+        fields = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise InputError(
+                f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
 
 # DINO eval_video_segmentation.py defaults: --topk 5, temperature 0.1 (hard-coded), --n_last_frames 7,
 # --size_mask_neighborhood 12 (square, every context frame), norm_mask on the upsampled output.
@@ -102,10 +112,4 @@ def get_preset(name: str = "dino", **overrides) -> PropagationConfig:
     """Return the preset ``name`` with the given fields replaced, e.g. ``get_preset("dino", topk=7)``."""
     if name not in PRESETS:
         raise InputError(f"unknown propagation preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    fields = [f.name for f in dataclasses.fields(PropagationConfig)]
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise InputError(
-            f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}"
-        )
-    return dataclasses.replace(PRESETS[name], **overrides)
+    return PRESETS[name].replace(**overrides)

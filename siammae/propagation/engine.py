@@ -15,7 +15,6 @@ state holds the reference frames and at most n + 1 queued frames, so memory does
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -247,9 +246,11 @@ def propagate_labels(
     preset: a preset name or a config; ``overrides`` replace any of its fields (``topk=7``).
     chunk_size: frames that share one top-k call; the results do not depend on it.
     """
-    config = preset if isinstance(preset, PropagationConfig) else get_preset(preset)
-    if overrides:
-        config = dataclasses.replace(config, **overrides)
+    config = (
+        preset.replace(**overrides)
+        if isinstance(preset, PropagationConfig)
+        else get_preset(preset, **overrides)
+    )
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     frames = iter(features)
