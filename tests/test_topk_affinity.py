@@ -1,6 +1,8 @@
 """The top-k affinity op: the PyTorch reference against a dense brute force, the Triton kernel (interpreted on
 CPU) against the reference, on awkward grids, tiny and empty neighbourhoods, both shapes, fp32 and fp16."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -212,3 +214,47 @@ def test_bad_inputs_name_the_problem():
         topk_affinity(q, k.half(), (3, 5), [1], [2], **kw)
     with pytest.raises(ValueError, match="labels must be"):
         topk_affinity(q, k, (3, 5), [1], [2], labels=torch.zeros(2, 14, 3), **kw)
+
+
+COMPILE_SCRIPT = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from siammae.kernels.topk_affinity import _topk_affinity_kernel
+
+def build(dtype, K, shape, restrict_ref, gather, capability):
+    sig = {"q_ptr": "*" + dtype, "k_ptr": "*" + dtype, "lab_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
+           "w_ptr": "*fp32", "i_ptr": "*i64", "y_ptr": "*fp32"}
+    sig.update({name: "i32" for name in ("H", "W", "N", "D", "C", "n_ref", "reach", "d2_max")})
+    sig["inv_temp"] = "fp32"
+    consts = dict(K=K, KPAD=triton.next_power_of_2(K), SHAPE=shape, RESTRICT_REF=restrict_ref, QH=8, QW=8,
+                  KH=4, KW=16, BLOCK_D=64, BLOCK_C=8, GATHER=gather, UPCAST=False,
+                  DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
+    sig.update({name: "constexpr" for name in consts})
+    src = ASTSource(fn=_topk_affinity_kernel, signature=sig, constexprs=consts)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=dict(num_warps=4))
+
+build("fp16", 7, 2, False, False, 90)  # siammae-davis on an H100 / H200
+build("bf16", 10, 1, True, True, 80)  # fused gather, square, on an A100
+build("fp32", 5, 1, True, False, 80)  # fp32 "ieee" dot
+print("compiled")
+"""
+
+
+@needs_triton
+def test_kernel_compiles_for_real_gpus(tmp_path):
+    """The interpreter does not type-check like the compiler does: compile to cubin (ptxas ships with Triton)
+    for sm_80 and sm_90, in a process that does not interpret, without needing a GPU."""
+    import inspect
+    import os
+    import subprocess
+    import sys
+
+    from triton.compiler import ASTSource
+
+    if "constexprs" not in inspect.signature(ASTSource).parameters:
+        pytest.skip("this Triton's ASTSource predates the constexprs argument (Triton < 3.2)")
+    env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp_path))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

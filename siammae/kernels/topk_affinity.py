@@ -322,6 +322,7 @@ def _topk_affinity_triton(
         UPCAST=interpreted and query.dtype != torch.float32,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=4,
+        enable_fp_fusion=True,  # Triton's long-standing default; explicit, as Triton 3.9 warns when it is not
     )  # fmt: skip
     return y if gather else (w_out, i_out)
 
