@@ -90,6 +90,10 @@ class VideoSource:
                 self.height = stream.codec_context.height
                 self.fps = float(stream.average_rate) if stream.average_rate else None
                 self.num_frames = stream.frames or None
+                # containers without a frame count (mkv, webm) still state a duration: enough to notice truncation
+                self._expected = self.num_frames
+                if self._expected is None and container.duration and self.fps:
+                    self._expected = int(round(container.duration / 1e6 * self.fps))
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot open video ({e})") from e
         if not self.width or not self.height:
@@ -121,6 +125,13 @@ class VideoSource:
             raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
         if index == 0:
             raise VideoError(f"{self.path}: the video has no decodable frames")
+        # A truncated file ends the demuxer quietly; the header says how many frames there should have been
+        # (exactly for a frame count, within a frame of rounding for a duration).
+        slack = 0 if self.num_frames else 1
+        if self._expected is not None and index < self._expected - slack:
+            raise VideoError(
+                f"{self.path}: decoding stopped at frame {index} of {self._expected} (file truncated or corrupt)"
+            )
 
     def __repr__(self) -> str:
         kind = "folder" if self.is_folder else "video"
