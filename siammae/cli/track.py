@@ -92,6 +92,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, queue, radius, size, device, dtype,
          chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
     """Track the objects of a first-frame mask through VIDEO (a video file or a folder of frames)."""
+    from siammae.tracking.masks import MaskResizeWarning
     from siammae.tracking.pipeline import track_video
     from siammae.tracking.tracker import Tracker
 
@@ -100,6 +101,7 @@ def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, 
     if radius is not None or _given(click.get_current_context(), "radius"):
         overrides["radius"] = radius
     with warnings.catch_warnings():
+        warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
         try:
             if mask is None and mask_dir is None:

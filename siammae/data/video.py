@@ -94,6 +94,8 @@ class VideoSource:
                 self._expected = self.num_frames
                 if self._expected is None and container.duration and self.fps:
                     self._expected = int(round(container.duration / 1e6 * self.fps))
+        except av.error.EOFError as e:
+            raise VideoError(f"{self.path}: the file ends before its first frame (an empty or truncated video)") from e
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot open video ({e})") from e
         if not self.width or not self.height:

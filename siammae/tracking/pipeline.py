@@ -83,7 +83,7 @@ def _later_masks(mask_dir: Path, src: VideoSource, names: list[str] | None) -> d
 
 def track_video(
     tracker: Tracker,
-    video: str | os.PathLike,
+    video: str | os.PathLike | VideoSource,
     mask: str | os.PathLike | np.ndarray | None = None,
     *,
     mask_dir: str | os.PathLike | None = None,
@@ -103,7 +103,7 @@ def track_video(
     """
     if out is None and overlay is None and report is None:
         raise InputError("nothing to write: give an output folder (--out), an overlay video or a report")
-    src = open_video(video)
+    src = video if isinstance(video, VideoSource) else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
     references = _later_masks(Path(mask_dir), src, names) if mask_dir is not None else {}

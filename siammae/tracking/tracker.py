@@ -283,7 +283,7 @@ def _load_mask(mask: MaskLike, frame: Frame, name: str) -> np.ndarray:
         mask = mask.astype(np.uint8)
     mask = fit_mask(mask, frame.rgb.shape[:2], name)
     check_objects(mask, name)
-    return mask
+    return np.require(mask, requirements=["C", "W"])  # torch.from_numpy wants a writable array
 
 
 def _frames(frames) -> Iterator[Frame]:
