@@ -12,7 +12,7 @@ later one covers an earlier one where they overlap, and the ground truth says so
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,14 +121,22 @@ def _size(size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def iter_synthetic_clip(
-    num_frames: int | None, size: int | tuple[int, int] = 128, seed: int = 0, num_objects: int = 1
+    num_frames: int | None,
+    size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    num_objects: int = 1,
+    appear: Sequence[int] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(frame, mask)`` pairs one at a time: frame (H, W, 3) uint8 RGB, mask (H, W) uint8 ids 0..num_objects.
 
-    ``size``: an int (square) or (H, W). ``num_frames=None`` runs forever. Memory does not depend on the length.
+    ``size``: an int (square) or (H, W). ``num_frames=None`` runs forever. ``appear``: the frame at which each
+    object enters (default: all at frame 0), for objects that appear later. Memory does not depend on the length.
     """
     if not 1 <= num_objects <= MAX_OBJECTS:
         raise ValueError(f"num_objects must be 1..{MAX_OBJECTS}, got {num_objects}")
+    appear = tuple(appear) if appear is not None else (0,) * num_objects
+    if len(appear) != num_objects:
+        raise ValueError(f"appear needs one frame per object ({num_objects}), got {appear}")
     H, W = _size(size)
     rng = np.random.default_rng(seed)
     background = _background(rng, H, W)
@@ -138,17 +146,22 @@ def iter_synthetic_clip(
         frame = background.copy()
         mask = np.zeros((H, W), np.uint8)
         for k, obj in enumerate(objects):
-            _draw(frame, mask, obj, t, k + 1)
+            if t >= appear[k]:
+                _draw(frame, mask, obj, t, k + 1)
         yield frame, mask
         t += 1
 
 
 def make_synthetic_clip(
-    num_frames: int, size: int | tuple[int, int] = 128, seed: int = 0, num_objects: int = 1
+    num_frames: int,
+    size: int | tuple[int, int] = 128,
+    seed: int = 0,
+    num_objects: int = 1,
+    appear: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """``num_frames`` frames and their ground-truth id maps as two lists (see :func:`iter_synthetic_clip`)."""
     frames, masks = [], []
-    for frame, mask in iter_synthetic_clip(num_frames, size, seed, num_objects):
+    for frame, mask in iter_synthetic_clip(num_frames, size, seed, num_objects, appear):
         frames.append(frame)
         masks.append(mask)
     return frames, masks

@@ -215,9 +215,19 @@ class Tracker:
 
     def _chunks(self, source: Iterable[Frame], references: dict) -> Iterator[list[tuple[Frame, np.ndarray | None]]]:
         """Lists of up to ``chunk`` (frame, given mask or None); a frame with a given mask ends its chunk, so that
-        the frames after it are propagated with it as a reference."""
+        the frames after it are propagated with it as a reference. When the source fails, the frames decoded
+        before the failure come out first, then the exception."""
         batch: list[tuple[Frame, np.ndarray | None]] = []
-        for frame in source:
+        frames = iter(source)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except BaseException:  # the source broke (truncated file, Ctrl-C): the frames before it still count
+                if batch:
+                    yield batch
+                raise
             given = None
             if frame.index > 0:
                 ref = references.get(frame.index, references.get(frame.name))
