@@ -41,7 +41,7 @@ def embed_all_then_gather(imgs, ids_keep, weight, bias, pos_embed):
     D, p = weight.shape[0], weight.shape[-1]
     x = F.conv2d(imgs, weight, bias, stride=p).flatten(2).transpose(1, 2)  # (B, L, D)
     if pos_embed is not None:
-        x = x + pos_embed.to(x.dtype)  # (B, L, D)
+        x = x + pos_embed  # (B, L, D)
     return torch.gather(x, 1, ids_keep[..., None].expand(-1, -1, D))  # (B, K, D)
 
 
@@ -59,15 +59,14 @@ def make_inputs(B, C, H, W, p, D, K, dtype, *, bias=True, pos=True, seed=0):
     b = torch.randn(D, generator=g) if bias else None
     pos_embed = torch.randn(L, D, generator=g) if pos else None
     ids = random_ids(B, L, K, g)
-    return imgs.to(dtype), ids, weight.to(dtype), b.to(dtype) if bias else None, pos_embed
+    cast = lambda t: None if t is None else t.to(dtype)
+    return cast(imgs), ids, cast(weight), cast(b), cast(pos_embed)
 
 
 def run(fn, imgs, ids, weight, bias, pos_embed, grad_out, wrt=("imgs", "weight", "bias", "pos_embed")):
     """Forward and the gradients of <out, grad_out> w.r.t. the inputs named in ``wrt``, on fresh leaves."""
     leaves = dict(imgs=imgs, weight=weight, bias=bias, pos_embed=pos_embed)
-    leaves = {
-        k: (None if v is None else v.detach().clone().requires_grad_(k in wrt)) for k, v in leaves.items()
-    }
+    leaves = {k: (None if v is None else v.detach().clone().requires_grad_(k in wrt)) for k, v in leaves.items()}
     out = fn(leaves["imgs"], ids, leaves["weight"], leaves["bias"], leaves["pos_embed"])
     out.backward(grad_out)
     grads = {k: v.grad for k, v in leaves.items() if v is not None and k in wrt}
@@ -88,9 +87,7 @@ def assert_bounded(name, got, base, exact, dtype):
     err = (got.double() - exact).abs().max().item()
     base_err = (base.double() - exact).abs().max().item()
     ulp = torch.finfo(dtype).eps * exact.abs().max().item()
-    assert err <= 2 * base_err + ulp, (
-        f"{name} {dtype}: error {err:.3g} > 2 x PyTorch's {base_err:.3g} + {ulp:.3g}"
-    )
+    assert err <= 2 * base_err + ulp, f"{name} {dtype}: error {err:.3g} > 2 x PyTorch's {base_err:.3g} + {ulp:.3g}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -101,12 +98,8 @@ def test_forward_and_gradients_match_oracle(shape, dtype, backend):
     B, K, D = shape[0], shape[-1], shape[-2]
     grad_out = torch.randn(B, K, D, generator=torch.Generator().manual_seed(1)).to(dtype)
 
-    out, grads = run(
-        partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out
-    )
-    exact, exact_grads = run(
-        embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double()
-    )
+    out, grads = run(partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out)
+    exact, exact_grads = run(embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double())
     base, base_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
 
     assert out.shape == (B, K, D)
@@ -122,9 +115,7 @@ def test_siammae_case_fixed_pos_frozen_pixels(backend):
     grad_out = torch.randn(3, 7, 40)
     fn = partial(patch_embed_gather, backend=backend)
     _, grads = run(fn, imgs, ids, weight, bias, pos_embed, grad_out, wrt=("weight", "bias"))
-    _, exact = run(
-        embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out, wrt=("weight", "bias")
-    )
+    _, exact = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out, wrt=("weight", "bias"))
     assert set(grads) == {"weight", "bias"}
     for name in grads:
         torch.testing.assert_close(grads[name], exact[name], **FP32_TOL)
@@ -133,13 +124,9 @@ def test_siammae_case_fixed_pos_frozen_pixels(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("with_bias, with_pos", [(False, True), (True, False), (False, False)])
 def test_optional_bias_and_pos_embed(with_bias, with_pos, backend):
-    imgs, ids, weight, bias, pos_embed = make_inputs(
-        3, 3, 16, 8, 4, 24, 5, torch.float32, bias=with_bias, pos=with_pos
-    )
+    imgs, ids, weight, bias, pos_embed = make_inputs(3, 3, 16, 8, 4, 24, 5, torch.float32, bias=with_bias, pos=with_pos)
     grad_out = torch.randn(3, 5, 24)
-    out, grads = run(
-        partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out
-    )
+    out, grads = run(partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out)
     exact, exact_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
     torch.testing.assert_close(out, exact, **FP32_TOL)
     assert grads.keys() == exact_grads.keys()
@@ -153,9 +140,7 @@ def test_repeated_indices_accumulate(backend):
     imgs, _, weight, bias, pos_embed = make_inputs(2, 3, 8, 12, 4, 24, 4, torch.float32)
     ids = torch.tensor([[5, 0, 5, 5], [5, 1, 0, 0]])
     grad_out = torch.randn(2, 4, 24)
-    out, grads = run(
-        partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out
-    )
+    out, grads = run(partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out)
     exact, exact_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
     torch.testing.assert_close(out, exact, **FP32_TOL)
     for name in grads:
@@ -187,23 +172,37 @@ def test_strided_inputs_and_pos_embed_view(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_autocast_matches_conv_under_autocast(backend):
-    """Inside torch.autocast the op casts like Conv2d: output in the autocast dtype, fp32 weight gradients."""
+    """Inside torch.autocast the op casts like Conv2d (bf16 pixels and projection, fp32 weight gradients) and
+    the fp32 sin-cos table promotes the tokens to fp32, as timm's ``patch_embed(x) + pos_embed`` does."""
     imgs, ids, weight, bias, pos_embed = make_inputs(3, 3, 12, 20, 4, 40, 7, torch.float32)
     grad_out = torch.randn(3, 7, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, grads = run(
-            partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out
-        )
+        out, grads = run(partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out)
         base, base_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
-    exact, exact_grads = run(
-        embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double()
-    )
-    assert out.dtype == base.dtype == torch.bfloat16
+    exact, exact_grads = run(embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double())
+    assert out.dtype == base.dtype == torch.float32
     assert_bounded("out", out, base, exact, torch.bfloat16)
     for name in grads:
         assert grads[name].dtype == torch.float32, name
         # Pixels and weights are rounded to bf16 in both paths; allow 2x PyTorch's error like the bf16 table.
         assert_bounded(f"grad {name}", grads[name], base_grads[name], exact_grads[name], torch.bfloat16)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_fp32_pos_embed_promotes_output(dtype, backend):
+    """Half-precision pixels and projection plus an fp32 table give fp32 tokens, as ``conv2d(x) + pos`` does."""
+    imgs, ids, weight, bias, _ = make_inputs(3, 3, 12, 20, 4, 40, 13, dtype)
+    pos_embed = torch.randn(15, 40)
+    grad_out = torch.randn(3, 13, 40)
+    out, grads = run(partial(patch_embed_gather, backend=backend), imgs, ids, weight, bias, pos_embed, grad_out)
+    exact, exact_grads = run(embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double())
+    base, base_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
+    assert out.dtype == torch.float32
+    assert grads["pos_embed"].dtype == torch.float32 and grads["weight"].dtype == dtype
+    assert_bounded("out", out, base, exact, dtype)
+    for name in grads:
+        assert_bounded(f"grad {name}", grads[name], base_grads[name], exact_grads[name], dtype)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -306,9 +305,7 @@ def test_cuda_vits16_shape(dtype):
     fn = partial(patch_embed_gather, backend="triton")
     out, grads = run(fn, imgs, ids, weight, bias, pos_embed, grad_out)
     _, again = run(fn, imgs, ids, weight, bias, pos_embed, grad_out)
-    exact, exact_grads = run(
-        embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double()
-    )
+    exact, exact_grads = run(embed_all_then_gather, *to64(imgs), ids, *to64(weight, bias, pos_embed), grad_out.double())
     base, base_grads = run(embed_all_then_gather, imgs, ids, weight, bias, pos_embed, grad_out)
     assert_bounded("out", out, base, exact, dtype)
     for name in grads:

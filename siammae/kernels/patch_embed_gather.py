@@ -34,10 +34,7 @@ if triton_available():
         single small one: ``triton.autotune`` fails there with more than one; big blocks only cost time."""
         if triton_interpreted():
             grids = ((16, 32, 32, 1, 1),)
-        return [
-            triton.Config(dict(zip(names, g[:3], strict=True)), num_warps=g[3], num_stages=g[4])
-            for g in grids
-        ]
+        return [triton.Config(dict(zip(names, g[:3], strict=True)), num_warps=g[3], num_stages=g[4]) for g in grids]
 
     # ------------------------------------------------------------------------------------------------ forward
     @triton.autotune(
@@ -224,9 +221,7 @@ def _check_inputs(imgs, ids_keep, weight, bias, pos_embed) -> tuple[int, int, in
     if weight.dtype != imgs.dtype:
         raise ValueError(f"weight is {weight.dtype} but imgs is {imgs.dtype}; cast one or use torch.autocast")
     if bias is not None and (bias.shape != (D,) or bias.dtype != weight.dtype):
-        raise ValueError(
-            f"bias must be ({D},) {weight.dtype} like weight, got {tuple(bias.shape)} {bias.dtype}"
-        )
+        raise ValueError(f"bias must be ({D},) {weight.dtype} like weight, got {tuple(bias.shape)} {bias.dtype}")
     if ids_keep.dim() != 2 or ids_keep.shape[0] != B:
         raise ValueError(f"ids_keep must be (B={B}, K), got shape {tuple(ids_keep.shape)}")
     if ids_keep.dtype != torch.int64:
@@ -279,7 +274,7 @@ def _patch_embed_gather_torch(imgs, ids_keep, weight, bias, pos_embed, p):
     patches = _gather_patches(imgs, ids_keep, p)  # (B, K, C*p*p)
     out = F.linear(patches, weight.reshape(weight.shape[0], -1), bias)  # (B, K, D)
     if pos_embed is not None:
-        out = out + pos_embed[ids_keep].to(out.dtype)  # (B, K, D)
+        out = out + pos_embed[ids_keep]  # (B, K, D), promoted like conv2d(imgs) + pos_embed
     return out
 
 
@@ -301,6 +296,11 @@ def patch_embed_gather_ref(
 
 
 # ----------------------------------------------------------------------------------------------- launchers
+def _out_dtype(imgs: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.dtype:
+    """PyTorch's dtype for ``conv2d(imgs) + pos_embed``."""
+    return imgs.dtype if pos_embed is None else torch.promote_types(imgs.dtype, pos_embed.dtype)
+
+
 def _dot_options(dtype: torch.dtype) -> tuple[bool, str]:
     """(UPCAST, INPUT_PRECISION): fp32 follows ``torch.set_float32_matmul_precision`` ("highest" -> IEEE)."""
     upcast = triton_interpreted() and dtype == torch.bfloat16
@@ -311,7 +311,7 @@ def _dot_options(dtype: torch.dtype) -> tuple[bool, str]:
 def _forward(imgs, ids, weight2d, bias, pos_embed, p, w, L):
     """Launch the forward kernel. ids (M,) int64 contiguous, weight2d (D, C*p*p) contiguous -> (M, D)."""
     M, (D, CPP) = ids.numel(), weight2d.shape
-    out = torch.empty(M, D, device=imgs.device, dtype=imgs.dtype)
+    out = torch.empty(M, D, device=imgs.device, dtype=_out_dtype(imgs, pos_embed))
     if M == 0:
         return out
     upcast, precision = _dot_options(imgs.dtype)
@@ -425,9 +425,10 @@ def patch_embed_gather(
         backend: "auto" | "triton" | "torch", see :func:`siammae.kernels.dispatch.resolve_backend`.
 
     Returns:
-        (B, K, D) tokens in the dtype of ``imgs`` (of the autocast dtype inside ``torch.autocast``), equal to
-        ``conv2d(imgs, weight, bias).flatten(2).transpose(1, 2)`` gathered at ``ids_keep`` plus
-        ``pos_embed[ids_keep]``. Differentiable in imgs, weight, bias and pos_embed.
+        (B, K, D) tokens equal to ``conv2d(imgs, weight, bias).flatten(2).transpose(1, 2)`` gathered at
+        ``ids_keep`` plus ``pos_embed[ids_keep]``, in the dtype PyTorch gives that sum: the dtype of ``imgs``
+        (the autocast dtype inside ``torch.autocast``) promoted with that of ``pos_embed``, so a bf16 embedding
+        plus an fp32 table is fp32 as in timm. Differentiable in imgs, weight, bias and pos_embed.
     """
     imgs, weight, bias = _autocast(imgs, weight, bias)
     p, _, _ = _check_inputs(imgs, ids_keep, weight, bias, pos_embed)
