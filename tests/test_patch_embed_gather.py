@@ -297,7 +297,6 @@ def test_unknown_backend():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_cuda_vits16_shape(dtype):
     """ViT-S/16 at 224 with 95 % masking (K = 9 of 196), the shape of a SiamMAE training step."""
-    torch.backends.cudnn.allow_tf32 = False  # the oracle's Conv2d in true fp32
     imgs, ids, weight, bias, pos_embed = make_inputs(8, 3, 224, 224, 16, 384, 9, dtype)
     cuda = lambda *ts: [None if t is None else t.to("cuda") for t in ts]
     imgs, ids, weight, bias, pos_embed = cuda(imgs, ids, weight, bias, pos_embed)
@@ -312,3 +311,39 @@ def test_cuda_vits16_shape(dtype):
         assert_bounded(f"grad {name}", grads[name], base_grads[name], exact_grads[name], dtype)
         if name in ("weight", "bias"):  # the Triton gradient kernel: no atomics, bitwise repeatable
             assert torch.equal(grads[name], again[name]), name
+
+
+# ---------------------------------------------------------------------------------------------------- model
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_siammae_training_loss_and_gradients_unchanged(backend):
+    """Wired into the encoder for the masked frame, the op leaves SiamMAE's loss and every gradient unchanged."""
+    from siammae.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    f1, f2 = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+
+    def loss_and_grads(m):
+        m.zero_grad(set_to_none=True)
+        loss = m(f1, f2, generator=torch.Generator().manual_seed(0))["loss"]
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    exact_loss, exact = loss_and_grads(model)  # the encoder's own embed-all-then-gather
+
+    enc = model.encoder
+    embed_all = enc.embed_patches
+
+    def fused(x, ids_keep=None, pos_interp="auto"):
+        if ids_keep is None:
+            return embed_all(x, ids_keep, pos_interp)
+        pos = enc.pos_embed_for(*enc.grid(x), pos_interp)[0, 1:]  # (L, D)
+        proj = enc.patch_embed.proj
+        return patch_embed_gather(x, ids_keep, proj.weight, proj.bias, pos, backend=backend)
+
+    enc.embed_patches = fused
+    loss, grads = loss_and_grads(model)
+    torch.testing.assert_close(loss, exact_loss, **FP32_TOL)
+    assert grads.keys() == exact.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], exact[name], **FP32_TOL, msg=lambda m, n=name: f"{n}: {m}")

@@ -301,10 +301,16 @@ def _out_dtype(imgs: torch.Tensor, pos_embed: torch.Tensor | None) -> torch.dtyp
     return imgs.dtype if pos_embed is None else torch.promote_types(imgs.dtype, pos_embed.dtype)
 
 
-def _dot_options(dtype: torch.dtype) -> tuple[bool, str]:
-    """(UPCAST, INPUT_PRECISION): fp32 follows ``torch.set_float32_matmul_precision`` ("highest" -> IEEE)."""
-    upcast = triton_interpreted() and dtype == torch.bfloat16
-    precision = "ieee" if torch.get_float32_matmul_precision() == "highest" else "tf32"
+def _dot_options(dtype: torch.dtype, mixed: bool = False) -> tuple[bool, str]:
+    """(UPCAST, INPUT_PRECISION) for ``tl.dot`` on operands of ``dtype`` (``mixed``: two different dtypes).
+
+    Operands go to fp32 under the interpreter for bf16 (its bf16 dot is wrong) and when mixed (tl.dot takes one
+    dtype). An fp32 dot follows ``torch.set_float32_matmul_precision``: "highest" (PyTorch's default) is IEEE,
+    else TF32; fp16 / bf16 dots ignore the setting ("tf32" is Triton's default there).
+    """
+    upcast = mixed or (triton_interpreted() and dtype == torch.bfloat16)
+    fp32 = upcast or dtype == torch.float32
+    precision = "ieee" if fp32 and torch.get_float32_matmul_precision() == "highest" else "tf32"
     return upcast, precision
 
 
@@ -334,9 +340,8 @@ def _backward_weight(grad, imgs, ids, D, CPP, p, w, L, with_bias):
     gb = torch.empty(D, device=imgs.device, dtype=torch.float32) if with_bias else None
     if M == 0:
         return gw.zero_(), gb.zero_() if with_bias else None
-    upcast, precision = _dot_options(grad.dtype if grad.dtype == imgs.dtype else torch.float32)
-    if grad.dtype != imgs.dtype:  # tl.dot needs one operand dtype; fp32 gradients of a low-precision op
-        upcast = True
+    # The gradient is fp32 and the pixels bf16 when an fp32 pos_embed promoted the op's output (autocast).
+    upcast, precision = _dot_options(imgs.dtype, mixed=grad.dtype != imgs.dtype)
     grid = lambda meta: (triton.cdiv(D, meta["BLOCK_D"]), triton.cdiv(CPP, meta["BLOCK_CPP"]))
     _patch_embed_gather_bwd_kernel[grid](
         grad, imgs, ids, gw, gb if with_bias else gw,
@@ -368,14 +373,14 @@ class PatchEmbedGatherFunction(torch.autograd.Function):
         weight2d = weight.reshape(D, -1).contiguous()  # (D, C*p*p), a view for a contiguous Conv2d weight
         out = _forward(imgs, ids, weight2d, bias, pos_embed, p, W // p, (H // p) * (W // p))  # (B * K, D)
         ctx.save_for_backward(imgs, ids_keep, weight2d)
-        ctx.meta = (p, H // p, W // p, bias is not None, None if pos_embed is None else pos_embed.dtype)
+        ctx.meta = (p, H // p, W // p, None if pos_embed is None else pos_embed.dtype)
         ctx.weight_dtype = weight.dtype
         return out.view(B, K, D)
 
     @staticmethod
     def backward(ctx, grad_out):
         imgs, ids_keep, weight2d = ctx.saved_tensors
-        p, h, w, has_bias, pos_dtype = ctx.meta
+        p, h, w, pos_dtype = ctx.meta
         need_imgs, _, need_w, need_b, need_pos = ctx.needs_input_grad
         B, K, D = grad_out.shape
         L = h * w
