@@ -190,7 +190,8 @@ def markdown(record: dict) -> str:
         f"{env['date']} | {env['machine']} | torch {env['torch']} | triton {env['triton']} | "
         f"GPU {env['gpu']} | commit {(env['commit'] or '?')[:10]}{' (dirty)' if env['dirty'] else ''}",
         "",
-        "| path | f2 patch embed fwd+bwd (ms) | vs embed-all | train step (ms) | samples/s | vs embed-all "
+        "| path | f2 patch embed fwd+bwd (ms) | vs embed-all | train step, median (min-max) ms | samples/s "
+        "| vs embed-all "
         "| step memory (MiB) | first loss |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -200,6 +201,7 @@ def markdown(record: dict) -> str:
         mem = "-" if mem is None else f"{mem:.0f}"
         lines.append(
             f"| {path} | {r['op']['ms']:.3f} | {base['op']['ms'] / r['op']['ms']:.2f}x | {r['train']['ms']:.1f} "
+            f"({min(r['train']['ms_all']):.1f}-{max(r['train']['ms_all']):.1f}) "
             f"| {r['train']['samples_per_s']:.2f} | {base['train']['ms'] / r['train']['ms']:.3f}x | {mem} "
             f"| {r['train']['first_loss']:.6f} |"
         )
