@@ -128,9 +128,10 @@ def attention_maps(model, frames: torch.Tensor, heads=None, pos_interp: str = "a
     y = last.norm1(x)  # (B, 1 + L, D)
     qkv = attn.qkv(y).reshape(B, 1 + h * w, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1 + L, hd)
     q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # identities unless the blocks use qk-norm
-    q_cls = q[:, :, :1].float() * attn.scale  # (B, nh, 1, hd)
-    logits = q_cls @ k[:, :, 1:].float().transpose(-2, -1)  # (B, nh, 1, L): patch keys only, see module doc
-    maps = logits.softmax(dim=-1).reshape(B, nh, h, w)  # (B, nh, h, w)
+    with torch.autocast(frames.device.type, enabled=False):  # logits and softmax in fp32 under any autocast
+        q_cls = q[:, :, :1].float() * attn.scale  # (B, nh, 1, hd)
+        logits = q_cls @ k[:, :, 1:].float().transpose(-2, -1)  # (B, nh, 1, L): patch keys only, see module doc
+        maps = logits.softmax(dim=-1).reshape(B, nh, h, w)  # (B, nh, h, w)
     if selected == "mean":
         return maps.mean(dim=1, keepdim=True)  # (B, 1, h, w)
     return maps[:, selected]  # (B, n, h, w)
@@ -149,16 +150,20 @@ def colormap_lut(name: str = "inferno") -> np.ndarray:
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
+def _lut_index(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(n, h, w) -> (n, H, W) colormap entries 0..255: bilinear upsampling, then each map over its own maximum."""
+    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]  # (n, H, W)
+    peak = up.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # (n, 1, 1)
+    return (up / peak).clamp_(0.0, 1.0).mul_(255).round_().long()  # (n, H, W)
+
+
 def heatmaps(maps: torch.Tensor, size: tuple[int, int], cmap: str = "inferno") -> torch.Tensor:
     """(n, h, w) attention -> (n, H, W, 3) uint8 colour images at ``size`` (H, W).
 
     Each map is upsampled bilinearly, then scaled by its own maximum: the head's peak is the top of the colormap.
     """
-    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]  # (n, H, W)
-    peak = up.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # (n, 1, 1)
-    index = (up / peak).clamp(0.0, 1.0).mul(255).round().long()  # (n, H, W)
     lut = torch.from_numpy(colormap_lut(cmap)).to(maps.device)  # (256, 3)
-    return lut[index]  # (n, H, W, 3)
+    return lut[_lut_index(maps, size)]  # (n, H, W, 3)
 
 
 def grid_shape(n: int) -> tuple[int, int]:
@@ -179,9 +184,10 @@ def overlay(
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not in [0, 1]")
     H, W = rgb.shape[:2]
-    heat = heatmaps(maps, (H, W), cmap).float()  # (n, H, W, 3) on the maps' device
-    frame = torch.from_numpy(np.ascontiguousarray(rgb)).to(heat.device).float()  # (H, W, 3)
-    tiles = ((1.0 - alpha) * frame + alpha * heat).round().byte().cpu().numpy()  # (n, H, W, 3)
+    # (1 - alpha) * frame + alpha * heat, with alpha folded into the table: one gather and one add per tile
+    lut = torch.from_numpy(colormap_lut(cmap)).to(maps.device).float() * alpha  # (256, 3)
+    base = torch.from_numpy(np.ascontiguousarray(rgb)).to(maps.device).float() * (1.0 - alpha)  # (H, W, 3)
+    tiles = (base + lut[_lut_index(maps, (H, W))]).round_().byte().cpu().numpy()  # (n, H, W, 3)
     n = tiles.shape[0]
     rows, cols = grid_shape(n)
     canvas = np.zeros((rows * H, cols * W, 3), dtype=np.uint8)
@@ -282,9 +288,9 @@ def default_output(input: str | os.PathLike) -> Path:
 
 
 def render_attention(
+    model,
     input: str | os.PathLike,
     out: str | os.PathLike | None = None,
-    model=None,
     heads=None,
     size: int = 480,
     batch_size: int = 4,
@@ -295,20 +301,18 @@ def render_attention(
     labels: bool = True,
     progress: bool = False,
 ) -> Path:
-    """Write the attention maps of ``model`` over ``input`` to ``out``; returns ``out``.
+    """Write the attention maps of ``model`` (a SiamMAE or ViTEncoder) over ``input`` to ``out``; returns ``out``.
 
     ``input``: a video file, a frame folder, or an image (jpg / png / ...). ``out`` (default
     :func:`default_output`): for an image, an image file (.png / .jpg); for a video or frame folder, a video file
     (.mp4 / ...) or a folder (an existing one, or a path without suffix) that receives one PNG per frame, named as
     the frame. Everything is streamed (constant memory) and every file is written atomically.
     """
-    if model is None:
-        raise TypeError("render_attention needs a model (a SiamMAE or ViTEncoder)")
     input = Path(input)
     out = Path(out) if out is not None else default_output(input)
     suffix = out.suffix.lower()
-    to_folder = False
-    if _kind(input) == "image":
+    is_image, to_folder = _kind(input) == "image", False
+    if is_image:
         if suffix not in OUT_IMAGE_EXTENSIONS:
             raise InputError(
                 f"{input} is an image: the output {out} must be an image file ({', '.join(OUT_IMAGE_EXTENSIONS)})"
@@ -329,7 +333,7 @@ def render_attention(
         from tqdm import tqdm
 
         rendered = tqdm(rendered, total=total, unit="frame", desc=input.name)
-    if fps is None:  # a single image
+    if is_image:
         for _, rgb in rendered:
             _save_image(out, rgb)
     elif to_folder:

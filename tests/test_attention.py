@@ -17,7 +17,6 @@ from siammae.attention import (
     heatmaps,
     iter_attention,
     overlay,
-    render_attention,
     resolve_heads,
 )
 from siammae.checkpoint import save_checkpoint
@@ -99,6 +98,17 @@ def test_maps_equal_timm_attention_row_renormalised_over_patches():
     assert (full[:, :, 0, 0] > 0).all()  # the [CLS] key takes some mass, which renormalising removes
     expected = (row / row.sum(-1, keepdim=True)).view(2, 4, 6, 5)
     torch.testing.assert_close(attention_maps(model, x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_maps_under_bf16_autocast_stay_fp32_distributions():
+    model = _model(num_heads=4)
+    x = _frames(2, 32, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = attention_maps(model, x)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low.sum(dim=(-2, -1)), torch.ones(2, 4), atol=1e-6, rtol=0)
+    full = attention_maps(model, x)
+    assert (low - full).abs().max() < 0.05 * full.max()
 
 
 def test_head_selection_order_and_mean():
@@ -333,6 +343,7 @@ def _bad_inputs(tmp_path, video):
         ("missing-ckpt", [video, "--ckpt", tmp_path / "none.pt"], "none.pt: no such file"),
         ("size", [video, "--size", 4], "smaller than the patch size 8"),
         ("alpha", [video, "--alpha", 2], "alpha 2.0 is not in [0, 1]"),
+        ("fp16-on-cpu", [video, "--dtype", "fp16", "--device", "cpu"], "fp16 needs a CUDA device"),
     ]
 
 
@@ -353,11 +364,6 @@ def test_cli_bad_inputs_one_line_error_exit_2(video, ckpt, tmp_path):
         assert match in lines[0], (name, lines[0])
         assert "Traceback" not in res.output
         assert set(tmp_path.rglob("*")) == before, name  # no output, no temp file left behind
-
-
-def test_render_attention_api_needs_a_model(video, tmp_path):
-    with pytest.raises(TypeError, match="needs a model"):
-        render_attention(video, tmp_path / "o.mp4")
 
 
 def test_cli_error_after_the_progress_bar_is_on_its_own_line(ckpt, tmp_path):

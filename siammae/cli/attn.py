@@ -65,9 +65,9 @@ def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, a
             raise InputError(f"--device {device}: {e}") from None
         model = load_model(ckpt, arch=arch)
         path = render_attention(
+            model,
             input,
             out,
-            model,
             heads=heads,
             size=size,
             batch_size=batch_size,
