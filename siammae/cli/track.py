@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from siammae.errors import InputError, SiamMAEError
+from siammae.models import list_models
 from siammae.propagation.config import PRESETS
 
 PRESET_NAMES = tuple(PRESETS)
@@ -66,7 +67,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     help="Masks of later frames, named like their frames, adding objects that appear there.",
 )
 @click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
-@click.option("--arch", help="Architecture of foreign weights when it cannot be inferred (e.g. vits8).")
+@click.option(
+    "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
+)
 @click.option("--encoder", type=click.Path(path_type=Path), help="Exported encoder (model.onnx / model.engine).")
 @click.option(
     "--preset",
@@ -79,8 +82,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature.")
 @click.option("--queue", type=click.IntRange(min=0), help="Override: number of preceding frames in the context.")
 @click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'.")
-@click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Short side fed to the encoder.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Encoder short side.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
 @click.option("--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True)

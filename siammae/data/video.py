@@ -125,11 +125,11 @@ class VideoSource:
                     index += 1
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
-        if index == 0:
-            raise VideoError(f"{self.path}: the video has no decodable frames")
         # A truncated file ends the demuxer quietly; the header says how many frames there should have been
         # (exactly for a frame count, within a frame of rounding for a duration).
         slack = 0 if self.num_frames else 1
+        if index == 0 and not (self._expected or 0) > slack:
+            raise VideoError(f"{self.path}: the video has no decodable frames")
         if self._expected is not None and index < self._expected - slack:
             raise VideoError(
                 f"{self.path}: decoding stopped at frame {index} of {self._expected} (file truncated or corrupt)"

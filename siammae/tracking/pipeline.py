@@ -106,11 +106,11 @@ def track_video(
     src = video if isinstance(video, VideoSource) else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
-    references = _later_masks(Path(mask_dir), src, names) if mask_dir is not None else {}
     if mask is None:
         mask = list_masks(mask_dir).get(first_name) if mask_dir is not None else None
         if mask is None:
             raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
+    references = _later_masks(Path(mask_dir), src, names) if mask_dir is not None else {}
     references.pop(first_name, None)  # frame 0's mask is ``mask``
     if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0
         mask = Path(mask)

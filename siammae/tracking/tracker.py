@@ -88,8 +88,8 @@ class Tracker:
             std = DINO_STD if preset == "dino" else IMAGENET_STD
             try:
                 self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=std)
-            except ValueError as e:  # bad device / dtype: a user error, one line
-                raise InputError(str(e)) from e
+            except (ValueError, RuntimeError) as e:  # an unknown device, CUDA without a GPU, fp16 on a CPU
+                raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
         elif isinstance(model, FrameEncoder):
             self.encoder = model
         else:
