@@ -41,8 +41,8 @@ class Radius(click.ParamType):
         return int(r) if r.is_integer() else r
 
 
-def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None):
-    """The model of ``--ckpt`` (PyTorch weights) or the runtime of ``--encoder`` (ONNX / TensorRT)."""
+def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None, device: str = "auto"):
+    """The model of ``--ckpt`` (PyTorch weights) or the runtime of ``--encoder`` (ONNX / TensorRT) on ``device``."""
     if (ckpt is None) == (encoder is None):
         raise InputError("give exactly one of --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine)")
     if ckpt is not None:
@@ -51,7 +51,7 @@ def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None
         return load_model(ckpt, arch=arch)
     from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
 
-    return load_encoder(encoder)
+    return load_encoder(encoder, device=device)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -70,7 +70,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option(
     "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
 )
-@click.option("--encoder", type=click.Path(path_type=Path), help="Exported encoder (model.onnx / model.engine).")
+@click.option(
+    "--encoder",
+    type=click.Path(path_type=Path),
+    help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
+)
 @click.option(
     "--preset",
     type=click.Choice(PRESET_NAMES),
@@ -84,9 +88,13 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'.")
 @click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Encoder short side.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True, help="Encoder precision."
+)
 @click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
-@click.option("--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True)
+@click.option(
+    "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
+)
 @click.option("--out", type=click.Path(path_type=Path), help="Folder for one indexed PNG per frame (DAVIS palette).")
 @click.option("--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks drawn (h264).")
 @click.option("--report", type=click.Path(path_type=Path), help="JSON report (and a Markdown one beside it).")
@@ -109,7 +117,7 @@ def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, 
         try:
             if mask is None and mask_dir is None:
                 raise InputError("give the mask of frame 0 with --mask (or a --mask-dir that holds it)")
-            model = load_frame_encoder(ckpt, encoder, arch)
+            model = load_frame_encoder(ckpt, encoder, arch, device)
             tracker = Tracker(model, preset=preset, device=device, dtype=dtype, size=size, chunk=chunk,
                               backend=backend, **overrides)  # fmt: skip
             result = track_video(tracker, video, mask, mask_dir=mask_dir, out=out, overlay=overlay, report=report,

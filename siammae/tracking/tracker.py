@@ -113,7 +113,8 @@ class Tracker:
         if fixed is not None and tuple(fixed) != tuple(hw):
             raise InputError(
                 f"the encoder was built for {fixed[1]}x{fixed[0]} input but this {width}x{height} video is encoded "
-                f"at {hw[1]}x{hw[0]} (size {self.size}, preset {self.preset}); export the encoder for that size"
+                f"at {hw[1]}x{hw[0]} (size {self.size}, preset {self.preset}); export it for this size: "
+                f"siammae-export --height {hw[0]} --width {hw[1]}"
             )
         return hw
 
