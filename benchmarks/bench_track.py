@@ -164,6 +164,7 @@ def main():
                 "size": args.long_size,
                 "runs": {str(n): r for n, r in runs.items()},
                 "host_growth_percent": growth("peak_host_mib"),
+                "host_growth_mib": round(runs[long]["peak_host_mib"] - runs[short]["peak_host_mib"], 1),
                 "gpu_growth_percent": growth("peak_gpu_mib"),
                 "target_percent": 10,
             }
@@ -210,7 +211,12 @@ def to_markdown(res: dict) -> str:
         for n, r in m["runs"].items():
             lines.append(f"| {n} | {r['peak_host_mib']} | {r['peak_gpu_mib'] or '-'} | {r['fps']} |")
         gpu = f", GPU {m['gpu_growth_percent']} %" if m["gpu_growth_percent"] is not None else ""
-        lines += ["", f"Growth: host **{m['host_growth_percent']} %**{gpu} (target < {m['target_percent']} %).", ""]
+        lines += [
+            "",
+            f"Growth from {list(m['runs'])[0]} to {list(m['runs'])[-1]} frames: host **{m['host_growth_percent']} %** "
+            f"({m['host_growth_mib']} MiB){gpu} (target < {m['target_percent']} %).",
+            "",
+        ]
     return "\n".join(lines)
 
 
