@@ -1,3 +1,25 @@
 """siammae: Siamese Masked Autoencoders for pretraining, tracking, evaluation and deployment."""
 
+from siammae.checkpoint import load_model, save_checkpoint
+from siammae.config import ModelConfig
+from siammae.encoder import ViTEncoder
+from siammae.errors import CheckpointError, InputError, SiamMAEError, VideoError
+from siammae.model import SiamMAE
+from siammae.models import create_model, list_models, register_model
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "InputError",
+    "ModelConfig",
+    "SiamMAE",
+    "SiamMAEError",
+    "VideoError",
+    "ViTEncoder",
+    "create_model",
+    "list_models",
+    "load_model",
+    "register_model",
+    "save_checkpoint",
+]
