@@ -41,7 +41,7 @@ def test_official_osvos_scores_per_frame(shared_data):
         F = db_eval_boundary(gt, pred)
         np.testing.assert_allclose(J, [ref["per_frame"][f]["J"] for f in frames], rtol=0, atol=1e-6)
         np.testing.assert_allclose(F, [ref["per_frame"][f]["F"] for f in frames], rtol=0, atol=1e-6)
-        scores = SequenceScores(seq, frames, J[None], F[None])
+        scores = SequenceScores(seq, frames[1:-1], J[None, 1:-1], F[None, 1:-1])
         (stats,) = scores.object_statistics()
         assert stats["J-Mean"] == pytest.approx(ref["J_mean"], abs=1e-6)
         assert stats["F-Mean"] == pytest.approx(ref["F_mean"], abs=1e-6)
@@ -135,16 +135,19 @@ def test_evaluate_sequence_and_global_table():
     gt = np.stack([gt_frame] * 5)
     pred = gt.copy()
     pred[pred == 2] = 0  # object 2 is lost after the first frame ...
-    pred[0] = gt[0]
+    pred[:2] = gt[:2]
     scores = evaluate_sequence("seq", [f"{t:05d}" for t in range(5)], gt, pred, num_objects=2)
     assert scores.J.shape == scores.F.shape == (2, 5)
     np.testing.assert_array_equal(scores.J[0], 1.0)
-    np.testing.assert_array_equal(scores.J[1], [1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(scores.J[1], [1, 1, 0, 0, 0])
     obj1, obj2 = scores.object_statistics()
     assert obj1["J-Mean"] == obj1["F-Mean"] == 1.0 and obj1["J-Decay"] == 0.0
-    assert obj2["J-Mean"] == obj2["F-Mean"] == obj2["J-Recall"] == 0.0  # frame 0 is excluded
+    # 5 frames: bins [0, 1], [1, 2], [2, 3], [3, 4] -> decay = mean(1, 1) - mean(0, 0) = 1
+    assert obj2["J-Mean"] == obj2["F-Mean"] == pytest.approx(0.4) and obj2["J-Recall"] == pytest.approx(0.4)
+    assert obj2["J-Decay"] == obj2["F-Decay"] == 1.0
     perfect = evaluate_sequence("other", scores.frames, gt, gt, num_objects=2)
     table = global_results([scores, perfect])
     assert tuple(table) == GLOBAL_COLUMNS
-    assert table["J-Mean"] == table["F-Mean"] == table["J&F-Mean"] == pytest.approx(3 / 4)
-    assert table["J-Recall"] == pytest.approx(3 / 4)
+    assert table["J-Mean"] == table["F-Mean"] == table["J&F-Mean"] == pytest.approx((1 + 0.4 + 1 + 1) / 4)
+    assert table["J-Recall"] == pytest.approx(3.4 / 4)
+    assert table["J-Decay"] == pytest.approx(1 / 4)

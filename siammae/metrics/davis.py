@@ -186,8 +186,8 @@ def object_masks(ids: np.ndarray, num_objects: int) -> np.ndarray:
 class SequenceScores:
     """Per-frame scores of one sequence.
 
-    J, F: [O, T] per object (ids 1..O) and per ground-truth frame, including the first and last frames; the
-    semi-supervised statistics use ``J[:, 1:-1]`` and ``F[:, 1:-1]``.
+    J, F: [O, T] per object (ids 1..O) and per scored frame ``frames``. The semi-supervised protocol scores
+    every ground-truth frame but the first and the last.
     """
 
     name: str
@@ -195,13 +195,12 @@ class SequenceScores:
     J: np.ndarray
     F: np.ndarray
 
-    def object_statistics(self, semi_supervised: bool = True) -> list[dict[str, float]]:
+    def object_statistics(self) -> list[dict[str, float]]:
         """Per object: dict with J-Mean, J-Recall, J-Decay, F-Mean, F-Recall, F-Decay."""
-        cut = slice(1, -1) if semi_supervised else slice(None)
         rows = []
         for j_obj, f_obj in zip(self.J, self.F, strict=True):
-            j_stats = dict(zip(("J-Mean", "J-Recall", "J-Decay"), db_statistics(j_obj[cut]), strict=True))
-            f_stats = dict(zip(("F-Mean", "F-Recall", "F-Decay"), db_statistics(f_obj[cut]), strict=True))
+            j_stats = dict(zip(("J-Mean", "J-Recall", "J-Decay"), db_statistics(j_obj), strict=True))
+            f_stats = dict(zip(("F-Mean", "F-Recall", "F-Decay"), db_statistics(f_obj), strict=True))
             rows.append({**j_stats, **f_stats})
         return rows
 
@@ -231,9 +230,9 @@ def evaluate_sequence(
     return SequenceScores(name=name, frames=list(frames), J=J, F=F)
 
 
-def global_results(sequences: list[SequenceScores], semi_supervised: bool = True) -> dict[str, float]:
+def global_results(sequences: list[SequenceScores]) -> dict[str, float]:
     """The global table: per-object statistics averaged over all objects of all sequences (official order)."""
-    rows = [row for seq in sequences for row in seq.object_statistics(semi_supervised)]
+    rows = [row for seq in sequences for row in seq.object_statistics()]
     if not rows:
         raise ValueError("no sequence to average")
     table = {key: float(np.mean([row[key] for row in rows])) for key in GLOBAL_COLUMNS[1:]}
