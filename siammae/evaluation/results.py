@@ -119,7 +119,7 @@ class ResultsDir:
         doc["per_sequence"] = per_sequence
         write_json(self.root / "results.json", _jsonable(doc))
         write_text(self.root / "results.md", markdown_table(title, global_row, self.settings))
-        return _jsonable(doc)
+        return {**_jsonable(doc), "out": str(self.root)}
 
 
 def _csv(columns: list[str], rows: list[dict]) -> str:
@@ -131,8 +131,8 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def markdown_table(title: str, global_row: dict[str, float], settings: dict) -> str:
-    """The global table in percent with one decimal (as papers print it), followed by the settings."""
+def markdown_table(title: str, global_row: dict[str, float], settings: dict | None = None) -> str:
+    """The global table in percent with one decimal (as papers print it), followed by the settings if given."""
     cells = ["-" if v is None or not math.isfinite(v) else f"{100 * v:.1f}" for v in global_row.values()]
     lines = [
         f"## {title}",
@@ -140,9 +140,7 @@ def markdown_table(title: str, global_row: dict[str, float], settings: dict) -> 
         "| " + " | ".join(global_row) + " |",
         "|" + "---|" * len(global_row),
         "| " + " | ".join(cells) + " |",
-        "",
-        "Settings:",
-        "",
     ]
-    lines += [f"- {key}: `{json.dumps(value)}`" for key, value in settings.items()]
+    if settings:
+        lines += ["", "Settings:", ""] + [f"- {key}: `{json.dumps(value)}`" for key, value in settings.items()]
     return "\n".join(lines) + "\n"
