@@ -110,7 +110,8 @@ class Runner:
             batch.clear()
 
         for rgb in frames:
-            batch.append(to_tensor(rgb))
+            # read_image's arrays view PIL's buffer, read-only: torch.from_numpy would warn (and not copy).
+            batch.append(to_tensor(rgb if rgb.flags.writeable else rgb.copy()))
             if len(batch) == self.batch_size:
                 yield from flush()
         if batch:
@@ -128,8 +129,8 @@ class Runner:
         frames = (first if i == 0 else read_image(p) for i, p in enumerate(frame_paths))
         labels = mask_to_labels(torch.from_numpy(first_mask.astype(np.int64)), grid)
         out_size = first_mask.shape
-        for soft in propagate_labels(self.features(frames, size), labels, preset=self.config):
-            yield np.asarray(labels_to_mask(soft, out_size, self.encoder.patch_size, self.config))
+        for soft in propagate_labels(self.features(frames, size), labels, self.config, chunk_size=self.batch_size):
+            yield labels_to_mask(soft, out_size, self.encoder.patch_size, self.config).cpu().numpy()
 
     def propagate_keypoints(
         self, frame_paths: list[Path], first_points: np.ndarray
@@ -139,5 +140,5 @@ class Runner:
         size, grid = self._grid(first)
         frames = (first if i == 0 else read_image(p) for i, p in enumerate(frame_paths))
         heatmaps = keypoints_to_heatmaps(first_points, first.shape[:2], grid)
-        for soft in propagate_labels(self.features(frames, size), heatmaps, preset=self.config):
+        for soft in propagate_labels(self.features(frames, size), heatmaps, self.config, chunk_size=self.batch_size):
             yield heatmaps_to_keypoints(soft, first.shape[:2])

@@ -35,9 +35,7 @@ def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray, void_pixels: n
     Returns a float for 2-D inputs, else an array of the leading shape. An empty union scores 1.
     """
     if annotation.shape != segmentation.shape:
-        raise ValueError(
-            f"annotation {annotation.shape} and segmentation {segmentation.shape} differ in shape"
-        )
+        raise ValueError(f"annotation {annotation.shape} and segmentation {segmentation.shape} differ in shape")
     annotation = annotation.astype(bool)
     segmentation = segmentation.astype(bool)
     keep = np.ones_like(annotation) if void_pixels is None else ~void_pixels.astype(bool)
@@ -100,9 +98,7 @@ def boundary_tolerance(shape: tuple[int, int], bound_th: float = 0.008) -> int:
     """Matching tolerance in pixels: ``bound_th`` itself when >= 1, else ceil(bound_th x image diagonal)."""
     if bound_th >= 1:
         if bound_th != int(bound_th):
-            raise ValueError(
-                f"bound_th={bound_th} pixels must be a whole number (or a fraction < 1 of the diagonal)"
-            )
+            raise ValueError(f"bound_th={bound_th} pixels must be a whole number (or a fraction < 1 of the diagonal)")
         return int(bound_th)
     return int(math.ceil(bound_th * math.hypot(shape[0], shape[1])))
 
@@ -142,9 +138,7 @@ def db_eval_boundary(
 ):
     """Boundary accuracy F of binary masks: a float for [H, W] inputs, a [T] array for [T, H, W] inputs."""
     if annotation.shape != segmentation.shape:
-        raise ValueError(
-            f"annotation {annotation.shape} and segmentation {segmentation.shape} differ in shape"
-        )
+        raise ValueError(f"annotation {annotation.shape} and segmentation {segmentation.shape} differ in shape")
     if annotation.ndim == 2:
         return f_measure(segmentation, annotation, void_pixels, bound_th)
     if annotation.ndim != 3:
