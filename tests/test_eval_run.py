@@ -170,3 +170,19 @@ def test_vip_static_video_keeps_the_parts(tmp_path, tiny_ckpt):
     exact = CliRunner().invoke(main, [*args, "--topk", "1", "--overwrite", "--device", "cpu"])
     assert exact.exit_code == 0, exact.output
     assert json.loads((out / "results.json").read_text())["global"]["mIoU"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--ckpt", "missing.pth"], "error: missing.pth: no such file"),
+        (["--preset", "fast"], "error: unknown propagation preset 'fast'; valid presets: dino, siammae-davis"),
+        (["--size", "0"], "error: input size '0' is not a short side"),
+        ([], "error: DAVIS split list"),
+    ],
+)
+def test_model_run_errors(tmp_path, tiny_ckpt, extra, message):
+    args = ["davis", "--root", str(tmp_path), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), *extra]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message), result.stderr

@@ -4,10 +4,12 @@ The input side of the protocols (PROTOCOL.md, "Features"), which the propagation
 
 - ``dino``: the short side becomes 480 and the long side is floored to a multiple of 64 (854x480 -> 832x480),
   normalised with DINO's std (0.228, 0.224, 0.225).
-- ``siammae-*`` (CRW / CropMAE test code): a fixed size per benchmark, ImageNet std. DAVIS 480x880, JHMDB
-  320x320 (CRW ``--cropSize 320``), VIP short side 560 with the aspect kept.
+- ``siammae-*`` (CRW / CropMAE test code): ImageNet std; DAVIS frames at a fixed 480x880 (PROTOCOL.md).
+  PROTOCOL.md fixes no size for the other two; the defaults here are JHMDB 320x320 (its frames are 320x240)
+  and VIP short side 560 with the aspect kept.
 
-Every choice is a field of :class:`InputConfig` and lands in the results' settings.
+Every choice is a field of :class:`InputConfig`, can be changed (``--size``) and lands in the results'
+settings.
 """
 
 import dataclasses
@@ -79,7 +81,12 @@ def parse_size(text: str, base: InputConfig) -> InputConfig:
 
 @dataclass
 class Runner:
-    """An encoder with the propagation and input settings of one evaluation."""
+    """An encoder with the propagation and input settings of one evaluation.
+
+    encoder: a :class:`~siammae.frame_encoder.TorchEncoder` (its std should be ``inputs.std``).
+    preset, overrides: the propagation preset and the fields that replace its values.
+    batch_size: frames encoded at once, and frames per top-k call of the propagation (no effect on results).
+    """
 
     encoder: TorchEncoder
     preset: str
@@ -87,9 +94,8 @@ class Runner:
     inputs: InputConfig
     batch_size: int = 8
 
-    @property
-    def config(self):
-        return get_preset(self.preset, **self.overrides)
+    def __post_init__(self):
+        self.config = get_preset(self.preset, **self.overrides)
 
     def settings(self) -> dict:
         return {
