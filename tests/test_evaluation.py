@@ -175,9 +175,10 @@ def test_results_dir_resume_and_settings(tmp_path):
     records = results.collect(["a", "b"], compute, progress=False)
     assert records == [{"name": "a", "score": None}, {"name": "b", "score": None}]  # NaN stored as null
     assert calls == ["a", "b"]
-    again = ResultsDir(out, {"benchmark": "davis", "topk": 7})
+    again = ResultsDir(out, {"benchmark": "davis", "topk": 7, "root": "/moved/DAVIS"})  # a new place is fine
     again.collect(["a", "b", "c"], compute, progress=False)
     assert calls == ["a", "b", "c"]  # a and b were read back
+    assert json.loads((out / "settings.json").read_text())["root"] == "/moved/DAVIS"
     with pytest.raises(InputError, match=r"other settings \(differing in: topk\); pass --overwrite"):
         ResultsDir(out, {"benchmark": "davis", "topk": 5})
     ResultsDir(out, {"benchmark": "davis", "topk": 5}, overwrite=True).collect(["a"], compute, progress=False)

@@ -10,7 +10,8 @@ Layout of ``--out``::
     results.md, results.json             the global table with the settings, for a paper's table to be traced
 
 A run into a folder that already holds ``settings.json`` resumes when the settings are the same (sequences with
-a score file are not run again) and stops with an error naming what changed otherwise, unless ``overwrite``.
+a score file are not run again; the data set and checkpoint may have moved, the checkpoint's sha256 must be the
+same) and stops with an error naming what changed otherwise, unless ``overwrite``.
 Every file is written atomically, so an interrupted run leaves no half-written score that a resume would trust.
 """
 
@@ -26,6 +27,10 @@ from tqdm import tqdm
 
 from siammae.errors import InputError
 from siammae.io import write_json, write_text
+
+# Settings that say where things are, not what was computed: a resume may find the data set or the checkpoint
+# moved (the checkpoint's identity is its sha256, which must match).
+LOCATION_KEYS = frozenset({"root", "checkpoint", "results"})
 
 
 def _jsonable(value):
@@ -56,7 +61,8 @@ class ResultsDir:
                 previous = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as err:
                 raise InputError(f"{path} is unreadable ({err}); pass --overwrite to start again") from None
-            changed = sorted(k for k in set(previous) | set(self.settings) if previous.get(k) != self.settings.get(k))
+            keys = (set(previous) | set(self.settings)) - LOCATION_KEYS
+            changed = sorted(k for k in keys if previous.get(k) != self.settings.get(k))
             if changed:
                 raise InputError(
                     f"{self.root} holds results of other settings (differing in: {', '.join(changed)}); "
