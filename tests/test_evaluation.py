@@ -264,6 +264,11 @@ def test_jhmdb_perfect_and_shifted(tmp_path):
     doc = jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     assert doc["global"]["PCK@0.1"] == pytest.approx(13 / 14)
     assert doc["global"]["PCK@0.2"] == 1.0
+    data = json.loads(path.read_text())
+    data["frames"][2]["keypoints"][4] = "here"
+    path.write_text(json.dumps(data))
+    with pytest.raises(InputError, match=r'frame 2 keypoint 4 is "here", not \[x, y\] or null'):
+        jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     write_keypoint_track(path, ("j",) * 15, track(pred[:3]), (240, 320))
     with pytest.raises(InputError, match="has 3 frames, the video has 4"):
         jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)

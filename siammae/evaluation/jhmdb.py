@@ -108,8 +108,11 @@ def read_prediction(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray
         if not isinstance(points, list) or len(points) != len(JOINT_NAMES):
             raise InputError(f"prediction {path}: frame {t} needs {len(JOINT_NAMES)} keypoints ([x, y] or null)")
         for j, p in enumerate(points):
-            if p is not None:
-                xy[t, j] = p
+            if p is None:
+                continue
+            if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)):
+                raise InputError(f"prediction {path}: frame {t} keypoint {j} is {json.dumps(p)}, not [x, y] or null")
+            xy[t, j] = p
     return xy, ~np.isnan(xy[..., 0])
 
 
