@@ -186,3 +186,17 @@ def test_model_run_errors(tmp_path, tiny_ckpt, extra, message):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2
     assert result.stderr.startswith(message), result.stderr
+
+
+def test_frame_of_another_size_is_an_error(tmp_path, tiny_ckpt):
+    root = tmp_path / "DAVIS"
+    (root / "JPEGImages/480p/odd").mkdir(parents=True)
+    for t, (h, w) in enumerate([(32, 48), (32, 48), (40, 48)]):
+        Image.fromarray(_texture(h, w)).save(root / f"JPEGImages/480p/odd/{t:05d}.jpg")
+        write_index_png(root / f"Annotations/480p/odd/{t:05d}.png", np.ones((h, w), dtype=np.uint8))
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("odd\n")
+    args = ["davis", "--root", str(root), "--ckpt", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--size", "32"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2
+    assert "odd/00002.jpg is 48x40 but 00000.jpg is 48x32" in result.stderr

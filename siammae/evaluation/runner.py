@@ -123,28 +123,41 @@ class Runner:
         if batch:
             yield from flush()
 
-    def _grid(self, first: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    def _open(self, frame_paths: list[Path]):
+        """(frame 0 [H, W, 3], all frames lazily, encoder input size, patch grid (h, w))."""
+        first = read_image(frame_paths[0])
         p = self.encoder.patch_size
         size = self.inputs.frame_size(first.shape[0], first.shape[1], p)
-        return size, (size[0] // p, size[1] // p)
+
+        def frames():
+            yield first
+            for path in frame_paths[1:]:
+                rgb = read_image(path)
+                if rgb.shape != first.shape:
+                    raise InputError(
+                        f"frame {path} is {rgb.shape[1]}x{rgb.shape[0]} but {frame_paths[0].name} is "
+                        f"{first.shape[1]}x{first.shape[0]}"
+                    )
+                yield rgb
+
+        return first, frames(), size, (size[0] // p, size[1] // p)
+
+    def _propagate(self, frames, size, labels) -> Iterator[torch.Tensor]:
+        labels = labels.to(self.encoder.device)
+        yield from propagate_labels(self.features(frames, size), labels, self.config, chunk_size=self.batch_size)
 
     def propagate_mask(self, frame_paths: list[Path], first_mask: np.ndarray) -> Iterator[np.ndarray]:
         """Masks [H, W] of frames 1.. from the id map [H, W] of frame 0 (original resolution in and out)."""
-        first = read_image(frame_paths[0])
-        size, grid = self._grid(first)
-        frames = (first if i == 0 else read_image(p) for i, p in enumerate(frame_paths))
-        labels = mask_to_labels(torch.from_numpy(first_mask.astype(np.int64)), grid)
-        out_size = first_mask.shape
-        for soft in propagate_labels(self.features(frames, size), labels, self.config, chunk_size=self.batch_size):
-            yield labels_to_mask(soft, out_size, self.encoder.patch_size, self.config).cpu().numpy()
+        _, frames, size, grid = self._open(frame_paths)
+        labels = mask_to_labels(torch.from_numpy(first_mask.astype(np.int64)), grid)  # (h, w) ids
+        for soft in self._propagate(frames, size, labels):  # (C, h, w)
+            yield labels_to_mask(soft, first_mask.shape, self.encoder.patch_size, self.config).cpu().numpy()
 
     def propagate_keypoints(
         self, frame_paths: list[Path], first_points: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """([J, 2] pixels, [J] visible) of frames 1.. from the [J, 2] (x, y) pixels of frame 0."""
-        first = read_image(frame_paths[0])
-        size, grid = self._grid(first)
-        frames = (first if i == 0 else read_image(p) for i, p in enumerate(frame_paths))
-        heatmaps = keypoints_to_heatmaps(first_points, first.shape[:2], grid)
-        for soft in propagate_labels(self.features(frames, size), heatmaps, self.config, chunk_size=self.batch_size):
+        first, frames, size, grid = self._open(frame_paths)
+        heatmaps = keypoints_to_heatmaps(first_points, first.shape[:2], grid)  # (1 + J, h, w)
+        for soft in self._propagate(frames, size, heatmaps):
             yield heatmaps_to_keypoints(soft, first.shape[:2])
