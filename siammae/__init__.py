@@ -1,5 +1,6 @@
 """siammae: Siamese Masked Autoencoders for pretraining, tracking, evaluation and deployment."""
 
+from siammae.attention import attention_maps, render_attention
 from siammae.checkpoint import load_model, save_checkpoint
 from siammae.config import ModelConfig
 from siammae.encoder import ViTEncoder
@@ -10,6 +11,8 @@ from siammae.models import create_model, list_models, register_model
 __version__ = "0.1.0"
 
 __all__ = [
+    "attention_maps",
+    "render_attention",
     "CheckpointError",
     "InputError",
     "ModelConfig",
