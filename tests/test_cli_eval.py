@@ -36,6 +36,10 @@ def test_davis_results_equal_official_osvos(shared_data, tmp_path):
     assert doc["global"]["J-Mean"] == pytest.approx(np.mean([s["J_mean"] for s in seqs]), abs=1e-6)
     assert doc["global"]["F-Mean"] == pytest.approx(np.mean([s["F_mean"] for s in seqs]), abs=1e-6)
     assert (out / "per-sequence_results-val.csv").read_text().startswith("Sequence,J-Mean,J-Recall,J-Decay,F-Mean")
+    for row, (name, ref) in zip(doc["per_sequence"], official["sequences"].items(), strict=True):
+        assert row["Sequence"] == f"{name}_1"  # DAVIS-2016: one object per sequence
+        assert row["J-Mean"] == pytest.approx(ref["J_mean"], abs=1e-6)
+        assert row["F-Mean"] == pytest.approx(ref["F_mean"], abs=1e-6)
 
 
 @pytest.mark.parametrize(
