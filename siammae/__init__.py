@@ -7,10 +7,16 @@ from siammae.encoder import ViTEncoder
 from siammae.errors import CheckpointError, InputError, SiamMAEError, VideoError
 from siammae.model import SiamMAE
 from siammae.models import create_model, list_models, register_model
+from siammae.propagation import PRESETS, PropagationConfig, Propagator, get_preset, propagate_labels
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
+    "PropagationConfig",
+    "Propagator",
+    "get_preset",
+    "propagate_labels",
     "attention_maps",
     "render_attention",
     "CheckpointError",

@@ -48,7 +48,7 @@ def read_image(path: Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
     except (OSError, SyntaxError, ValueError) as e:
         raise VideoError(f"{path}: cannot decode image ({e})") from e
 
