@@ -12,10 +12,11 @@ from PIL import Image
 
 from siammae.errors import InputError
 from siammae.evaluation import davis, jhmdb, vip
-from siammae.evaluation.png import read_index_png, voc_palette, write_index_png
+from siammae.evaluation.png import read_index_png, write_index_png
 from siammae.evaluation.results import ResultsDir
 from siammae.keypoints import write_keypoint_track
 from siammae.metrics.davis import GLOBAL_COLUMNS
+from siammae.tracking.palette import davis_palette
 
 H, W = 40, 48  # diagonal 62.5: F tolerance ceil(0.008 * 62.5) = 1 pixel
 
@@ -139,7 +140,7 @@ def test_png_palette_and_modes(tmp_path):
         assert im.mode == "P"
         assert np.array(im.getpalette()[:9]).tolist() == [0, 0, 0, 128, 0, 0, 0, 128, 0]
     np.testing.assert_array_equal(read_index_png(tmp_path / "m.png"), ids)
-    assert voc_palette()[5].tolist() == [128, 0, 128]
+    assert davis_palette()[5].tolist() == [128, 0, 128]
     Image.fromarray(ids * 20).save(tmp_path / "l.png")  # greyscale masks keep their values
     np.testing.assert_array_equal(read_index_png(tmp_path / "l.png"), ids * 20)
 

@@ -226,9 +226,7 @@ if triton is not None:
                         k_min = tl.min(top_v, axis=1)
                         n_new = tl.sum((s > k_min[:, None]).to(tl.int32), axis=1)
                         for _ in range(0, tl.minimum(tl.max(n_new, axis=0), K)):
-                            m, am = tl.max(
-                                s, axis=1, return_indices=True
-                            )  # (BQ,) best remaining key of the tile
+                            m, am = tl.max(s, axis=1, return_indices=True)  # (BQ,) best remaining key of the tile
                             k_min, a_min = tl.min(top_v, axis=1, return_indices=True)  # (BQ,) worst kept key
                             key = f.to(tl.int64) * N + (ky0 + am // KW) * W + kx0 + am % KW
                             put = (slot[None, :] == a_min[:, None]) & (m > k_min)[:, None]
@@ -288,9 +286,7 @@ def _topk_affinity_triton(
     T, N, D = query.shape
     h, w = grid
     interpreted = triton_interpreted()
-    size = (
-        16 if interpreted else 64
-    )  # tl.dot needs >= 16 per side; 64 x 64 tiles suit sm80+ on 384-d features
+    size = 16 if interpreted else 64  # tl.dot needs >= 16 per side; 64 x 64 tiles suit sm80+ on 384-d features
     qh, qw = _tile(h, w, size)
     kh, kw = _tile(h, w, size)
     block_d = 16 if interpreted else min(64, max(16, triton.next_power_of_2(D)))
@@ -456,21 +452,15 @@ def topk_affinity(
     if h * w != N or keys.shape[1:] != (N, D):
         raise ValueError(f"grid {h}x{w} and query {tuple(query.shape)} do not match keys {tuple(keys.shape)}")
     if keys.dtype != query.dtype or keys.device != query.device:
-        raise ValueError(
-            f"query and keys differ: {query.dtype} on {query.device}, {keys.dtype} on {keys.device}"
-        )
+        raise ValueError(f"query and keys differ: {query.dtype} on {query.device}, {keys.dtype} on {keys.device}")
     if len(ctx_start) != T or len(ctx_stop) != T:
         raise ValueError(f"ctx_start and ctx_stop need one entry per query frame ({T})")
     if not 0 <= n_ref <= F or any(not n_ref <= a <= b <= F for a, b in zip(ctx_start, ctx_stop, strict=True)):
         raise ValueError(f"context ranges must satisfy n_ref <= start <= stop <= {F} frames, n_ref {n_ref}")
     if topk < 1 or not temperature > 0:
         raise ValueError(f"topk must be >= 1 and temperature > 0, got {topk} and {temperature}")
-    if labels is not None and (
-        labels.dim() != 3 or labels.shape[:2] != (F, N) or labels.device != keys.device
-    ):
-        raise ValueError(
-            f"labels must be (F, N, C) = ({F}, {N}, C) on {keys.device}, got {tuple(labels.shape)}"
-        )
+    if labels is not None and (labels.dim() != 3 or labels.shape[:2] != (F, N) or labels.device != keys.device):
+        raise ValueError(f"labels must be (F, N, C) = ({F}, {N}, C) on {keys.device}, got {tuple(labels.shape)}")
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     if resolve_backend(backend, query.device) == "triton":
         if labels is not None:

@@ -105,7 +105,5 @@ def get_preset(name: str = "dino", **overrides) -> PropagationConfig:
     fields = [f.name for f in dataclasses.fields(PropagationConfig)]
     unknown = sorted(set(overrides) - set(fields))
     if unknown:
-        raise InputError(
-            f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}"
-        )
+        raise InputError(f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: {', '.join(fields)}")
     return dataclasses.replace(PRESETS[name], **overrides)

@@ -103,9 +103,7 @@ class Propagator:
     def __init__(self, config: PropagationConfig | str = "dino", backend: str = "auto"):
         self.config = get_preset(config) if isinstance(config, str) else config
         if not isinstance(self.config, PropagationConfig):
-            raise InputError(
-                f"config must be a PropagationConfig or a preset name, got {type(config).__name__}"
-            )
+            raise InputError(f"config must be a PropagationConfig or a preset name, got {type(config).__name__}")
         self.backend = backend
         self.state: PropagationState | None = None
 
@@ -132,9 +130,7 @@ class Propagator:
         feats = features0.new_empty(size, h * w, D)
         labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
         feats[: 1 + copies] = _normalise(features0).reshape(h * w, D)
-        labels[: 1 + copies] = (
-            soft.to(features0.device).reshape(soft.shape[0], h * w).T
-        )  # (C, h, w) -> (N, C)
+        labels[: 1 + copies] = soft.to(features0.device).reshape(soft.shape[0], h * w).T  # (C, h, w) -> (N, C)
         self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies)
 
     @torch.no_grad()
@@ -145,11 +141,7 @@ class Propagator:
         if features.dim() != 4 or tuple(features.shape[1:3]) != (h, w):
             raise InputError(f"features must be (T, {h}, {w}, D), got {tuple(features.shape)}")
         bank = st.feats
-        if (
-            features.shape[-1] != bank.shape[-1]
-            or features.dtype != bank.dtype
-            or features.device != bank.device
-        ):
+        if features.shape[-1] != bank.shape[-1] or features.dtype != bank.dtype or features.device != bank.device:
             raise InputError(
                 f"features are {features.shape[-1]}-d {features.dtype} on {features.device} but frame 0 was "
                 f"{bank.shape[-1]}-d {bank.dtype} on {bank.device}"
@@ -158,9 +150,7 @@ class Propagator:
         st.reserve(st.n_ref + cfg.n_last + 1 + T)  # the same size at every step of a steady stream
         first = st.n_used  # bank position of the chunk's first frame
         st.feats[first : first + T] = _normalise(features).reshape(T, N, -1)
-        stop = [
-            first + j for j in range(T)
-        ]  # frame j sees the n frames before it, earlier chunk frames included
+        stop = [first + j for j in range(T)]  # frame j sees the n frames before it, earlier chunk frames included
         start = [max(st.n_ref, s - cfg.n_last) for s in stop]
         kw = dict(
             n_ref=st.n_ref,
@@ -198,9 +188,7 @@ class Propagator:
         """
         st = self._require_state("add_reference")
         if not st.stepped:
-            raise InputError(
-                "add_reference applies to the frame step() returned last, and step() was not called"
-            )
+            raise InputError("add_reference applies to the frame step() returned last, and step() was not called")
         h, w = st.grid
         if not torch.is_tensor(labels) or tuple(labels.shape) != (h, w) or labels.dtype.is_floating_point:
             raise InputError(f"reference labels must be an ({h}, {w}) integer id map, got {labels!r:.60}")
