@@ -78,9 +78,7 @@ class DenseDINO:
         feat_tar = F.normalize(feat_tar, dim=1, p=2)
         feat_sources = F.normalize(feat_sources, dim=1, p=2)
         feat_tar = feat_tar.unsqueeze(0).repeat(ncontext, 1, 1)
-        aff = torch.exp(
-            torch.bmm(feat_tar, feat_sources) / TEMPERATURE
-        )  # ncontext x h*w (query) x h*w (keys)
+        aff = torch.exp(torch.bmm(feat_tar, feat_sources) / TEMPERATURE)  # ncontext x h*w (query) x h*w (keys)
         if self.mask is None:
             self.mask = circle_mask(h, w, ncontext, aff.device)
         aff *= self.mask
@@ -176,9 +174,7 @@ def run_case(method: str, device: str, grid: tuple[int, int], repeats: int, dtyp
         base = _rss_bytes()
         out = step(queries[0])
         peak = _peak_rss_bytes() - base
-        high_water_ok = (
-            _peak_rss_bytes() > high_water
-        )  # else the step stayed under the setup's high-water mark
+        high_water_ok = _peak_rss_bytes() > high_water  # else the step stayed under the setup's high-water mark
     del out
 
     times, cpu_times = [], []
@@ -338,9 +334,7 @@ def bench_device(device: str, grids: list[str], repeats: int, threads: int | Non
 
 def markdown(device: str, meta: dict, rows: list[dict]) -> str:
     gpu = device == "cuda"
-    head = (
-        "| grid | method | dtype | frames/step | ms / frame | peak MiB | speedup vs dense | memory / dense |"
-    )
+    head = "| grid | method | dtype | frames/step | ms / frame | peak MiB | speedup vs dense | memory / dense |"
     sep = "|---|---|---|---|---|---|---|---|"
     if not gpu:
         head += " CPU ms / frame | speedup in CPU time |"
@@ -422,17 +416,13 @@ def markdown(device: str, meta: dict, rows: list[dict]) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", default="30x55,60x110", help="comma-separated, from " + ", ".join(GRIDS))
     parser.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when present)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads per case (OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument(
-        "--worker", nargs=6, metavar=("METHOD", "DEVICE", "GRID", "REPEATS", "DTYPE", "CHUNK")
-    )
+    parser.add_argument("--worker", nargs=6, metavar=("METHOD", "DEVICE", "GRID", "REPEATS", "DTYPE", "CHUNK"))
     args = parser.parse_args(argv)
     if args.worker:
         method, device, grid, repeats, dtype, chunk = args.worker
@@ -443,9 +433,7 @@ def main(argv=None):
     unknown = [g for g in grids if g not in GRIDS]
     if unknown:
         parser.error(f"unknown grid(s) {unknown}; valid: {', '.join(GRIDS)}")
-    devices = (
-        args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    )
+    devices = args.devices.split(",") if args.devices else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     meta = environment()
     meta["torch_threads"] = args.threads or meta["torch_threads"]  # the workers' threads
     for device in devices:

@@ -166,9 +166,7 @@ def test_siammae_preset_equals_dense_crw(backend):
     first = F.one_hot(_ids(h, w, seed=2), 3).permute(2, 0, 1).float()
     consts = dict(topk=4, temperature=0.7, n_last=3, radius=2.5)
     dense = crw_dense(feats, first, **consts)
-    out = list(
-        propagate_labels(feats, first, "siammae-davis", chunk_size=5, backend=backend, **consts)
-    )  # 5+1
+    out = list(propagate_labels(feats, first, "siammae-davis", chunk_size=5, backend=backend, **consts))  # 5+1
     for ours, ref in zip(out, dense, strict=True):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
 
@@ -285,9 +283,7 @@ def test_prefill_puts_n_copies_of_frame_0_in_the_queue():
     feat = torch.randn(3, 4, 8)
     prop = Propagator("siammae-davis", backend="torch")
     prop.reset(feat, _ids(3, 4))
-    assert prop.state.n_queue == 20 and torch.equal(
-        prop.state.feats[1:21], prop.state.feats[:1].expand(20, -1, -1)
-    )
+    assert prop.state.n_queue == 20 and torch.equal(prop.state.feats[1:21], prop.state.feats[:1].expand(20, -1, -1))
     prop = Propagator("dino", backend="torch")
     prop.reset(feat, _ids(3, 4))
     assert prop.state.n_queue == 0
@@ -305,9 +301,7 @@ def test_misuse_is_reported():
     with pytest.raises(InputError, match="8-d"):
         prop.step(torch.zeros(1, 3, 4, 9))
     prop.step(torch.randn(1, 3, 4, 8))
-    with pytest.raises(
-        InputError, match="must be an \\(3, 4\\) integer id map, got \\(3, 4\\) torch.float32"
-    ):
+    with pytest.raises(InputError, match="must be an \\(3, 4\\) integer id map, got \\(3, 4\\) torch.float32"):
         prop.add_reference(torch.zeros(3, 4))
     with pytest.raises(InputError, match="feature grid is 3x4"):
         prop.reset(torch.randn(3, 4, 8), _ids(4, 4))
@@ -408,10 +402,7 @@ def _patch_features(rgb: np.ndarray, patch: int) -> torch.Tensor:
 def test_real_clip_with_objects_that_appear_later(shared_data):
     root = shared_data / "cutie"
     size, patch = (427, 240), 8  # frames at half resolution keep this fast on a CPU
-    frames = [
-        np.asarray(Image.open(root / f"images/judo/{i:05d}.jpg").convert("RGB").resize(size))
-        for i in range(10)
-    ]
+    frames = [np.asarray(Image.open(root / f"images/judo/{i:05d}.jpg").convert("RGB").resize(size)) for i in range(10)]
     masks = {i: np.asarray(Image.open(root / f"masks/judo/{i:05d}.png")) for i in (0, 5, 8)}
     assert masks[5].shape == (480, 853)  # one mask is a pixel narrower than the frames
     feats = [_patch_features(f, patch) for f in frames]
@@ -429,9 +420,7 @@ def test_real_clip_with_objects_that_appear_later(shared_data):
             hit = (pred & torch.from_numpy(given)).sum()
             # measured with these crude features: precision 0.86 / 0.99, recall 0.54 / 0.59 (the queue frames,
             # from before the object was given, still vote background)
-            assert hit / pred.sum() > 0.8 and hit / given.sum() > 0.4, (
-                f"object {new_id}: {hit} of {pred.sum()}"
-            )
+            assert hit / pred.sum() > 0.8 and hit / given.sum() > 0.4, f"object {new_id}: {hit} of {pred.sum()}"
         if b - 1 in (5, 8):
             ref = prop.add_reference(labels[b - 1])
             assert ref.shape == (int(labels[b - 1].max()) + 1, h, w)

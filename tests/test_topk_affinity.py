@@ -65,9 +65,7 @@ def test_reference_equals_dense_brute_force(grid, D, T, n_ref, ranges, topk, rad
     F_ = max(b for _, b in ranges)
     q, k = _inputs(grid, D, T, F_)
     start, stop = [a for a, _ in ranges], [b for _, b in ranges]
-    kw = dict(
-        n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref
-    )
+    kw = dict(n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
     W_, I_ = _dense(q, k, grid, start, stop, n_ref, topk, 0.1, radius, shape, restrict_ref)
     for block_elems in (1, 97, 1 << 22):  # one query per block, ragged blocks, one block
         w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
@@ -121,9 +119,7 @@ def test_triton_equals_reference(grid, D, T, n_ref, ranges, topk, radius, shape,
     F_ = max(b for _, b in ranges)
     q, k = _inputs(grid, D, T, F_, seed=1, dtype=dtype)
     start, stop = [a for a, _ in ranges], [b for _, b in ranges]
-    kw = dict(
-        n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref
-    )
+    kw = dict(n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
     w_ref, i_ref = topk_affinity(q, k, grid, start, stop, backend="torch", **kw)
     w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
     assert w.dtype == torch.float32 and i.dtype == torch.int64 and w.shape == (T, grid[0] * grid[1], topk)
@@ -143,9 +139,7 @@ def test_triton_fused_gather_equals_reference(shape, radius, restrict_ref):
     ref = topk_affinity(q, k, grid, [1, 2], [3, 4], labels=labels, backend="torch", **kw)
     out = topk_affinity(q, k, grid, [1, 2], [3, 4], labels=labels, backend="triton", **kw)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    w, i = topk_affinity(
-        q, k, grid, [1, 2], [3, 4], backend="torch", **kw
-    )  # the unfused op, gathered by hand
+    w, i = topk_affinity(q, k, grid, [1, 2], [3, 4], backend="torch", **kw)  # the unfused op, gathered by hand
     manual = (labels.reshape(-1, 3)[i.clamp_min(0)] * w[..., None]).sum(2)
     torch.testing.assert_close(ref, manual, atol=1e-6, rtol=1e-5)
 

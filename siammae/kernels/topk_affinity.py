@@ -457,21 +457,15 @@ def topk_affinity(
     if h * w != N or keys.shape[1:] != (N, D):
         raise ValueError(f"grid {h}x{w} and query {tuple(query.shape)} do not match keys {tuple(keys.shape)}")
     if keys.dtype != query.dtype or keys.device != query.device:
-        raise ValueError(
-            f"query and keys differ: {query.dtype} on {query.device}, {keys.dtype} on {keys.device}"
-        )
+        raise ValueError(f"query and keys differ: {query.dtype} on {query.device}, {keys.dtype} on {keys.device}")
     if len(ctx_start) != T or len(ctx_stop) != T:
         raise ValueError(f"ctx_start and ctx_stop need one entry per query frame ({T})")
     if not 0 <= n_ref <= F or any(not n_ref <= a <= b <= F for a, b in zip(ctx_start, ctx_stop, strict=True)):
         raise ValueError(f"context ranges must satisfy n_ref <= start <= stop <= {F} frames, n_ref {n_ref}")
     if topk < 1 or not temperature > 0:
         raise ValueError(f"topk must be >= 1 and temperature > 0, got {topk} and {temperature}")
-    if labels is not None and (
-        labels.dim() != 3 or labels.shape[:2] != (F, N) or labels.device != keys.device
-    ):
-        raise ValueError(
-            f"labels must be (F, N, C) = ({F}, {N}, C) on {keys.device}, got {tuple(labels.shape)}"
-        )
+    if labels is not None and (labels.dim() != 3 or labels.shape[:2] != (F, N) or labels.device != keys.device):
+        raise ValueError(f"labels must be (F, N, C) = ({F}, {N}, C) on {keys.device}, got {tuple(labels.shape)}")
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     if resolve_backend(backend, query.device) == "triton":
         if labels is not None:

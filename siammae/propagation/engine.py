@@ -102,9 +102,7 @@ class Propagator:
     def __init__(self, config: PropagationConfig | str = "dino", backend: str = "auto"):
         self.config = get_preset(config) if isinstance(config, str) else config
         if not isinstance(self.config, PropagationConfig):
-            raise InputError(
-                f"config must be a PropagationConfig or a preset name, got {type(config).__name__}"
-            )
+            raise InputError(f"config must be a PropagationConfig or a preset name, got {type(config).__name__}")
         self.backend = backend
         self.state: PropagationState | None = None
 
@@ -142,11 +140,7 @@ class Propagator:
         if features.dim() != 4 or tuple(features.shape[1:3]) != (h, w):
             raise InputError(f"features must be (T, {h}, {w}, D), got {tuple(features.shape)}")
         bank = st.feats
-        if (
-            features.shape[-1] != bank.shape[-1]
-            or features.dtype != bank.dtype
-            or features.device != bank.device
-        ):
+        if features.shape[-1] != bank.shape[-1] or features.dtype != bank.dtype or features.device != bank.device:
             raise InputError(
                 f"features are {features.shape[-1]}-d {features.dtype} on {features.device} but frame 0 was "
                 f"{bank.shape[-1]}-d {bank.dtype} on {bank.device}"
@@ -194,16 +188,12 @@ class Propagator:
         """
         st = self._require_state("add_reference")
         if not st.stepped:
-            raise InputError(
-                "add_reference applies to the frame step() returned last, and step() was not called"
-            )
+            raise InputError("add_reference applies to the frame step() returned last, and step() was not called")
         h, w = st.grid
         if isinstance(labels, np.ndarray):
             labels = torch.from_numpy(np.array(labels))
         if not torch.is_tensor(labels) or tuple(labels.shape) != (h, w) or labels.dtype.is_floating_point:
-            got = (
-                f"{tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
-            )
+            got = f"{tuple(labels.shape)} {labels.dtype}" if torch.is_tensor(labels) else type(labels).__name__
             raise InputError(f"reference labels must be an ({h}, {w}) integer id map, got {got}")
         ids = labels.to(st.labels.device).reshape(-1)  # (N,)
         st.pad_classes(int(ids.max()) + 1)
@@ -246,11 +236,7 @@ def propagate_labels(
     preset: a preset name or a config; ``overrides`` replace any of its fields (``topk=7``).
     chunk_size: frames that share one top-k call; the results do not depend on it.
     """
-    config = (
-        preset.replace(**overrides)
-        if isinstance(preset, PropagationConfig)
-        else get_preset(preset, **overrides)
-    )
+    config = preset.replace(**overrides) if isinstance(preset, PropagationConfig) else get_preset(preset, **overrides)
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     frames = iter(features)

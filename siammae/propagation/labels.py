@@ -57,9 +57,7 @@ def _as_id_map(id_map, what: str) -> torch.Tensor:
         raise InputError(f"{what} must hold integer object ids, got dtype {id_map.dtype}")
     id_map = id_map.long()
     if id_map.numel() and int(id_map.min()) < 0:
-        raise InputError(
-            f"{what} holds negative ids (min {int(id_map.min())}); ids must be >= 0, 0 = background"
-        )
+        raise InputError(f"{what} holds negative ids (min {int(id_map.min())}); ids must be >= 0, 0 = background")
     return id_map
 
 

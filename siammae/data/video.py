@@ -1,0 +1,261 @@
+"""Reading and writing videos: a video file (PyAV, streamed) or a folder of frames, one interface.
+
+Nothing here holds more than the frame being decoded: iterating a :class:`VideoSource` decodes one frame at a time,
+so a video of any length is read in constant memory. Training needs a few frames at arbitrary positions instead;
+:func:`read_frames` seeks to the nearest key frame before each and decodes forward only as far as needed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from siammae.errors import VideoError
+from siammae.io import atomic_write
+
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v", ".mpg", ".mpeg")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded frame: ``index`` from 0, ``name`` (file stem for folders, ``f"{index:05d}"`` for videos), and
+    ``rgb`` an (H, W, 3) uint8 array."""
+
+    index: int
+    name: str
+    rgb: np.ndarray
+
+
+def _av():
+    import av  # deferred: PyAV loads FFmpeg, which only the video paths need
+
+    return av
+
+
+def list_frame_files(folder: Path) -> list[Path]:
+    """The image files of a frame folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise VideoError(f"{path}: cannot decode image ({e})") from e
+
+
+class VideoSource:
+    """A video file or a frame folder, opened for streaming.
+
+    Attributes: ``path``, ``is_folder``, ``width``, ``height``, ``fps`` (None for folders), ``num_frames`` (the
+    container's count for files, which some formats lack: then None). Iterating yields :class:`Frame` objects in
+    order; a decoding error ends the iteration with a :class:`VideoError` that says at which frame it stopped,
+    after every frame before it has been yielded.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise VideoError(f"{self.path}: no such file or folder")
+        self.is_folder = self.path.is_dir()
+        if self.is_folder:
+            self._files = list_frame_files(self.path)
+            if not self._files:
+                raise VideoError(f"{self.path}: folder has no frames ({', '.join(IMAGE_EXTENSIONS)})")
+            first = read_image(self._files[0])
+            self.height, self.width = first.shape[:2]
+            self.fps = None
+            self.num_frames = len(self._files)
+            return
+        if self.path.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise VideoError(
+                f"{self.path}: not a video file or frame folder (video extensions: {', '.join(VIDEO_EXTENSIONS)})"
+            )
+        av = _av()
+        try:
+            with av.open(str(self.path)) as container:
+                if not container.streams.video:
+                    raise VideoError(f"{self.path}: the file has no video stream")
+                stream = container.streams.video[0]
+                self.width = stream.codec_context.width
+                self.height = stream.codec_context.height
+                self.fps = float(stream.average_rate) if stream.average_rate else None
+                self.num_frames = stream.frames or None
+                # containers without a frame count (mkv, webm) still state a duration: enough to notice truncation
+                self._expected = self.num_frames
+                if self._expected is None and container.duration and self.fps:
+                    self._expected = int(round(container.duration / 1e6 * self.fps))
+        except av.error.EOFError as e:
+            raise VideoError(f"{self.path}: the file ends before its first frame (an empty or truncated video)") from e
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{self.path}: cannot open video ({e})") from e
+        if not self.width or not self.height:
+            raise VideoError(f"{self.path}: video stream has no frame size (corrupt header?)")
+
+    def __iter__(self) -> Iterator[Frame]:
+        if self.is_folder:
+            for i, f in enumerate(self._files):
+                rgb = read_image(f)
+                if rgb.shape[:2] != (self.height, self.width):
+                    raise VideoError(
+                        f"{f}: frame is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is {self.width}x{self.height}"
+                    )
+                yield Frame(i, f.stem, rgb)
+            return
+        yield from self._decode()
+
+    def _decode(self) -> Iterator[Frame]:
+        av = _av()
+        index = 0
+        try:
+            with av.open(str(self.path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    yield Frame(index, f"{index:05d}", frame.to_ndarray(format="rgb24"))
+                    index += 1
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
+        # A truncated file ends the demuxer quietly; the header says how many frames there should have been
+        # (exactly for a frame count, within a frame of rounding for a duration).
+        slack = 0 if self.num_frames else 1
+        if index == 0 and not (self._expected or 0) > slack:
+            raise VideoError(f"{self.path}: the video has no decodable frames")
+        if self._expected is not None and index < self._expected - slack:
+            raise VideoError(
+                f"{self.path}: decoding stopped at frame {index} of {self._expected} (file truncated or corrupt)"
+            )
+
+    def __repr__(self) -> str:
+        kind = "folder" if self.is_folder else "video"
+        return f"VideoSource({kind} {str(self.path)!r}, {self.width}x{self.height}, frames={self.num_frames})"
+
+
+def open_video(path: str | os.PathLike) -> VideoSource:
+    """Open a video file or a frame folder for streaming (see :class:`VideoSource`)."""
+    return VideoSource(path)
+
+
+def count_frames(path: str | os.PathLike) -> int:
+    """Number of frames; uses the container's count when it has one, else demuxes packets (no decoding)."""
+    src = VideoSource(path)
+    if src.num_frames is not None:
+        return src.num_frames
+    av = _av()
+    try:
+        with av.open(str(src.path)) as container:
+            stream = container.streams.video[0]
+            return sum(1 for p in container.demux(stream) if p.size)
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{src.path}: cannot count frames ({e})") from e
+
+
+def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndarray]:
+    """Frames at ``indices`` (any order, repeats allowed) as (H, W, 3) uint8 arrays, in the order asked.
+
+    For a video file, each run of wanted frames starts with a seek to the key frame before it, so a pair of frames
+    from a long video costs two short decodes, not the whole video. Frame ``i`` is the one whose presentation time
+    is ``start + i / fps``.
+    """
+    indices = [int(i) for i in indices]
+    src = VideoSource(path)
+    wanted = sorted(set(indices))
+    if wanted and wanted[0] < 0:
+        raise VideoError(f"{src.path}: frame index {wanted[0]} is negative")
+    if src.is_folder:
+        if wanted and wanted[-1] >= src.num_frames:
+            raise VideoError(f"{src.path}: frame {wanted[-1]} asked but the folder has {src.num_frames} frames")
+        got = {i: read_image(src._files[i]) for i in wanted}
+        return [got[i] for i in indices]
+    av = _av()
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(src.path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            if not rate:
+                raise VideoError(f"{src.path}: video has no frame rate, cannot seek")
+            tb = stream.time_base
+            start = stream.start_time or 0
+            to_pts = lambda i: start + int(round(i / (rate * tb)))  # noqa: E731
+            to_index = lambda pts: int(round((pts - start) * tb * rate))  # noqa: E731
+            pending = list(wanted)
+            while pending:
+                target = pending[0]
+                container.seek(to_pts(target), stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    if frame.pts is None:
+                        continue
+                    i = to_index(frame.pts)
+                    if i > pending[-1]:
+                        break
+                    k = bisect.bisect_left(pending, i)
+                    if k < len(pending) and pending[k] == i:
+                        got[i] = frame.to_ndarray(format="rgb24")
+                        pending.pop(k)
+                    # a wanted frame we passed over without seeing (rounding of pts): stop and seek again
+                    if pending and pending[0] < i:
+                        missing = pending.pop(0)
+                        raise VideoError(f"{src.path}: frame {missing} not found when seeking")
+                    if not pending or pending[0] > i + 2 * _keyframe_gap_guess(rate):
+                        break
+                else:
+                    if pending:
+                        raise VideoError(f"{src.path}: frame {pending[0]} asked but the video ends before it")
+    except av.error.FFmpegError as e:
+        raise VideoError(f"{src.path}: decoding failed while reading frames {wanted} ({e})") from e
+    return [got[i] for i in indices]
+
+
+def _keyframe_gap_guess(rate) -> int:
+    """Frames worth decoding forward rather than seeking again (about 2 s of video, a typical GOP)."""
+    return max(1, int(2 * float(rate)))
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 20) -> int:
+    """Encode (H, W, 3) uint8 RGB frames to an h264 file atomically; returns the number of frames written.
+
+    Odd frame sizes are padded by one pixel (yuv420p needs even sides). The file appears only once complete.
+    """
+    av = _av()
+    path = Path(path)
+    n = 0
+    with atomic_write(path) as tmp:
+        container = av.open(str(tmp), mode="w")
+        try:
+            stream = None
+            for rgb in frames:
+                if stream is None:
+                    h, w = rgb.shape[:2]
+                    stream = container.add_stream("libx264", rate=_fps_fraction(fps))
+                    stream.width, stream.height = w + (w % 2), h + (h % 2)
+                    stream.pix_fmt = "yuv420p"
+                    stream.options = {"crf": str(crf), "preset": "veryfast"}
+                if rgb.shape[0] != stream.height or rgb.shape[1] != stream.width:
+                    rgb = np.pad(rgb, ((0, stream.height - rgb.shape[0]), (0, stream.width - rgb.shape[1]), (0, 0)))
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")):
+                    container.mux(packet)
+                n += 1
+            if stream is not None:
+                for packet in stream.encode():
+                    container.mux(packet)
+        finally:
+            container.close()
+        if n == 0:
+            raise ValueError(f"{path}: no frames to write")
+    return n
+
+
+def _fps_fraction(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1001)

@@ -1,0 +1,82 @@
+"""The frame-encoder interface that tracking, evaluation and attention maps consume.
+
+A frame encoder turns a batch of RGB frames in [0, 1] into patch features. The PyTorch model, an ONNX graph and a
+TensorRT engine all implement it (``siammae.export.runtime`` has the latter two), so the tracker runs on any of them.
+Input normalisation belongs to the encoder: the exported graphs carry it inside, and :class:`TorchEncoder` applies
+the mean / std it was given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@runtime_checkable
+class FrameEncoder(Protocol):
+    """``encoder(frames)``: (B, 3, H, W) float RGB in [0, 1] -> (B, h, w, D) features (any scale; the
+    propagation engine L2-normalises). ``fixed_size`` is the (H, W) a compiled runtime was built for, None when any
+    multiple of ``patch_size`` works."""
+
+    patch_size: int
+    embed_dim: int
+    fixed_size: tuple[int, int] | None
+    device: torch.device
+
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor: ...
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
+    return device
+
+
+class TorchEncoder:
+    """A SiamMAE or ViTEncoder as a :class:`FrameEncoder`: normalise, run ``model.features`` in inference mode,
+    under autocast for fp16 / bf16 on GPU (features returned in fp32)."""
+
+    fixed_size = None
+
+    def __init__(
+        self,
+        model,
+        device: str | torch.device = "auto",
+        dtype: str = "fp32",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pos_interp: str = "auto",
+    ):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        self.device = resolve_device(device)
+        if dtype == "fp16" and self.device.type != "cuda":
+            raise ValueError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+        self.model = model.to(self.device).eval()
+        self.dtype = DTYPES[dtype]
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.pos_interp = pos_interp
+        self.patch_size = model.patch_size
+        self.embed_dim = model.embed_dim
+
+    @torch.inference_mode()
+    def __call__(self, frames: torch.Tensor) -> torch.Tensor:
+        x = normalize(frames.to(self.device, non_blocking=True).float(), self.mean, self.std)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            feats = self.model.features(x, pos_interp=self.pos_interp)  # (B, h, w, D)
+        return feats.float()
