@@ -14,8 +14,9 @@ With ``labels`` (F, N, C) the op also gathers and sums the labels, returning sum
 
 Neither path materialises the N x (F N) affinity matrix. The Triton kernel streams key tiles through on-chip
 memory with a running top-k per query and skips key tiles wholly outside the neighbourhood; the PyTorch
-reference ``topk_affinity_ref`` (the specification, the CPU path and the test oracle) processes queries in
-blocks so that its scores never exceed ``max(block_elems, n_context * N)`` floats (16 MiB by default).
+reference ``topk_affinity_ref`` (the specification, the CPU path and the test oracle) scores tiles of queries
+against the windows of keys in their reach, so that its scores never exceed ``max(block_elems, n_context * N)``
+floats (16 MiB by default).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ except ImportError:  # macOS / Windows: only the reference runs
 
 NEIGHBOURHOODS = ("square", "circle")
 
-# Scores of one query block in the reference: 2^22 floats = 16 MiB, unless a single query's context is larger.
+# Scores of one query tile in the reference: 2^22 floats = 16 MiB, unless a single query's context is larger.
 BLOCK_ELEMS = 1 << 22
 
 
@@ -56,37 +57,6 @@ def neighbourhood_reach(radius: float | None, neighbourhood: str) -> tuple[int, 
         return 1, math.floor(radius), 0
     d2_max = math.ceil(radius * radius) - 1
     return 2, (math.isqrt(d2_max) if d2_max >= 0 else -1), d2_max
-
-
-def _out_of_reach(dy: torch.Tensor, dx: torch.Tensor, shape: int, reach: int, d2_max: int) -> torch.Tensor:
-    """Additive mask, 0 in reach and -inf out of it: dy (B, R) row and dx (B, w) column offsets -> (B, R, w).
-
-    Adding it is an order of magnitude faster on CPU than ``masked_fill_`` with a broadcast boolean mask.
-    """
-    if shape == 1:
-        out = (dy.abs() > reach)[:, :, None] | (dx.abs() > reach)[:, None, :]
-    else:
-        out = (dy * dy)[:, :, None] + (dx * dx)[:, None, :] > d2_max
-    return torch.zeros(out.shape, device=out.device).masked_fill_(out, float("-inf"))
-
-
-def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k per query of scores s (Fg, B, L): values (B, k') in descending order, positions f * L + j.
-
-    Exact shortcut: split every frame's L keys into groups of G; the k largest scores of a query lie in its
-    k groups with the largest maxima (each of those k maxima is a distinct score at least as large as any
-    score in another group). So one max-pass over the scores and a top-k over k * G candidates replace a
-    top-k over all F * L of them.
-    """
-    Fg, B, L = s.shape
-    G = max(g for g in range(1, min(L, 256) + 1) if L % g == 0)  # groups of up to 256 keys tile each frame
-    n = L // G
-    group_max = s.view(Fg, B, n, G).amax(-1).permute(1, 0, 2).reshape(B, Fg * n)  # (B, Fg*n)
-    _, groups = group_max.topk(min(k, Fg * n), dim=1)  # (B, kg) groups f * n + g
-    b = torch.arange(B, device=s.device)[:, None]
-    cand = s.view(Fg, B, n, G)[groups // n, b, groups % n]  # (B, kg, G)
-    v, j = cand.reshape(B, -1).topk(min(k, cand.shape[1] * G), dim=1)  # (B, k')
-    return v, groups.gather(1, j // G) * G + j % G
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -330,6 +300,52 @@ def _topk_affinity_triton(
 # ------------------------------------------------------------------------------------------------------------
 # PyTorch reference
 # ------------------------------------------------------------------------------------------------------------
+def _tile_side(h: int, w: int, n_free: int, n_restricted: int, reach: int, block_elems: int) -> int:
+    """Side s of the s x s query tiles: the largest whose scores fit in ``block_elems`` (at least 1).
+
+    A tile is scored against whole frames (``n_free`` of them) and against the (s + 2 reach)^2 windows of the
+    ``n_restricted`` frames, clipped to the grid.
+    """
+    side = 1
+    for s in range(2, max(h, w) + 1):
+        window = min(h, s + 2 * max(reach, 0)) * min(w, s + 2 * max(reach, 0))
+        if min(s, h) * min(s, w) * (n_free * h * w + n_restricted * window) > block_elems:
+            break
+        side = s
+    return side
+
+
+def _out_of_reach(dy: torch.Tensor, dx: torch.Tensor, shape: int, reach: int, d2_max: int) -> torch.Tensor:
+    """Additive mask, 0 in reach and -inf out of it: dy (R, B) row and dx (B, Wc) column offsets -> (R, B, Wc).
+
+    Adding it is an order of magnitude faster on CPU than ``masked_fill_`` with a broadcast boolean mask.
+    """
+    if shape == 1:
+        out = (dy.abs() > reach)[:, :, None] | (dx.abs() > reach)[None]
+    else:
+        out = (dy * dy)[:, :, None] + (dx * dx)[None] > d2_max
+    return torch.zeros(out.shape, device=out.device).masked_fill_(out, float("-inf"))
+
+
+def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k per query of scores s (Fg, R, B, Wc): values (B, k') descending, positions (f, r, c) flattened.
+
+    Exact shortcut: group the scores of a query by (frame, column), R rows each; its k largest scores lie in
+    its k groups with the largest maxima (each of those maxima is a distinct score at least as large as any
+    score of another group). So one max-pass over the rows (vectorised over queries and columns) and a top-k
+    over k * R candidates replace a top-k over all of them. Positions are ``(f * R + r) * Wc + c``.
+    """
+    Fg, R, B, Wc = s.shape
+    col_max = s.amax(1).permute(1, 0, 2).reshape(B, Fg * Wc)  # (B, Fg*Wc)
+    _, groups = col_max.topk(min(k, Fg * Wc), dim=1)  # (B, kg) groups f * Wc + c
+    f, c = groups // Wc, groups % Wc
+    b = torch.arange(B, device=s.device)[:, None]
+    cand = s.permute(0, 2, 3, 1)[f, b, c]  # (B, kg, R)
+    v, j = cand.reshape(B, -1).topk(min(k, cand.shape[1] * R), dim=1)  # (B, k')
+    g, r = j // R, j % R
+    return v, (f.gather(1, g) * R + r) * Wc + c.gather(1, g)
+
+
 def topk_affinity_ref(
     query: torch.Tensor,
     keys: torch.Tensor,
@@ -348,75 +364,86 @@ def topk_affinity_ref(
 ):
     """The specification of :func:`topk_affinity` in PyTorch (fp32), also its CPU path.
 
-    Queries are processed in blocks of ``max(1, block_elems // (n_context * N))`` patches. Per block, the
-    reference frames and the short-term frames are each scored in one batched matmul over the key rows that
-    can be in reach, keys out of reach are set to -inf, the top-k is taken (``_topk_grouped``), and the two
-    top-k lists are merged. Peak extra memory: about ``4 * max(block_elems, n_context * N)`` bytes of scores,
-    plus an fp32 copy of the inputs when they are fp16 / bf16.
+    Queries are processed in square tiles of the grid. A tile is scored against the reference frames and the
+    short-term frames, each group in one batched matmul per frame over the window of key rows and columns
+    that can be in reach of the tile (the whole frame when the group is unrestricted; every window row is a
+    strided view of the bank, nothing is copied), keys out of reach are set to -inf, the top-k is taken
+    (``_topk_grouped``) and the two top-k lists are merged. Tiles are as large as keeps their scores within
+    ``block_elems`` floats (16 MiB), at least one query: peak extra memory is about
+    ``4 * max(block_elems, n_context * N)`` bytes, plus an fp32 copy of the inputs when they are fp16 / bf16.
     """
     T, N, D = query.shape
+    F = keys.shape[0]
     h, w = grid
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
-    query = query.float()
-    keys = keys.float()
+    query = query.float().reshape(T, h, w, D)
+    keys = keys.float().reshape(F, h, w, D)
     dev = query.device
-    pos = torch.arange(N, device=dev, dtype=torch.int32)
-    ys, xs = pos // w, pos % w  # (N,) patch coordinates, raster order
     if labels is not None:
         lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
-        out = torch.empty(T, N, labels.shape[-1], dtype=torch.float32, device=dev)
+        out = torch.empty(T, h, w, labels.shape[-1], dtype=torch.float32, device=dev)
     else:
-        weights = torch.empty(T, N, topk, dtype=torch.float32, device=dev)
-        index = torch.empty(T, N, topk, dtype=torch.int64, device=dev)
+        weights = torch.empty(T, h, w, topk, dtype=torch.float32, device=dev)
+        index = torch.empty(T, h, w, topk, dtype=torch.int64, device=dev)
 
     for t in range(T):
         lo, hi = int(ctx_start[t]), int(ctx_stop[t])
         groups = [(0, n_ref, shape != 0 and restrict_ref), (lo, hi, shape != 0)]  # (first, stop, restricted)
-        n_ctx = n_ref + hi - lo
-        bq = max(1, min(N, block_elems // max(1, n_ctx * N)))
-        for q0 in range(0, N, bq):
-            q1 = min(N, q0 + bq)
-            qb = query[t, q0:q1]  # (B, D)
-            vals, idxs = [], []
-            for f0, f1, restricted in groups:
-                if f1 <= f0:
-                    continue
-                r0, r1 = 0, h
-                if restricted:  # only the key rows within reach of the block's rows
-                    r0, r1 = max(0, q0 // w - reach), min(h, (q1 - 1) // w + reach + 1)
-                    if r1 <= r0:
+        n_restricted = sum(f1 - f0 for f0, f1, r in groups if r)
+        side = _tile_side(h, w, n_ref + hi - lo - n_restricted, n_restricted, reach, block_elems)
+        for y0 in range(0, h, side):
+            for x0 in range(0, w, side):
+                y1, x1 = min(h, y0 + side), min(w, x0 + side)
+                qb = query[t, y0:y1, x0:x1].reshape(-1, D)  # (B, D), the tile's patches
+                qy = torch.arange(y0, y1, device=dev, dtype=torch.int32).repeat_interleave(x1 - x0)  # (B,)
+                qx = torch.arange(x0, x1, device=dev, dtype=torch.int32).repeat(y1 - y0)
+                B = qb.shape[0]
+                vals, idxs = [], []
+                for f0, f1, restricted in groups:
+                    if f1 <= f0:
                         continue
-                kb = keys[f0:f1, r0 * w : r1 * w]  # (Fg, L, D), L = (r1 - r0) * w
-                s = torch.matmul(qb, kb.transpose(1, 2))  # (Fg, B, L)
-                if restricted:
-                    dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[None] - ys[q0:q1, None]  # (B, R)
-                    dx = torch.arange(w, device=dev, dtype=torch.int32)[None] - xs[q0:q1, None]  # (B, w)
-                    s.view(f1 - f0, q1 - q0, r1 - r0, w).add_(_out_of_reach(dy, dx, shape, reach, d2_max))
-                v, p = _topk_grouped(s, topk)  # (B, k'), p = f * L + key offset
-                L = (r1 - r0) * w
-                vals.append(v)
-                idxs.append((f0 + p // L) * N + r0 * w + p % L)
-            if vals:
-                v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
-                v, sel = v.topk(min(topk, v.shape[1]), dim=1)  # (B, k'), descending
-                i = i.gather(1, sel)
-            else:
-                v = torch.empty(q1 - q0, 0, device=dev)
-                i = torch.empty(q1 - q0, 0, dtype=torch.int64, device=dev)
-            pad = topk - v.shape[1]
-            v = torch.nn.functional.pad(v, (0, pad), value=float("-inf"))  # (B, K)
-            i = torch.nn.functional.pad(i, (0, pad), value=-1)
-            kept = v > float("-inf")
-            i = i.masked_fill(~kept, -1)
-            v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
-            e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
-            wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            if labels is not None:
-                out[t, q0:q1] = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
-            else:
-                weights[t, q0:q1] = wts
-                index[t, q0:q1] = i
-    return out if labels is not None else (weights, index)
+                    r0, r1, c0, c1 = 0, h, 0, w
+                    if restricted:  # the window of keys that can be in reach of the tile
+                        r0, r1 = max(0, y0 - reach), min(h, y1 + reach)
+                        c0, c1 = max(0, x0 - reach), min(w, x1 + reach)
+                        if r1 <= r0 or c1 <= c0:
+                            continue
+                    R, Wc = r1 - r0, c1 - c0
+                    s = torch.empty(f1 - f0, R, B, Wc, device=dev)  # (Fg, R, B, Wc)
+                    for f in range(f0, f1):  # one batched matmul over the window rows of each frame
+                        torch.bmm(qb.expand(R, B, D), keys[f, r0:r1, c0:c1].transpose(1, 2), out=s[f - f0])
+                    if restricted:
+                        dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[:, None] - qy[None]  # (R, B)
+                        dx = torch.arange(c0, c1, device=dev, dtype=torch.int32)[None] - qx[:, None]  # (B, Wc)
+                        s.add_(_out_of_reach(dy, dx, shape, reach, d2_max))
+                    v, p = _topk_grouped(s, topk)  # (B, k'), p = (f * R + r) * Wc + c
+                    c, fr = p % Wc, p // Wc
+                    vals.append(v)
+                    idxs.append((f0 + fr // R) * N + (r0 + fr % R) * w + c0 + c)
+                if vals:
+                    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
+                    v, sel = v.topk(min(topk, v.shape[1]), dim=1)  # (B, k'), descending
+                    i = i.gather(1, sel)
+                else:
+                    v = torch.empty(B, 0, device=dev)
+                    i = torch.empty(B, 0, dtype=torch.int64, device=dev)
+                pad = topk - v.shape[1]
+                v = torch.nn.functional.pad(v, (0, pad), value=float("-inf"))  # (B, K)
+                i = torch.nn.functional.pad(i, (0, pad), value=-1)
+                kept = v > float("-inf")
+                i = i.masked_fill(~kept, -1)
+                v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
+                e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
+                wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+                if labels is not None:
+                    y = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
+                    out[t, y0:y1, x0:x1] = y.view(y1 - y0, x1 - x0, -1)
+                else:
+                    weights[t, y0:y1, x0:x1] = wts.view(y1 - y0, x1 - x0, topk)
+                    index[t, y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
+    if labels is not None:
+        return out.view(T, N, -1)
+    return weights.view(T, N, topk), index.view(T, N, topk)
 
 
 # ------------------------------------------------------------------------------------------------------------
