@@ -26,12 +26,16 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 
 def git_commit(root: Path = ROOT) -> str:
-    """Commit hash of ``root``, with ``-dirty`` when tracked files are modified; "unknown" outside git."""
+    """Commit hash of ``root``, with ``-dirty`` when tracked files outside ``benchmarks/results`` are modified;
+    "unknown" outside git."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], cwd=root, capture_output=True).returncode
+        # Results files being rewritten do not make the measured code dirty.
+        dirty = subprocess.run(
+            ["git", "diff", "--quiet", "HEAD", "--", ".", ":(exclude)benchmarks/results"], cwd=root, capture_output=True
+        ).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return sha + ("-dirty" if dirty else "")
