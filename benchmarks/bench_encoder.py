@@ -60,6 +60,7 @@ def environment(device: torch.device) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' jobs on a shared machine skew the numbers
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -195,8 +196,9 @@ def markdown(meta: dict, args, rows: list[dict]) -> str:
         f"# Encoder throughput, {args.width}x{args.height} frames ({meta['gpu'] or 'CPU'})",
         "",
         f"{meta['date']}, commit {(meta['commit'] or '?')[:10]}{' (dirty)' if meta['dirty'] else ''}; "
-        f"{meta['machine']}, torch {meta['torch']} ({meta['torch_threads']} threads), onnxruntime "
-        f"{meta['onnxruntime']} ({args.threads} CPU threads), TensorRT {meta['tensorrt'] or 'absent'}. "
+        f"{meta['machine']} (load average {meta['load_average'][0]} at the start), torch {meta['torch']} "
+        f"(threads: {meta['torch_threads']}), onnxruntime {meta['onnxruntime']} (CPU threads: {args.threads}), "
+        f"TensorRT {meta['tensorrt'] or 'absent'}. "
         f"{args.iters} timed calls after the first (which compiles) and {args.warmup} more. "
         "Error: first batch against eager fp32 PyTorch.",
         "",

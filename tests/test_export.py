@@ -206,8 +206,9 @@ def test_missing_checkpoint(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(height=65, width=W), r"height 65 not a positive multiple of the patch size 8"),
-        (dict(height=H, width=100), r"width 100 not a positive multiple of the patch size 8"),
+        (dict(height=65, width=W), r"height 65 is not a positive multiple of the patch size 8: use e.g. --height 64"),
+        (dict(height=H, width=100), r"width 100 is not a positive multiple of the patch size 8"),
+        (dict(height=60, width=100), r"height 60 and width 100 are not a positive multiple of the patch size 8"),
         (dict(size=4), r"size 4 is smaller than the patch size 8"),
         (dict(size=64, height=H, width=W), r"either --size"),
         (dict(height=H), r"both --height and --width"),

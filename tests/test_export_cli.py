@@ -48,7 +48,7 @@ def test_default_output_name_and_no_verify(ckpt):
     "args, message",
     [
         (["--ckpt", "missing.pt"], "missing.pt: no such file"),
-        (["--height", 65, "--width", 96], "height 65 not a positive multiple of the patch size 8"),
+        (["--height", 65, "--width", 96], "height 65 is not a positive multiple of the patch size 8"),
         (["--size", 64, "--height", 64, "--width", 96], "give either --size (64) or --height/--width"),
         (["--width", 96], "give both --height and --width"),
     ],

@@ -230,10 +230,10 @@ def resolve_size(patch_size: int, size: int | None = None, height: int | None = 
         return target_size(480, 854, short, patch_size)
     bad = [f"{n} {v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % patch_size]
     if bad:
+        fix_h, fix_w = (max(patch_size, v // patch_size * patch_size) for v in (height, width))
         raise InputError(
-            f"{' and '.join(bad)} not a positive multiple of the patch size {patch_size} "
-            f"(e.g. {max(patch_size, height // patch_size * patch_size)}x"
-            f"{max(patch_size, width // patch_size * patch_size)} as height x width)"
+            f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not a positive multiple of the patch size "
+            f"{patch_size}: use e.g. --height {fix_h} --width {fix_w}"
         )
     return height, width
 

@@ -147,19 +147,24 @@ class TensorRTEncoder:
         if len(inputs) != 1 or len(outputs) != 1:
             raise InputError(f"{self.path}: expected one input and one output tensor, found {inputs} and {outputs}")
         self._input, self._output = inputs[0], outputs[0]
-        _, C, H, W = self.engine.get_tensor_shape(self._input)  # (-1, 3, H, W)
-        _, N, D = self.engine.get_tensor_shape(self._output)  # (-1, h*w, D)
+        _, C, H, W = tuple(self.engine.get_tensor_shape(self._input))  # (-1, 3, H, W)
+        with torch.cuda.device(self.device):
+            self.context = self.engine.create_execution_context()
+        self.context.set_input_shape(self._input, (1, C, H, W))
+        _, N, D = tuple(self.context.get_tensor_shape(self._output))  # (1, h*w, D), resolved for batch 1
         p = math.isqrt(H * W // N) if N > 0 else 0
         if C != 3 or p == 0 or p * p * N != H * W:
             raise InputError(f"{self.path}: not a siammae encoder engine (input {C}x{H}x{W}, output {N}x{D})")
         self.fixed_size, self.patch_size, self.embed_dim = (H, W), p, D
         self.grid = (H // p, W // p)
-        self.max_batch = self.engine.get_tensor_profile_shape(self._input, 0)[2][0]
+        self.max_batch = tuple(self.engine.get_tensor_profile_shape(self._input, 0)[2])[0]
         self._in_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._input))
         self._out_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._output))
-        self.context = self.engine.create_execution_context()
         sidecar = self.path.with_name(self.path.name + ".json")
-        self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        try:
+            self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+        except ValueError as e:
+            raise InputError(f"{sidecar}: not valid JSON ({e})") from e
 
     def __repr__(self) -> str:
         return f"TensorRTEncoder({self.path.name}, {self.fixed_size}, max batch {self.max_batch}, {self.device})"
@@ -171,14 +176,15 @@ class TensorRTEncoder:
         x = frames.detach().to(self.device, self._in_dtype).contiguous()
         stream = torch.cuda.current_stream(self.device).cuda_stream
         outs = []
-        for chunk in x.split(self.max_batch):  # views of a contiguous tensor: contiguous
-            out = torch.empty(chunk.shape[0], *self.grid, self.embed_dim, dtype=self._out_dtype, device=self.device)
-            self.context.set_input_shape(self._input, tuple(chunk.shape))
-            self.context.set_tensor_address(self._input, chunk.data_ptr())
-            self.context.set_tensor_address(self._output, out.data_ptr())
-            if not self.context.execute_async_v3(stream):
-                raise RuntimeError(f"TensorRT failed to run {self.path.name} on a batch of {chunk.shape[0]}")
-            outs.append(out)
+        with torch.cuda.device(self.device):
+            for chunk in x.split(self.max_batch):  # views of a contiguous tensor: contiguous
+                out = torch.empty(chunk.shape[0], *self.grid, self.embed_dim, dtype=self._out_dtype, device=self.device)
+                self.context.set_input_shape(self._input, tuple(chunk.shape))
+                self.context.set_tensor_address(self._input, chunk.data_ptr())
+                self.context.set_tensor_address(self._output, out.data_ptr())
+                if not self.context.execute_async_v3(stream):
+                    raise RuntimeError(f"TensorRT failed to run {self.path.name} on a batch of {chunk.shape[0]}")
+                outs.append(out)
         return torch.cat(outs).float()  # (B, h, w, D)
 
 
