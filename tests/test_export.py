@@ -56,7 +56,7 @@ def test_fp32_graph_matches_pytorch_and_writes_the_verify_report(tiny, tiny_onnx
     model, _ = tiny
     enc = load_encoder(tiny_onnx)
     assert isinstance(enc, OnnxEncoder) and isinstance(enc, FrameEncoder)
-    assert (enc.patch_size, enc.embed_dim, enc.fixed_size, enc.device.type) == (8, 64, (H, W), "cpu")
+    assert (enc.patch_size, enc.embed_dim, enc.fixed_size, enc.device.type, enc.dtype) == (8, 64, (H, W), "cpu", "fp32")
     frames = _frames(3)
     out = enc(frames)
     assert out.shape == (3, 8, 12, 64) and out.dtype == torch.float32

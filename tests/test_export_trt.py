@@ -42,6 +42,7 @@ def test_engine_matches_pytorch_and_splits_batches(model, tmp_path, fp16):
     enc = load_encoder(engine_path)
     assert isinstance(enc, TensorRTEncoder) and isinstance(enc, FrameEncoder)
     assert (enc.fixed_size, enc.patch_size, enc.embed_dim, enc.max_batch) == ((H, W), 8, 64, 4)
+    assert enc.dtype == ("fp16" if fp16 else "fp32")
     frames = torch.rand(6, 3, H, W, generator=torch.Generator().manual_seed(1))  # 6 > max batch 4: two runs
     out = enc(frames)
     assert out.shape == (6, 8, 12, 64) and out.dtype == torch.float32 and out.device.type == "cuda"

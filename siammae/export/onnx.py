@@ -12,9 +12,10 @@ patch features, L2-normalised over channels. Everything a runtime needs is insid
   (read back with :func:`read_info`).
 
 fp16 graphs keep float32 input and output: the frames are normalised in fp32 and cast inside the graph; weights and
-matrix products are fp16; LayerNorm and the final L2 normalisation run in fp32, as under ``torch.autocast``
-(a LayerNorm variance in fp16 overflows on the high-norm tokens of trained ViTs). TensorRT 11 builds only strongly
-typed networks, so this graph is also how a TensorRT fp16 engine gets its precision.
+matrix products are fp16; LayerNorm and the final L2 normalisation run in fp32, as under ``torch.autocast`` (a
+variance computed in fp16 can overflow on the high-norm tokens of trained ViTs, Darcet et al. 2024, "Vision
+Transformers Need Registers"). TensorRT 11 builds only strongly typed networks, so this graph is also how a
+TensorRT fp16 engine gets its precision.
 
 The exporter is ``torch.onnx.export(..., dynamo=True)``; if it fails, the TorchScript exporter is used instead,
 with a log line saying so, and the metadata records which one produced the file.
@@ -45,7 +46,7 @@ from siammae.io import atomic_write, write_json
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "fp16")
-DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is the dynamo exporter's own default in torch 2.5 .. 2.11
+DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and TensorRT 10 alike
 MIN_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "frames", "features"
 STDS = {"imagenet": IMAGENET_STD, "dino": DINO_STD}
@@ -184,7 +185,7 @@ class EncoderGraph(nn.Module):
         if height % p or width % p:
             raise InputError(f"input size {width}x{height} is not divisible by the patch size {p}")
         h, w = height // p, width // p
-        enc = copy.deepcopy(encoder).float().eval().requires_grad_(False)
+        enc = copy.deepcopy(encoder).to("cpu", torch.float32).eval().requires_grad_(False)  # exported on the CPU
         pos = enc.pos_embed_for(h, w, pos_interp).detach().float()  # (1, 1 + h*w, D)
         self.register_buffer("cls_pos", enc.cls_token.detach() + pos[:, :1])  # (1, 1, D) [CLS] + its position
         self.register_buffer("patch_pos", pos[:, 1:].clone())  # (1, h*w, D)
@@ -209,9 +210,10 @@ class EncoderGraph(nn.Module):
 
 def reference_features(model, frames: torch.Tensor, mean, std, pos_interp: str = "auto") -> torch.Tensor:
     """The PyTorch features an exported graph must reproduce: (B, 3, H, W) in [0, 1] -> (B, h*w, D), fp32."""
+    x = normalize(frames.to(next(model.parameters()).device, torch.float32), mean, std)
     with torch.inference_mode():
-        feats = model.features(normalize(frames.float(), mean, std), pos_interp=pos_interp)  # (B, h, w, D)
-    return F.normalize(feats.float().flatten(1, 2), dim=-1)  # (B, h*w, D)
+        feats = model.features(x, pos_interp=pos_interp).float().cpu()  # (B, h, w, D)
+    return F.normalize(feats.flatten(1, 2), dim=-1)  # (B, h*w, D)
 
 
 # ------------------------------------------------------------------------------------------------- export

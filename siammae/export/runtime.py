@@ -80,6 +80,7 @@ class OnnxEncoder:
             raise SiamMAEError(f"onnxruntime could not start its CUDA provider for {self.path.name}")
         self.patch_size = self.info.patch_size
         self.embed_dim = self.info.embed_dim
+        self.dtype = self.info.dtype  # "fp32" | "fp16": the graph's compute precision (its I/O is float32)
         self.fixed_size = self.info.size
         self.max_batch = self.info.max_batch
         self._input = self.session.get_inputs()[0].name
@@ -165,6 +166,7 @@ class TensorRTEncoder:
             self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
         except ValueError as e:
             raise InputError(f"{sidecar}: not valid JSON ({e})") from e
+        self.dtype = (self.build_info or {}).get("metadata", {}).get("siammae.dtype", "unknown")
 
     def __repr__(self) -> str:
         return f"TensorRTEncoder({self.path.name}, {self.fixed_size}, max batch {self.max_batch}, {self.device})"
