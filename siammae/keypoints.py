@@ -16,18 +16,25 @@ User keypoints for ``siammae-track --keypoints first.json`` (schema, read by :fu
     {"keypoints": {"nose": [x, y], "left eye": [x, y]}}     # named, in file order
     {"keypoints": [[x, y], ...], "names": ["nose", ...]}    # names given separately
 
-Tracked keypoints are written by :func:`write_keypoint_track` as::
+Tracked keypoints are written by :func:`write_keypoint_track` (a whole track) or streamed by
+:class:`KeypointTrackWriter` (frame by frame, ``siammae-track --keypoints``) as (one line per frame)::
 
-    {"names": [...], "width": W, "height": H,
-     "frames": [{"frame": "00000", "index": 0, "keypoints": [[x, y], null, ...]}, ...]}
+    {"names": [...], "width": W, "height": H, ...,
+     "frames": [
+    {"frame": "00000", "index": 0, "keypoints": [[x, y], null, ...]},
+    ...
+    ]}
 
-with ``null`` where a point is not visible (its heatmap vanished, or it was never given).
+with ``null`` where a point is not visible (its heatmap vanished, or it was never given). The streaming writer
+also keeps each frame's line in a JSON Lines file beside it, written as the frame is done.
 """
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
@@ -152,16 +159,47 @@ def read_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) 
     if not values:
         raise InputError(f"keypoint file {path} holds no keypoint")
     xy = np.array([_point(v, f"{path}: keypoint {n!r}") for n, v in zip(names, values, strict=True)])
+    keypoints = Keypoints(xy=xy, names=names)
     if image_size is not None:
-        H, W = image_size
-        x, y = xy[:, 0], xy[:, 1]
-        outside = ~np.isnan(x) & ((x < 0) | (x > W - 1) | (y < 0) | (y > H - 1))
-        if outside.any():
-            j = int(np.argmax(outside))
-            raise InputError(
-                f"{path}: keypoint {names[j]!r} at ({xy[j, 0]:g}, {xy[j, 1]:g}) is outside the {W}x{H} frame"
-            )
-    return Keypoints(xy=xy, names=names)
+        check_inside(keypoints, image_size, str(path))
+    return keypoints
+
+
+def check_inside(keypoints: Keypoints, image_size: tuple[int, int], where: str = "keypoints") -> None:
+    """Raise an InputError naming the first given point outside a frame of ``image_size`` = (H, W) pixels."""
+    H, W = image_size
+    xy = keypoints.xy
+    x, y = xy[:, 0], xy[:, 1]
+    outside = ~np.isnan(x) & ((x < 0) | (x > W - 1) | (y < 0) | (y > H - 1))
+    if outside.any():
+        j = int(np.argmax(outside))
+        raise InputError(
+            f"{where}: keypoint {keypoints.names[j]!r} at ({xy[j, 0]:g}, {xy[j, 1]:g}) is outside the {W}x{H} frame"
+        )
+
+
+def _frame_entry(name: str, index: int, xy: np.ndarray) -> str:
+    """One frame of a track as a one-line JSON object; NaN rows become null."""
+    points = [None if np.isnan(p).any() else [round(float(p[0]), 2), round(float(p[1]), 2)] for p in xy]
+    return json.dumps({"frame": name, "index": index, "keypoints": points})
+
+
+def _dump_track(path: Path, header: dict, entries: Iterable[str]) -> None:
+    """Write ``header``'s fields, then ``"frames"`` from the one-line JSON ``entries``, atomically; streamed, so
+    the frames are never all in memory."""
+    try:
+        with atomic_write(path) as tmp, open(tmp, "w") as f:
+            f.write("{" + "".join(f"{json.dumps(k)}: {json.dumps(v)}, " for k, v in header.items()) + '"frames": [')
+            for i, entry in enumerate(entries):
+                f.write(("\n" if i == 0 else ",\n") + entry)
+            f.write("\n]}\n")
+    except OSError as e:
+        raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
+
+
+def _header(names: tuple[str, ...], image_size: tuple[int, int], info: dict | None) -> dict:
+    H, W = image_size
+    return {"names": list(names), "width": W, "height": H, **(info or {})}
 
 
 def write_keypoint_track(
@@ -169,16 +207,58 @@ def write_keypoint_track(
     names: tuple[str, ...],
     frames: list[tuple[str, np.ndarray]],
     image_size: tuple[int, int],
+    info: dict | None = None,
 ) -> None:
     """Write tracked keypoints as JSON (schema in the module docstring), atomically.
 
     frames: per frame (its name, [J, 2] (x, y) pixels with NaN rows for points not visible), in video order.
-    image_size: (H, W) of the frames.
+    image_size: (H, W) of the frames. info: more top-level fields (settings, status), written before "frames".
     """
-    H, W = image_size
-    out = {"names": list(names), "width": W, "height": H, "frames": []}
-    for index, (name, xy) in enumerate(frames):
-        points = [None if np.isnan(p).any() else [round(float(p[0]), 2), round(float(p[1]), 2)] for p in xy]
-        out["frames"].append({"frame": name, "index": index, "keypoints": points})
-    with atomic_write(path) as tmp:
-        Path(tmp).write_text(json.dumps(out, indent=1) + "\n")
+    entries = (_frame_entry(name, index, xy) for index, (name, xy) in enumerate(frames))
+    _dump_track(Path(path), _header(names, image_size, info), entries)
+
+
+class KeypointTrackWriter:
+    """Write a keypoint track frame by frame, in memory that does not grow with the video.
+
+    :meth:`add` appends the frame's line to ``lines`` (JSON Lines, one ``{"frame", "index", "keypoints"}`` object
+    per line, flushed at once): a run killed outright still leaves every finished frame there (at most the last
+    line torn). :meth:`close` writes the whole track to ``path`` in the schema of the module docstring, atomically,
+    streaming the lines back; call it however the run ended (``status`` says how), so ``path`` is always a valid
+    JSON file of the frames done.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        lines: str | Path,
+        names: tuple[str, ...],
+        image_size: tuple[int, int],
+        info: dict | None = None,
+    ):
+        self.path, self.lines = Path(path), Path(lines)
+        self.header = _header(names, image_size, info)
+        self.frames = 0
+        try:
+            self._file: TextIO | None = open(self.lines, "w")  # noqa: SIM115 -- open until close()
+        except OSError as e:
+            raise InputError(f"{self.lines}: cannot write ({e.strerror or e})") from e
+
+    def add(self, name: str, xy: np.ndarray) -> None:
+        """Append frame ``name`` (the next index): [J, 2] (x, y) pixels, NaN rows for points not visible."""
+        try:
+            self._file.write(_frame_entry(name, self.frames, xy) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise InputError(f"{self.lines}: cannot write ({e.strerror or e})") from e
+        self.frames += 1
+
+    def close(self, **info) -> Path:
+        """Write ``path`` from the lines (``info``: more top-level fields, e.g. ``status``); idempotent."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+            with open(self.lines) as f:
+                entries = (line.rstrip("\n") for line in f if line.strip())
+                _dump_track(self.path, {**self.header, **info}, entries)
+        return self.path

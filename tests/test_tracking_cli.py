@@ -202,7 +202,8 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, synthetic, tmp_path):
     assert_one_line_error(run(video, "--mask", first, *model, "--out", tmp_path / "afile" / "masks", ok=False),
                           "afile/masks", "cannot write")  # fmt: skip
     assert_one_line_error(run(video, "--mask", first, "--size", 96, "--out", out, ok=False), "--ckpt", "--encoder")
-    assert_one_line_error(run(video, *model, "--out", out, ok=False), "--mask")
+    usage = run(video, *model, "--out", out, ok=False)  # neither a mask nor keypoints: a usage error
+    assert usage.exit_code == 2 and "Error: give what to track in frame 0: --mask" in usage.output
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "tpu9", ok=False), "tpu9")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "cpu", "--dtype", "fp16",
                               ok=False), "fp16 needs a CUDA device")  # fmt: skip

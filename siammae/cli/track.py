@@ -1,10 +1,13 @@
-"""siammae-track: track the objects of a first-frame mask through a video (file or frame folder), streamed.
+"""siammae-track: track the objects of a first-frame mask, or first-frame keypoints, through a video (file or frame
+folder), streamed.
 
     siammae-track video.mp4 --mask first.png --ckpt vits8.pt --out masks/ --overlay overlay.mp4 --report run.json
+    siammae-track video.mp4 --keypoints first.json --ckpt vits8.pt --out track/ --overlay overlay.mp4
 
 A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
-:func:`~siammae.tracking.track_video`. Errors a user can fix print one line (``error: ...``) and exit with status 2;
-Ctrl-C keeps every mask written so far, marks the report as interrupted and exits with status 130.
+:func:`~siammae.tracking.track_video` (masks) or :func:`~siammae.tracking.track_keypoints_video` (keypoints).
+Errors a user can fix print one line (``error: ...``) and exit with status 2; Ctrl-C keeps every mask (keypoint
+frame) written so far, marks the report as interrupted and exits with status 130.
 """
 
 from __future__ import annotations
@@ -66,6 +69,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     type=click.Path(path_type=Path),
     help="Masks of later frames, named like their frames, adding objects that appear there.",
 )
+@click.option(
+    "--keypoints",
+    type=click.Path(path_type=Path),
+    help='Keypoints of frame 0 instead of a mask: JSON {"keypoints": [[x, y], null, ...]} or {"keypoints": '
+    '{"name": [x, y], ...}}, 0-based pixels.',
+)
 @click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
 @click.option(
     "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
@@ -78,9 +87,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option(
     "--preset",
     type=click.Choice(PRESET_NAMES),
-    default="siammae-davis",
-    show_default=True,
-    help="Propagation protocol constants.",
+    help="Propagation protocol constants.  [default: siammae-davis; siammae-jhmdb with --keypoints]",
 )
 @click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch.")
 @click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature.")
@@ -95,17 +102,32 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option(
     "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
 )
-@click.option("--out", type=click.Path(path_type=Path), help="Folder for one indexed PNG per frame (DAVIS palette).")
-@click.option("--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks drawn (h264).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    help="Folder for one indexed PNG per frame (DAVIS palette); with --keypoints for keypoints.json (the track) "
+    "and keypoints.jsonl (one line per frame, written as it goes).",
+)
+@click.option(
+    "--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks or keypoints drawn (h264)."
+)
 @click.option("--report", type=click.Path(path_type=Path), help="JSON report (and a Markdown one beside it).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, queue, radius, size, device, dtype,
-         chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
-    """Track the objects of a first-frame mask through VIDEO (a video file or a folder of frames)."""
+def main(video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, temperature, queue, radius, size,
+         device, dtype, chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
+    """Track the objects of a first-frame mask (--mask / --mask-dir), or first-frame keypoints (--keypoints),
+    through VIDEO (a video file or a folder of frames)."""
     from siammae.tracking.masks import MaskResizeWarning
-    from siammae.tracking.pipeline import track_video
+    from siammae.tracking.pipeline import track_keypoints_video, track_video
     from siammae.tracking.tracker import Tracker
+
+    if keypoints is not None and (mask is not None or mask_dir is not None):
+        raise click.UsageError("give either --keypoints or --mask / --mask-dir, not both")
+    if keypoints is None and mask is None and mask_dir is None:
+        raise click.UsageError("give what to track in frame 0: --mask (or --mask-dir) or --keypoints")
+    if preset is None:
+        preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
 
     overrides = {"topk": topk, "temperature": temperature, "n_last": queue}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -115,25 +137,30 @@ def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, 
         warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
         try:
-            if mask is None and mask_dir is None:
-                raise InputError("give the mask of frame 0 with --mask (or a --mask-dir that holds it)")
             model = load_frame_encoder(ckpt, encoder, arch, device)
             tracker = Tracker(model, preset=preset, device=device, dtype=dtype, size=size, chunk=chunk,
                               backend=backend, **overrides)  # fmt: skip
-            result = track_video(tracker, video, mask, mask_dir=mask_dir, out=out, overlay=overlay, report=report,
-                                 overwrite=overwrite, progress=not quiet)  # fmt: skip
+            outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
+            if keypoints is not None:
+                result = track_keypoints_video(tracker, video, keypoints, **outputs)
+            else:
+                result = track_video(tracker, video, mask, mask_dir=mask_dir, **outputs)
         except SiamMAEError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             kept = f"; report marked interrupted: {report}" if report is not None else ""
-            click.echo(f"interrupted: every mask written so far is complete{kept}", err=True)
+            what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
+            click.echo(f"interrupted: {what} so far is complete{kept}", err=True)
             sys.exit(130)
     if not quiet:
-        objects = ", ".join(str(i) for i in result["objects"])
+        if keypoints is not None:
+            what = f"{len(result['keypoints'])} keypoints"
+        else:
+            what = f"objects {', '.join(str(i) for i in result['objects'])}"
         where = ", ".join(str(p) for p in (out, overlay, report) if p is not None)
         click.echo(
-            f"tracked {result['frames']} frames (objects {objects}) in {result['time']['total_seconds']:.1f} s, "
+            f"tracked {result['frames']} frames ({what}) in {result['time']['total_seconds']:.1f} s, "
             f"{result['fps']} frames/s -> {where}",
             err=True,
         )

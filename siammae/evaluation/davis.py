@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from siammae.errors import InputError
-from siammae.evaluation.png import read_index_png, write_index_png
+from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
 from siammae.metrics.davis import GLOBAL_COLUMNS, SequenceScores, evaluate_sequence, global_results
 
@@ -197,15 +197,7 @@ def evaluate_model(
     results' settings (e.g. the checkpoint and its sha256). Returns the JSON document of the results.
     """
     names = sequences or list_sequences(root, year, split)
-    settings = {
-        "benchmark": "davis",
-        "year": year,
-        "split": split,
-        "root": str(Path(root).resolve()),
-        "max_frames": max_frames,
-        **runner.settings(),
-        **(settings or {}),
-    }
+    settings = runner.run_settings("davis", root, max_frames, settings, year=year, split=split)
     results = ResultsDir(out, settings, overwrite=overwrite)
 
     def run(name: str) -> dict:
@@ -214,10 +206,7 @@ def evaluate_model(
             seq = dataclasses.replace(seq, frames=seq.frames[:max_frames], annotations=seq.annotations[:max_frames])
         pred_dir = results.prediction_dir(name)
         first = read_annotation(seq.annotations[0], year)
-        write_index_png(pred_dir / f"{seq.frames[0].stem}.png", first)
-        masks = runner.propagate_mask(list(seq.frames), first)
-        for frame, mask in zip(seq.frames[1:], masks, strict=True):
-            write_index_png(pred_dir / f"{frame.stem}.png", mask)
+        runner.write_masks(pred_dir, list(seq.frames), first)
         return scores_to_record(score_predictions(seq, pred_dir, year))
 
     records = results.collect(names, run, progress)

@@ -168,14 +168,7 @@ def evaluate_model(
 ) -> dict:
     """Propagate the first frame's joints through every test video, write and score them (resumable)."""
     names = sequences or list_videos(root, split)
-    settings = {
-        "benchmark": "jhmdb",
-        "split": split,
-        "root": str(Path(root).resolve()),
-        "max_frames": max_frames,
-        **runner.settings(),
-        **(settings or {}),
-    }
+    settings = runner.run_settings("jhmdb", root, max_frames, settings, split=split)
     results = ResultsDir(out, settings, overwrite=overwrite)
 
     def run(name: str) -> dict:

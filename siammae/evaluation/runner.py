@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from siammae.data.transforms import DINO_STD, IMAGENET_STD, target_size, to_tensor
 from siammae.data.video import read_image
 from siammae.errors import InputError
+from siammae.evaluation.png import write_index_png
 from siammae.frame_encoder import TorchEncoder
 from siammae.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.propagation import get_preset, labels_to_mask, mask_to_labels, propagate_labels
@@ -104,6 +105,24 @@ class Runner:
             "input": dataclasses.asdict(self.inputs),
         }
 
+    def run_settings(self, benchmark: str, root, max_frames: int | None, extra: dict | None = None, **split) -> dict:
+        """The settings stored with a benchmark's results: the benchmark and its split, the data root, the frame
+        limit, this runner's settings and ``extra`` (e.g. the checkpoint and its sha256)."""
+        return {
+            "benchmark": benchmark,
+            **split,
+            "root": str(Path(root).resolve()),
+            "max_frames": max_frames,
+            **self.settings(),
+            **(extra or {}),
+        }
+
+    def write_masks(self, pred_dir: Path, frame_paths: list[Path], first_mask: np.ndarray) -> None:
+        """Frame 0's ids and the propagated masks of frames 1.. as indexed PNGs named as the frames (DAVIS layout)."""
+        write_index_png(pred_dir / f"{frame_paths[0].stem}.png", first_mask)
+        for frame, mask in zip(frame_paths[1:], self.propagate_mask(frame_paths, first_mask), strict=True):
+            write_index_png(pred_dir / f"{frame.stem}.png", mask)
+
     def features(self, frames: Iterable[np.ndarray], size: tuple[int, int]) -> Iterator[torch.Tensor]:
         """(H, W, 3) uint8 frames -> (h, w, D) features, encoded ``batch_size`` frames at a time."""
         batch: list[torch.Tensor] = []
@@ -116,8 +135,7 @@ class Runner:
             batch.clear()
 
         for rgb in frames:
-            # read_image's arrays view PIL's buffer, read-only: torch.from_numpy would warn (and not copy).
-            batch.append(to_tensor(rgb if rgb.flags.writeable else rgb.copy()))
+            batch.append(to_tensor(rgb))
             if len(batch) == self.batch_size:
                 yield from flush()
         if batch:

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from siammae.errors import InputError
-from siammae.evaluation.png import read_index_png, write_index_png
+from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
 from siammae.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
@@ -155,14 +155,7 @@ def evaluate_model(
 ) -> dict:
     """Propagate the first frame's parts through every video, write and score the predictions (resumable)."""
     names = sequences or list_videos(root, split)
-    settings = {
-        "benchmark": "vip",
-        "split": split,
-        "root": str(Path(root).resolve()),
-        "max_frames": max_frames,
-        **runner.settings(),
-        **(settings or {}),
-    }
+    settings = runner.run_settings("vip", root, max_frames, settings, split=split)
     results = ResultsDir(out, settings, overwrite=overwrite)
 
     def run(name: str) -> dict:
@@ -175,10 +168,7 @@ def evaluate_model(
         first = read_index_png(video.annotations[0])
         if first.max() >= NUM_CLASSES:
             raise InputError(f"{video.annotations[0]} holds class {int(first.max())}; VIP classes are 0..19")
-        write_index_png(pred_dir / f"{video.frames[0].stem}.png", first)
-        masks = runner.propagate_mask(list(video.frames), first)
-        for frame, mask in zip(video.frames[1:], masks, strict=True):
-            write_index_png(pred_dir / f"{frame.stem}.png", mask)
+        runner.write_masks(pred_dir, list(video.frames), first)
         return score_predictions(video, pred_dir)
 
     return write_tables(results, split, results.collect(names, run, progress))

@@ -1,9 +1,10 @@
-"""Tracking objects through long videos by label propagation: streamed, constant memory, with reports."""
+"""Tracking objects (masks) and keypoints through long videos by label propagation: streamed, constant memory,
+with reports."""
 
 from siammae.tracking.masks import MaskResizeWarning, read_mask, write_mask
-from siammae.tracking.overlay import overlay_masks
+from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.palette import davis_palette
-from siammae.tracking.pipeline import track_video
+from siammae.tracking.pipeline import track_keypoints_video, track_video
 from siammae.tracking.tracker import Tracked, Tracker
 
 __all__ = [
@@ -11,8 +12,10 @@ __all__ = [
     "Tracked",
     "Tracker",
     "davis_palette",
+    "draw_keypoints",
     "overlay_masks",
     "read_mask",
+    "track_keypoints_video",
     "track_video",
     "write_mask",
 ]

@@ -1,4 +1,5 @@
-"""Masks drawn over frames for ``--overlay``: each object tinted in its DAVIS colour and outlined."""
+"""Drawn over frames for ``--overlay``: masks (each object tinted in its DAVIS colour and outlined) or keypoints
+(a dot per visible point, in the DAVIS colour of its number, ringed in white)."""
 
 from __future__ import annotations
 
@@ -40,4 +41,29 @@ def overlay_masks(rgb: np.ndarray, ids: np.ndarray, alpha: float = 0.45, outline
     if width > 0:
         edge = boundaries(ids, width)
         out[edge] = colours[edge]
+    return out
+
+
+def draw_keypoints(rgb: np.ndarray, xy: np.ndarray, radius: int | None = None) -> np.ndarray:
+    """Draw keypoint j of ``xy`` [J, 2] ((x, y) pixels, NaN rows not drawn) as a dot in DAVIS colour ``j + 1``
+    with a one-pixel white ring (the DAVIS colours are dark), on a copy of ``rgb`` (H, W, 3) uint8.
+
+    ``radius``: of the dot in pixels (default: about 1/120 of the short side, at least 2).
+    """
+    H, W = rgb.shape[:2]
+    r = max(2, round(min(H, W) / 120)) if radius is None else radius
+    colours = davis_palette()
+    out = rgb.copy()
+    for j, (x, y) in enumerate(np.asarray(xy, dtype=np.float64).reshape(-1, 2)):
+        if np.isnan(x) or np.isnan(y):
+            continue
+        cx, cy = round(x), round(y)
+        y0, y1, x0, x1 = max(0, cy - r - 1), min(H, cy + r + 2), max(0, cx - r - 1), min(W, cx + r + 2)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        d2 = (yy - cy) ** 2 + (xx - cx) ** 2  # (h, w) squared distance to the dot's centre pixel
+        region = out[y0:y1, x0:x1]
+        region[d2 <= (r + 1) ** 2] = 255  # the ring, under the dot
+        region[d2 <= r**2] = colours[1 + j % 255]
     return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
@@ -84,14 +85,22 @@ class Tracker:
             raise InputError(f"chunk must be an integer >= 1, got {chunk!r}")
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise InputError(f"size must be a positive integer (the short side in pixels), got {size!r}")
+        std = DINO_STD if preset == "dino" else IMAGENET_STD
         if isinstance(model, nn.Module):
-            std = DINO_STD if preset == "dino" else IMAGENET_STD
             try:
                 self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=std)
             except (ValueError, RuntimeError) as e:  # an unknown device, CUDA without a GPU, fp16 on a CPU
                 raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
         elif isinstance(model, FrameEncoder):
             self.encoder = model
+            info = getattr(model, "info", None)  # exported graphs carry their normalisation inside
+            if info is not None and tuple(info.std) != tuple(std):
+                warnings.warn(
+                    f"{getattr(model, 'path', 'the encoder')} normalises with std {tuple(info.std)} but preset "
+                    f"{preset} expects {tuple(std)}; export with --std {'dino' if preset == 'dino' else 'imagenet'} "
+                    "to follow the protocol exactly",
+                    stacklevel=2,
+                )
         else:
             raise TypeError(f"model must be a SiamMAE, a ViTEncoder or a FrameEncoder, got {type(model).__name__}")
         self.size = size
