@@ -16,10 +16,11 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
+
+from siammae.io import write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -115,22 +116,9 @@ def environment_markdown(meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, renamed over ``path``: never a half-written result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(name: str, meta: dict, rows: list[dict], markdown: str, folder: Path = RESULTS) -> Path:
     """Write ``<folder>/<name>.json`` ({"meta", "rows"}) and ``<folder>/<name>.md``; returns the JSON path."""
     folder = Path(folder)
-    _write_atomic(folder / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    _write_atomic(folder / f"{name}.md", markdown.rstrip() + "\n")
+    write_text(folder / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_text(folder / f"{name}.md", markdown.rstrip() + "\n")
     return folder / f"{name}.json"
