@@ -3,16 +3,16 @@
     meta = environment()                      # machine, versions, commit, device
     write_results("propagate_cpu", meta, rows, markdown)
 
-``environment()`` names the CPU (model, cores, memory), the accelerator when CUDA is present (name,
-capability, memory, driver runtime), Python / PyTorch / Triton versions, and the git commit of the checkout
-(with a ``-dirty`` suffix when tracked files differ from it), so that a number can be traced to the code that
-made it.
+``environment()`` names the CPU (model, cores, memory, load), the accelerator when CUDA is present (name,
+capability, memory, driver runtime), Python / PyTorch / Triton / NumPy versions, the versions of the optional
+runtimes a benchmark may use (PyAV, onnxruntime and its execution providers, TensorRT; None when not
+installed), and the git commit of the checkout (with a ``-dirty`` suffix when tracked files differ from it),
+so that a number can be traced to the code that made it.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import os
 import platform
 import subprocess
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import torch
 
-from siammae.io import write_text
+from siammae.io import write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+OPTIONAL_LIBRARIES = (("PyAV", "av"), ("onnxruntime", "onnxruntime"), ("TensorRT", "tensorrt"))  # (label, key)
 
 
 def git_commit(root: Path = ROOT) -> str:
@@ -65,10 +66,19 @@ def _memory_gib() -> float | None:
 
 
 def _version(module: str) -> str | None:
+    """``module.__version__``, None when the module is not installed."""
     try:
         return __import__(module).__version__
     except ImportError:
         return None
+
+
+def _onnxruntime_providers() -> list[str] | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.get_available_providers()
 
 
 def environment() -> dict:
@@ -86,6 +96,10 @@ def environment() -> dict:
         "torch": torch.__version__,
         "triton": _version("triton"),
         "numpy": _version("numpy"),
+        "av": _version("av"),
+        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime_providers": _onnxruntime_providers(),
+        "tensorrt": _version("tensorrt"),
         "gpu": None,
     }
     if torch.cuda.is_available():
@@ -113,12 +127,16 @@ def environment_markdown(meta: dict) -> str:
         f"- Python {meta['python']}, PyTorch {meta['torch']}, Triton {meta['triton']}, "
         f"NumPy {meta['numpy']}, {meta['os']}",
     ]
+    optional = [(label, meta[key]) for label, key in OPTIONAL_LIBRARIES if meta.get(key)]
+    if optional:
+        lines.append("- " + ", ".join(f"{label} {version}" for label, version in optional))
     return "\n".join(lines)
 
 
-def write_results(name: str, meta: dict, rows: list[dict], markdown: str, folder: Path = RESULTS) -> Path:
-    """Write ``<folder>/<name>.json`` ({"meta", "rows"}) and ``<folder>/<name>.md``; returns the JSON path."""
+def write_results(name: str, meta: dict, rows: list[dict], markdown: str, folder: Path = RESULTS, **fields) -> Path:
+    """Write ``<folder>/<name>.json`` ({"meta", **fields, "rows"}: ``fields`` holds what a benchmark records
+    besides its rows, e.g. its settings) and ``<folder>/<name>.md``; returns the JSON path."""
     folder = Path(folder)
-    write_text(folder / f"{name}.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_json(folder / f"{name}.json", {"meta": meta, **fields, "rows": rows})
     write_text(folder / f"{name}.md", markdown.rstrip() + "\n")
     return folder / f"{name}.json"

@@ -23,55 +23,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from siammae.export import EncoderGraph, OnnxEncoder, export_onnx
-from siammae.export.onnx import compare
-from siammae.io import write_json, write_text
-from siammae.models import create_model
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
+from siammae.export import EncoderGraph, OnnxEncoder, export_onnx  # noqa: E402
+from siammae.export.onnx import compare  # noqa: E402
+from siammae.models import create_model  # noqa: E402
+
 BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-# ----------------------------------------------------------------------------------------------- environment
-def environment(device: torch.device) -> dict:
-    """Machine, library versions, GPU and git commit, stored next to every number."""
-    import onnxruntime
-
-    root = Path(__file__).resolve().parents[1]
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
-    try:
-        import tensorrt
-
-        trt_version = tensorrt.__version__
-    except ImportError:
-        trt_version = None
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' jobs on a shared machine skew the numbers
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-        "tensorrt": trt_version,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "commit": git("rev-parse", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def forward_flops(cfg, height: int, width: int) -> float:
@@ -192,13 +160,13 @@ def bench_model(name: str, args, device: torch.device, workdir: Path) -> list[di
 
 
 def markdown(meta: dict, args, rows: list[dict]) -> str:
+    on = meta["gpu"]["name"] if args.device == "cuda" else "CPU"
     lines = [
-        f"# Encoder throughput, {args.width}x{args.height} frames ({meta['gpu'] or 'CPU'})",
+        f"# Encoder throughput, {args.width}x{args.height} frames ({on})",
         "",
-        f"{meta['date']}, commit {(meta['commit'] or '?')[:10]}{' (dirty)' if meta['dirty'] else ''}; "
-        f"{meta['machine']} (load average {meta['load_average'][0]} at the start), torch {meta['torch']} "
-        f"(threads: {meta['torch_threads']}), onnxruntime {meta['onnxruntime']} (CPU threads: {args.threads}), "
-        f"TensorRT {meta['tensorrt'] or 'absent'}. "
+        environment_markdown(meta),
+        "",
+        f"onnxruntime CPU threads: {args.threads}. "
         f"{args.iters} timed calls after the first (which compiles) and {args.warmup} more. "
         "Error: first batch against eager fp32 PyTorch.",
         "",
@@ -248,16 +216,16 @@ def main(argv=None):
     args.iters = args.iters or (20 if gpu else 2)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 0)
     args.threads = args.threads or torch.get_num_threads()
-    meta = environment(device)
+    args.device = device.type
+    meta = environment()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_encoder.") as tmp:
         for name in args.models:
             rows += bench_model(name, args, device, Path(tmp))
-    stem = args.out or RESULTS / f"bench_encoder-{'cuda' if gpu else 'cpu'}"
+    stem = (args.out or RESULTS / f"bench_encoder-{device.type}").with_suffix("")
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    write_json(stem.with_suffix(".json"), {"meta": meta, "settings": settings, "rows": rows})
-    write_text(stem.with_suffix(".md"), markdown(meta, args, rows))
-    print(f"wrote {stem}.json and .md", file=sys.stderr)
+    path = write_results(stem.name, meta, rows, markdown(meta, args, rows), folder=stem.parent, settings=settings)
+    print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
 
 
 if __name__ == "__main__":

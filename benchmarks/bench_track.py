@@ -13,7 +13,8 @@ given: speed and memory do not depend on their values.
     python benchmarks/bench_track.py                                  # CUDA when present: vits8 at 480
     python benchmarks/bench_track.py --device cpu --arch vits16 --size 240 --clip ../shared/data/cutie/example.mp4
 
-Results go to benchmarks/results/bench_track-<device>.{json,md} with the machine, versions and commit.
+Results go to benchmarks/results/bench_track-<device>.{json,md} (or under ``--out``) with the machine, versions
+and commit: one row per run of the command, and the memory growth from the short to the long video.
 """
 
 from __future__ import annotations
@@ -21,45 +22,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
-
-from siammae.checkpoint import save_checkpoint
-from siammae.data.synthetic import iter_synthetic_clip
-from siammae.data.video import open_video, write_video
-from siammae.frame_encoder import resolve_device
-from siammae.io import write_json, write_text
-from siammae.models import create_model
-from siammae.tracking.masks import write_mask
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
+from siammae.checkpoint import save_checkpoint  # noqa: E402
+from siammae.data.synthetic import iter_synthetic_clip  # noqa: E402
+from siammae.data.video import open_video, write_video  # noqa: E402
+from siammae.frame_encoder import resolve_device  # noqa: E402
+from siammae.models import create_model  # noqa: E402
+from siammae.tracking.masks import write_mask  # noqa: E402
+
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def environment(device: torch.device) -> dict:
-    """Machine, library versions, GPU and git commit, stored next to every number."""
-    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    import av
-
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "av": av.__version__,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "commit": git("rev-parse", "--short=10", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def track(video: Path, mask: Path, ckpt: Path, out: Path, args, size: int, preset: str, overlay: bool) -> dict:
@@ -121,10 +103,13 @@ def main():
     ap.add_argument("--long-arch", default="tiny", help="model for the long runs (memory only)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    results = {"environment": environment(device), "settings": vars(args) | {"device": str(device)}}
-    results["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in results["settings"].items()}
+    meta = environment()
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "out"}
+    settings["device"] = str(device)
+    rows, growth = [], None
 
     with tempfile.TemporaryDirectory(prefix="bench_track.") as tmp:
         tmp = Path(tmp)
@@ -136,8 +121,8 @@ def main():
             mask = tmp / "mask.png"
             write_mask(mask, first_frame_mask(args.clip))
             r = track(args.clip, mask, ckpt, tmp / "speed", args, args.size, args.preset, overlay=True)
-            results["speed"] = {"clip": str(args.clip), "arch": args.arch if args.ckpt is None else str(args.ckpt),
-                                **summary(r)}  # fmt: skip
+            arch = args.arch if args.ckpt is None else str(args.ckpt)
+            rows.append({"case": "speed", "video": str(args.clip), "arch": arch, "preset": args.preset, **summary(r)})
             print(f"speed: {r['frames']} frames, {r['fps']} frames/s end to end", file=sys.stderr)
 
         if not args.skip_memory:
@@ -155,42 +140,38 @@ def main():
                     track(video, mask, ckpt, tmp / f"long_{n}", args, args.long_size, "dino", overlay=False)
                 )
                 video.unlink()
+                video_name = f"synthetic {args.long_size}x{args.long_size}"
+                rows.append(
+                    {"case": "memory", "video": video_name, "arch": args.long_arch, "preset": "dino", **runs[n]}
+                )
                 print(f"memory: {n} frames, peak host {runs[n]['peak_host_mib']} MiB", file=sys.stderr)
-            growth = lambda key: (
+            percent = lambda key: (
                 None if runs[short][key] is None else round(100 * (runs[long][key] / runs[short][key] - 1), 2)
             )
-            results["memory"] = {
-                "arch": args.long_arch,
-                "size": args.long_size,
-                "runs": {str(n): r for n, r in runs.items()},
-                "host_growth_percent": growth("peak_host_mib"),
+            growth = {
+                "frames": [short, long],
+                "host_growth_percent": percent("peak_host_mib"),
                 "host_growth_mib": round(runs[long]["peak_host_mib"] - runs[short]["peak_host_mib"], 1),
-                "gpu_growth_percent": growth("peak_gpu_mib"),
+                "gpu_growth_percent": percent("peak_gpu_mib"),
                 "target_percent": 10,
             }
 
-    RESULTS.mkdir(exist_ok=True)
-    name = f"bench_track-{device.type}"
-    write_json(RESULTS / f"{name}.json", results)
-    write_text(RESULTS / f"{name}.md", to_markdown(results))
-    print(to_markdown(results))
+    table = markdown(meta, settings, rows, growth)
+    path = write_results(
+        f"bench_track-{device.type}", meta, rows, table, folder=args.out, settings=settings, memory_growth=growth
+    )
+    print(table)
+    print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
 
 
-def to_markdown(res: dict) -> str:
-    env, s = res["environment"], res["settings"]
-    lines = [
-        f"# bench_track on {s['device']}",
-        "",
-        f"{env['date']} | {env['machine']} | torch {env['torch']} | av {env['av']} | GPU {env['gpu']} | "
-        f"commit {env['commit']}{' (dirty)' if env['dirty'] else ''}",
-        "",
-    ]
-    if "speed" in res:
-        r = res["speed"]
+def markdown(meta: dict, s: dict, rows: list[dict], growth: dict | None) -> str:
+    """The speed table, the memory-versus-length table and the growth; ``s`` is the settings record."""
+    lines = [f"# bench_track on {s['device']}", "", environment_markdown(meta), ""]
+    for r in (r for r in rows if r["case"] == "speed"):
         st = r["stages_fps"]
         lines += [
-            f"## Real clip: `{Path(r['clip']).name}`, {r['arch']} (random weights unless a checkpoint), "
-            f"preset {s['preset']}, {s['dtype']}, chunk {s['chunk']}, encoded at {r['encoded_at']}",
+            f"## Real clip: `{Path(r['video']).name}`, {r['arch']} (random weights unless a checkpoint), "
+            f"preset {r['preset']}, {s['dtype']}, chunk {s['chunk']}, encoded at {r['encoded_at']}",
             "",
             "| frames | end-to-end frames/s | decode | encode | propagate | write | peak host MiB | peak GPU MiB |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -200,21 +181,22 @@ def to_markdown(res: dict) -> str:
             "Per-stage columns are frames/s of each stage alone; decoding and writing run in their own threads.",
             "",
         ]
-    if "memory" in res:
-        m = res["memory"]
+    memory = [r for r in rows if r["case"] == "memory"]
+    if memory:
         lines += [
-            f"## Memory versus length: synthetic {m['size']}x{m['size']} video, {m['arch']} model, preset dino",
+            f"## Memory versus length: {memory[0]['video']} video, {memory[0]['arch']} model, preset dino",
             "",
             "| frames | peak host MiB | peak GPU MiB | frames/s |",
             "|---:|---:|---:|---:|",
         ]
-        for n, r in m["runs"].items():
-            lines.append(f"| {n} | {r['peak_host_mib']} | {r['peak_gpu_mib'] or '-'} | {r['fps']} |")
-        gpu = f", GPU {m['gpu_growth_percent']} %" if m["gpu_growth_percent"] is not None else ""
+        for r in memory:
+            lines.append(f"| {r['frames']} | {r['peak_host_mib']} | {r['peak_gpu_mib'] or '-'} | {r['fps']} |")
+        short, long = growth["frames"]
+        gpu = f", GPU {growth['gpu_growth_percent']} %" if growth["gpu_growth_percent"] is not None else ""
         lines += [
             "",
-            f"Growth from {list(m['runs'])[0]} to {list(m['runs'])[-1]} frames: host **{m['host_growth_percent']} %** "
-            f"({m['host_growth_mib']} MiB){gpu} (target < {m['target_percent']} %).",
+            f"Growth from {short} to {long} frames: host **{growth['host_growth_percent']} %** "
+            f"({growth['host_growth_mib']} MiB){gpu} (target < {growth['target_percent']} %).",
             "",
         ]
     return "\n".join(lines)

@@ -22,51 +22,24 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 import types
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from siammae.io import write_json, write_text
-from siammae.kernels.dispatch import triton_available, triton_interpreted
-from siammae.kernels.patch_embed_gather import patch_embed_gather
-from siammae.masking import num_kept, random_masking
-from siammae.models import create_model
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
+from siammae.kernels.dispatch import triton_available, triton_interpreted  # noqa: E402
+from siammae.kernels.patch_embed_gather import patch_embed_gather  # noqa: E402
+from siammae.masking import num_kept, random_masking  # noqa: E402
+from siammae.models import create_model  # noqa: E402
+
 PATHS = ("embed-all", "gather-torch", "fused-triton")
-
-
-# ----------------------------------------------------------------------------------------------- environment
-def environment(device: torch.device) -> dict:
-    """Machine, library versions, GPU and git commit, stored next to every number."""
-    root = Path(__file__).resolve().parents[1]
-    git = lambda *a: subprocess.run(["git", *a], cwd=root, capture_output=True, text=True).stdout.strip()
-    meta = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs",
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": None,
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "commit": git("rev-parse", "HEAD") or None,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
-    if triton_available():
-        import triton
-
-        meta["triton"] = triton.__version__
-    return meta
 
 
 # ------------------------------------------------------------------------------------------------ the paths
@@ -176,31 +149,30 @@ def train_step(model, path, batch, device, amp_dtype):
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def markdown(record: dict) -> str:
-    env, cfg = record["environment"], record["config"]
+def markdown(meta: dict, cfg: dict, K: int, rows: list[dict]) -> str:
+    """The results table; ``cfg`` is the run's config record, K the kept patches of f2."""
     lines = [
         f"# bench_train_step: {cfg['model']} on {cfg['device']}",
         "",
         f"batch {cfg['batch']}, {cfg['img_size']}x{cfg['img_size']}, f2 mask ratio {cfg['mask_ratio_f2']} "
-        f"(K = {record['K']} of L = {cfg['num_patches']} patches), precision {cfg['precision']}, "
+        f"(K = {K} of L = {cfg['num_patches']} patches), precision {cfg['precision']}, "
         f"median of {cfg['steps']} training steps ({cfg['op_steps']} for the op alone) after {cfg['warmup']} "
         "warm-up, the paths run in turn. Step memory: peak allocated during one step above the resident "
         "weights and optimiser state.",
         "",
-        f"{env['date']} | {env['machine']} | torch {env['torch']} | triton {env['triton']} | "
-        f"GPU {env['gpu']} | commit {(env['commit'] or '?')[:10]}{' (dirty)' if env['dirty'] else ''}",
+        environment_markdown(meta),
         "",
         "| path | f2 patch embed fwd+bwd (ms) | vs embed-all | train step, median (min-max) ms | samples/s "
         "| vs embed-all "
         "| step memory (MiB) | first loss |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    base = record["results"]["embed-all"]
-    for path, r in record["results"].items():
+    base = next(r for r in rows if r["path"] == "embed-all")
+    for r in rows:
         mem = r["train"]["step_mem_mib"]
         mem = "-" if mem is None else f"{mem:.0f}"
         lines.append(
-            f"| {path} | {r['op']['ms']:.3f} | {base['op']['ms'] / r['op']['ms']:.2f}x | {r['train']['ms']:.1f} "
+            f"| {r['path']} | {r['op']['ms']:.3f} | {base['op']['ms'] / r['op']['ms']:.2f}x | {r['train']['ms']:.1f} "
             f"({min(r['train']['ms_all']):.1f}-{max(r['train']['ms_all']):.1f}) "
             f"| {r['train']['samples_per_s']:.2f} | {base['train']['ms'] / r['train']['ms']:.3f}x | {mem} "
             f"| {r['train']['first_loss']:.6f} |"
@@ -238,49 +210,47 @@ def main(argv=None) -> None:
     op_times = timed_in_turn(ops, op_steps, warmup, device)
     trains = {path: train_step(model, path, batch, device, amp_dtype) for path in paths}
     train_times = timed_in_turn({p: fn for p, (fn, _) in trains.items()}, steps, warmup, device)
-    results = {}
+    rows = []
     for path in paths:
         step, losses = trains[path]
         op_ms, ms = 1e3 * statistics.median(op_times[path]), 1e3 * statistics.median(train_times[path])
-        results[path] = {
-            "op": {"ms": op_ms, "ms_all": [1e3 * t for t in op_times[path]]},
-            "train": {
-                "ms": ms,
-                "ms_all": [1e3 * t for t in train_times[path]],
-                "samples_per_s": batch / (ms / 1e3),
-                "first_loss": losses[0].item(),
-                "step_mem_mib": step_memory_mib(step, device),
-            },
-        }
+        rows.append(
+            {
+                "path": path,
+                "op": {"ms": op_ms, "ms_all": [1e3 * t for t in op_times[path]]},
+                "train": {
+                    "ms": ms,
+                    "ms_all": [1e3 * t for t in train_times[path]],
+                    "samples_per_s": batch / (ms / 1e3),
+                    "first_loss": losses[0].item(),
+                    "step_mem_mib": step_memory_mib(step, device),
+                },
+            }
+        )
         print(
             f"{path:>13}: f2 patch embed {op_ms:8.3f} ms | train step {ms:8.1f} ms "
             f"({batch / (ms / 1e3):.2f} samples/s) | first loss {losses[0].item():.6f}",
             file=sys.stderr,
         )
 
-    record = {
-        "benchmark": "bench_train_step",
-        "environment": environment(device),
-        "config": {
-            "model": args.model,
-            "device": device.type,
-            "batch": batch,
-            "img_size": cfg.img_size,
-            "patch_size": cfg.patch_size,
-            "num_patches": cfg.grid_size**2,
-            "mask_ratio_f2": cfg.mask_ratio_f2,
-            "precision": precision,
-            "steps": steps,
-            "warmup": warmup,
-            "op_steps": op_steps,
-        },
-        "K": num_kept(cfg.grid_size**2, cfg.mask_ratio_f2),
-        "results": results,
+    config = {
+        "model": args.model,
+        "device": device.type,
+        "batch": batch,
+        "img_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "num_patches": cfg.grid_size**2,
+        "mask_ratio_f2": cfg.mask_ratio_f2,
+        "precision": precision,
+        "steps": steps,
+        "warmup": warmup,
+        "op_steps": op_steps,
     }
-    name = f"bench_train_step-{device.type}"
-    write_json(args.out / f"{name}.json", record)
-    write_text(args.out / f"{name}.md", markdown(record))
-    print(markdown(record))
+    K = num_kept(cfg.grid_size**2, cfg.mask_ratio_f2)
+    meta = environment()
+    table = markdown(meta, config, K, rows)
+    write_results(f"bench_train_step-{device.type}", meta, rows, table, folder=args.out, config=config, K=K)
+    print(table)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ def test_bench_train_step_tiny_cpu(tmp_path):
     record = json.loads((tmp_path / "bench_train_step-cpu.json").read_text())
     assert record["config"]["model"] == "tiny" and record["config"]["batch"] == 2
     assert record["K"] == 3  # int(64 * (1 - 0.95)) kept patches of the 8x8 grid
-    assert record["environment"]["torch"] == __import__("torch").__version__
-    results = record["results"]
+    assert record["meta"]["torch"] == __import__("torch").__version__
+    results = {row["path"]: row for row in record["rows"]}
     assert list(results) == ["embed-all", "gather-torch"]  # no fused-triton without CUDA
     # The same weights, frames and masks: both paths compute the same loss.
     assert abs(results["embed-all"]["train"]["first_loss"] - results["gather-torch"]["train"]["first_loss"]) < 1e-5

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import davis_2016_layout
 
 from siammae.cli.eval import main
 from siammae.evaluation.png import write_index_png
@@ -12,13 +13,7 @@ from siammae.evaluation.png import write_index_png
 
 def _osvos_layout(shared_data, tmp_path):
     official = json.loads((shared_data / "davis2016/osvos_official_scores.json").read_text())
-    root = tmp_path / "DAVIS"
-    for part in ("JPEGImages", "Annotations"):
-        (root / part).mkdir(parents=True)
-        (root / part / "480p").symlink_to(shared_data / "davis2016" / part / "480p")
-    (root / "ImageSets/2016").mkdir(parents=True)
-    (root / "ImageSets/2016/val.txt").write_text("\n".join(official["sequences"]) + "\n")
-    return root, official
+    return davis_2016_layout(shared_data, tmp_path / "DAVIS", official["sequences"]), official
 
 
 def test_davis_results_equal_official_osvos(shared_data, tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 import torch
 from click.testing import CliRunner
+from helpers import davis_2016_layout
 from PIL import Image
 
 from siammae.checkpoint import file_sha256, save_checkpoint
@@ -45,18 +46,8 @@ def test_input_sizes():
         InputConfig(size=(60, 100)).frame_size(480, 854, 16)
 
 
-def _davis_2016(shared_data, tmp_path, names=("blackswan", "car-shadow", "soapbox")):
-    root = tmp_path / "DAVIS"
-    for part in ("JPEGImages", "Annotations"):
-        (root / part).mkdir(parents=True)
-        (root / part / "480p").symlink_to(shared_data / "davis2016" / part / "480p")
-    (root / "ImageSets/2016").mkdir(parents=True)
-    (root / "ImageSets/2016/val.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
 def test_davis_real_sequences_end_to_end_and_resume(shared_data, tmp_path, tiny_ckpt):
-    root = _davis_2016(shared_data, tmp_path)
+    root = davis_2016_layout(shared_data, tmp_path / "DAVIS", ("blackswan", "car-shadow", "soapbox"))
     out = tmp_path / "out"
     args = ["davis", "--root", str(root), "--year", "2016", "--ckpt", str(tiny_ckpt), "--out", str(out)]
     args += ["--max-frames", "5", "--size", "64", "--device", "cpu"]

@@ -7,6 +7,7 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TENSORRT_INSTALLED
 
 from siammae.checkpoint import file_sha256, save_checkpoint
 from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, normalize
@@ -268,13 +269,8 @@ def test_cuda_requested_without_a_gpu(tiny_onnx):
 
 
 # ------------------------------------------------------------------------------------------- TensorRT gate
+@pytest.mark.skipif(TENSORRT_INSTALLED, reason="TensorRT is installed")
 def test_build_engine_without_tensorrt_names_the_extra(tiny_onnx):
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("TensorRT is installed")
-    except ImportError:
-        pass
     with pytest.raises(
         MissingExtraError, match=r"building a TensorRT engine needs tensorrt: pip install 'siammae\[trt\]'"
     ):

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import TENSORRT_INSTALLED
 
 from siammae.checkpoint import save_checkpoint
 from siammae.cli.export import main
@@ -63,13 +64,8 @@ def test_errors_are_one_line_with_status_2(ckpt, tmp_path, args, message):
     assert not (tmp_path / "x.onnx").exists()
 
 
+@pytest.mark.skipif(TENSORRT_INSTALLED, reason="TensorRT is installed")
 def test_trt_without_tensorrt_fails_before_exporting(ckpt, tmp_path):
-    try:
-        import tensorrt  # noqa: F401
-
-        pytest.skip("TensorRT is installed")
-    except ImportError:
-        pass
     r = _run("--ckpt", ckpt, "--height", 64, "--width", 96, "--trt", "--out", tmp_path / "x.onnx")
     assert r.exit_code == 2
     assert "error: building a TensorRT engine needs tensorrt: pip install 'siammae[trt]'" in r.stderr

@@ -9,20 +9,15 @@ one point of the object from another: propagated points wander over the whole ob
 """
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error, interrupt_reading_at, run_until_sigint
 from PIL import Image
 from test_tracking import colour_encoder
 
-import siammae.data.video as video_module
 from siammae.checkpoint import save_checkpoint
 from siammae.cli.track import main
 from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
@@ -33,7 +28,6 @@ from siammae.tracking import Tracker, draw_keypoints, track_keypoints_video
 from siammae.tracking.masks import write_mask
 from siammae.tracking.palette import davis_palette
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = (96, 120)  # (H, W) of the clips; the tracker encodes them at 128x160 (short side 128)
 PATCH = 4
 # Offsets of the tracked points from the object's centre, in units of its semi-axes: the centre, and four points
@@ -150,14 +144,7 @@ def test_api_takes_a_file_names_and_null_points(clip, tmp_path):
 def test_interrupt_leaves_a_valid_track_of_the_frames_before(clip, tmp_path, monkeypatch):
     frames, truth = clip
     folder = save_folder(frames, tmp_path / "frames")
-    read_image = video_module.read_image
-
-    def interrupted_at_frame_7(path):
-        if path.stem == "00007":
-            raise KeyboardInterrupt  # as Ctrl-C in the middle of decoding
-        return read_image(path)
-
-    monkeypatch.setattr(video_module, "read_image", interrupted_at_frame_7)
+    interrupt_reading_at(monkeypatch, "00007")  # Ctrl-C in the middle of decoding
     out, overlay, report = tmp_path / "out", tmp_path / "o.mp4", tmp_path / "r.json"
     with pytest.raises(KeyboardInterrupt):
         track_keypoints_video(tracker(chunk=3), folder, truth[0], out=out, overlay=overlay, report=report,
@@ -280,14 +267,6 @@ def test_cli_preset_can_be_overridden(ckpt, video, tmp_path):
     assert settings["preset"] == "dino" and settings["propagation"]["topk"] == 3
 
 
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
-
-
 def test_cli_bad_input(ckpt, video, tmp_path):
     root, truth = video
     clip_mp4 = root / "clip.mp4"
@@ -317,19 +296,11 @@ def test_cli_sigint_leaves_a_valid_track(ckpt, tmp_path):
     write_video(long_video, (f for f, _ in iter_synthetic_clip(400, SIZE, seed=0)), fps=25)
     (tmp_path / "first.json").write_text(json.dumps({"keypoints": [[60, 48], [10, 10]]}))
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "siammae.cli.track", long_video, "--keypoints", tmp_path / "first.json",
            "--ckpt", ckpt, "--size", 96, "--out", out, "--quiet"]  # fmt: skip
-    proc = subprocess.Popen([str(c) for c in cmd], env=env, stderr=subprocess.PIPE, text=True)
     lines = out / "keypoints.jsonl"
-    deadline = time.time() + 120
-    while (len(lines.read_text().splitlines()) if lines.exists() else 0) < 10:  # interrupt mid-run
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    returncode, err = run_until_sigint(cmd, lambda: len(lines.read_text().splitlines()) if lines.exists() else 0)
+    assert returncode == 130, err
     assert "Traceback" not in err and "interrupted: the keypoint track holds every frame so far" in err
     track = read_track(out)
     n = len(track["frames"])

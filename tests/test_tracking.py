@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import interrupt_reading_at, write_with_pyav
 from PIL import Image
 
-import siammae.data.video as video_module
 from siammae.config import ModelConfig
 from siammae.data.synthetic import MAX_OBJECTS, iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
@@ -297,14 +297,7 @@ def test_interrupt_keeps_every_png_valid_and_marks_the_report(tmp_path, clip, mo
     folder.mkdir()
     for i, f in enumerate(frames):
         Image.fromarray(f).save(folder / f"{i:05d}.png")
-    read_image = video_module.read_image
-
-    def interrupted_at_frame_7(path):
-        if path.stem == "00007":
-            raise KeyboardInterrupt  # as Ctrl-C in the middle of decoding
-        return read_image(path)
-
-    monkeypatch.setattr(video_module, "read_image", interrupted_at_frame_7)
+    interrupt_reading_at(monkeypatch, "00007")  # Ctrl-C in the middle of decoding
     out, overlay, report = tmp_path / "out", tmp_path / "o.mp4", tmp_path / "r.json"
     with pytest.raises(KeyboardInterrupt):
         track_video(_tracker(chunk=3), folder, masks[0], out=out, overlay=overlay, report=report, progress=False)
@@ -319,18 +312,9 @@ def test_interrupt_keeps_every_png_valid_and_marks_the_report(tmp_path, clip, mo
 
 
 def test_truncated_video_keeps_the_frames_before(tmp_path, clip):
-    import av
-
     frames, masks = clip
     full = tmp_path / "full.mkv"
-    with av.open(str(full), "w") as c:
-        s = c.add_stream("libx264", rate=25)
-        s.height, s.width, s.pix_fmt = 128, 160, "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    write_with_pyav(full, frames)
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 2 // 3])
     out, report = tmp_path / "out", tmp_path / "r.json"

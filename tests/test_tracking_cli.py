@@ -5,17 +5,14 @@ checkpoint, so these tests check the command's plumbing (formats, ids, later obj
 """
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import assert_one_line_error, run_until_sigint, write_with_pyav
 from PIL import Image
 from test_tracking import colour_encoder, iou
 
@@ -24,8 +21,6 @@ from siammae.cli.track import main
 from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
 from siammae.tracking.masks import write_mask
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,15 +44,6 @@ def read_pngs(folder: Path) -> dict[str, np.ndarray]:
             assert im.mode == "P"
             out[p.stem] = np.asarray(im)
     return out
-
-
-def assert_one_line_error(result, *fragments):
-    assert result.exit_code == 2, (result.output, result.exception)
-    assert isinstance(result.exception, SystemExit)  # not a traceback
-    lines = result.output.strip().splitlines()
-    assert lines[-1].startswith("error: ") and "Traceback" not in result.output, result.output
-    for fragment in fragments:
-        assert fragment in lines[-1], lines[-1]
 
 
 # ------------------------------------------------------------------------------------------------ real data
@@ -146,18 +132,10 @@ def test_sigint_keeps_pngs_valid_and_marks_the_report(ckpt, tmp_path):
     write_video(long_video, (f for f, _ in iter_synthetic_clip(400, (96, 128), seed=0)), fps=25)
     write_mask(tmp_path / "first.png", next(iter_synthetic_clip(1, (96, 128), seed=0))[1])
     out, report = tmp_path / "out", tmp_path / "r.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "siammae.cli.track", long_video, "--mask", tmp_path / "first.png", "--ckpt", ckpt,
            "--size", 96, "--preset", "dino", "--out", out, "--report", report, "--quiet"]  # fmt: skip
-    proc = subprocess.Popen([str(c) for c in cmd], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while len(list(out.glob("0*.png")) if out.exists() else []) < 10:  # interrupt in the middle of the run
-        assert proc.poll() is None, proc.stderr.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    returncode, err = run_until_sigint(cmd, lambda: len(list(out.glob("0*.png"))) if out.exists() else 0)
+    assert returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     files = sorted(out.iterdir())
     assert 10 <= len(files) < 400
@@ -226,18 +204,9 @@ def test_mask_dir_errors(ckpt, synthetic, tmp_path):
 
 
 def test_truncated_video_keeps_the_masks_before(ckpt, tmp_path):
-    import av
-
     frames = [f for f, _ in iter_synthetic_clip(20, (96, 128), seed=6)]
     full = tmp_path / "full.mkv"
-    with av.open(str(full), "w") as c:  # mkv: no frame count in the header, a duration
-        s = c.add_stream("libx264", rate=25)
-        s.height, s.width, s.pix_fmt = 96, 128, "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+    write_with_pyav(full, frames)  # mkv: no frame count in the header, a duration
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(full.read_bytes()[: full.stat().st_size * 3 // 4])
     write_mask(tmp_path / "first.png", next(iter_synthetic_clip(1, (96, 128), seed=6))[1])

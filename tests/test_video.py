@@ -6,24 +6,12 @@ import weakref
 import av
 import numpy as np
 import pytest
+from helpers import write_with_pyav
 from PIL import Image
 
 from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import count_frames, open_video, read_frames, write_video
 from siammae.errors import VideoError
-
-
-def _write_with(path, frames, fps=25, **options):
-    """Encode with PyAV directly (container options such as mp4 faststart, or an mkv without a frame count)."""
-    with av.open(str(path), "w", options=options) as c:
-        s = c.add_stream("libx264", rate=fps)
-        s.height, s.width = frames[0].shape[:2]
-        s.pix_fmt = "yuv420p"
-        for f in frames:
-            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +88,7 @@ def test_truncated_file_error_says_where_it_stopped(tmp_path, container):
     frames = [f for f, _ in iter_synthetic_clip(30, (64, 96), seed=1)]
     full = tmp_path / f"full.{container}"
     # faststart puts the mp4 index first, as in downloads; mkv has no frame count, only a duration
-    _write_with(full, frames, **({"movflags": "faststart"} if container == "mp4" else {}))
+    write_with_pyav(full, frames, **({"movflags": "faststart"} if container == "mp4" else {}))
     assert sum(1 for _ in open_video(full)) == 30
     cut = tmp_path / f"cut.{container}"
     data = full.read_bytes()
@@ -140,7 +128,7 @@ def test_bad_paths(tmp_path):
 
 def test_count_frames_without_a_container_count(tmp_path):
     frames = [f for f, _ in iter_synthetic_clip(12, (32, 32), seed=2)]
-    _write_with(tmp_path / "c.mkv", frames)
+    write_with_pyav(tmp_path / "c.mkv", frames)
     assert open_video(tmp_path / "c.mkv").num_frames is None
     assert count_frames(tmp_path / "c.mkv") == 12
 
