@@ -113,3 +113,7 @@ def jhmdb(split, **opts):
 def vip(split, **opts):
     """VIP human-part propagation: mIoU over 20 classes."""
     _run("vip", split, **opts)
+
+
+if __name__ == "__main__":
+    main()
