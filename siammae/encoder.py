@@ -16,6 +16,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from siammae.config import ModelConfig
+from siammae.kernels.patch_embed_gather import patch_embed_gather
 from siammae.pos_embed import resize_pos_embed, sincos_2d
 
 POS_INTERP = ("auto", "sincos", "bicubic")
@@ -57,6 +58,7 @@ class ViTEncoder(nn.Module):
         )
         self.norm = norm_layer(cfg.embed_dim)
         self._sincos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.kernel_backend = "auto"  # fused masked-patch gather: "auto" | "triton" | "torch"
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -98,13 +100,17 @@ class ViTEncoder(nn.Module):
         return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
 
     def embed_patches(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None, pos_interp: str = "auto"):
-        """Patch tokens with position embeddings, no [CLS]: (B, L, D), or (B, K, D) for the patches ``ids_keep``."""
+        """Patch tokens with position embeddings, no [CLS]: (B, L, D), or (B, K, D) for the patches ``ids_keep``.
+
+        Kept patches go through the fused gather (``siammae.kernels.patch_embed_gather``): only the K visible
+        patches are embedded, not all L (95 % of f2 is masked). ``self.kernel_backend`` picks Triton or PyTorch.
+        """
         h, w = self.grid(x)
         pos = self.pos_embed_for(h, w, pos_interp)[:, 1:]  # (1, L, D)
-        tokens = self.patch_embed(x) + pos  # (B, L, D)
         if ids_keep is None:
-            return tokens
-        return torch.gather(tokens, 1, ids_keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))  # (B, K, D)
+            return self.patch_embed(x) + pos  # (B, L, D)
+        proj = self.patch_embed.proj  # patch_embed.norm is Identity, so the projection is the whole embedding
+        return patch_embed_gather(x, ids_keep, proj.weight, proj.bias, pos[0], backend=self.kernel_backend)
 
     def cls_tokens(self, batch: int) -> torch.Tensor:
         """(B, 1, D): the [CLS] token plus its position embedding (zero for sin-cos)."""

@@ -33,7 +33,7 @@ class FrameEncoder(Protocol):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
+    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -48,8 +48,15 @@ class TorchEncoder:
 
     fixed_size = None
 
-    def __init__(self, model, device: str | torch.device = "auto", dtype: str = "fp32",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, pos_interp: str = "auto"):
+    def __init__(
+        self,
+        model,
+        device: str | torch.device = "auto",
+        dtype: str = "fp32",
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        pos_interp: str = "auto",
+    ):
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.device = resolve_device(device)

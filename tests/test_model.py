@@ -143,14 +143,18 @@ def test_patchify_roundtrip():
 
 
 def test_siam_mode_encodes_both_frames_with_the_same_parameters():
+    torch.manual_seed(0)
     model = create_model("tiny")
     seen = []
-    handle = model.encoder.patch_embed.proj.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    handle = model.encoder.register_forward_hook(lambda m, inp, out: seen.append((inp, out)))
     f1, f2 = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
-    model(f1, f2)
+    model(f1, f2, generator=torch.Generator().manual_seed(0))
     handle.remove()
-    assert len(seen) == 2 and torch.equal(seen[0], f1) and torch.equal(seen[1], f2)
-    # f1 is encoded exactly as the encoder alone encodes it
+    assert len(seen) == 2 and torch.equal(seen[0][0][0], f1) and torch.equal(seen[1][0][0], f2)
+    # each latent is exactly what the one shared encoder gives for that frame alone
+    ids_keep2 = seen[1][0][1]
+    assert torch.equal(seen[0][1], model.encoder(f1))
+    assert torch.equal(seen[1][1], model.encoder(f2, ids_keep2))
     enc_params = {id(p) for p in model.encoder.parameters()}
     assert not any(id(p) in enc_params for n, p in model.named_parameters() if n.startswith("decoder"))
 
