@@ -241,3 +241,30 @@ def test_ddp_two_processes_match_one_process(data, tmp_path):
     b = load_model(single.model_path).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_tensorboard_gets_scalars_and_pictures_when_installed(data, tmp_path, monkeypatch):
+    """TensorBoard is optional: with a SummaryWriter importable, every log record and picture goes to it too."""
+    import types
+
+    calls = []
+
+    class FakeWriter:
+        def __init__(self, folder):
+            calls.append(("init", folder))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def add_image(self, tag, img, step, dataformats):
+            calls.append((tag, step, img.shape, dataformats))
+
+        def close(self):
+            calls.append(("close",))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    train(config(data, tmp_path, max_steps=2, log_every=2, vis_every=2))
+    assert calls[0] == ("init", str(tmp_path / "tb"))
+    assert ("train/loss", 2) in calls and ("train/lr", 2) in calls and ("train/samples_per_s", 2) in calls
+    assert ("train/reconstruction", 2, (138, 138, 3), "HWC") in calls
+    assert calls[-1] == ("close",)
