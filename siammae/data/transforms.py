@@ -35,6 +35,8 @@ def target_size(height: int, width: int, short_side: int, patch_size: int, long_
 
 def to_tensor(rgb: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]."""
+    if not rgb.flags.writeable:  # torch warns on read-only arrays (views of decoder buffers)
+        rgb = rgb.copy()
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
 
 

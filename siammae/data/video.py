@@ -48,7 +48,7 @@ def read_image(path: Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
     except (OSError, SyntaxError, ValueError) as e:
         raise VideoError(f"{path}: cannot decode image ({e})") from e
 
@@ -90,6 +90,12 @@ class VideoSource:
                 self.height = stream.codec_context.height
                 self.fps = float(stream.average_rate) if stream.average_rate else None
                 self.num_frames = stream.frames or None
+                # containers without a frame count (mkv, webm) still state a duration: enough to notice truncation
+                self._expected = self.num_frames
+                if self._expected is None and container.duration and self.fps:
+                    self._expected = int(round(container.duration / 1e6 * self.fps))
+        except av.error.EOFError as e:
+            raise VideoError(f"{self.path}: the file ends before its first frame (an empty or truncated video)") from e
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot open video ({e})") from e
         if not self.width or not self.height:
@@ -119,8 +125,15 @@ class VideoSource:
                     index += 1
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
-        if index == 0:
+        # A truncated file ends the demuxer quietly; the header says how many frames there should have been
+        # (exactly for a frame count, within a frame of rounding for a duration).
+        slack = 0 if self.num_frames else 1
+        if index == 0 and not (self._expected or 0) > slack:
             raise VideoError(f"{self.path}: the video has no decodable frames")
+        if self._expected is not None and index < self._expected - slack:
+            raise VideoError(
+                f"{self.path}: decoding stopped at frame {index} of {self._expected} (file truncated or corrupt)"
+            )
 
     def __repr__(self) -> str:
         kind = "folder" if self.is_folder else "video"

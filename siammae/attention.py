@@ -1,0 +1,349 @@
+"""What the encoder looks at: the [CLS] self-attention of the last block, per head, as maps over the patch grid.
+
+DINO (Caron et al. 2021, Fig. 1; facebookresearch/dino ``visualize_attention.py``) and the SiamMAE project page
+show a ViT's [CLS] query attending to the patches in the last block: heads pick out objects and their boundaries.
+:func:`attention_maps` computes these maps for a SiamMAE or ViTEncoder; :func:`render_attention` streams a video,
+a frame folder or an image through it and writes the frames with the maps blended over them.
+
+The blocks run attention through ``F.scaled_dot_product_attention`` (fused kernels on GPU), which never forms the
+weights. So ``blocks[:-1]`` run as usual and only the last block's attention of the [CLS] query is computed
+explicitly from its ``norm1`` and ``attn.qkv``: a (B, nh, 1, L) product, negligible next to the encoder.
+
+Normalisation: DINO plots row 0 of the softmax over all 1 + L keys with the [CLS] column dropped, which sums to
+1 - a_cls, a mass that differs per head and per frame. Here each map is the softmax of the [CLS] query over the L
+patch keys only, i.e. DINO's row renormalised over the patches (a softmax restricted to a subset of keys and
+renormalised is the softmax over that subset). Each map is then a distribution over the patches that sums to 1, so
+heads and frames are comparable whatever attention a head keeps on the [CLS] token itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from siammae.checkpoint import unwrap
+from siammae.data.transforms import normalize, target_size
+from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
+from siammae.encoder import ViTEncoder
+from siammae.errors import InputError
+from siammae.frame_encoder import DTYPES, resolve_device
+from siammae.io import atomic_write
+
+HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
+
+# Degree-6 polynomial fits of matplotlib's perceptually uniform colormaps, c0 + c1 t + ... + c6 t^6 per channel,
+# by Matt Zucker (shadertoy.com/view/WlfXRN, CC0); within ~1% of the 256-entry tables. Rows c0..c6, columns RGB.
+_CMAP_POLY = {
+    "inferno": (
+        (0.0002189403691192265, 0.001651004631001012, -0.01948089843709184),
+        (0.1065134194856116, 0.5639564367884091, 3.932712388889277),
+        (11.60249308247187, -3.972853965665698, -15.9423941062914),
+        (-41.70399613139459, 17.43639888205313, 44.35414519872813),
+        (77.162935699427, -33.40235894210092, -81.80730925738993),
+        (-71.31942824499214, 32.62606426397723, 73.20951985803202),
+        (25.13112622477341, -12.24266895238567, -23.07032500287172),
+    ),
+    "viridis": (
+        (0.2777273272234177, 0.005407344544966578, 0.3340998053353061),
+        (0.1050930431085774, 1.404613529898575, 1.384590162594685),
+        (-0.3308618287255563, 0.214847559468213, 0.09509516302823659),
+        (-4.634230498983486, -5.799100973351585, -19.33244095627987),
+        (6.228269936347081, 14.17993336680509, 56.69055260068105),
+        (4.776384997670288, -13.74514537774601, -65.35303263337234),
+        (-5.435455855934631, 4.645852612178535, 26.3124352495832),
+    ),
+}
+CMAPS = tuple(_CMAP_POLY)
+OUT_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+# --------------------------------------------------------------------------------------------------- the maps
+def resolve_heads(heads, num_heads: int) -> list[int] | str:
+    """The heads to show: a list of indices, or "mean" for the mean over all heads.
+
+    ``heads``: None or "all" (every head), "mean", a list of indices, or a string such as "0,2,5".
+    A malformed spec or an index outside 0..num_heads-1 is an :class:`InputError` naming it.
+    """
+    if heads is None or heads == "all":
+        return list(range(num_heads))
+    if heads == "mean":
+        return "mean"
+    if isinstance(heads, str):
+        try:
+            heads = [int(s) for s in heads.split(",")]
+        except ValueError:
+            raise InputError(f"heads {heads!r} is not valid: use {HEADS_HELP}") from None
+    heads = list(heads)
+    if not heads:
+        raise InputError(f"no heads selected: use {HEADS_HELP}")
+    for i in heads:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise InputError(f"head {i!r} is not an integer: use {HEADS_HELP}")
+        if not 0 <= i < num_heads:
+            raise InputError(f"head {i} is out of range: the model has {num_heads} heads (0-{num_heads - 1})")
+    dup = sorted({i for i in heads if heads.count(i) > 1})
+    if dup:
+        raise InputError(f"head {dup[0]} is selected twice in {heads}")
+    return [int(i) for i in heads]
+
+
+def _encoder(model) -> ViTEncoder:
+    model = unwrap(model)
+    encoder = getattr(model, "encoder", model)
+    if not isinstance(encoder, ViTEncoder):
+        raise TypeError(f"attention maps need a SiamMAE or ViTEncoder, got {type(model).__name__}")
+    return encoder
+
+
+@torch.no_grad()
+def attention_maps(model, frames: torch.Tensor, heads=None, pos_interp: str = "auto") -> torch.Tensor:
+    """[CLS] attention of the last encoder block over the patches: (B, 3, H, W) -> (B, n, h, w) float32.
+
+    ``frames`` are ImageNet-normalised, as for ``model.features`` (``siammae.data.transforms.preprocess`` gives
+    them); H and W multiples of the patch size. ``heads`` (see :func:`resolve_heads`) picks the n maps, in the
+    order given; "mean" gives one map, the mean over all heads. Every map sums to 1 over the h*w patches.
+    """
+    encoder = _encoder(model)
+    if frames.ndim != 4 or frames.shape[1] != encoder.config.in_chans:
+        raise InputError(f"frames must be (B, {encoder.config.in_chans}, H, W), got {tuple(frames.shape)}")
+    selected = resolve_heads(heads, encoder.num_heads)
+    B = frames.shape[0]
+    h, w = encoder.grid(frames)
+
+    x = encoder.prepare_tokens(frames, pos_interp)  # (B, 1 + L, D)
+    for blk in encoder.blocks[:-1]:
+        x = blk(x)
+    last = encoder.blocks[-1]
+    attn = last.attn
+    nh, hd = attn.num_heads, attn.head_dim
+    y = last.norm1(x)  # (B, 1 + L, D)
+    qkv = attn.qkv(y).reshape(B, 1 + h * w, 3, nh, hd).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1 + L, hd)
+    q, k = attn.q_norm(qkv[0]), attn.k_norm(qkv[1])  # identities unless the blocks use qk-norm
+    with torch.autocast(frames.device.type, enabled=False):  # logits and softmax in fp32 under any autocast
+        q_cls = q[:, :, :1].float() * attn.scale  # (B, nh, 1, hd)
+        logits = q_cls @ k[:, :, 1:].float().transpose(-2, -1)  # (B, nh, 1, L): patch keys only, see module doc
+        maps = logits.softmax(dim=-1).reshape(B, nh, h, w)  # (B, nh, h, w)
+    if selected == "mean":
+        return maps.mean(dim=1, keepdim=True)  # (B, 1, h, w)
+    return maps[:, selected]  # (B, n, h, w)
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+@functools.cache
+def colormap_lut(name: str = "inferno") -> np.ndarray:
+    """(256, 3) uint8 RGB table of a colormap ("inferno" or "viridis"), value 0 first."""
+    if name not in _CMAP_POLY:
+        raise InputError(f"colormap {name!r} is not available: use one of {', '.join(CMAPS)}")
+    t = np.linspace(0.0, 1.0, 256)[:, None]  # (256, 1)
+    rgb = np.zeros((256, 3))
+    for c in reversed(_CMAP_POLY[name]):  # Horner: ((c6 t + c5) t + ...) t + c0
+        rgb = rgb * t + np.asarray(c)
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def _lut_index(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(n, h, w) -> (n, H, W) colormap entries 0..255: bilinear upsampling, then each map over its own maximum."""
+    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]  # (n, H, W)
+    peak = up.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)  # (n, 1, 1)
+    return (up / peak).clamp_(0.0, 1.0).mul_(255).round_().long()  # (n, H, W)
+
+
+def heatmaps(maps: torch.Tensor, size: tuple[int, int], cmap: str = "inferno") -> torch.Tensor:
+    """(n, h, w) attention -> (n, H, W, 3) uint8 colour images at ``size`` (H, W).
+
+    Each map is upsampled bilinearly, then scaled by its own maximum: the head's peak is the top of the colormap.
+    """
+    lut = torch.from_numpy(colormap_lut(cmap)).to(maps.device)  # (256, 3)
+    return lut[_lut_index(maps, size)]  # (n, H, W, 3)
+
+
+def grid_shape(n: int) -> tuple[int, int]:
+    """(rows, cols) for n tiles: as square as possible, wider than tall (6 -> 2x3, 12 -> 3x4, 3 -> 1x3)."""
+    rows = max(1, math.isqrt(n))
+    return rows, math.ceil(n / rows)
+
+
+def overlay(
+    rgb: np.ndarray,
+    maps: torch.Tensor,
+    names: list[str] | None = None,
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+) -> np.ndarray:
+    """Blend each (h, w) map of ``maps`` (n, h, w) over the frame ``rgb`` (H, W, 3) uint8 and tile the n results
+    in a :func:`grid_shape` grid; (rows*H, cols*W, 3) uint8. ``names`` labels the tiles (e.g. "head 2")."""
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha {alpha} is not in [0, 1]")
+    H, W = rgb.shape[:2]
+    # (1 - alpha) * frame + alpha * heat, with alpha folded into the table: one gather and one add per tile
+    lut = torch.from_numpy(colormap_lut(cmap)).to(maps.device).float() * alpha  # (256, 3)
+    base = torch.from_numpy(np.ascontiguousarray(rgb)).to(maps.device).float() * (1.0 - alpha)  # (H, W, 3)
+    tiles = (base + lut[_lut_index(maps, (H, W))]).round_().byte().cpu().numpy()  # (n, H, W, 3)
+    n = tiles.shape[0]
+    rows, cols = grid_shape(n)
+    canvas = np.zeros((rows * H, cols * W, 3), dtype=np.uint8)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        canvas[r * H : (r + 1) * H, c * W : (c + 1) * W] = tiles[i]
+    if names:
+        canvas = _label(canvas, names, H, W, cols)
+    return canvas
+
+
+def _label(canvas: np.ndarray, names: list[str], H: int, W: int, cols: int) -> np.ndarray:
+    """Write each tile's name in its top-left corner, white on a black box."""
+    im = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(im)
+    font = ImageFont.load_default()
+    for i, name in enumerate(names):
+        r, c = divmod(i, cols)
+        x, y = c * W + 4, r * H + 4
+        left, top, right, bottom = draw.textbbox((x, y), name, font=font)
+        draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
+        draw.text((x, y), name, fill=(255, 255, 255), font=font)
+    return np.asarray(im)
+
+
+# ------------------------------------------------------------------------------------------------- streaming
+def iter_attention(
+    model,
+    frames: Iterable[Frame],
+    heads=None,
+    size: int = 480,
+    batch_size: int = 4,
+    dtype: str = "fp32",
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    labels: bool = True,
+    pos_interp: str = "auto",
+) -> Iterator[tuple[Frame, np.ndarray]]:
+    """Stream frames through :func:`attention_maps`; yields ``(frame, rendered)`` in order, rendered an RGB uint8
+    grid of the chosen heads over the frame resized to short side ``size`` (see :func:`overlay`).
+
+    The model runs on the device its parameters are on, ``batch_size`` frames at a time; only one batch is held.
+    ``dtype`` "fp16" / "bf16" runs the encoder under autocast (the last block's softmax stays fp32).
+    """
+    encoder = _encoder(model)
+    selected = resolve_heads(heads, encoder.num_heads)
+    names = (["mean of heads"] if selected == "mean" else [f"head {i}" for i in selected]) if labels else None
+    if dtype not in DTYPES:
+        raise InputError(f"dtype {dtype!r} is not valid: use one of {', '.join(DTYPES)}")
+    device = encoder.cls_token.device
+    if dtype == "fp16" and device.type != "cuda":
+        raise InputError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext()
+    colormap_lut(cmap)  # fail on a bad colormap or opacity before any frame is decoded
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha {alpha} is not in [0, 1]")
+    resized = None
+
+    def run(batch: list[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.stack([f.rgb for f in batch])).to(device)  # (B, H0, W0, 3) uint8
+            x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H0, W0) in [0, 1]
+            if tuple(x.shape[-2:]) != resized:
+                x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False)  # (B, 3, H, W)
+            with autocast:
+                maps = attention_maps(encoder, normalize(x), selected, pos_interp)  # (B, n, h, w)
+            shown = (x.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()  # (B, H, W, 3): the model input
+        for f, rgb, m in zip(batch, shown, maps, strict=True):  # outside inference mode: the caller runs in between
+            yield f, overlay(rgb, m, names, cmap, alpha)
+
+    batch: list[Frame] = []
+    for frame in frames:
+        if resized is None:
+            H0, W0 = frame.rgb.shape[:2]
+            try:
+                resized = target_size(H0, W0, size, encoder.patch_size)
+            except ValueError as e:
+                raise InputError(f"size {size}: {e}") from None
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield from run(batch)
+            batch = []
+    if batch:
+        yield from run(batch)
+
+
+def _kind(path: Path) -> str:
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        return "image"
+    return "video"  # a video file or a frame folder; open_video reports anything else
+
+
+def default_output(input: str | os.PathLike) -> Path:
+    """``<input name>_attn.png`` for an image, ``<input name>_attn.mp4`` for a video or frame folder, in the
+    current folder."""
+    path = Path(input)
+    return Path(f"{path.stem}_attn{'.png' if _kind(path) == 'image' else '.mp4'}")
+
+
+def render_attention(
+    model,
+    input: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    heads=None,
+    size: int = 480,
+    batch_size: int = 4,
+    device: str = "auto",
+    dtype: str = "fp32",
+    cmap: str = "inferno",
+    alpha: float = 0.6,
+    labels: bool = True,
+    progress: bool = False,
+) -> Path:
+    """Write the attention maps of ``model`` (a SiamMAE or ViTEncoder) over ``input`` to ``out``; returns ``out``.
+
+    ``input``: a video file, a frame folder, or an image (jpg / png / ...). ``out`` (default
+    :func:`default_output`): for an image, an image file (.png / .jpg); for a video or frame folder, a video file
+    (.mp4 / ...) or a folder (an existing one, or a path without suffix) that receives one PNG per frame, named as
+    the frame. Everything is streamed (constant memory) and every file is written atomically.
+    """
+    input = Path(input)
+    out = Path(out) if out is not None else default_output(input)
+    suffix = out.suffix.lower()
+    is_image, to_folder = _kind(input) == "image", False
+    if is_image:
+        if suffix not in OUT_IMAGE_EXTENSIONS:
+            raise InputError(
+                f"{input} is an image: the output {out} must be an image file ({', '.join(OUT_IMAGE_EXTENSIONS)})"
+            )
+        source, total, fps = [Frame(0, input.stem, read_image(input))], 1, None
+    else:
+        to_folder = out.is_dir() or not suffix
+        if not to_folder and suffix not in VIDEO_EXTENSIONS:
+            raise InputError(
+                f"{input} is a video: the output {out} must be a video file ({', '.join(VIDEO_EXTENSIONS)}) "
+                "or a folder for one PNG per frame"
+            )
+        video = open_video(input)
+        source, total, fps = video, video.num_frames, video.fps or 25.0  # frame folders have no rate: 25 fps
+    model = unwrap(model).to(resolve_device(device)).eval()
+    rendered = iter_attention(model, source, heads, size, batch_size, dtype, cmap, alpha, labels)
+    if progress:
+        from tqdm import tqdm
+
+        rendered = tqdm(rendered, total=total, unit="frame", desc=input.name)
+    if is_image:
+        for _, rgb in rendered:
+            _save_image(out, rgb)
+    elif to_folder:
+        for frame, rgb in rendered:
+            _save_image(out / f"{frame.name}.png", rgb)
+    else:
+        write_video(out, (rgb for _, rgb in rendered), fps=fps)
+    return out
+
+
+def _save_image(path: Path, rgb: np.ndarray) -> None:
+    with atomic_write(path) as tmp:
+        Image.fromarray(rgb).save(tmp)

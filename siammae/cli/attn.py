@@ -1,0 +1,89 @@
+"""``siammae-attn``: the last block's [CLS] attention of a checkpoint, per head, over a video or an image.
+
+    siammae-attn clip.mp4 --ckpt siammae.pt                      # clip_attn.mp4, a grid of every head
+    siammae-attn frames/ --ckpt dino.pth --heads 0,2,5 --out maps/  # one PNG per frame
+    siammae-attn photo.jpg --ckpt siammae.pt --heads mean --out photo_attn.png
+
+Everything is one call of :func:`siammae.attention.render_attention`; bad input exits with status 2 and a one-line
+``error: ...``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from siammae.attention import CMAPS, HEADS_HELP, render_attention
+from siammae.checkpoint import load_model
+from siammae.errors import InputError, SiamMAEError
+from siammae.frame_encoder import DTYPES, resolve_device
+from siammae.models import list_models
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("input", type=click.Path(path_type=str))
+@click.option(
+    "--ckpt", required=True, type=click.Path(path_type=str), help="siammae checkpoint or DINO / MAE / timm ViT weights."
+)
+@click.option(
+    "--arch",
+    type=click.Choice(list_models()),
+    default=None,
+    help="Architecture of foreign weights (default: inferred).",
+)
+@click.option("--heads", default="all", show_default=True, help=f"Heads to show: {HEADS_HELP}.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Output: .png / .jpg for an image; .mp4 or a folder (one PNG per frame) for a video or frame "
+    "folder. Default: <INPUT name>_attn.png / .mp4 in the current folder.",
+)
+@click.option("--size", default=480, show_default=True, help="Short side of the frames fed to the model (pixels).")
+@click.option("--batch-size", default=4, show_default=True, help="Frames per forward pass.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--dtype",
+    type=click.Choice(list(DTYPES)),
+    default="fp32",
+    show_default=True,
+    help="Encoder precision (fp16 needs CUDA).",
+)
+@click.option("--cmap", type=click.Choice(CMAPS), default="inferno", show_default=True, help="Heat-map colours.")
+@click.option("--alpha", default=0.6, show_default=True, help="Heat-map opacity over the frame, in [0, 1].")
+@click.option("--no-labels", is_flag=True, help="Do not write the head number on each tile.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
+    """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
+    try:
+        if size < 1 or batch_size < 1:
+            raise InputError(f"--size {size} and --batch-size {batch_size} must be positive")
+        try:
+            device = resolve_device(device)
+        except (RuntimeError, ValueError) as e:  # an unknown device string or CUDA without a GPU
+            raise InputError(f"--device {device}: {e}") from None
+        model = load_model(ckpt, arch=arch)
+        path = render_attention(
+            model,
+            input,
+            out,
+            heads=heads,
+            size=size,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            cmap=cmap,
+            alpha=alpha,
+            labels=not no_labels,
+            progress=not quiet,
+        )
+    except SiamMAEError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    if not quiet:
+        click.echo(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""``siammae-eval``: the paper's benchmarks (DAVIS J&F, JHMDB PCK, VIP mIoU) in one command each.
+
+    siammae-eval davis --root DAVIS --year 2017 --ckpt model.pth [--preset dino] [--out DIR]
+    siammae-eval davis --root DAVIS --year 2017 --results osvos/      # score predictions, no model
+    siammae-eval jhmdb --root JHMDB --ckpt model.pth
+    siammae-eval vip --root VIP_Fine --ckpt model.pth
+
+Each command parses its options and calls :func:`siammae.evaluation.benchmark.evaluate`.
+"""
+
+import sys
+
+import click
+
+from siammae.errors import SiamMAEError
+from siammae.evaluation.benchmark import evaluate
+from siammae.evaluation.results import markdown_table
+
+
+def _common(f):
+    """Options shared by the three benchmarks (model, propagation, output)."""
+    options = [
+        click.option("--root", required=True, type=click.Path(file_okay=False), help="Data set folder."),
+        click.option(
+            "--ckpt", type=click.Path(dir_okay=False), help="Checkpoint to evaluate (siammae, DINO, MAE, timm)."
+        ),
+        click.option(
+            "--results",
+            type=click.Path(file_okay=False),
+            help="Score the predictions in this folder instead of running a model.",
+        ),
+        click.option("--out", type=click.Path(file_okay=False), help="Output folder (predictions, scores, tables)."),
+        click.option("--preset", help="Propagation preset: dino, siammae-davis, siammae-jhmdb, siammae-vip."),
+        click.option("--topk", type=click.IntRange(min=1), help="Override the preset's top-k."),
+        click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override the temperature."),
+        click.option("--n-last", type=click.IntRange(min=0), help="Override the number of preceding frames."),
+        click.option("--radius", type=click.FloatRange(min=0), help="Override the neighbourhood radius (patches)."),
+        click.option("--size", help="Input size: a short side (480) or short x long (480x880); default per preset."),
+        click.option("--arch", help="Architecture of foreign weights when it cannot be inferred (e.g. vits16)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
+        click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
+        click.option("--sequences", help="Comma-separated subset of the split's sequences."),
+        click.option("--max-frames", type=click.IntRange(min=2), help="Only the first N frames (quick checks)."),
+        click.option("--overwrite", is_flag=True, help="Run every sequence again, even if scored in --out."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _run(benchmark: str, split, year: str = "2017", **opts):
+    if (opts["ckpt"] is None) == (opts["results"] is None):
+        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions")
+    if opts["results"] is not None:
+        model_only = ("preset", "topk", "temperature", "n_last", "radius", "size", "arch", "max_frames")
+        given = [f"--{k.replace('_', '-')}" for k in model_only if opts[k] is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} only apply with --ckpt, not with --results")
+    overrides = {k: opts[k] for k in ("topk", "temperature", "n_last", "radius")}
+    try:
+        doc = evaluate(
+            benchmark,
+            opts["root"],
+            ckpt=opts["ckpt"],
+            results=opts["results"],
+            out=opts["out"],
+            split=split,
+            year=year,
+            preset=opts["preset"],
+            overrides=overrides,
+            size=opts["size"],
+            arch=opts["arch"],
+            device=opts["device"],
+            dtype=opts["dtype"],
+            batch_size=opts["batch_size"],
+            sequences=[s for s in opts["sequences"].split(",") if s] if opts["sequences"] else None,
+            max_frames=opts["max_frames"],
+            overwrite=opts["overwrite"],
+        )
+    except SiamMAEError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    click.echo(markdown_table(doc["title"], doc["global"]))
+    click.echo(f"results in {doc['out']}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Evaluate a checkpoint on DAVIS, JHMDB or VIP, or score existing predictions."""
+
+
+@main.command()
+@click.option("--year", type=click.Choice(["2016", "2017"]), default="2017", show_default=True)
+@click.option("--split", default="val", show_default=True, help="ImageSets/<year>/<split>.txt")
+@_common
+def davis(year, split, **opts):
+    """DAVIS semi-supervised video object segmentation: J&F, J and F (mean, recall, decay)."""
+    _run("davis", split, year, **opts)
+
+
+@main.command()
+@click.option("--split", type=click.Choice(["1", "2", "3"]), default="1", show_default=True)
+@_common
+def jhmdb(split, **opts):
+    """JHMDB pose propagation: PCK@0.1 and PCK@0.2."""
+    _run("jhmdb", int(split), **opts)
+
+
+@main.command()
+@click.option("--split", default="val", show_default=True, help="lists/<split>_videos.txt")
+@_common
+def vip(split, **opts):
+    """VIP human-part propagation: mIoU over 20 classes."""
+    _run("vip", split, **opts)

@@ -1,0 +1,137 @@
+"""``siammae-export``: the encoder of a checkpoint as an ONNX graph, and optionally a TensorRT engine.
+
+    siammae-export --ckpt vits8.pt --trt                  # 480x848 graph + engine (a DAVIS 480p video)
+    siammae-export --ckpt vits8.pt --height 480 --width 880 --fp16 --max-batch 16 --trt
+
+The command parses and validates, then calls :func:`siammae.export.export_onnx` and
+:func:`siammae.export.build_engine`; everything it does is available from Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from siammae.data.transforms import IMAGENET_MEAN
+from siammae.encoder import POS_INTERP
+from siammae.errors import SiamMAEError
+from siammae.export.onnx import DEFAULT_OPSET, MIN_OPSET, STDS, export_onnx
+from siammae.export.tensorrt import build_engine, require_tensorrt
+from siammae.models import list_models
+
+
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on the stderr of the moment (click.echo looks it up at each call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def _log_to_stderr() -> None:
+    """Progress and verification figures of the library (logger "siammae") on stderr."""
+    logger = logging.getLogger("siammae")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--ckpt",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="siammae checkpoint, or encoder weights (DINO / MAE / timm).",
+)
+@click.option(
+    "--arch",
+    type=click.Choice(list_models()),
+    default=None,
+    help="architecture of foreign weights (default: inferred from their shapes).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint).",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="short side of a 854x480 (DAVIS 480p) video, as the tracker resizes it: 480 -> 480x848 [480].",
+)
+@click.option("--height", type=click.IntRange(min=1), default=None, help="frame height (with --width).")
+@click.option("--width", type=click.IntRange(min=1), default=None, help="frame width (with --height).")
+@click.option(
+    "--max-batch",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="largest batch of frames per call (the batch is dynamic, 1 .. N).",
+)
+@click.option("--fp16", is_flag=True, help="fp16 weights and matrix products (LayerNorm in fp32; I/O float32).")
+@click.option("--opset", type=click.IntRange(min=MIN_OPSET), default=DEFAULT_OPSET, show_default=True)
+@click.option(
+    "--std",
+    "std_name",
+    type=click.Choice(sorted(STDS)),
+    default="imagenet",
+    show_default=True,
+    help="normalisation std: ImageNet's, or DINO's evaluation code's (0.228 for red).",
+)
+@click.option(
+    "--pos-interp",
+    type=click.Choice(POS_INTERP),
+    default="auto",
+    show_default=True,
+    help="position embeddings for the target grid: sincos (exact), bicubic (DINO), auto.",
+)
+@click.option("--trt", is_flag=True, help="also build a TensorRT engine (<out>.engine); needs siammae[trt] and a GPU.")
+@click.option(
+    "--workspace",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="TensorRT scratch memory, GB.",
+)
+@click.option(
+    "--verify/--no-verify",
+    default=True,
+    show_default=True,
+    help="compare onnxruntime (and the engine) against PyTorch on random frames.",
+)
+def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify):
+    """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
+    patch features, with normalisation and position embeddings inside the graph."""
+    _log_to_stderr()
+    try:
+        if trt:
+            require_tensorrt()  # fail before the export, not after it
+        path = export_onnx(
+            ckpt,
+            out,
+            arch=arch,
+            size=size,
+            height=height,
+            width=width,
+            max_batch=max_batch,
+            fp16=fp16,
+            opset=opset,
+            mean=IMAGENET_MEAN,
+            std=STDS[std_name],
+            pos_interp=pos_interp,
+            verify=verify,
+        )
+        click.echo(path)
+        if trt:
+            click.echo(build_engine(path, workspace=workspace, verify=verify))
+    except SiamMAEError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""siammae-track: track the objects of a first-frame mask through a video (file or frame folder), streamed.
+
+    siammae-track video.mp4 --mask first.png --ckpt vits8.pt --out masks/ --overlay overlay.mp4 --report run.json
+
+A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
+:func:`~siammae.tracking.track_video`. Errors a user can fix print one line (``error: ...``) and exit with status 2;
+Ctrl-C keeps every mask written so far, marks the report as interrupted and exits with status 130.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from siammae.errors import InputError, SiamMAEError
+from siammae.models import list_models
+from siammae.propagation.config import PRESETS
+
+PRESET_NAMES = tuple(PRESETS)
+
+
+class Radius(click.ParamType):
+    """A neighbourhood radius in patches, or "none" for no restriction."""
+
+    name = "radius"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, (int, float)):
+            return value
+        if str(value).lower() in ("none", "inf", "off"):
+            return None
+        try:
+            r = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of patches or 'none'", param, ctx)
+        if r < 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return int(r) if r.is_integer() else r
+
+
+def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None, device: str = "auto"):
+    """The model of ``--ckpt`` (PyTorch weights) or the runtime of ``--encoder`` (ONNX / TensorRT) on ``device``."""
+    if (ckpt is None) == (encoder is None):
+        raise InputError("give exactly one of --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine)")
+    if ckpt is not None:
+        from siammae.checkpoint import load_model
+
+        return load_model(ckpt, arch=arch)
+    from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
+
+    return load_encoder(encoder, device=device)
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("--mask", type=click.Path(path_type=Path), help="Mask of frame 0 (PNG: mode P ids, 0/255, RGB, 1-bit).")
+@click.option(
+    "--mask-dir",
+    type=click.Path(path_type=Path),
+    help="Masks of later frames, named like their frames, adding objects that appear there.",
+)
+@click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
+@click.option(
+    "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
+)
+@click.option(
+    "--encoder",
+    type=click.Path(path_type=Path),
+    help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(PRESET_NAMES),
+    default="siammae-davis",
+    show_default=True,
+    help="Propagation protocol constants.",
+)
+@click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature.")
+@click.option("--queue", type=click.IntRange(min=0), help="Override: number of preceding frames in the context.")
+@click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'.")
+@click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Encoder short side.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True, help="Encoder precision."
+)
+@click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
+@click.option(
+    "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
+)
+@click.option("--out", type=click.Path(path_type=Path), help="Folder for one indexed PNG per frame (DAVIS palette).")
+@click.option("--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks drawn (h264).")
+@click.option("--report", type=click.Path(path_type=Path), help="JSON report (and a Markdown one beside it).")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+def main(video, mask, mask_dir, ckpt, arch, encoder, preset, topk, temperature, queue, radius, size, device, dtype,
+         chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
+    """Track the objects of a first-frame mask through VIDEO (a video file or a folder of frames)."""
+    from siammae.tracking.masks import MaskResizeWarning
+    from siammae.tracking.pipeline import track_video
+    from siammae.tracking.tracker import Tracker
+
+    overrides = {"topk": topk, "temperature": temperature, "n_last": queue}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if radius is not None or _given(click.get_current_context(), "radius"):
+        overrides["radius"] = radius
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
+        warnings.showwarning = _show_warning
+        try:
+            if mask is None and mask_dir is None:
+                raise InputError("give the mask of frame 0 with --mask (or a --mask-dir that holds it)")
+            model = load_frame_encoder(ckpt, encoder, arch, device)
+            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, size=size, chunk=chunk,
+                              backend=backend, **overrides)  # fmt: skip
+            result = track_video(tracker, video, mask, mask_dir=mask_dir, out=out, overlay=overlay, report=report,
+                                 overwrite=overwrite, progress=not quiet)  # fmt: skip
+        except SiamMAEError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            kept = f"; report marked interrupted: {report}" if report is not None else ""
+            click.echo(f"interrupted: every mask written so far is complete{kept}", err=True)
+            sys.exit(130)
+    if not quiet:
+        objects = ", ".join(str(i) for i in result["objects"])
+        where = ", ".join(str(p) for p in (out, overlay, report) if p is not None)
+        click.echo(
+            f"tracked {result['frames']} frames (objects {objects}) in {result['time']['total_seconds']:.1f} s, "
+            f"{result['fps']} frames/s -> {where}",
+            err=True,
+        )
+
+
+def _given(ctx: click.Context, name: str) -> bool:
+    """Whether an option was on the command line (``--radius none`` gives None, like not giving it)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""JHMDB pose propagation: the data set layout, scoring keypoint predictions, running a model.
+
+Layout (as downloaded from jhmdb.is.tue.mpg.de)::
+
+    <root>/Rename_Images/<action>/<video>/00001.png ...            320x240 frames
+    <root>/joint_positions/<action>/<video>/joint_positions.mat   ``pos_img``: 2 x 15 x T, 1-based pixels
+    <root>/splits/<action>_test_split<N>.txt                      "<video>.avi 1|2"; 2 marks a test video
+
+The test videos of split 1 (268 videos) are the benchmark of CRW and its successors. The 15 joints of the first
+frame propagate as Gaussian heatmaps (:mod:`siammae.keypoints`); PCK scores frames 1..
+(:mod:`siammae.metrics.jhmdb`).
+Predictions: ``<results>/<action>/<video>.json`` in the keypoint-track schema of :mod:`siammae.keypoints`, one
+entry per frame, ``null`` for a joint that vanished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.io
+from PIL import Image
+
+from siammae.errors import InputError
+from siammae.evaluation.results import ResultsDir
+from siammae.keypoints import write_keypoint_track
+from siammae.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
+
+if TYPE_CHECKING:
+    from siammae.evaluation.runner import Runner
+
+
+@dataclass(frozen=True)
+class JhmdbVideo:
+    """One video: ``name`` = "<action>/<video>", its frames and ``joints`` [T, 15, 2] 0-based (x, y) pixels."""
+
+    name: str
+    frames: tuple[Path, ...]
+    joints: np.ndarray
+
+
+def list_videos(root: str | Path, split: int = 1) -> list[str]:
+    """The test videos ("<action>/<video>") of ``splits/*_test_split<split>.txt``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"JHMDB root {root} is not a folder")
+    files = sorted((root / "splits").glob(f"*_test_split{split}.txt"))
+    if not files:
+        raise InputError(f"JHMDB split files {root / 'splits'}/<action>_test_split{split}.txt do not exist")
+    names = []
+    for path in files:
+        action = path.name[: -len(f"_test_split{split}.txt")]
+        for line in path.read_text().splitlines():
+            parts = line.split()
+            if len(parts) != 2 or parts[1] not in ("1", "2"):
+                if parts:
+                    raise InputError(f"{path}: line {line!r} is not '<video>.avi 1|2'")
+                continue
+            if parts[1] == "2":
+                names.append(f"{action}/{Path(parts[0]).stem}")
+    if not names:
+        raise InputError(f"JHMDB split {split} lists no test video (label 2) in {root / 'splits'}")
+    return names
+
+
+def load_video(root: str | Path, name: str) -> JhmdbVideo:
+    root = Path(root)
+    image_dir = root / "Rename_Images" / name
+    frames = tuple(sorted(image_dir.glob("*.png")))
+    if not frames:
+        raise InputError(f"JHMDB video {name}: no frames (*.png) in {image_dir}")
+    mat = root / "joint_positions" / name / "joint_positions.mat"
+    if not mat.is_file():
+        raise InputError(f"JHMDB video {name}: joint file {mat} does not exist")
+    try:
+        pos = scipy.io.loadmat(str(mat))["pos_img"]
+    except KeyError:
+        raise InputError(f"{mat} has no 'pos_img' entry") from None
+    except (OSError, ValueError) as err:
+        raise InputError(f"{mat} cannot be read ({err})") from None
+    if pos.ndim != 3 or pos.shape[:2] != (2, len(JOINT_NAMES)):
+        raise InputError(f"{mat}: pos_img is {pos.shape}, expected 2 x {len(JOINT_NAMES)} x T")
+    if pos.shape[2] != len(frames):
+        raise InputError(
+            f"JHMDB video {name}: {mat} has {pos.shape[2]} frames of joints, {image_dir} has {len(frames)}"
+        )
+    joints = np.transpose(pos, (2, 1, 0)).astype(np.float64) - 1.0  # [T, 15, 2], 0-based (CRW: pos_img - 1)
+    return JhmdbVideo(name, frames, joints)
+
+
+def read_prediction(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """([T, 15, 2] pixels, [T, 15] visible) from a keypoint-track JSON file."""
+    if not path.is_file():
+        raise InputError(f"prediction {path} is missing (one keypoint-track JSON per video)")
+    try:
+        frames = json.loads(path.read_text())["frames"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise InputError(f"prediction {path} is not a keypoint-track JSON with a 'frames' list ({err})") from None
+    if len(frames) != num_frames:
+        raise InputError(f"prediction {path} has {len(frames)} frames, the video has {num_frames}")
+    xy = np.full((num_frames, len(JOINT_NAMES), 2), np.nan)
+    for t, frame in enumerate(frames):
+        points = frame.get("keypoints") if isinstance(frame, dict) else None
+        if not isinstance(points, list) or len(points) != len(JOINT_NAMES):
+            raise InputError(f"prediction {path}: frame {t} needs {len(JOINT_NAMES)} keypoints ([x, y] or null)")
+        for j, p in enumerate(points):
+            if p is None:
+                continue
+            if not (isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p)):
+                raise InputError(f"prediction {path}: frame {t} keypoint {j} is {json.dumps(p)}, not [x, y] or null")
+            xy[t, j] = p
+    return xy, ~np.isnan(xy[..., 0])
+
+
+def score_prediction(video: JhmdbVideo, pred: np.ndarray, visible: np.ndarray) -> dict:
+    dist = normalized_distances(pred, video.joints, visible)  # [T-1, 15]
+    return {"name": video.name, "frames": len(video.frames), "distances": dist.tolist()}
+
+
+def write_tables(results: ResultsDir, split: int, records: list[dict]) -> dict:
+    rows, all_dist = [], []
+    for record in records:
+        dist = np.array(record["distances"], dtype=np.float64).reshape(-1, len(JOINT_NAMES))  # None -> NaN
+        all_dist.append(dist)
+        scores = pck(dist) if np.any(~np.isnan(dist)) else dict.fromkeys(PCK_THRESHOLDS, float("nan"))
+        rows.append({"Sequence": record["name"], **{f"PCK@{a}": v for a, v in scores.items()}})
+    table = {f"PCK@{a}": v for a, v in pck(np.concatenate(all_dist)).items()}
+    return results.write_tables(f"split{split}", f"JHMDB split {split}", rows, table)
+
+
+def evaluate_results(
+    root: str | Path,
+    results_dir: str | Path,
+    split: int = 1,
+    out: str | Path | None = None,
+    sequences: list[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score existing keypoint predictions ``<results_dir>/<action>/<video>.json``."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise InputError(f"results folder {results_dir} does not exist")
+    names = sequences or list_videos(root, split)
+    settings = {"benchmark": "jhmdb", "split": split, "results": str(results_dir)}
+    results = ResultsDir(out or results_dir, settings, cache=False)
+
+    def score(name: str) -> dict:
+        video = load_video(root, name)
+        return score_prediction(video, *read_prediction(results_dir / f"{name}.json", len(video.frames)))
+
+    return write_tables(results, split, results.collect(names, score, progress))
+
+
+def evaluate_model(
+    runner: Runner,
+    root: str | Path,
+    out: str | Path,
+    split: int = 1,
+    sequences: list[str] | None = None,
+    max_frames: int | None = None,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Propagate the first frame's joints through every test video, write and score them (resumable)."""
+    names = sequences or list_videos(root, split)
+    settings = runner.run_settings("jhmdb", root, max_frames, settings, split=split)
+    results = ResultsDir(out, settings, overwrite=overwrite)
+
+    def run(name: str) -> dict:
+        video = load_video(root, name)
+        if max_frames is not None:
+            video = dataclasses.replace(video, frames=video.frames[:max_frames], joints=video.joints[:max_frames])
+        pred = [video.joints[0]]
+        for xy, _ in runner.propagate_keypoints(list(video.frames), video.joints[0]):
+            pred.append(xy)
+        pred = np.stack(pred)  # [T, 15, 2], NaN where a joint vanished
+        with Image.open(video.frames[0]) as im:
+            size = (im.height, im.width)
+        track = [(p.stem, xy) for p, xy in zip(video.frames, pred, strict=True)]
+        path = results.root / "predictions" / f"{name}.json"
+        write_keypoint_track(path, JOINT_NAMES, track, size)
+        # Scored from the file, so that scoring it again with ``--results`` gives the same numbers.
+        return score_prediction(video, *read_prediction(path, len(video.frames)))
+
+    return write_tables(results, split, results.collect(names, run, progress))

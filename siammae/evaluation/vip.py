@@ -1,0 +1,174 @@
+"""VIP human-part propagation: the data set layout, scoring a results folder, running a model.
+
+Layout (VIP_Fine, as CRW reads it)::
+
+    <root>/Images/<video>/<frame>.jpg
+    <root>/Annotations/Category_ids/<video>/<frame>.png     class ids 0..19, one per frame
+    <root>/lists/<split>_videos.txt                         one video name per line (e.g. "videos100")
+
+The 20 part classes of the first frame propagate to the others. As CRW's ``eval_vip.py``, every frame with a
+prediction counts, the first included (its prediction is its given annotation); predictions are resized to the
+ground truth by nearest neighbour; one confusion matrix accumulates all frames of all videos.
+Predictions: ``<results>/<video>/<frame>.png``, class ids as pixel values (indexed or greyscale PNG).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from siammae.errors import InputError
+from siammae.evaluation.png import read_index_png
+from siammae.evaluation.results import ResultsDir
+from siammae.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+
+if TYPE_CHECKING:
+    from siammae.evaluation.runner import Runner
+
+CLASSES = (
+    "background",
+    "hat",
+    "hair",
+    "sun-glasses",
+    "upper-clothes",
+    "dress",
+    "coat",
+    "socks",
+    "pants",
+    "gloves",
+    "scarf",
+    "skirt",
+    "torso-skin",
+    "face",
+    "right-arm",
+    "left-arm",
+    "right-leg",
+    "left-leg",
+    "right-shoe",
+    "left-shoe",
+)
+
+
+@dataclass(frozen=True)
+class VipVideo:
+    name: str
+    frames: tuple[Path, ...]
+    annotations: tuple[Path, ...]
+
+
+def list_videos(root: str | Path, split: str = "val") -> list[str]:
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"VIP root {root} is not a folder")
+    listing = root / "lists" / f"{split}_videos.txt"
+    if not listing.is_file():
+        raise InputError(f"VIP video list {listing} does not exist (one video name per line)")
+    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    if not names:
+        raise InputError(f"VIP video list {listing} is empty")
+    return names
+
+
+def load_video(root: str | Path, name: str) -> VipVideo:
+    root = Path(root)
+    image_dir = root / "Images" / name
+    frames = tuple(sorted(image_dir.glob("*.jpg")))
+    if not frames:
+        raise InputError(f"VIP video {name}: no frames (*.jpg) in {image_dir}")
+    annotations = tuple(root / "Annotations" / "Category_ids" / name / f"{p.stem}.png" for p in frames)
+    missing = [p for p in annotations if not p.is_file()]
+    if missing:
+        raise InputError(
+            f"VIP video {name}: frame {missing[0].stem}.jpg has no annotation {missing[0]} "
+            f"({len(missing)} of {len(frames)} frames lack one)"
+        )
+    return VipVideo(name, frames, annotations)
+
+
+def read_prediction(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """Class ids [H, W] of a prediction PNG, resized by nearest neighbour to the ground truth's ``shape``."""
+    if not path.is_file():
+        raise InputError(f"prediction {path} is missing (one PNG per annotated frame)")
+    pred = read_index_png(path)
+    if pred.shape != shape:
+        pred = np.asarray(Image.fromarray(pred).resize((shape[1], shape[0]), Image.NEAREST))
+    if pred.max() >= NUM_CLASSES:
+        raise InputError(f"prediction {path} holds class {int(pred.max())}; VIP classes are 0..{NUM_CLASSES - 1}")
+    return pred
+
+
+def score_predictions(video: VipVideo, pred_dir: Path) -> dict:
+    """The record of one video: its [20, 20] confusion matrix over every frame and its own mIoU."""
+    hist = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for frame, annotation in zip(video.frames, video.annotations, strict=True):
+        gt = read_index_png(annotation)
+        hist += confusion_matrix(gt, read_prediction(pred_dir / f"{frame.stem}.png", gt.shape))
+    return {"name": video.name, "frames": len(video.frames), "hist": hist.tolist()}
+
+
+def write_tables(results: ResultsDir, split: str, records: list[dict]) -> dict:
+    rows = []
+    total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+    for record in records:
+        hist = np.asarray(record["hist"], dtype=np.int64)
+        total += hist
+        rows.append({"Sequence": record["name"], "mIoU": mean_iou(hist), "Pixel-Acc": pixel_accuracy(hist)})
+    per_class = {c: float(v) for c, v in zip(CLASSES, per_class_iou(total), strict=True)}  # NaN: absent
+    table = {"mIoU": mean_iou(total), "Pixel-Acc": pixel_accuracy(total)}
+    return results.write_tables(split, f"VIP {split}", rows, table, extra={"per_class_iou": per_class})
+
+
+def evaluate_results(
+    root: str | Path,
+    results_dir: str | Path,
+    split: str = "val",
+    out: str | Path | None = None,
+    sequences: list[str] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Score existing part predictions ``<results_dir>/<video>/<frame>.png``; returns the results document."""
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise InputError(f"results folder {results_dir} does not exist")
+    names = sequences or list_videos(root, split)
+    settings = {"benchmark": "vip", "split": split, "results": str(results_dir)}
+    results = ResultsDir(out or results_dir, settings, cache=False)
+    records = results.collect(names, lambda n: score_predictions(load_video(root, n), results_dir / n), progress)
+    return write_tables(results, split, records)
+
+
+def evaluate_model(
+    runner: Runner,
+    root: str | Path,
+    out: str | Path,
+    split: str = "val",
+    sequences: list[str] | None = None,
+    max_frames: int | None = None,
+    settings: dict | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Propagate the first frame's parts through every video, write and score the predictions (resumable)."""
+    names = sequences or list_videos(root, split)
+    settings = runner.run_settings("vip", root, max_frames, settings, split=split)
+    results = ResultsDir(out, settings, overwrite=overwrite)
+
+    def run(name: str) -> dict:
+        video = load_video(root, name)
+        if max_frames is not None:
+            video = dataclasses.replace(
+                video, frames=video.frames[:max_frames], annotations=video.annotations[:max_frames]
+            )
+        pred_dir = results.prediction_dir(name)
+        first = read_index_png(video.annotations[0])
+        if first.max() >= NUM_CLASSES:
+            raise InputError(f"{video.annotations[0]} holds class {int(first.max())}; VIP classes are 0..19")
+        runner.write_masks(pred_dir, list(video.frames), first)
+        return score_predictions(video, pred_dir)
+
+    return write_tables(results, split, results.collect(names, run, progress))

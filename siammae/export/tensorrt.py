@@ -1,0 +1,188 @@
+"""TensorRT engines from the exported ONNX graph (optional extra ``trt``).
+
+Works with TensorRT 10 and 11. The network is always strongly typed: TensorRT 11 has only strongly typed networks
+(its precision builder flags are gone; the ``STRONGLY_TYPED`` creation flag is accepted and ignored), and on 10 the
+flag makes it behave the same. The precision therefore comes from the graph: an fp16 graph
+(``siammae-export --fp16``) gives an fp16 engine, with LayerNorm and the final L2 normalisation in fp32 as the
+graph says. fp32 engines are built without TF32, so that they match the fp32 graph.
+
+The engine has one optimisation profile, batch 1 .. ``max_batch`` (tuned for ``opt_batch``). A timing cache is kept
+beside the engine (``<engine stem>.timing.cache``) so that a rebuild on the same GPU and TensorRT takes seconds. The
+serialised engine is written atomically, with ``<engine>.json`` describing the build (source graph, its metadata,
+TensorRT version, GPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from siammae.errors import InputError, MissingExtraError, SiamMAEError
+from siammae.export.onnx import ExportVerificationError, compare, format_figures, read_info, within
+from siammae.io import atomic_write, write_json
+
+log = logging.getLogger(__name__)
+
+# engine vs onnxruntime on the same graph: fp32 kernels differ in summation order (and fused attention), so the
+# bound is 10x the ONNX-vs-PyTorch one; fp16 is bounded by cosine as for ONNX
+ENGINE_TOLERANCE = {"fp32": {"max_abs_err": 1e-3}, "fp16": {"min_cosine": 0.999}}
+
+
+def require_tensorrt(purpose: str = "building a TensorRT engine"):
+    """The ``tensorrt`` module, after checking that it is installed and that there is a CUDA GPU."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise MissingExtraError("tensorrt", "trt", purpose) from e
+    if not torch.cuda.is_available():
+        raise SiamMAEError(
+            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'})"
+        )
+    return trt
+
+
+def torch_dtype(trt, dtype) -> torch.dtype:
+    """The torch dtype of a TensorRT I/O tensor type (the graphs have float32 I/O; fp16 for foreign engines)."""
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    if dtype not in table:
+        raise InputError(f"engine I/O type {dtype} is not supported (expected float32 or float16)")
+    return table[dtype]
+
+
+def _network_flags(trt) -> int:
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def _timing_cache(trt, config, path: Path):
+    """Attach the timing cache at ``path`` (a fresh one when absent or made by another GPU / TensorRT)."""
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    if config.set_timing_cache(cache, ignore_mismatch=False):
+        if blob:
+            log.info(f"using the timing cache {path}")
+        return
+    log.info(f"timing cache {path} was made by another GPU or TensorRT version: starting a new one")
+    config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    max_batch: int | None = None,
+    opt_batch: int | None = None,
+    workspace: float = 4.0,
+    verify: bool = True,
+) -> Path:
+    """Build a TensorRT engine from an ONNX graph written by :func:`~siammae.export.onnx.export_onnx`.
+
+    ``out`` defaults to the graph's path with suffix ``.engine``. The batch range is 1 .. ``max_batch`` (default:
+    the graph's), tuned for ``opt_batch`` (default: ``max_batch``). ``workspace``: GB of scratch memory TensorRT
+    may use for its tactics. With ``verify``, the engine and onnxruntime run the same random frames; figures go to
+    ``<out>.verify.json``, an :class:`~siammae.export.onnx.ExportVerificationError` when outside
+    :data:`ENGINE_TOLERANCE`.
+    """
+    trt = require_tensorrt("building a TensorRT engine")
+    onnx_path = Path(onnx_path)
+    info = read_info(onnx_path)
+    out = Path(out) if out is not None else onnx_path.with_suffix(".engine")
+    max_batch = max_batch or info.max_batch
+    opt_batch = opt_batch or max_batch
+    if not 1 <= opt_batch <= max_batch:
+        raise InputError(f"opt batch {opt_batch} must be in 1 .. max batch {max_batch}")
+    if workspace <= 0:
+        raise InputError(f"workspace must be positive (GB), got {workspace}")
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):  # from the file: external weights are found beside it
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise InputError(f"{onnx_path}: TensorRT {trt.__version__} cannot parse the graph: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace * (1 << 30)))
+    if info.dtype == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)
+    H, W = info.size
+    profile = builder.create_optimization_profile()
+    profile.set_shape(network.get_input(0).name, (1, 3, H, W), (opt_batch, 3, H, W), (max_batch, 3, H, W))
+    config.add_optimization_profile(profile)
+    cache_path = out.with_suffix(".timing.cache")
+    _timing_cache(trt, config, cache_path)
+
+    gpu = torch.cuda.get_device_name()
+    log.info(f"building a TensorRT {trt.__version__} {info.dtype} engine for {W}x{H}, batch 1..{max_batch} on {gpu}")
+    t0 = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise SiamMAEError(f"TensorRT failed to build an engine from {onnx_path} (see its log above)")
+    build_s = time.perf_counter() - t0
+    with atomic_write(out) as tmp, open(tmp, "wb") as f:
+        f.write(serialized)
+    with atomic_write(cache_path) as tmp, open(tmp, "wb") as f:
+        f.write(config.get_timing_cache().serialize())
+    write_json(
+        out.with_name(out.name + ".json"),
+        {
+            "engine": out.name,
+            "onnx": onnx_path.name,
+            "metadata": info.to_props(),
+            "tensorrt": trt.__version__,
+            "gpu": gpu,
+            "max_batch": max_batch,
+            "opt_batch": opt_batch,
+            "workspace_gb": workspace,
+            "build_seconds": round(build_s, 1),
+        },
+    )
+    log.info(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) in {build_s:.0f} s")
+    if verify:
+        verify_engine(out, onnx_path)
+    return out
+
+
+def verify_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, seed: int = 0) -> dict:
+    """Run the engine and onnxruntime on the same random frames (batch 1 and the engine's max batch); write the
+    figures to ``<engine>.verify.json``; raise :class:`ExportVerificationError` outside :data:`ENGINE_TOLERANCE`."""
+    from siammae.export.runtime import OnnxEncoder, TensorRTEncoder
+
+    engine_path = Path(engine_path)
+    engine = TensorRTEncoder(engine_path)
+    graph = OnnxEncoder(onnx_path)
+    info = graph.info
+    g = torch.Generator().manual_seed(seed)
+    batch_sizes = sorted({1, engine.max_batch})
+    outs, refs = [], []
+    for b in batch_sizes:
+        frames = torch.rand(b, 3, *info.size, generator=g)
+        outs.append(engine(frames).flatten(1, 2).cpu())  # (b, h*w, D)
+        refs.append(graph(frames).flatten(1, 2).cpu())
+    figures = compare(torch.cat(outs), torch.cat(refs))
+    tol = ENGINE_TOLERANCE[info.dtype]
+    passed = within(figures, tol)
+    report = {
+        "engine": engine_path.name,
+        "reference": f"onnxruntime on {Path(onnx_path).name} ({', '.join(graph.providers)})",
+        "dtype": info.dtype,
+        **figures,
+        "tolerance": tol,
+        "passed": passed,
+        "batch_sizes": batch_sizes,
+    }
+    report_path = engine_path.with_name(engine_path.name + ".verify.json")
+    write_json(report_path, report)
+    log.info(f"verify engine (batches {batch_sizes}): {format_figures(figures)} -> " + ("ok" if passed else "FAILED"))
+    if not passed:
+        raise ExportVerificationError(
+            f"{engine_path}: TensorRT output differs from onnxruntime beyond {tol} "
+            f"(max abs error {figures['max_abs_err']:.2e}, min cosine {figures['min_cosine']:.6f}); "
+            f"details in {report_path.name}"
+        )
+    return report

@@ -1,0 +1,170 @@
+"""Object masks in and out: every common mask format -> an id map, and id maps -> indexed DAVIS PNGs.
+
+An id map is an (H, W) uint8 array: 0 is the background, 1..255 are objects. Input masks may be
+- mode P: the pixel values are the ids (the palette is ignored), as DAVIS / YouTube-VOS annotations;
+- mode L (or LA) with values {0, 255}: one object, id 1 (DAVIS-2016 ground truth); other L values are ids;
+- mode 1: one object, id 1;
+- mode I / I;16: the values are ids (at most 255);
+- RGB / RGBA: each distinct colour is an object (black, or alpha 0, is the background). Colours of the DAVIS palette
+  keep their palette index as id, so a DAVIS mask saved as RGB reads back with its ids; otherwise objects are
+  numbered 1, 2, ... in the order of their colours' 24-bit values.
+Output masks are indexed PNGs with the DAVIS palette, written atomically (a temp name, then a rename), so an
+interrupted run never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from siammae.data.video import IMAGE_EXTENSIONS
+from siammae.errors import InputError
+from siammae.io import atomic_write
+from siammae.tracking.palette import davis_palette, davis_palette_flat
+
+MAX_ID = 255  # an indexed PNG holds ids 0..255
+ASPECT_TOLERANCE = 0.01  # relative; 853x480 vs 854x480 is the same aspect, 640x480 vs 854x480 is not
+
+
+class MaskResizeWarning(UserWarning):
+    """A mask had the frame's aspect but not its size and was resized by nearest neighbour."""
+
+
+def image_to_ids(im: Image.Image, name: str | os.PathLike = "mask") -> np.ndarray:
+    """A PIL image in any supported mode -> (H, W) uint8 id map (see the module docstring)."""
+    mode = im.mode
+    if mode in ("P", "PA"):
+        return np.asarray(im.getchannel(0), dtype=np.uint8).copy()
+    if mode == "1":
+        return np.asarray(im, dtype=np.uint8).copy()  # True -> 1
+    if mode in ("L", "LA"):
+        a = np.asarray(im.getchannel(0), dtype=np.uint8)
+        if np.isin(a, (0, 255)).all():
+            return (a == 255).astype(np.uint8)  # DAVIS-2016 style binary mask: 255 is the object
+        return a.copy()
+    if mode.startswith("I"):
+        a = np.asarray(im).astype(np.int64)
+        if a.min() < 0 or a.max() > MAX_ID:
+            raise InputError(
+                f"{name}: mask ids range {a.min()}..{a.max()}; ids must be 0..{MAX_ID} (an indexed PNG's range)"
+            )
+        return a.astype(np.uint8)
+    if mode in ("RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"):
+        return _colours_to_ids(im, name)
+    raise InputError(f"{name}: unsupported mask image mode {mode!r} (use P, L, 1, I, RGB or RGBA)")
+
+
+def _colours_to_ids(im: Image.Image, name) -> np.ndarray:
+    rgba = np.asarray(im.convert("RGBA"))  # (H, W, 4)
+    rgb = rgba[..., :3].astype(np.int64)
+    key = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]  # (H, W) 24-bit colour
+    key[rgba[..., 3] == 0] = 0  # fully transparent pixels are background
+    colours, inverse = np.unique(key, return_inverse=True)
+    inverse = inverse.reshape(key.shape)
+    objects = colours[colours != 0]
+    if len(objects) > MAX_ID:
+        raise InputError(f"{name}: mask has {len(objects)} colours (objects); at most {MAX_ID} are supported")
+    pal = davis_palette().astype(np.int64)
+    pal_key = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]  # (256,)
+    if np.isin(objects, pal_key[1:]).all():
+        index = {int(k): i for i, k in enumerate(pal_key)}
+        ids = np.array([index[int(c)] for c in colours], dtype=np.uint8)
+    else:
+        ids = np.cumsum(colours != 0).astype(np.uint8)  # black -> 0, other colours -> 1, 2, ... in colour order
+    return ids[inverse]
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """Read a mask image file -> (H, W) uint8 id map; a one-line InputError naming the file if it cannot be read."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such mask file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a mask image")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return image_to_ids(im, path)
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{path}: cannot read mask image ({e})") from e
+
+
+def mask_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(H, W) of a mask file from its header alone (for checking a folder of masks before a run)."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: cannot read mask image ({e})") from e
+
+
+def check_size(mask_hw: tuple[int, int], frame_hw: tuple[int, int], name) -> None:
+    """Raise unless a mask of ``mask_hw`` fits frames of ``frame_hw`` (equal, or the same aspect ratio)."""
+    (mh, mw), (fh, fw) = mask_hw, frame_hw
+    if (mh, mw) == (fh, fw):
+        return
+    if abs(mw * fh - fw * mh) > ASPECT_TOLERANCE * fw * mh:
+        raise InputError(
+            f"{name}: mask is {mw}x{mh} but the video is {fw}x{fh} (another aspect ratio; masks must fit the frames)"
+        )
+
+
+def fit_mask(ids: np.ndarray, frame_hw: tuple[int, int], name="mask") -> np.ndarray:
+    """Return ``ids`` at the frame size: unchanged when equal; resized by nearest neighbour (with a
+    :class:`MaskResizeWarning`) when only the aspect matches; an InputError otherwise."""
+    frame_hw = tuple(int(s) for s in frame_hw)
+    if ids.shape == frame_hw:
+        return ids
+    check_size(ids.shape, frame_hw, name)
+    (mh, mw), (fh, fw) = ids.shape, frame_hw
+    warnings.warn(
+        f"{name}: mask is {mw}x{mh} but the video is {fw}x{fh}; resized by nearest neighbour",
+        MaskResizeWarning,
+        stacklevel=2,
+    )
+    return np.asarray(Image.fromarray(ids).resize((fw, fh), Image.NEAREST))
+
+
+def check_objects(ids: np.ndarray, name="mask") -> np.ndarray:
+    """The object ids present in ``ids`` (sorted, without 0); an InputError when there is none."""
+    present = np.flatnonzero(np.bincount(ids.reshape(-1), minlength=MAX_ID + 1))
+    present = present[present != 0]
+    if len(present) == 0:
+        raise InputError(f"{name}: mask is empty (every pixel is 0, the background); it must mark at least one object")
+    return present
+
+
+def write_mask(path: str | os.PathLike, ids: np.ndarray) -> None:
+    """Write an (H, W) id map as an indexed PNG with the DAVIS palette, atomically."""
+    if ids.ndim != 2:
+        raise ValueError(f"id map must be (H, W), got shape {ids.shape}")
+    if ids.dtype != np.uint8:
+        if ids.size and (ids.min() < 0 or ids.max() > MAX_ID):
+            raise InputError(f"{path}: ids {ids.min()}..{ids.max()} do not fit an indexed PNG (0..{MAX_ID})")
+        ids = ids.astype(np.uint8)
+    im = Image.fromarray(np.ascontiguousarray(ids))  # mode L
+    im.putpalette(davis_palette_flat())  # L -> P with the DAVIS colours
+    with atomic_write(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def list_masks(mask_dir: str | os.PathLike) -> dict[str, Path]:
+    """The mask images of a folder by file stem (the name of the frame each belongs to)."""
+    mask_dir = Path(mask_dir)
+    if not mask_dir.is_dir():
+        raise InputError(f"{mask_dir}: no such mask folder")
+    files = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{mask_dir}: mask folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
+    by_stem: dict[str, Path] = {}
+    for p in files:
+        if p.stem in by_stem:
+            raise InputError(f"{mask_dir}: two masks for frame {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
+        by_stem[p.stem] = p
+    return by_stem

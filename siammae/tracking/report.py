@@ -1,0 +1,171 @@
+"""Run reports: what was tracked, with which settings and software, how fast each stage ran, peak memory.
+
+``report.json`` is for machines (benchmarks, CI); ``report.md`` beside it is the same content for people.
+Host memory is the process's high-water mark (``VmHWM`` in /proc/self/status, else ``getrusage``), GPU memory the
+peak ``torch.cuda.max_memory_allocated``. Stage times: decoding and writing run in their own threads, concurrently
+with encoding and propagation, so the stages add up to more than the end-to-end time when the pipeline overlaps well.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from siammae.io import write_json, write_text
+
+STAGES = ("decode", "encode", "propagate", "write")
+
+
+@dataclass
+class StageTimes:
+    """Seconds spent per pipeline stage, and the number of frames that went through."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    frames: int = 0
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] += seconds
+
+    def as_dict(self) -> dict:
+        return {
+            s: {"seconds": round(t, 4), "fps": round(self.frames / t, 2) if t > 0 else None}
+            for s, t in self.seconds.items()
+        }
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def peak_host_memory_mib() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    kib = _proc_status_kib("VmHWM")
+    if kib is None:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        kib = rss / 1024 if sys.platform == "darwin" else rss  # macOS reports bytes, Linux KiB
+    return kib / 1024
+
+
+def host_memory_mib() -> float | None:
+    """Current resident memory of this process, MiB (None where /proc is not available)."""
+    kib = _proc_status_kib("VmRSS")
+    return None if kib is None else kib / 1024
+
+
+def peak_gpu_memory_mib(device: torch.device) -> float | None:
+    """Peak memory allocated by PyTorch on a CUDA ``device`` since the last reset, MiB (None on the CPU)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def versions() -> dict:
+    import numpy
+    import PIL
+
+    import siammae
+
+    out = {
+        "siammae": getattr(siammae, "__version__", "unknown"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+    }
+    try:
+        import av
+
+        out["av"] = av.__version__
+    except ImportError:
+        out["av"] = None
+    return out
+
+
+def device_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        return {"type": "cuda", "name": torch.cuda.get_device_name(device), "index": device.index or 0}
+    return {
+        "type": device.type,
+        "name": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def write_report(path: str | os.PathLike, report: dict) -> tuple[Path, Path]:
+    """Write ``report`` as JSON to ``path`` and as Markdown beside it (same stem, ``.md``), atomically."""
+    path = Path(path)
+    md = path.with_suffix(".md")
+    write_json(path, report)
+    write_text(md, to_markdown(report))
+    return path, md
+
+
+def _fmt(x, unit: str = "") -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:,.2f}{unit}"
+    return f"{x}{unit}"
+
+
+def to_markdown(r: dict) -> str:
+    """A report dict (see :func:`siammae.tracking.pipeline.track_video`) as a Markdown page."""
+    v, p = r["video"], r["processing"]
+    lines = [
+        f"# siammae-track report: {Path(v['path']).name}",
+        "",
+        f"- status: **{r['status']}**" + (f" ({r['error']})" if r.get("error") else ""),
+        f"- started: {r['started']}",
+        f"- video: `{v['path']}` ({v['kind']}, {v['width']}x{v['height']}, {_fmt(v['fps'])} fps, "
+        f"{_fmt(v['frames_in_source'])} frames in the source)",
+        f"- frames tracked: {r['frames']}",
+        f"- encoded at {p['width']}x{p['height']} (patch {p['patch_size']}, grid {p['grid'][1]}x{p['grid'][0]})",
+        f"- objects: {', '.join(str(i) for i in r['objects'])}",
+        f"- device: {r['device']['type']} ({r['device']['name']})",
+        "",
+        "## Speed",
+        "",
+        "| stage | seconds | frames / s |",
+        "|---|---:|---:|",
+    ]
+    for stage, t in r["time"]["stages"].items():
+        lines.append(f"| {stage} | {_fmt(t['seconds'])} | {_fmt(t['fps'])} |")
+    lines += [
+        f"| **end to end** | {_fmt(r['time']['total_seconds'])} | **{_fmt(r['fps'])}** |",
+        "",
+        "Decoding and writing run in background threads, overlapping encoding and propagation.",
+        "",
+        "## Memory",
+        "",
+        f"- peak host memory: {_fmt(r['memory']['peak_host_mib'], ' MiB')}",
+        f"- peak GPU memory: {_fmt(r['memory']['peak_gpu_mib'], ' MiB')}",
+        "",
+        "## Settings",
+        "",
+    ]
+    lines += [f"- {k}: `{val}`" for k, val in r["settings"].items() if k != "propagation"]
+    lines += ["- propagation: " + ", ".join(f"{k}={val}" for k, val in r["settings"]["propagation"].items())]
+    lines += ["", "## Outputs", ""] + [f"- {k}: `{val}`" for k, val in r["outputs"].items() if val]
+    lines += ["", "## Versions", "", ", ".join(f"{k} {val}" for k, val in r["versions"].items()), ""]
+    return "\n".join(lines)

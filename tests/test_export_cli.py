@@ -1,0 +1,83 @@
+"""``siammae-export`` through Click's CliRunner: a real export, and one-line errors with exit status 2."""
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from siammae.checkpoint import save_checkpoint
+from siammae.cli.export import main
+from siammae.export import load_encoder, read_info
+from siammae.models import create_model
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    return save_checkpoint(tmp_path_factory.mktemp("cli") / "tiny.pt", create_model("tiny"))
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_export_with_verification(ckpt, tmp_path):
+    out = tmp_path / "enc.onnx"
+    r = _run("--ckpt", ckpt, "--out", out, "--height", 64, "--width", 96, "--max-batch", 3, "--std", "dino")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == str(out)
+    assert "verify (CPUExecutionProvider, batches [1, 2]): max abs error" in r.stderr and "-> ok" in r.stderr
+    info = read_info(out)
+    assert (info.size, info.max_batch, info.std, info.dtype) == ((64, 96), 3, (0.228, 0.224, 0.225), "fp32")
+    assert json.loads((tmp_path / "enc.onnx.verify.json").read_text())["passed"] is True
+    assert load_encoder(out)(torch.rand(4, 3, 64, 96)).shape == (4, 8, 12, 64)
+
+
+def test_default_output_name_and_no_verify(ckpt):
+    r = _run("--ckpt", ckpt, "--size", 64, "--fp16", "--no-verify", "--max-batch", 1)
+    assert r.exit_code == 0, r.output
+    out = ckpt.with_name("tiny_64x112_fp16.onnx")
+    assert r.stdout.strip() == str(out) and out.is_file()
+    assert "exporting fp16 encoder" in r.stderr and "wrote" in r.stderr  # progress lines
+    assert not out.with_name(out.name + ".verify.json").exists() and "verify" not in r.stderr
+    assert read_info(out).dtype == "fp16"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "missing.pt"], "missing.pt: no such file"),
+        (["--height", 65, "--width", 96], "height 65 is not a positive multiple of the patch size 8"),
+        (["--size", 64, "--height", 64, "--width", 96], "give either --size (64) or --height/--width"),
+        (["--width", 96], "give both --height and --width"),
+    ],
+)
+def test_errors_are_one_line_with_status_2(ckpt, tmp_path, args, message):
+    if "--ckpt" not in args:
+        args = ["--ckpt", ckpt, *args]
+    r = _run(*args, "--out", tmp_path / "x.onnx")
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and message in r.stderr
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_trt_without_tensorrt_fails_before_exporting(ckpt, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed")
+    except ImportError:
+        pass
+    r = _run("--ckpt", ckpt, "--height", 64, "--width", 96, "--trt", "--out", tmp_path / "x.onnx")
+    assert r.exit_code == 2
+    assert "error: building a TensorRT engine needs tensorrt: pip install 'siammae[trt]'" in r.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bad_option_values_are_usage_errors(ckpt):
+    r = _run("--ckpt", ckpt, "--max-batch", 0)
+    assert r.exit_code == 2 and "--max-batch" in r.stderr
+    r = _run("--ckpt", ckpt, "--arch", "vitx99")
+    assert r.exit_code == 2 and "vitx99" in r.stderr
