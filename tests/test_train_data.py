@@ -167,6 +167,11 @@ def test_bad_video_is_replaced_and_reported(clips):
     path, reason = s["skipped"][0]
     assert path.endswith("broken.mp4") and "broken.mp4" in reason
     assert s["f1"].shape == (2, 3, 24, 24)  # a full sample from a replacement video
+    mixed = clips / "mixed"
+    write_folder(mixed, 12)
+    Image.new("RGB", (W + 8, H)).save(mixed / "00005.png")  # one frame of another size
+    s = PairDataset([str(mixed), str(clips / "a" / "clip0")], size=24, seed=0, gap=(4, 4), repeat=4)[SampleKey(0, 0, 0)]
+    assert s["skipped"] and "frames differ in size" in s["skipped"][0][1]
     only_bad = PairDataset([str(clips / "b" / "broken.mp4")], size=24, seed=0)
     with pytest.raises(InputError, match="videos in a row could not be read"):
         only_bad[SampleKey(0, 0, 0)]

@@ -223,6 +223,8 @@ class PairDataset(torch.utils.data.Dataset):
             pairs.append((t1, t1 + gap))
         frames = read_frames(path, [t for pair in pairs for t in pair])  # one open, sorted seeks
         height, width = frames[0].shape[:2]
+        if any(f.shape != frames[0].shape for f in frames):
+            raise VideoError(f"{path}: frames differ in size ({', '.join(sorted({str(f.shape) for f in frames}))})")
         f1, f2 = [], []
         for k in range(self.repeat):
             if self.augment in ("spatial", "both"):
