@@ -1,0 +1,252 @@
+"""Training data: frame pairs from videos and frame folders, the same crop and flip on both frames.
+
+A sample is one video: it is opened once, ``repeat`` pairs (f1 past, f2 future, gap uniform in ``gap``) are drawn,
+and only those frames are decoded (``read_frames`` seeks, so a long video is never decoded whole). Each pair gets
+its own random-resized crop and flip, applied identically to both of its frames (paper, Appendix A).
+
+Every random choice of a sample comes from a generator seeded by ``(seed, epoch, position in the epoch)``, never
+from a worker's global state, so the batches are the same with any number of workers or processes and after a
+resume. A video that cannot be read is replaced by another one drawn from the same seeded generator, and the
+failure is reported back with the batch so that the main process can warn and count; a run never stops on a bad
+file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames, read_frames
+from siammae.errors import InputError, VideoError
+
+MAX_ATTEMPTS = 16  # videos tried for one sample before the data set is declared unreadable
+COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue (SimCLR / MoCo strengths)
+
+
+# ---------------------------------------------------------------------------------------------- finding videos
+def find_videos(paths) -> list[str]:
+    """Resolve ``paths`` (folders searched recursively, video files, frame folders, ``.txt`` lists of any of these,
+    one per line, relative to the list file) to a sorted, de-duplicated list of clips.
+
+    A folder that directly holds images is a frame-folder clip; its sub-folders are searched as well.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise InputError("no training data given (--data FOLDER, a video file or a .txt list)")
+    found: set[str] = set()
+    for p in paths:
+        found.update(_expand(p, depth=0))
+    if not found:
+        raise InputError(
+            f"no videos or frame folders found in {', '.join(str(p) for p in paths)} "
+            f"(videos: {', '.join(VIDEO_EXTENSIONS)}; frame folders: folders of {', '.join(IMAGE_EXTENSIONS)} files)"
+        )
+    return sorted(found)
+
+
+def _expand(path: Path, depth: int) -> list[str]:
+    if not path.exists():
+        raise InputError(f"--data {path}: no such file or folder")
+    if path.is_dir():
+        return _scan(path)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return [str(path)]
+    if suffix == ".txt":
+        if depth > 0:
+            raise InputError(f"--data {path}: a list file cannot name another list file")
+        out = []
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entry = Path(line) if Path(line).is_absolute() else path.parent / line
+                out.extend(_expand(entry, depth + 1))
+        return out
+    raise InputError(f"--data {path}: not a folder, a video ({', '.join(VIDEO_EXTENSIONS)}) or a .txt list of them")
+
+
+def _scan(root: Path) -> list[str]:
+    out, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        files = [f for f in files if not f.startswith(".")]
+        if any(f.lower().endswith(IMAGE_EXTENSIONS) for f in files):
+            out.append(folder)
+        out.extend(os.path.join(folder, f) for f in files if f.lower().endswith(VIDEO_EXTENSIONS))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+def random_resized_crop_box(rng: np.random.Generator, height: int, width: int, scale, ratio=(3 / 4, 4 / 3)):
+    """torchvision's ``RandomResizedCrop.get_params`` on a seeded generator -> (top, left, h, w)."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    # fallback as torchvision: a central crop at the closest allowed aspect ratio
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def center_square_box(height: int, width: int):
+    """The central square (the no-augmentation view: short side resized to the crop size, centre crop)."""
+    s = min(height, width)
+    return (height - s) // 2, (width - s) // 2, s, s
+
+
+def crop_resize(frames: list[np.ndarray], box, size: int) -> torch.Tensor:
+    """Crop ``box`` (top, left, h, w) from (H, W, 3) uint8 frames and resize -> (T, 3, size, size) uint8.
+
+    Bilinear with antialiasing, as torchvision's RandomResizedCrop on tensors.
+    """
+    top, left, h, w = box
+    # a copy of the crop: decoders may hand out read-only arrays
+    x = torch.stack([torch.from_numpy(f[top : top + h, left : left + w].copy()) for f in frames])  # (T, h, w, 3)
+    x = x.permute(0, 3, 1, 2).float()  # (T, 3, h, w)
+    if (h, w) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def color_jitter(x: torch.Tensor, rng: np.random.Generator, strength=COLOR_JITTER) -> torch.Tensor:
+    """The same brightness / contrast / saturation / hue jitter on every frame of x (T, 3, S, S) uint8."""
+    from torchvision.transforms.v2 import functional as TF  # only the colour ablation needs torchvision
+
+    b, c, s, h = strength
+    x = TF.adjust_brightness(x, float(rng.uniform(1 - b, 1 + b)))
+    x = TF.adjust_contrast(x, float(rng.uniform(1 - c, 1 + c)))
+    x = TF.adjust_saturation(x, float(rng.uniform(1 - s, 1 + s)))
+    return TF.adjust_hue(x, float(rng.uniform(-h, h)))
+
+
+# ---------------------------------------------------------------------------------------------------- dataset
+@dataclass(frozen=True)
+class SampleKey:
+    """What the sampler hands the dataset: which video, and where in which epoch (the seed of every choice)."""
+
+    video: int
+    epoch: int
+    position: int
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Map-style data set of clips; ``dataset[SampleKey]`` -> dict(f1, f2 (repeat, 3, S, S) uint8, skipped, short).
+
+    ``skipped`` lists ``(path, reason)`` of the videos that failed for this sample; ``short`` counts pairs drawn
+    from videos shorter than the minimum gap, which use their largest possible gap (``num_frames - 1``) instead.
+    A clip with fewer than 2 frames is skipped as unreadable.
+    """
+
+    def __init__(
+        self,
+        videos: list[str],
+        size: int,
+        seed: int,
+        gap=(4, 48),
+        repeat: int = 2,
+        crop_scale=(0.5, 1.0),
+        augment: str = "spatial",
+    ):
+        if not videos:
+            raise InputError("the training data set is empty")
+        # a numpy bytes array, not a list of str: forked workers reading a Python list touch every object's
+        # refcount and so copy the list's pages, once per worker (pytorch/pytorch#13246)
+        self.videos = np.array([v.encode() for v in videos])
+        self.size, self.seed, self.gap, self.repeat = size, seed, tuple(gap), repeat
+        self.crop_scale, self.augment = tuple(crop_scale), augment
+        self._counts: dict[int, int] = {}  # frame counts, filled lazily (per worker process)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def path(self, i: int) -> str:
+        return self.videos[i].decode()
+
+    def num_frames(self, i: int) -> int:
+        n = self._counts.get(i)
+        if n is None:
+            n = self._counts[i] = count_frames(self.path(i))
+        return n
+
+    def __getitem__(self, key: SampleKey) -> dict:
+        rng = np.random.default_rng([self.seed, key.epoch, key.position])
+        skipped = []
+        video = key.video
+        for _ in range(MAX_ATTEMPTS):
+            try:
+                f1, f2, short = self._pairs(video, rng)
+                return {"f1": f1, "f2": f2, "skipped": skipped, "short": short}
+            except (VideoError, OSError) as e:
+                skipped.append((self.path(video), str(e).splitlines()[0] if str(e) else type(e).__name__))
+                video = int(rng.integers(len(self.videos)))  # a replacement drawn from the same seeded stream
+        tried = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
+        raise InputError(f"{MAX_ATTEMPTS} videos in a row could not be read, is the data readable? ({tried})")
+
+    def _pairs(self, video: int, rng: np.random.Generator):
+        """Draw ``repeat`` pairs from one video -> f1, f2 (repeat, 3, S, S) uint8 and the count of short pairs."""
+        n = self.num_frames(video)
+        path = self.path(video)
+        if n < 2:
+            raise VideoError(f"{path}: {n} frame(s), a pair needs at least 2")
+        lo, hi = self.gap
+        pairs, short = [], 0
+        for _ in range(self.repeat):
+            if n - 1 < lo:
+                gap, short = n - 1, short + 1
+            else:
+                gap = int(rng.integers(lo, min(hi, n - 1) + 1))
+            t1 = int(rng.integers(0, n - gap))
+            pairs.append((t1, t1 + gap))
+        frames = read_frames(path, [t for pair in pairs for t in pair])  # one open, sorted seeks
+        height, width = frames[0].shape[:2]
+        if any(f.shape != frames[0].shape for f in frames):
+            raise VideoError(f"{path}: frames differ in size ({', '.join(sorted({str(f.shape) for f in frames}))})")
+        f1, f2 = [], []
+        for k in range(self.repeat):
+            if self.augment in ("spatial", "both"):
+                box = random_resized_crop_box(rng, height, width, self.crop_scale)
+                flip = bool(rng.random() < 0.5)
+            else:
+                box, flip = center_square_box(height, width), False
+            x = crop_resize(frames[2 * k : 2 * k + 2], box, self.size)  # (2, 3, S, S)
+            if flip:
+                x = x.flip(-1)
+            if self.augment in ("color", "both"):
+                x = color_jitter(x, rng)
+            f1.append(x[0])
+            f2.append(x[1])
+        return torch.stack(f1), torch.stack(f2), short
+
+
+def collate(samples: list[dict]) -> dict:
+    """Concatenate samples (video-major: video 0 pair 0, video 0 pair 1, ...) -> f1, f2 (B * repeat, 3, S, S)."""
+    return {
+        "f1": torch.cat([s["f1"] for s in samples]),
+        "f2": torch.cat([s["f2"] for s in samples]),
+        "skipped": [x for s in samples for x in s["skipped"]],
+        "short": sum(s["short"] for s in samples),
+    }

@@ -1,0 +1,354 @@
+"""The pretraining loop: ``train(TrainConfig) -> TrainResult``, one process or many under torchrun.
+
+Read top to bottom: set-up (process group, model, data, optimiser, precision), resume, then the loop of optimiser
+steps; each step runs ``accum_steps`` micro-batches (``no_sync`` on all but the last under DDP), checks the loss
+of every micro-batch (a NaN / inf stops the run with the last good checkpoint left in place), unscales and clips
+if asked, steps AdamW, then logs, draws and saves on schedule. Rank 0 logs and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from siammae.checkpoint import save_checkpoint, unwrap
+from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from siammae.errors import InputError, SiamMAEError
+from siammae.io import write_json
+from siammae.model import SiamMAE
+from siammae.models import model_config
+from siammae.train import distributed as D
+from siammae.train.config import TrainConfig
+from siammae.train.data import PairDataset, collate, find_videos
+from siammae.train.monitor import Monitor
+from siammae.train.optim import build_optimizer, lr_at, set_lr
+from siammae.train.sampler import StepSampler, shard_seed
+from siammae.train.state import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, set_rng_state
+
+# settings that define a run: resuming with a different value would silently train something else
+RUN_IDENTITY = (
+    "model",
+    "input_size",
+    "batch_size",
+    "repeat",
+    "seed",
+    "mask_ratio_f1",
+    "mask_ratio_f2",
+    "masking",
+    "encoder_mode",
+    "decoder",
+)
+
+
+class TrainingDivergedError(SiamMAEError):
+    """The loss (or a weight) became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    step: int  # optimiser steps done, counted over the whole run (resumes included)
+    epoch: float
+    loss: float | None  # loss of the last step, mean over processes
+    losses: tuple[float, ...]  # loss of every step this call trained
+    checkpoint: Path | None  # the latest training checkpoint
+    model_path: Path | None  # OUT/model.pt: the weights for tracking / export / evaluation
+    bad_videos: int  # unreadable videos met (distinct files, rank 0's count when distributed)
+    samples_per_s: float  # frame pairs per second over all processes, this call
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    """Pretrain SiamMAE as ``cfg`` says; under torchrun every process calls this with the same ``cfg``."""
+    owns_group = not dist.is_initialized()
+    info = D.init_distributed(cfg.device)
+    try:
+        return Trainer(cfg, info).run()
+    finally:
+        if owns_group:
+            D.close_distributed()
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: D.DistInfo):
+        self.cfg, self.info, self.device = cfg, info, info.device
+        self.out = Path(cfg.out)
+        # --- model: the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+        try:
+            self.model_cfg = model_config(cfg.model, **cfg.model_overrides())
+        except ValueError as e:
+            raise InputError(f"--model {cfg.model}: {e}") from e
+        torch.manual_seed(cfg.seed)
+        self.model = SiamMAE(self.model_cfg).to(self.device)
+
+        # --- data: rank 0 scans the folders once, the others get its list
+        videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
+        self.dataset = PairDataset(
+            videos, self.model_cfg.img_size, cfg.seed, cfg.gap, cfg.repeat, cfg.crop_scale, cfg.augment
+        )
+        try:
+            self.sampler = StepSampler(
+                len(videos), cfg.batch_size // cfg.repeat, info.world_size, info.rank, cfg.accum_steps, cfg.seed
+            )
+        except ValueError as e:
+            raise InputError(f"--batch-size {cfg.batch_size}: {e}") from e
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        self.total_steps = cfg.epochs * self.steps_per_epoch  # the schedule's length
+        self.stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
+
+        # --- optimiser and precision
+        self.optimizer = build_optimizer(self.model, cfg.peak_lr, cfg.weight_decay, cfg.betas, self.device)
+        self.amp_dtype = _amp_dtype(cfg.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+        # --- resume
+        self.start_step, self.checkpoint = 0, None
+        latest = latest_checkpoint(self.out)
+        if latest is not None and not cfg.resume:
+            raise InputError(
+                f"{self.out} already holds checkpoints (latest {latest.name}); pass --resume to continue that run "
+                "or choose another --out"
+            )
+        resumed = None
+        if latest is not None:
+            resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
+            self._check_resume(latest, resumed)
+            self.start_step, self.checkpoint = resumed["step"], latest
+            set_rng_state(resumed["rng"])
+
+        self.ddp = info.distributed
+        self.net = self.model
+        if self.ddp:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+
+        self.monitor = None
+        if info.is_main:
+            self.monitor = Monitor(self.out, self.stop_step, self.start_step, cfg.quiet)
+            self._write_run_info()
+            if resumed is not None:
+                self.monitor.info(f"resumed from {latest} at step {self.start_step}")
+            elif cfg.resume:
+                self.monitor.info(f"no checkpoint in {self.out}: starting from scratch")
+        self._pending_bad: list[tuple[str, str]] = []
+        self._pending_short = 0
+
+    # --------------------------------------------------------------------------------------------- set-up
+    def _check_resume(self, path: Path, state: dict) -> None:
+        saved = state["config"]
+        now = self.cfg.to_dict()
+        differ = [k for k in RUN_IDENTITY if saved.get(k) != now.get(k)]
+        if differ:
+            what = ", ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ)
+            raise InputError(f"--resume: {path} was trained with other settings ({what})")
+        if state["steps_per_epoch"] != self.steps_per_epoch:
+            raise InputError(
+                f"--resume: {path} had {state['steps_per_epoch']} steps per epoch, the data now gives "
+                f"{self.steps_per_epoch}; the data set changed"
+            )
+
+    def _write_run_info(self) -> None:
+        write_json(
+            self.out / "run.json",
+            {
+                "train": self.cfg.to_dict(),
+                "model": self.model_cfg.to_dict(),
+                "world_size": self.info.world_size,
+                "videos": len(self.dataset),
+                "steps_per_epoch": self.steps_per_epoch,
+                "total_steps": self.total_steps,
+                "peak_lr": self.cfg.peak_lr,
+                "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
+                "torch": torch.__version__,
+            },
+        )
+
+    def _loader(self):
+        cfg = self.cfg
+        self.sampler.set_range(self.start_step, self.stop_step)
+        return torch.utils.data.DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=cfg.workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if cfg.workers else None,
+            # the loader draws its workers' base seed from this, not from the global RNG (we never use that seed:
+            # every sample is seeded by its position, see data.py)
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def run(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        losses, window = [], []
+        t0 = t_log = time.perf_counter()
+        pairs_per_step = cfg.batch_size
+        step = self.start_step
+        batches = iter(self._loader())
+        model_path = None
+        try:
+            while step < self.stop_step:
+                out, loss, grad_norm = self.train_step(step, batches)
+                step += 1
+                losses.append(loss)
+                window.append(loss)
+                lr = self.optimizer.param_groups[0]["lr"]
+                if self.monitor is not None:
+                    self.monitor.progress(step, loss, lr)
+                if step % cfg.log_every == 0 or step == self.stop_step:
+                    now = time.perf_counter()
+                    self._report_data()
+                    if self.monitor is not None:
+                        self.monitor.log(
+                            self._record(
+                                step, window, lr, grad_norm, len(window) * pairs_per_step / (now - t_log), now - t0
+                            )
+                        )
+                    window, t_log = [], now
+                if self.monitor is not None and cfg.vis_every and step % cfg.vis_every == 0:
+                    f1, f2, pred, mask = out
+                    self.monitor.save_reconstruction(
+                        step, f1, f2, pred, mask, self.model_cfg.patch_size, self.model_cfg.norm_pix_loss
+                    )
+                if step % cfg.save_every == 0 or step == self.stop_step:
+                    self.save(step)
+            if info.is_main:
+                model_path = save_checkpoint(self.out / "model.pt", self.model, step=step, train_config=cfg.to_dict())
+            D.barrier(info)
+        finally:
+            batches = None  # shuts the DataLoader workers down now, even when an error is propagating
+            if self.monitor is not None:
+                self.monitor.close()
+        elapsed = time.perf_counter() - t0
+        return TrainResult(
+            out=self.out,
+            step=step,
+            epoch=step / self.steps_per_epoch,
+            loss=losses[-1] if losses else None,
+            losses=tuple(losses),
+            checkpoint=self.checkpoint,
+            model_path=model_path,
+            bad_videos=len(self.monitor.bad_videos) if self.monitor else 0,
+            samples_per_s=len(losses) * pairs_per_step / elapsed if elapsed > 0 else 0.0,
+        )
+
+    def train_step(self, step: int, batches):
+        """One optimiser step over this rank's ``accum_steps`` micro-batches -> (last micro-batch's f1, f2, pred,
+        mask), the step's loss (mean over micro-batches and processes) and the gradient norm (None unless
+        clipping)."""
+        cfg = self.cfg
+        lr = lr_at(step / self.steps_per_epoch, cfg.peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+        set_lr(self.optimizer, lr)
+        self.net.train()
+        step_loss = 0.0
+        shards = self.sampler.shards()
+        for m, shard in enumerate(shards):
+            batch = next(batches)
+            self._pending_bad.extend(batch["skipped"])
+            self._pending_short += batch["short"]
+            f1 = self._normalize(batch["f1"])  # (B, 3, S, S)
+            f2 = self._normalize(batch["f2"])
+            # mask noise seeded per (step, shard): the same masks after a resume and for any split of the batch
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(shard_seed(cfg.seed, step, shard))
+            last = m == len(shards) - 1
+            sync = self.net.no_sync() if self.ddp and not last else contextlib.nullcontext()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    out = self.net(f1, f2, generator=gen)
+                loss = out["loss"]
+                value = D.all_reduce_mean(loss.float(), self.info).item()
+                if not math.isfinite(value):
+                    raise self._diverged(step, f"the loss is {value}")
+                self.scaler.scale(loss / len(shards)).backward()
+            step_loss += value / len(shards)
+        grad_norm = None
+        if cfg.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad).item()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return (f1, f2, out["pred"].detach(), out["mask"]), step_loss, grad_norm
+
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) uint8 from the loader -> ImageNet-normalised float on the device."""
+        x = x.to(self.device, non_blocking=True).float()
+        return (x - self.mean) / self.std
+
+    # ------------------------------------------------------------------------------------------ reporting
+    def _report_data(self) -> None:
+        """Bring every rank's unreadable videos to rank 0's monitor (all ranks call this on the same steps)."""
+        local = (self._pending_bad, self._pending_short)
+        self._pending_bad, self._pending_short = [], 0
+        gathered = [local]
+        if self.info.distributed:
+            gathered = [None] * self.info.world_size
+            dist.all_gather_object(gathered, local)
+        if self.monitor is not None:
+            for skipped, short in gathered:
+                self.monitor.data_report(skipped, short)
+
+    def _record(self, step, window, lr, grad_norm, samples_per_s, elapsed) -> dict:
+        rec = {
+            "step": step,
+            "epoch": round(step / self.steps_per_epoch, 4),
+            "loss": sum(window) / len(window),
+            "lr": lr,
+            "samples_per_s": round(samples_per_s, 2),
+            "time_s": round(elapsed, 2),
+        }
+        if grad_norm is not None:
+            rec["grad_norm"] = grad_norm
+        if self.scaler.is_enabled():
+            rec["loss_scale"] = self.scaler.get_scale()
+        if self.device.type == "cuda":
+            rec["gpu_mem_gib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**30, 3)
+        return rec
+
+    # ---------------------------------------------------------------------------------------------- saving
+    def save(self, step: int) -> None:
+        """A training checkpoint at ``step`` (rank 0), unless a weight is no longer finite."""
+        bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise self._diverged(step - 1, f"weights became non-finite ({', '.join(bad[:3])})")
+        if self.info.is_main:
+            state = {
+                "config": self.cfg.to_dict(),
+                "model_config": self.model_cfg.to_dict(),
+                "steps_per_epoch": self.steps_per_epoch,
+                "epoch": step / self.steps_per_epoch,
+                "world_size": self.info.world_size,
+            }
+            self.checkpoint = save_training_checkpoint(
+                self.out, step, unwrap(self.model), self.optimizer, self.scaler, state, self.cfg.keep_last
+            )
+        D.barrier(self.info)
+
+    def _diverged(self, step: int, what: str) -> TrainingDivergedError:
+        last = latest_checkpoint(self.out)
+        keep = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        return TrainingDivergedError(
+            f"training stopped at step {step + 1} (epoch {step / self.steps_per_epoch:.2f}): {what}; {keep}; "
+            "resume from it with a lower --blr or with --clip-grad"
+        )
+
+
+def _amp_dtype(precision: str, device: torch.device):
+    """Autocast dtype for ``precision`` on ``device``; None for fp32."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision == "fp16" and device.type != "cuda":
+        raise InputError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
