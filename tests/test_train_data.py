@@ -160,6 +160,29 @@ def test_video_file_decodes(clips):
         assert 3.5 <= gap <= 12.5  # h264 is lossy, the coded index is close
 
 
+def test_read_frames_far_after_a_key_frame(tmp_path):
+    """A seek lands on the key frame before the target, up to 10 s earlier (x264: one key frame per 250 frames):
+    frames seconds after it must still be found (this once looped forever) and equal a plain decode."""
+    import threading
+
+    from siammae.data.video import open_video, read_frames
+
+    path = tmp_path / "long_gop.mp4"
+    y, x = np.mgrid[0:H, 0:W]
+    frames = (np.stack([3 * x, 4 * y, np.full_like(x, 7 * t % 256)], -1).astype(np.uint8) for t in range(300))
+    write_video(path, frames, fps=25)  # key frames 0 and 250
+    every = [f.rgb for f in open_video(path)]
+    asked = [[200], [10, 40, 200, 230], [299, 3, 3, 150], [0, 299]]
+    got = {}
+    worker = threading.Thread(target=lambda: got.update({i: read_frames(path, a) for i, a in enumerate(asked)}))
+    worker.daemon = True
+    worker.start()
+    worker.join(timeout=60)
+    assert len(got) == len(asked), "read_frames did not return"
+    for i, a in enumerate(asked):
+        assert all(np.array_equal(f, every[t]) for f, t in zip(got[i], a, strict=True))
+
+
 def test_bad_video_is_replaced_and_reported(clips):
     ds = make_dataset(clips)
     s = ds[SampleKey(4, 0, 0)]

@@ -7,7 +7,6 @@ so a video of any length is read in constant memory. Training needs a few frames
 
 from __future__ import annotations
 
-import bisect
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -188,24 +187,21 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
             start = stream.start_time or 0
             to_pts = lambda i: start + int(round(i / (rate * tb)))  # noqa: E731
             to_index = lambda pts: int(round((pts - start) * tb * rate))  # noqa: E731
-            pending = list(wanted)
+            pending = list(wanted)  # sorted, unique; every pass of the loop below takes at least one off
             while pending:
-                target = pending[0]
-                container.seek(to_pts(target), stream=stream, backward=True, any_frame=False)
+                # the seek lands on the key frame at or before the target, which may be many seconds earlier
+                container.seek(to_pts(pending[0]), stream=stream, backward=True, any_frame=False)
                 for frame in container.decode(stream):
                     if frame.pts is None:
                         continue
                     i = to_index(frame.pts)
-                    if i > pending[-1]:
-                        break
-                    k = bisect.bisect_left(pending, i)
-                    if k < len(pending) and pending[k] == i:
-                        got[i] = frame.to_ndarray(format="rgb24")
-                        pending.pop(k)
-                    # a wanted frame we passed over without seeing (rounding of pts): stop and seek again
-                    if pending and pending[0] < i:
-                        missing = pending.pop(0)
-                        raise VideoError(f"{src.path}: frame {missing} not found when seeking")
+                    if i < pending[0]:
+                        continue
+                    if i > pending[0]:  # passed over a wanted frame without seeing it (rounding of pts)
+                        raise VideoError(f"{src.path}: frame {pending[0]} not found when seeking")
+                    got[i] = frame.to_ndarray(format="rgb24")
+                    pending.pop(0)
+                    # the next wanted frame is far ahead: seeking to it is cheaper than decoding up to it
                     if not pending or pending[0] > i + 2 * _keyframe_gap_guess(rate):
                         break
                 else:
