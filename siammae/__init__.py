@@ -12,10 +12,14 @@ from siammae.model import SiamMAE
 from siammae.models import create_model, list_models, register_model
 from siammae.propagation import PRESETS, PropagationConfig, Propagator, get_preset, propagate_labels
 from siammae.tracking import Tracker, davis_palette, read_mask, track_keypoints_video, track_video, write_mask
+from siammae.train import TrainConfig, TrainingDivergedError, TrainResult  # the loop: siammae.train.train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TrainConfig",
+    "TrainResult",
+    "TrainingDivergedError",
     "track_keypoints_video",
     "build_engine",
     "export_onnx",
