@@ -55,10 +55,10 @@ class ModelConfig:
                 f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by decoder_num_heads "
                 f"{self.decoder_num_heads}"
             )
-        for name in ("mask_ratio_f1", "mask_ratio_f2"):
-            r = getattr(self, name)
-            if not 0.0 <= r < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {r}")
+        if not 0.0 <= self.mask_ratio_f1 < 1.0:
+            raise ValueError(f"mask_ratio_f1 must be in [0, 1), got {self.mask_ratio_f1}")
+        if not 0.0 < self.mask_ratio_f2 < 1.0:  # the loss is over the masked patches of f2: there must be some
+            raise ValueError(f"mask_ratio_f2 must be in (0, 1), got {self.mask_ratio_f2}")
 
     @property
     def grid_size(self) -> int:

@@ -57,7 +57,7 @@ class ViTEncoder(nn.Module):
             for _ in range(cfg.depth)
         )
         self.norm = norm_layer(cfg.embed_dim)
-        self._sincos_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pos_cache: dict[tuple, torch.Tensor] = {}  # position tables of other grids (pos_embed_for)
         self.kernel_backend = "auto"  # fused masked-patch gather: "auto" | "triton" | "torch"
         self.initialize_weights()
 
@@ -92,12 +92,23 @@ class ViTEncoder(nn.Module):
             return self.pos_embed
         if pos_interp == "auto":
             pos_interp = "sincos" if self.config.pos_embed == "sincos" else "bicubic"
-        if pos_interp == "bicubic":
-            return resize_pos_embed(self.pos_embed, h, w)
-        table = self._sincos_cache.get((h, w))
-        if table is None:
-            table = self._sincos_cache.setdefault((h, w), sincos_2d(self.embed_dim, h, w).unsqueeze(0))
-        return table.to(device=self.pos_embed.device, dtype=self.pos_embed.dtype)
+        table = self.pos_embed
+        if pos_interp == "bicubic" and table.requires_grad and torch.is_grad_enabled():
+            return resize_pos_embed(table, h, w)  # a table being trained: differentiable, so not cached
+        # Tracking and evaluation ask for the same grid every chunk: build the table once per grid, device, dtype
+        # and weights (``_version`` moves when the table is loaded or updated in place), not per call.
+        key = (pos_interp, h, w, table.device, table.dtype, table._version)
+        cached = self._pos_cache.get(key)
+        if cached is None:
+            if len(self._pos_cache) >= 8:
+                self._pos_cache.clear()
+            with torch.inference_mode(False), torch.no_grad():  # usable later outside inference mode too
+                if pos_interp == "bicubic":
+                    cached = resize_pos_embed(table.detach(), h, w)
+                else:
+                    cached = sincos_2d(self.embed_dim, h, w).unsqueeze(0).to(device=table.device, dtype=table.dtype)
+            self._pos_cache[key] = cached
+        return cached
 
     def embed_patches(self, x: torch.Tensor, ids_keep: torch.Tensor | None = None, pos_interp: str = "auto"):
         """Patch tokens with position embeddings, no [CLS]: (B, L, D), or (B, K, D) for the patches ``ids_keep``.

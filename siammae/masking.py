@@ -48,10 +48,7 @@ def grid_masking(batch: int, h: int, w: int, ratio: float, device=None):
 
 
 def make_mask(kind: str, batch: int, h: int, w: int, ratio: float, device=None, generator=None):
-    """Dispatch on ``kind`` ("random" | "grid"); ratio 0 keeps every patch (ids_keep = arange)."""
-    if ratio == 0:
-        ids = torch.arange(h * w, device=device).unsqueeze(0).expand(batch, -1)
-        return ids, torch.zeros(batch, h * w, device=device), ids
+    """Dispatch on ``kind`` ("random" | "grid")."""
     if kind == "random":
         return random_masking(batch, h * w, ratio, device=device, generator=generator)
     if kind == "grid":

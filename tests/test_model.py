@@ -191,3 +191,25 @@ def test_features_reject_sizes_not_divisible_by_the_patch():
 
 def test_model_is_a_plain_siammae():
     assert isinstance(create_model("tiny"), SiamMAE)
+
+
+def test_position_tables_are_built_once_per_grid_and_follow_the_weights():
+    model = create_model("tiny", pos_embed="learned").eval()
+    enc = model.encoder
+    with torch.no_grad():
+        a, b = enc.pos_embed_for(3, 7), enc.pos_embed_for(3, 7)
+        assert a is b  # cached: not rebuilt per chunk
+        assert torch.equal(a, resize_pos_embed(enc.pos_embed, 3, 7))
+        enc.pos_embed.copy_(torch.randn_like(enc.pos_embed))  # new weights (load_state_dict copies in place)
+        c = enc.pos_embed_for(3, 7)
+        assert c is not a and torch.equal(c, resize_pos_embed(enc.pos_embed, 3, 7))
+    # a table being trained stays differentiable through the resize
+    enc.pos_embed_for(3, 7).sum().backward()
+    assert enc.pos_embed.grad is not None and enc.pos_embed.grad.abs().sum() > 0
+    sincos = create_model("tiny").encoder
+    assert sincos.pos_embed_for(3, 7) is sincos.pos_embed_for(3, 7)
+
+
+def test_f2_must_be_masked():
+    with pytest.raises(ValueError, match=r"mask_ratio_f2 must be in \(0, 1\)"):
+        create_model("tiny", mask_ratio_f2=0.0)

@@ -47,18 +47,19 @@ def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Te
     return (x - m) / s
 
 
-def preprocess(
-    frames: list[np.ndarray],
-    size: tuple[int, int],
-    mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
-    antialias: bool = False,
-) -> torch.Tensor:
-    """A list of (H, W, 3) uint8 frames -> a normalised (B, 3, h, w) float batch resized bilinearly to ``size``.
+def frames_to_batch(frames: list[np.ndarray], size: tuple[int, int] | None = None, device="cpu") -> torch.Tensor:
+    """(H, W, 3) uint8 frames -> (B, 3, h, w) float in [0, 1] on ``device``, resized bilinearly to ``size``
+    without antialias (the protocols' ``cv2.resize(..., INTER_LINEAR)``).
 
-    ``antialias=False`` matches the protocols' ``cv2.resize(..., INTER_LINEAR)``.
+    The frames travel to the device as uint8 (a quarter of the bytes of float) and are converted there.
     """
-    x = torch.stack([to_tensor(f) for f in frames])  # (B, 3, H, W)
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=antialias)
-    return normalize(x, mean, std)
+    x = torch.from_numpy(np.stack(frames)).to(device, non_blocking=True)  # (B, H, W, 3) uint8
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+    if size is not None and tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=False)
+    return x
+
+
+def preprocess(frames: list[np.ndarray], size: tuple[int, int], mean=IMAGENET_MEAN, std=IMAGENET_STD, device="cpu"):
+    """A list of (H, W, 3) uint8 frames -> an ImageNet-normalised (B, 3, h, w) batch at ``size``."""
+    return normalize(frames_to_batch(frames, size, device), mean, std)
