@@ -75,9 +75,9 @@ def _check_writable(folder: Path) -> None:
         raise InputError(f"{folder}: cannot write there ({e.strerror or e})") from e
 
 
-def _later_masks(mask_dir: Path, src: VideoSource, names: list[str] | None) -> dict[str, Path]:
-    """Masks of a folder by frame name, every file checked against the video (names, sizes) before the run."""
-    masks = list_masks(mask_dir)
+def _later_masks(mask_dir: Path, masks: dict[str, Path], src: VideoSource, names: list[str] | None) -> dict[str, Path]:
+    """``masks`` (``list_masks(mask_dir)``) by frame name, every file checked against the video (names, sizes)
+    before the run."""
     if names is not None:
         unknown = sorted(set(masks) - set(names))
     else:
@@ -150,16 +150,18 @@ def track_video(
     src = video if isinstance(video, VideoSource) else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
+    listed = list_masks(mask_dir) if mask_dir is not None else {}
     if mask is None:
-        mask = list_masks(mask_dir).get(first_name) if mask_dir is not None else None
+        mask = listed.get(first_name)
         if mask is None:
             raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
-    references = _later_masks(Path(mask_dir), src, names) if mask_dir is not None else {}
+    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
     references.pop(first_name, None)  # frame 0's mask is ``mask``
     if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0
         mask = Path(mask)
-        check_size(read_mask(mask).shape, (src.height, src.width), mask)
-        check_objects(read_mask(mask), mask)
+        ids = read_mask(mask)
+        check_size(ids.shape, (src.height, src.width), mask)
+        check_objects(ids, mask)
     outputs = _check_outputs(out, overlay, report, overwrite)
     objects: set[int] = set()
 

@@ -201,8 +201,7 @@ class Tracker:
             out: list[Tracked] = []
             if prop.state is None:  # frame 0: its labels start the propagator
                 frame0 = batch.pop(0)[0]
-                given, soft0, ids = self._first_labels(first_labels, frame0, grid)
-                lut[ids] = np.arange(len(ids))
+                given, soft0, ids = self._first_labels(first_labels, frame0, grid, lut)
                 prop.reset(feats[0], soft0)
                 feats = feats[1:]
                 out.append(Tracked(frame0, soft0, given, ids))
@@ -250,8 +249,9 @@ class Tracker:
         if batch:
             yield batch
 
-    def _first_labels(self, first_labels, frame0: Frame, grid: tuple[int, int]):
-        """-> (given (H, W) uint8 or None, labels0 (C, h, w) fp32 on the device, object ids (C,) uint8)."""
+    def _first_labels(self, first_labels, frame0: Frame, grid: tuple[int, int], lut: np.ndarray):
+        """-> (given (H, W) uint8 or None, labels0 (C, h, w) fp32 on the device, object ids (C,) uint8); fills
+        ``lut`` (object id -> channel) for the ids."""
         if (
             isinstance(first_labels, torch.Tensor)
             and first_labels.is_floating_point()
@@ -264,10 +264,10 @@ class Tracker:
                 )
             if soft.shape[0] > 256:
                 raise InputError(f"soft first labels have {soft.shape[0]} channels; at most 256 are supported")
+            lut[: soft.shape[0]] = np.arange(soft.shape[0])
             return None, soft.to(self.device), np.arange(soft.shape[0], dtype=np.uint8)
         given = _load_mask(first_labels, frame0, "first mask")
         ids = np.concatenate([[0], check_objects(given, "first mask")]).astype(np.uint8)  # (C,)
-        lut = np.zeros(256, dtype=np.int64)
         lut[ids] = np.arange(len(ids))
         channels = torch.from_numpy(lut[mask_to_labels(given, grid).numpy()])  # (h, w) 0..C-1
         soft = one_hot(channels, len(ids)).to(self.device)  # (C, h, w)
