@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from siammae.errors import InputError
+from siammae.evaluation.layout import annotated_frames, read_names
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
 from siammae.metrics.davis import GLOBAL_COLUMNS, SequenceScores, evaluate_sequence, global_results
@@ -64,31 +65,16 @@ def list_sequences(root: str | Path, year: str, split: str) -> list[str]:
     if not root.is_dir():
         raise InputError(f"DAVIS root {root} is not a folder")
     listing = root / "ImageSets" / year / f"{split}.txt"
-    if not listing.is_file():
-        found = sorted(p.stem for p in (root / "ImageSets" / year).glob("*.txt"))
-        hint = f" (found: {', '.join(found)})" if found else ""
-        raise InputError(f"DAVIS split list {listing} does not exist{hint}")
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if not names:
-        raise InputError(f"DAVIS split list {listing} is empty")
-    return names
+    found = sorted(p.stem for p in (root / "ImageSets" / year).glob("*.txt")) if not listing.is_file() else []
+    return read_names(listing, "DAVIS split list", f" (found: {', '.join(found)})" if found else "")
 
 
 def load_sequence(root: str | Path, name: str) -> DavisSequence:
     """The frames and annotations of one sequence; every frame must have its annotation."""
     root = Path(root)
-    image_dir = root / "JPEGImages" / RESOLUTION / name
-    mask_dir = root / "Annotations" / RESOLUTION / name
-    frames = tuple(sorted(image_dir.glob("*.jpg")))
-    if not frames:
-        raise InputError(f"DAVIS sequence {name}: no frames (*.jpg) in {image_dir}")
-    annotations = tuple(mask_dir / f"{p.stem}.png" for p in frames)
-    missing = [p for p in annotations if not p.is_file()]
-    if missing:
-        raise InputError(
-            f"DAVIS sequence {name}: frame {missing[0].stem}.jpg has no annotation {missing[0]} "
-            f"({len(missing)} of {len(frames)} frames lack one)"
-        )
+    frames, annotations = annotated_frames(
+        root / "JPEGImages" / RESOLUTION / name, root / "Annotations" / RESOLUTION / name, f"DAVIS sequence {name}"
+    )
     return DavisSequence(name, frames, annotations)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from siammae.errors import InputError
+from siammae.evaluation.layout import annotated_frames, read_names
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
 from siammae.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
@@ -65,28 +66,14 @@ def list_videos(root: str | Path, split: str = "val") -> list[str]:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"VIP root {root} is not a folder")
-    listing = root / "lists" / f"{split}_videos.txt"
-    if not listing.is_file():
-        raise InputError(f"VIP video list {listing} does not exist (one video name per line)")
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-    if not names:
-        raise InputError(f"VIP video list {listing} is empty")
-    return names
+    return read_names(root / "lists" / f"{split}_videos.txt", "VIP video list", " (one video name per line)")
 
 
 def load_video(root: str | Path, name: str) -> VipVideo:
     root = Path(root)
-    image_dir = root / "Images" / name
-    frames = tuple(sorted(image_dir.glob("*.jpg")))
-    if not frames:
-        raise InputError(f"VIP video {name}: no frames (*.jpg) in {image_dir}")
-    annotations = tuple(root / "Annotations" / "Category_ids" / name / f"{p.stem}.png" for p in frames)
-    missing = [p for p in annotations if not p.is_file()]
-    if missing:
-        raise InputError(
-            f"VIP video {name}: frame {missing[0].stem}.jpg has no annotation {missing[0]} "
-            f"({len(missing)} of {len(frames)} frames lack one)"
-        )
+    frames, annotations = annotated_frames(
+        root / "Images" / name, root / "Annotations" / "Category_ids" / name, f"VIP video {name}"
+    )
     return VipVideo(name, frames, annotations)
 
 

@@ -267,8 +267,7 @@ def _topk_affinity_triton(
     gather = labels is not None
     C = labels.shape[-1] if gather else 1
     dev = query.device
-    lo_t = torch.tensor(lo, dtype=torch.int32, device=dev)
-    hi_t = torch.tensor(hi, dtype=torch.int32, device=dev)
+    lo_t, hi_t = torch.tensor([lo, hi], dtype=torch.int32, device=dev)  # one host-to-device copy per call
     if gather:
         y = torch.empty(T, N, C, dtype=torch.float32, device=dev)
         w_out = i_out = y  # unused placeholders
@@ -395,27 +394,29 @@ def topk_affinity_ref(
             for x0 in range(0, w, side):
                 y1, x1 = min(h, y0 + side), min(w, x0 + side)
                 qb = query[t, y0:y1, x0:x1].reshape(-1, D)  # (B, D), the tile's patches
-                qy = torch.arange(y0, y1, device=dev, dtype=torch.int32).repeat_interleave(x1 - x0)  # (B,)
-                qx = torch.arange(x0, x1, device=dev, dtype=torch.int32).repeat(y1 - y0)
                 B = qb.shape[0]
+                # The window of keys that can be in reach of the tile, and its mask: the same for both groups.
+                window = max(0, y0 - reach), min(h, y1 + reach), max(0, x0 - reach), min(w, x1 + reach)
+                reach_mask = None
                 vals, idxs = [], []
                 for f0, f1, restricted in groups:
                     if f1 <= f0:
                         continue
-                    r0, r1, c0, c1 = 0, h, 0, w
-                    if restricted:  # the window of keys that can be in reach of the tile
-                        r0, r1 = max(0, y0 - reach), min(h, y1 + reach)
-                        c0, c1 = max(0, x0 - reach), min(w, x1 + reach)
-                        if r1 <= r0 or c1 <= c0:
-                            continue
+                    r0, r1, c0, c1 = window if restricted else (0, h, 0, w)
+                    if r1 <= r0 or c1 <= c0:
+                        continue
                     R, Wc = r1 - r0, c1 - c0
                     s = torch.empty(f1 - f0, R, B, Wc, device=dev)  # (Fg, R, B, Wc)
                     for f in range(f0, f1):  # one batched matmul over the window rows of each frame
                         torch.bmm(qb.expand(R, B, D), keys[f, r0:r1, c0:c1].transpose(1, 2), out=s[f - f0])
                     if restricted:
-                        dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[:, None] - qy[None]  # (R, B)
-                        dx = torch.arange(c0, c1, device=dev, dtype=torch.int32)[None] - qx[:, None]  # (B, Wc)
-                        s.add_(_out_of_reach(dy, dx, shape, reach, d2_max))
+                        if reach_mask is None:
+                            qy = torch.arange(y0, y1, device=dev, dtype=torch.int32).repeat_interleave(x1 - x0)
+                            qx = torch.arange(x0, x1, device=dev, dtype=torch.int32).repeat(y1 - y0)  # (B,)
+                            dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[:, None] - qy[None]  # (R, B)
+                            dx = torch.arange(c0, c1, device=dev, dtype=torch.int32)[None] - qx[:, None]  # (B, Wc)
+                            reach_mask = _out_of_reach(dy, dx, shape, reach, d2_max)
+                        s.add_(reach_mask)
                     v, p = _topk_grouped(s, topk)  # (B, k'), p = (f * R + r) * Wc + c
                     c, fr = p % Wc, p // Wc
                     vals.append(v)
