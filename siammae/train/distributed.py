@@ -70,13 +70,6 @@ def all_reduce_mean(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return x
 
 
-def all_reduce_sum(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    x = x.detach().clone()
-    if info.distributed:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
 def barrier(info: DistInfo) -> None:
     if info.distributed:
         dist.barrier()

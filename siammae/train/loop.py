@@ -108,6 +108,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+        self.mask_gen = torch.Generator(device=self.device)  # reseeded for every shard, see train_step
 
         # --- resume
         self.start_step, self.checkpoint = 0, None
@@ -244,13 +245,13 @@ class Trainer:
     def train_step(self, step: int, batches):
         """One optimiser step over this rank's ``accum_steps`` micro-batches -> (last micro-batch's f1, f2, pred,
         mask), the step's loss (mean over micro-batches and processes) and the gradient norm (None unless
-        clipping)."""
+        clipping). A non-finite loss raises :class:`TrainingDivergedError` before the optimiser step."""
         cfg = self.cfg
         lr = lr_at(step / self.steps_per_epoch, cfg.peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
         set_lr(self.optimizer, lr)
         self.net.train()
-        step_loss = 0.0
         shards = self.sampler.shards()
+        step_loss = torch.zeros((), device=self.device)  # summed on the device: one sync per step, not per shard
         for m, shard in enumerate(shards):
             batch = next(batches)
             self._pending_bad.extend(batch["skipped"])
@@ -258,19 +259,19 @@ class Trainer:
             f1 = self._normalize(batch["f1"])  # (B, 3, S, S)
             f2 = self._normalize(batch["f2"])
             # mask noise seeded per (step, shard): the same masks after a resume and for any split of the batch
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(shard_seed(cfg.seed, step, shard))
+            self.mask_gen.manual_seed(shard_seed(cfg.seed, step, shard))
             last = m == len(shards) - 1
             sync = self.net.no_sync() if self.ddp and not last else contextlib.nullcontext()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    out = self.net(f1, f2, generator=gen)
+                    out = self.net(f1, f2, generator=self.mask_gen)
                 loss = out["loss"]
-                value = D.all_reduce_mean(loss.float(), self.info).item()
-                if not math.isfinite(value):
-                    raise self._diverged(step, f"the loss is {value}")
                 self.scaler.scale(loss / len(shards)).backward()
-            step_loss += value / len(shards)
+            step_loss += loss.detach().float() / len(shards)
+        # a NaN / inf in any micro-batch makes the sum non-finite; raised before the optimiser touches the weights
+        value = D.all_reduce_mean(step_loss, self.info).item()
+        if not math.isfinite(value):
+            raise self._diverged(step, f"the loss is {value}")
         grad_norm = None
         if cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
@@ -278,7 +279,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        return (f1, f2, out["pred"].detach(), out["mask"]), step_loss, grad_norm
+        return (f1, f2, out["pred"].detach(), out["mask"]), value, grad_norm
 
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) uint8 from the loader -> ImageNet-normalised float on the device."""
