@@ -181,36 +181,57 @@ def overlay(
 ) -> np.ndarray:
     """Blend each (h, w) map of ``maps`` (n, h, w) over the frame ``rgb`` (H, W, 3) uint8 and tile the n results
     in a :func:`grid_shape` grid; (rows*H, cols*W, 3) uint8. ``names`` labels the tiles (e.g. "head 2")."""
+    lut = _blend_lut(cmap, alpha, maps.device)
+    base = torch.from_numpy(np.ascontiguousarray(rgb)).to(maps.device)  # (H, W, 3) uint8
+    return _tile(_blend(base[None], maps[None], lut, alpha)[0].cpu().numpy(), names)
+
+
+def _blend_lut(cmap: str, alpha: float, device: torch.device) -> torch.Tensor:
+    """(256, 3) float colormap times ``alpha``: the heat term of the blend, one gather per tile."""
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha {alpha} is not in [0, 1]")
-    H, W = rgb.shape[:2]
-    # (1 - alpha) * frame + alpha * heat, with alpha folded into the table: one gather and one add per tile
-    lut = torch.from_numpy(colormap_lut(cmap)).to(maps.device).float() * alpha  # (256, 3)
-    base = torch.from_numpy(np.ascontiguousarray(rgb)).to(maps.device).float() * (1.0 - alpha)  # (H, W, 3)
-    tiles = (base + lut[_lut_index(maps, (H, W))]).round_().byte().cpu().numpy()  # (n, H, W, 3)
-    n = tiles.shape[0]
+    return torch.from_numpy(colormap_lut(cmap)).to(device).float() * alpha
+
+
+def _blend(rgb: torch.Tensor, maps: torch.Tensor, lut: torch.Tensor, alpha: float) -> torch.Tensor:
+    """(1 - alpha) * frame + alpha * heat: frames (B, H, W, 3) uint8, maps (B, n, h, w) -> (B, n, H, W, 3) uint8."""
+    B, n = maps.shape[:2]
+    H, W = rgb.shape[1:3]
+    heat = lut[_lut_index(maps.flatten(0, 1), (H, W))].view(B, n, H, W, 3)
+    return (rgb[:, None].float() * (1.0 - alpha) + heat).round_().byte()
+
+
+def _tile(tiles: np.ndarray, names: list[str] | None) -> np.ndarray:
+    """(n, H, W, 3) uint8 tiles -> one (rows*H, cols*W, 3) canvas in a :func:`grid_shape` grid, labelled."""
+    n, H, W = tiles.shape[:3]
     rows, cols = grid_shape(n)
     canvas = np.zeros((rows * H, cols * W, 3), dtype=np.uint8)
     for i in range(n):
         r, c = divmod(i, cols)
         canvas[r * H : (r + 1) * H, c * W : (c + 1) * W] = tiles[i]
     if names:
-        canvas = _label(canvas, names, H, W, cols)
+        stamp, boxes = _labels(tuple(names), H, W, cols, canvas.shape[:2])
+        for box in boxes:
+            canvas[box] = stamp[box]
     return canvas
 
 
-def _label(canvas: np.ndarray, names: list[str], H: int, W: int, cols: int) -> np.ndarray:
-    """Write each tile's name in its top-left corner, white on a black box."""
-    im = Image.fromarray(canvas)
+@functools.lru_cache(maxsize=8)
+def _labels(names: tuple[str, ...], H: int, W: int, cols: int, shape: tuple[int, int]):
+    """Each tile's name in its top-left corner, white on a black box, drawn once per layout: (the canvas with only
+    the labels drawn, the (rows, cols) slices of the boxes). The boxes are opaque, so they paste over any frame."""
+    im = Image.new("RGB", shape[::-1])
     draw = ImageDraw.Draw(im)
     font = ImageFont.load_default()
+    boxes = []
     for i, name in enumerate(names):
         r, c = divmod(i, cols)
         x, y = c * W + 4, r * H + 4
         left, top, right, bottom = draw.textbbox((x, y), name, font=font)
         draw.rectangle((left - 2, top - 2, right + 2, bottom + 2), fill=(0, 0, 0))
         draw.text((x, y), name, fill=(255, 255, 255), font=font)
-    return np.asarray(im)
+        boxes.append((slice(top - 2, bottom + 3), slice(left - 2, right + 3)))  # rectangle() includes its corners
+    return np.asarray(im), boxes
 
 
 # ------------------------------------------------------------------------------------------------- streaming
@@ -241,9 +262,7 @@ def iter_attention(
     if dtype == "fp16" and device.type != "cuda":
         raise InputError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
     autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext()
-    colormap_lut(cmap)  # fail on a bad colormap or opacity before any frame is decoded
-    if not 0.0 <= alpha <= 1.0:
-        raise InputError(f"alpha {alpha} is not in [0, 1]")
+    lut = _blend_lut(cmap, alpha, device)  # fails on a bad colormap or opacity before any frame is decoded
     resized = None
 
     def run(batch: list[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:
@@ -254,9 +273,10 @@ def iter_attention(
                 x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False)  # (B, 3, H, W)
             with autocast:
                 maps = attention_maps(encoder, normalize(x), selected, pos_interp)  # (B, n, h, w)
-            shown = (x.permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy()  # (B, H, W, 3): the model input
-        for f, rgb, m in zip(batch, shown, maps, strict=True):  # outside inference mode: the caller runs in between
-            yield f, overlay(rgb, m, names, cmap, alpha)
+            shown = (x.permute(0, 2, 3, 1) * 255).round().byte()  # (B, H, W, 3): the model input
+            tiles = _blend(shown, maps, lut, alpha).cpu().numpy()  # (B, n, H, W, 3), one copy to the host
+        for f, t in zip(batch, tiles, strict=True):  # outside inference mode: the caller runs in between
+            yield f, _tile(t, names)
 
     batch: list[Frame] = []
     for frame in frames:

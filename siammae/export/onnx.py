@@ -191,7 +191,8 @@ class EncoderGraph(nn.Module):
         self.register_buffer("patch_pos", pos[:, 1:].clone())  # (1, h*w, D)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
-        self.patch_embed, self.blocks, self.norm = enc.patch_embed, enc.blocks, enc.norm
+        del enc.cls_token, enc.pos_embed  # folded into the constants above
+        self.encoder = enc  # patch_embed, and forward_tokens (blocks + final LayerNorm) as the model runs them
         self.height, self.width, self.grid = height, width, (h, w)
         self.patch_size, self.embed_dim = p, enc.embed_dim
         if dtype == "fp16":
@@ -200,11 +201,9 @@ class EncoderGraph(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = ((frames - self.mean) / self.std).to(self.cls_pos.dtype)  # (B, 3, H, W), normalised in fp32
-        tokens = self.patch_embed(x) + self.patch_pos  # (B, h*w, D)
+        tokens = self.encoder.patch_embed(x) + self.patch_pos  # (B, h*w, D)
         tokens = torch.cat([self.cls_pos.expand(x.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + h*w, D)
-        for blk in self.blocks:
-            tokens = blk(tokens)
-        feats = self.norm(tokens)[:, 1:].float()  # (B, h*w, D), [CLS] dropped
+        feats = self.encoder.forward_tokens(tokens)[:, 1:].float()  # (B, h*w, D), [CLS] dropped
         return F.normalize(feats, dim=-1)
 
 
