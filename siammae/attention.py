@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from siammae.checkpoint import unwrap
-from siammae.data.transforms import normalize, target_size
+from siammae.data.transforms import frames_to_batch, normalize, target_size
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
 from siammae.encoder import ViTEncoder
 from siammae.errors import InputError
@@ -267,10 +267,7 @@ def iter_attention(
 
     def run(batch: list[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:
         with torch.inference_mode():
-            x = torch.from_numpy(np.stack([f.rgb for f in batch])).to(device)  # (B, H0, W0, 3) uint8
-            x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H0, W0) in [0, 1]
-            if tuple(x.shape[-2:]) != resized:
-                x = F.interpolate(x, size=resized, mode="bilinear", align_corners=False)  # (B, 3, H, W)
+            x = frames_to_batch([f.rgb for f in batch], resized, device)  # (B, 3, H, W) in [0, 1]
             with autocast:
                 maps = attention_maps(encoder, normalize(x), selected, pos_interp)  # (B, n, h, w)
             shown = (x.permute(0, 2, 3, 1) * 255).round().byte()  # (B, H, W, 3): the model input

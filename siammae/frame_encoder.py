@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -65,13 +65,16 @@ class TorchEncoder:
         self.model = model.to(self.device).eval()
         self.dtype = DTYPES[dtype]
         self.mean, self.std = tuple(mean), tuple(std)
+        # (1, 3, 1, 1) on the device once, not rebuilt for every chunk
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
         self.pos_interp = pos_interp
         self.patch_size = model.patch_size
         self.embed_dim = model.embed_dim
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        x = normalize(frames.to(self.device, non_blocking=True).float(), self.mean, self.std)
+        x = (frames.to(self.device, non_blocking=True).float() - self._mean) / self._std
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32

@@ -66,6 +66,32 @@ def read_image(path: Path) -> np.ndarray:
         raise VideoError(f"{path}: cannot decode image ({e})") from e
 
 
+def _check_source(path: Path) -> bool:
+    """True for a frame folder, False for a file with a video extension; a VideoError otherwise."""
+    if not path.exists():
+        raise VideoError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return True
+    if path.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise VideoError(f"{path}: not a video file or frame folder (video extensions: {', '.join(VIDEO_EXTENSIONS)})")
+    return False
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """The frames of a folder; a VideoError when it has none."""
+    files = list_frame_files(folder)
+    if not files:
+        raise VideoError(f"{folder}: folder has no frames ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _video_stream(path: Path, container):
+    """The first video stream of an open container; a VideoError when there is none."""
+    if not container.streams.video:
+        raise VideoError(f"{path}: the file has no video stream")
+    return container.streams.video[0]
+
+
 class VideoSource:
     """A video file or a frame folder, opened for streaming.
 
@@ -77,28 +103,18 @@ class VideoSource:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if not self.path.exists():
-            raise VideoError(f"{self.path}: no such file or folder")
-        self.is_folder = self.path.is_dir()
+        self.is_folder = _check_source(self.path)
         if self.is_folder:
-            self._files = list_frame_files(self.path)
-            if not self._files:
-                raise VideoError(f"{self.path}: folder has no frames ({', '.join(IMAGE_EXTENSIONS)})")
+            self._files = _frame_files(self.path)
             first = read_image(self._files[0])
             self.height, self.width = first.shape[:2]
             self.fps = None
             self.num_frames = len(self._files)
             return
-        if self.path.suffix.lower() not in VIDEO_EXTENSIONS:
-            raise VideoError(
-                f"{self.path}: not a video file or frame folder (video extensions: {', '.join(VIDEO_EXTENSIONS)})"
-            )
         av = _av()
         try:
             with av.open(str(self.path)) as container:
-                if not container.streams.video:
-                    raise VideoError(f"{self.path}: the file has no video stream")
-                stream = container.streams.video[0]
+                stream = _video_stream(self.path, container)
                 self.width = stream.codec_context.width
                 self.height = stream.codec_context.height
                 self.fps = float(stream.average_rate) if stream.average_rate else None
@@ -180,23 +196,25 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
     is ``start + i / fps``.
     """
     indices = [int(i) for i in indices]
-    src = VideoSource(path)
+    path = Path(path)
     wanted = sorted(set(indices))
     if wanted and wanted[0] < 0:
-        raise VideoError(f"{src.path}: frame index {wanted[0]} is negative")
-    if src.is_folder:
-        if wanted and wanted[-1] >= src.num_frames:
-            raise VideoError(f"{src.path}: frame {wanted[-1]} asked but the folder has {src.num_frames} frames")
-        got = {i: read_image(src._files[i]) for i in wanted}
+        raise VideoError(f"{path}: frame index {wanted[0]} is negative")
+    # one pass over the source: no VideoSource (it would open the container, or decode a frame, for metadata)
+    if _check_source(path):
+        files = _frame_files(path)
+        if wanted and wanted[-1] >= len(files):
+            raise VideoError(f"{path}: frame {wanted[-1]} asked but the folder has {len(files)} frames")
+        got = {i: read_image(files[i]) for i in wanted}
         return [got[i] for i in indices]
     av = _av()
     got: dict[int, np.ndarray] = {}
     try:
-        with av.open(str(src.path)) as container:
-            stream = container.streams.video[0]
+        with av.open(str(path)) as container:
+            stream = _video_stream(path, container)
             rate = stream.average_rate or stream.guessed_rate
             if not rate:
-                raise VideoError(f"{src.path}: video has no frame rate, cannot seek")
+                raise VideoError(f"{path}: video has no frame rate, cannot seek")
             tb = stream.time_base
             start = stream.start_time or 0
             to_pts = lambda i: start + int(round(i / (rate * tb)))  # noqa: E731
@@ -212,7 +230,7 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
                     if i < pending[0]:
                         continue
                     if i > pending[0]:  # passed over a wanted frame without seeing it (rounding of pts)
-                        raise VideoError(f"{src.path}: frame {pending[0]} not found when seeking")
+                        raise VideoError(f"{path}: frame {pending[0]} not found when seeking")
                     got[i] = frame.to_ndarray(format="rgb24")
                     pending.pop(0)
                     # the next wanted frame is far ahead: seeking to it is cheaper than decoding up to it
@@ -220,9 +238,9 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
                         break
                 else:
                     if pending:
-                        raise VideoError(f"{src.path}: frame {pending[0]} asked but the video ends before it")
+                        raise VideoError(f"{path}: frame {pending[0]} asked but the video ends before it")
     except av.error.FFmpegError as e:
-        raise VideoError(f"{src.path}: decoding failed while reading frames {wanted} ({e})") from e
+        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({e})") from e
     return [got[i] for i in indices]
 
 

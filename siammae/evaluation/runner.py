@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from siammae.data.transforms import DINO_STD, IMAGENET_STD, target_size, to_tensor
+from siammae.data.transforms import DINO_STD, IMAGENET_STD, frames_to_batch, target_size
 from siammae.data.video import read_image
 from siammae.errors import InputError
 from siammae.evaluation.png import write_index_png
@@ -125,17 +124,14 @@ class Runner:
 
     def features(self, frames: Iterable[np.ndarray], size: tuple[int, int]) -> Iterator[torch.Tensor]:
         """(H, W, 3) uint8 frames -> (h, w, D) features, encoded ``batch_size`` frames at a time."""
-        batch: list[torch.Tensor] = []
+        batch: list[np.ndarray] = []
 
         def flush():
-            x = torch.stack(batch)  # (B, 3, H, W) in [0, 1]
-            if tuple(x.shape[-2:]) != tuple(size):
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-            yield from self.encoder(x)  # (h, w, D) each
+            yield from self.encoder(frames_to_batch(batch, size, self.encoder.device))  # (h, w, D) each
             batch.clear()
 
         for rgb in frames:
-            batch.append(to_tensor(rgb))
+            batch.append(rgb)
             if len(batch) == self.batch_size:
                 yield from flush()
         if batch:

@@ -21,7 +21,7 @@ from siammae.propagation.config import PropagationConfig
 
 
 @functools.lru_cache(maxsize=64)
-def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+def _pil_nearest_index(n_in: int, n_out: int, device: torch.device = torch.device("cpu")) -> torch.Tensor:
     """Source index of each output pixel of a PIL NEAREST resize along one axis, bit for bit.
 
     Pillow (``_imaging.c`` ``_resize`` -> ``Geometry.c`` ``ImagingScaleAffine``) samples at pixel centres
@@ -35,15 +35,15 @@ def _pil_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
     for _ in range(n_out):
         index.append(int(pos))
         pos += scale
-    return torch.tensor(index, dtype=torch.int64)
+    return torch.tensor(index, dtype=torch.int64, device=device)  # cached per device: no copy per frame
 
 
 def resize_nearest(ids: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize an (H, W) map to ``size`` (h, w) by nearest neighbour like PIL's ``resize((w, h), NEAREST)``."""
     H, W = ids.shape
     h, w = size
-    rows = _pil_nearest_index(H, h).to(ids.device)
-    cols = _pil_nearest_index(W, w).to(ids.device)
+    rows = _pil_nearest_index(H, h, ids.device)
+    cols = _pil_nearest_index(W, w, ids.device)
     return ids[rows[:, None], cols[None, :]]
 
 

@@ -24,9 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, target_size
+from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, frames_to_batch, target_size
 from siammae.data.video import Frame, VideoSource, open_video
 from siammae.errors import InputError
 from siammae.frame_encoder import FrameEncoder, TorchEncoder
@@ -194,7 +193,7 @@ class Tracker:
                 size = self.frame_size(H, W)
                 grid = (size[0] // self.patch_size, size[1] // self.patch_size)
             t0 = time.perf_counter()
-            feats = self.encoder(self._to_batch([f.rgb for f, _ in batch], size))  # (T, h, w, D)
+            feats = self.encoder(frames_to_batch([f.rgb for f, _ in batch], size, self.device))  # (T, h, w, D)
             self._sync()
             t1 = time.perf_counter()
             times.add("encode", t1 - t0)
@@ -272,15 +271,6 @@ class Tracker:
         channels = torch.from_numpy(lut[mask_to_labels(given, grid).numpy()])  # (h, w) 0..C-1
         soft = one_hot(channels, len(ids)).to(self.device)  # (C, h, w)
         return given, soft, ids
-
-    def _to_batch(self, rgbs: list[np.ndarray], size: tuple[int, int]) -> torch.Tensor:
-        """(H, W, 3) uint8 frames -> (T, 3, h, w) float in [0, 1] on the device, resized bilinearly without
-        antialias (the protocols' ``cv2.resize(..., INTER_LINEAR)``)."""
-        x = torch.from_numpy(np.stack(rgbs)).to(self.device, non_blocking=True)  # (T, H, W, 3) uint8
-        x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (T, 3, H, W)
-        if tuple(x.shape[-2:]) != tuple(size):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-        return x
 
     def _sync(self) -> None:
         if self.device.type == "cuda":  # stage times measure work done, not kernels queued
