@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
 from siammae.export import EncoderGraph, OnnxEncoder, export_onnx  # noqa: E402
-from siammae.export.onnx import compare  # noqa: E402
-from siammae.models import create_model  # noqa: E402
+from siammae.export.verify import compare  # noqa: E402
+from siammae.model.registry import create_model  # noqa: E402
 
 BACKENDS = ("eager", "compile", "onnxruntime", "tensorrt")
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -207,7 +207,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=None, help="results stem (default: results/bench_encoder-<device>)")
     args = ap.parse_args(argv)
 
-    from siammae.frame_encoder import resolve_device
+    from siammae.device import resolve_device
 
     device = resolve_device(args.device)
     gpu = device.type == "cuda"

@@ -34,12 +34,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
-from siammae.checkpoint import save_checkpoint  # noqa: E402
+from siammae.data.masks import write_mask  # noqa: E402
 from siammae.data.synthetic import iter_synthetic_clip  # noqa: E402
 from siammae.data.video import open_video, write_video  # noqa: E402
-from siammae.frame_encoder import resolve_device  # noqa: E402
-from siammae.models import create_model  # noqa: E402
-from siammae.tracking.masks import write_mask  # noqa: E402
+from siammae.device import resolve_device  # noqa: E402
+from siammae.model.checkpoint import save_checkpoint  # noqa: E402
+from siammae.model.registry import create_model  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._meta import RESULTS, environment, environment_markdown, write_results  # noqa: E402
 from siammae.kernels.dispatch import triton_available, triton_interpreted  # noqa: E402
 from siammae.kernels.patch_embed_gather import patch_embed_gather  # noqa: E402
-from siammae.masking import num_kept, random_masking  # noqa: E402
-from siammae.models import create_model  # noqa: E402
+from siammae.model.masking import num_kept, random_masking  # noqa: E402
+from siammae.model.registry import create_model  # noqa: E402
 
 PATHS = ("embed-all", "gather-torch", "fused-triton")
 

@@ -1,54 +1,64 @@
-"""siammae: Siamese Masked Autoencoders for pretraining, tracking, evaluation and deployment."""
+"""siammae: Siamese Masked Autoencoders for pretraining, tracking, evaluation and deployment.
 
-from siammae.attention import attention_maps, render_attention
-from siammae.checkpoint import load_model, save_checkpoint
-from siammae.config import ModelConfig
-from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
-from siammae.encoder import ViTEncoder
-from siammae.errors import CheckpointError, InputError, SiamMAEError, VideoError
-from siammae.evaluation.benchmark import evaluate
-from siammae.export import build_engine, export_onnx, load_encoder
-from siammae.model import SiamMAE
-from siammae.models import create_model, list_models, register_model
-from siammae.propagation import PRESETS, PropagationConfig, Propagator, get_preset, propagate_labels
-from siammae.tracking import Tracker, davis_palette, read_mask, track_keypoints_video, track_video, write_mask
-from siammae.train import TrainConfig, TrainingDivergedError, TrainResult  # the loop: siammae.train.train
+The public names below are imported lazily (PEP 562): ``import siammae`` costs almost nothing, and a command's
+``--help`` never pulls in training, evaluation or the export runtimes it does not use.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "TrainConfig",
-    "TrainResult",
-    "TrainingDivergedError",
-    "track_keypoints_video",
-    "build_engine",
-    "export_onnx",
-    "load_encoder",
-    "Tracker",
-    "davis_palette",
-    "read_mask",
-    "track_video",
-    "write_mask",
-    "evaluate",
-    "iter_synthetic_clip",
-    "make_synthetic_clip",
-    "PRESETS",
-    "PropagationConfig",
-    "Propagator",
-    "get_preset",
-    "propagate_labels",
-    "attention_maps",
-    "render_attention",
-    "CheckpointError",
-    "InputError",
-    "ModelConfig",
-    "SiamMAE",
-    "SiamMAEError",
-    "VideoError",
-    "ViTEncoder",
-    "create_model",
-    "list_models",
-    "load_model",
-    "register_model",
-    "save_checkpoint",
-]
+# public name -> module that defines it
+_EXPORTS = {
+    "attention_maps": "siammae.attention",
+    "render_attention": "siammae.attention",
+    "load_model": "siammae.model.checkpoint",
+    "save_checkpoint": "siammae.model.checkpoint",
+    "ModelConfig": "siammae.model.config",
+    "ViTEncoder": "siammae.model.encoder",
+    "SiamMAE": "siammae.model.siammae",
+    "create_model": "siammae.model.registry",
+    "list_models": "siammae.model.registry",
+    "register_model": "siammae.model.registry",
+    "iter_synthetic_clip": "siammae.data.synthetic",
+    "make_synthetic_clip": "siammae.data.synthetic",
+    "CheckpointError": "siammae.errors",
+    "InputError": "siammae.errors",
+    "SiamMAEError": "siammae.errors",
+    "VideoError": "siammae.errors",
+    "evaluate": "siammae.evaluation.benchmark",
+    "build_engine": "siammae.export.tensorrt",
+    "export_onnx": "siammae.export.onnx",
+    "load_encoder": "siammae.export.runtime",
+    "PRESETS": "siammae.propagation.config",
+    "PropagationConfig": "siammae.propagation.config",
+    "get_preset": "siammae.propagation.config",
+    "Propagator": "siammae.propagation.engine",
+    "propagate_labels": "siammae.propagation.engine",
+    "Tracker": "siammae.tracking.tracker",
+    "track_video": "siammae.tracking.pipeline",
+    "track_keypoints_video": "siammae.tracking.pipeline",
+    "davis_palette": "siammae.data.palette",
+    "read_mask": "siammae.data.masks",
+    "write_mask": "siammae.data.masks",
+    "TrainConfig": "siammae.train.config",
+    "TrainingDivergedError": "siammae.train.loop",
+    "TrainResult": "siammae.train.loop",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'siammae' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next access skips __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

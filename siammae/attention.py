@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from siammae.checkpoint import unwrap
 from siammae.data.transforms import frames_to_batch, normalize, target_size
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
-from siammae.encoder import ViTEncoder
+from siammae.device import DTYPES, resolve_device
 from siammae.errors import InputError
-from siammae.frame_encoder import DTYPES, resolve_device
 from siammae.io import atomic_write
+from siammae.model.checkpoint import unwrap
+from siammae.model.encoder import ViTEncoder
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 

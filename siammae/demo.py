@@ -23,13 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siammae.checkpoint import load_model
 from siammae.data.synthetic import make_synthetic_clip
 from siammae.data.video import write_video
 from siammae.errors import InputError
+from siammae.evaluation.metrics.davis import evaluate_sequence, global_results
 from siammae.io import write_json, write_text
-from siammae.metrics.davis import evaluate_sequence, global_results
-from siammae.models import create_model
+from siammae.model.checkpoint import load_model
+from siammae.model.registry import create_model
 from siammae.tracking import Tracker, read_mask, track_video, write_mask
 from siammae.train import TrainConfig, train
 

@@ -19,12 +19,12 @@ from siammae.attention import (
     overlay,
     resolve_heads,
 )
-from siammae.checkpoint import save_checkpoint
 from siammae.cli.attn import main
 from siammae.data.transforms import normalize, target_size
 from siammae.data.video import Frame, open_video, read_image, write_video
 from siammae.errors import InputError
-from siammae.models import create_model
+from siammae.model.checkpoint import save_checkpoint
+from siammae.model.registry import create_model
 
 
 def _model(seed=0, **overrides):
@@ -268,7 +268,7 @@ def test_cli_video_to_mp4_grid_of_heads(video, ckpt, tmp_path):
 
 
 def test_cli_video_to_png_folder_equals_the_api(video, ckpt, tmp_path):
-    from siammae.checkpoint import load_model
+    from siammae.model.checkpoint import load_model
 
     model = load_model(ckpt)
     out = tmp_path / "maps"
@@ -283,7 +283,7 @@ def test_cli_video_to_png_folder_equals_the_api(video, ckpt, tmp_path):
 
 
 def test_cli_image_mean_of_heads_equals_the_api(ckpt, tmp_path):
-    from siammae.checkpoint import load_model
+    from siammae.model.checkpoint import load_model
 
     rgb = np.random.default_rng(3).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     image = tmp_path / "photo.png"

@@ -5,7 +5,7 @@ import timm
 import torch
 
 from siammae import CheckpointError, ViTEncoder, create_model, load_model, save_checkpoint
-from siammae.checkpoint import read_checkpoint
+from siammae.model.checkpoint import read_checkpoint
 
 
 def _pair(seed=0):

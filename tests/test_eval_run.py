@@ -12,13 +12,13 @@ from click.testing import CliRunner
 from helpers import davis_2016_layout
 from PIL import Image
 
-from siammae.checkpoint import file_sha256, save_checkpoint
 from siammae.cli.eval import main
 from siammae.data.transforms import DINO_STD, IMAGENET_STD
 from siammae.errors import InputError
 from siammae.evaluation.png import read_index_png, write_index_png
 from siammae.evaluation.runner import InputConfig, default_input, parse_size
-from siammae.models import create_model
+from siammae.model.checkpoint import file_sha256, save_checkpoint
+from siammae.model.registry import create_model
 
 
 @pytest.fixture(scope="module")

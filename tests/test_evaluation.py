@@ -10,13 +10,13 @@ import pytest
 import scipy.io
 from PIL import Image
 
+from siammae.data.keypoints import write_keypoint_track
+from siammae.data.palette import davis_palette
 from siammae.errors import InputError
 from siammae.evaluation import davis, jhmdb, vip
+from siammae.evaluation.metrics.davis import GLOBAL_COLUMNS
 from siammae.evaluation.png import read_index_png, write_index_png
 from siammae.evaluation.results import ResultsDir
-from siammae.keypoints import write_keypoint_track
-from siammae.metrics.davis import GLOBAL_COLUMNS
-from siammae.tracking.palette import davis_palette
 
 H, W = 40, 48  # diagonal 62.5: F tolerance ceil(0.008 * 62.5) = 1 pixel
 

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from helpers import TENSORRT_INSTALLED
 
-from siammae.checkpoint import file_sha256, save_checkpoint
 from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, normalize
 from siammae.errors import CheckpointError, InputError, MissingExtraError, SiamMAEError
 from siammae.export import (
@@ -23,8 +22,9 @@ from siammae.export import (
     verify_onnx,
 )
 from siammae.export import onnx as onnx_export
-from siammae.frame_encoder import FrameEncoder
-from siammae.models import create_model
+from siammae.model.checkpoint import file_sha256, save_checkpoint
+from siammae.model.registry import create_model
+from siammae.propagation.features import FrameEncoder
 
 H, W = 64, 96  # tiny: patch 8 -> an 8x12 grid, not the 8x8 of img_size 64
 

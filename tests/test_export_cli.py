@@ -7,10 +7,10 @@ import torch
 from click.testing import CliRunner
 from helpers import TENSORRT_INSTALLED
 
-from siammae.checkpoint import save_checkpoint
 from siammae.cli.export import main
 from siammae.export import load_encoder, read_info
-from siammae.models import create_model
+from siammae.model.checkpoint import save_checkpoint
+from siammae.model.registry import create_model
 
 
 @pytest.fixture(scope="module")

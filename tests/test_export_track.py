@@ -8,11 +8,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from siammae.checkpoint import save_checkpoint
 from siammae.cli.track import main as track_main
 from siammae.errors import InputError
 from siammae.export import export_onnx, load_encoder
-from siammae.models import create_model
+from siammae.model.checkpoint import save_checkpoint
+from siammae.model.registry import create_model
 from siammae.tracking.tracker import Tracker
 
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from siammae.data.transforms import normalize
 from siammae.errors import InputError
 from siammae.export import TensorRTEncoder, build_engine, export_onnx, load_encoder
-from siammae.frame_encoder import FrameEncoder
-from siammae.models import create_model
+from siammae.model.registry import create_model
+from siammae.propagation.features import FrameEncoder
 
 pytestmark = pytest.mark.trt
 

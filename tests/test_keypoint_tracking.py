@@ -18,15 +18,16 @@ from helpers import assert_one_line_error, interrupt_reading_at, run_until_sigin
 from PIL import Image
 from test_tracking import colour_encoder
 
-from siammae.checkpoint import save_checkpoint
 from siammae.cli.track import main
+from siammae.data.keypoints import KeypointTrackWriter
+from siammae.data.masks import write_mask
+from siammae.data.palette import davis_palette
 from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
 from siammae.errors import InputError
-from siammae.keypoints import SIGMA, KeypointTrackWriter, keypoints_to_heatmaps
+from siammae.model.checkpoint import save_checkpoint
+from siammae.propagation.keypoints import SIGMA, keypoints_to_heatmaps
 from siammae.tracking import Tracker, draw_keypoints, track_keypoints_video
-from siammae.tracking.masks import write_mask
-from siammae.tracking.palette import davis_palette
 
 SIZE = (96, 120)  # (H, W) of the clips; the tracker encodes them at 128x160 (short side 128)
 PATCH = 4

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from siammae.metrics.davis import (
+from siammae.evaluation.metrics.davis import (
     GLOBAL_COLUMNS,
     SequenceScores,
     boundary_tolerance,

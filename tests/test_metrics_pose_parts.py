@@ -7,16 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from siammae.data.keypoints import read_keypoints, write_keypoint_track
 from siammae.errors import InputError
-from siammae.keypoints import (
-    draw_gaussian,
-    heatmaps_to_keypoints,
-    keypoints_to_heatmaps,
-    read_keypoints,
-    write_keypoint_track,
-)
-from siammae.metrics.jhmdb import normalized_distances, pck
-from siammae.metrics.vip import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from siammae.evaluation.metrics.jhmdb import normalized_distances, pck
+from siammae.evaluation.metrics.vip import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
+from siammae.propagation.keypoints import draw_gaussian, heatmaps_to_keypoints, keypoints_to_heatmaps
 
 # ---------------------------------------------------------------- VIP
 

@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from siammae.config import ModelConfig
-from siammae.masking import grid_masking, num_kept, random_masking
-from siammae.model import SiamMAE, patchify, unpatchify
-from siammae.models import create_model, list_models, model_config
-from siammae.pos_embed import resize_pos_embed, sincos_2d
+from siammae.model.config import ModelConfig
+from siammae.model.masking import grid_masking, num_kept, random_masking
+from siammae.model.pos_embed import resize_pos_embed, sincos_2d
+from siammae.model.registry import create_model, list_models, model_config
+from siammae.model.siammae import SiamMAE, patchify, unpatchify
 
 
 def _mae_sincos(dim, h, w):

@@ -317,7 +317,7 @@ def test_cuda_vits16_shape(dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_siammae_training_loss_and_gradients_unchanged(backend):
     """Wired into the encoder for the masked frame, the op leaves SiamMAE's loss and every gradient unchanged."""
-    from siammae.models import create_model
+    from siammae.model.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("tiny")

@@ -11,13 +11,13 @@ import torch
 from helpers import interrupt_reading_at, write_with_pyav
 from PIL import Image
 
-from siammae.config import ModelConfig
+from siammae.data.palette import davis_palette
 from siammae.data.synthetic import MAX_OBJECTS, iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
-from siammae.encoder import ViTEncoder
 from siammae.errors import InputError, VideoError
+from siammae.model.config import ModelConfig
+from siammae.model.encoder import ViTEncoder
 from siammae.tracking import Tracker, track_video
-from siammae.tracking.palette import davis_palette
 
 
 def colour_encoder(patch: int = 4, dim: int = 16) -> ViTEncoder:

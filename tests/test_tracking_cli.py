@@ -16,11 +16,11 @@ from helpers import assert_one_line_error, run_until_sigint, write_with_pyav
 from PIL import Image
 from test_tracking import colour_encoder, iou
 
-from siammae.checkpoint import save_checkpoint
 from siammae.cli.track import main
+from siammae.data.masks import write_mask
 from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
-from siammae.tracking.masks import write_mask
+from siammae.model.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")

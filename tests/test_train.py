@@ -12,11 +12,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from siammae.checkpoint import load_model, read_checkpoint
 from siammae.cli.train import cli
 from siammae.data.video import write_video
 from siammae.errors import InputError
-from siammae.model import SiamMAE
+from siammae.model.checkpoint import load_model, read_checkpoint
+from siammae.model.siammae import SiamMAE
 from siammae.train import TrainConfig, TrainingDivergedError, train
 from siammae.train.state import list_checkpoints
 

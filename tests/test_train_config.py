@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from siammae.errors import InputError
-from siammae.models import create_model
+from siammae.model.registry import create_model
 from siammae.train.config import TrainConfig, read_config_file
 from siammae.train.optim import build_optimizer, lr_at, param_groups
 

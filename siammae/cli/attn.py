@@ -15,10 +15,10 @@ import sys
 import click
 
 from siammae.attention import CMAPS, HEADS_HELP, render_attention
-from siammae.checkpoint import load_model
+from siammae.device import DTYPES, resolve_device
 from siammae.errors import InputError, SiamMAEError
-from siammae.frame_encoder import DTYPES, resolve_device
-from siammae.models import list_models
+from siammae.model.checkpoint import load_model
+from siammae.model.registry import list_models
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -16,11 +16,11 @@ from pathlib import Path
 import click
 
 from siammae.data.transforms import IMAGENET_MEAN
-from siammae.encoder import POS_INTERP
 from siammae.errors import SiamMAEError
 from siammae.export.onnx import DEFAULT_OPSET, MIN_OPSET, STDS, export_onnx
 from siammae.export.tensorrt import build_engine, require_tensorrt
-from siammae.models import list_models
+from siammae.model.encoder import POS_INTERP
+from siammae.model.registry import list_models
 
 
 class _EchoHandler(logging.Handler):

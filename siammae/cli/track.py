@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from siammae.errors import InputError, SiamMAEError
-from siammae.models import list_models
+from siammae.model.registry import list_models
 from siammae.propagation.config import PRESETS
 
 PRESET_NAMES = tuple(PRESETS)
@@ -49,7 +49,7 @@ def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None
     if (ckpt is None) == (encoder is None):
         raise InputError("give exactly one of --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine)")
     if ckpt is not None:
-        from siammae.checkpoint import load_model
+        from siammae.model.checkpoint import load_model
 
         return load_model(ckpt, arch=arch)
     from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
@@ -118,7 +118,7 @@ def main(video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, te
          device, dtype, chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
     """Track the objects of a first-frame mask (--mask / --mask-dir), or first-frame keypoints (--keypoints),
     through VIDEO (a video file or a folder of frames)."""
-    from siammae.tracking.masks import MaskResizeWarning
+    from siammae.data.masks import MaskResizeWarning
     from siammae.tracking.pipeline import track_keypoints_video, track_video
     from siammae.tracking.tracker import Tracker
 

@@ -14,9 +14,9 @@ from dataclasses import fields
 import click
 from click.core import ParameterSource
 
-from siammae.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.errors import SiamMAEError
-from siammae.models import list_models
+from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
+from siammae.model.registry import list_models
 from siammae.train.config import AUGMENTATIONS, PRECISIONS, TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}

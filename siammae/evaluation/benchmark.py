@@ -35,11 +35,11 @@ def load_runner(
     the exact weights.
     """
     # The model side (torch, the propagation engine) loads only here: scoring predictions does not need it.
-    from siammae.checkpoint import file_sha256, load_model
     from siammae.data.transforms import IMAGENET_MEAN
     from siammae.evaluation.runner import Runner, default_input, parse_size
-    from siammae.frame_encoder import TorchEncoder
+    from siammae.model.checkpoint import file_sha256, load_model
     from siammae.propagation import get_preset
+    from siammae.propagation.features import TorchEncoder
 
     preset = preset or DEFAULT_PRESETS[benchmark]
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}

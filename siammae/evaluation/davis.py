@@ -25,9 +25,9 @@ import numpy as np
 
 from siammae.errors import InputError
 from siammae.evaluation.layout import annotated_frames, read_names
+from siammae.evaluation.metrics.davis import GLOBAL_COLUMNS, SequenceScores, evaluate_sequence, global_results
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
-from siammae.metrics.davis import GLOBAL_COLUMNS, SequenceScores, evaluate_sequence, global_results
 
 if TYPE_CHECKING:  # the model side (torch, propagation) is not needed to score existing predictions
     from siammae.evaluation.runner import Runner

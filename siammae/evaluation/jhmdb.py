@@ -7,9 +7,9 @@ Layout (as downloaded from jhmdb.is.tue.mpg.de)::
     <root>/splits/<action>_test_split<N>.txt                      "<video>.avi 1|2"; 2 marks a test video
 
 The test videos of split 1 (268 videos) are the benchmark of CRW and its successors. The 15 joints of the first
-frame propagate as Gaussian heatmaps (:mod:`siammae.keypoints`); PCK scores frames 1..
-(:mod:`siammae.metrics.jhmdb`).
-Predictions: ``<results>/<action>/<video>.json`` in the keypoint-track schema of :mod:`siammae.keypoints`, one
+frame propagate as Gaussian heatmaps (:mod:`siammae.data.keypoints`); PCK scores frames 1..
+(:mod:`siammae.evaluation.metrics.jhmdb`).
+Predictions: ``<results>/<action>/<video>.json`` in the keypoint-track schema of :mod:`siammae.data.keypoints`, one
 entry per frame, ``null`` for a joint that vanished.
 """
 
@@ -25,10 +25,10 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from siammae.data.keypoints import write_keypoint_track
 from siammae.errors import InputError
+from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
 from siammae.evaluation.results import ResultsDir
-from siammae.keypoints import write_keypoint_track
-from siammae.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner

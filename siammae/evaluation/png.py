@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siammae.data.masks import write_mask as write_index_png
 from siammae.errors import InputError
-from siammae.tracking.masks import write_mask as write_index_png
 
 __all__ = ["read_index_png", "write_index_png"]
 

@@ -24,9 +24,9 @@ from siammae.data.transforms import DINO_STD, IMAGENET_STD, frames_to_batch, tar
 from siammae.data.video import read_image
 from siammae.errors import InputError
 from siammae.evaluation.png import write_index_png
-from siammae.frame_encoder import TorchEncoder
-from siammae.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.propagation import get_preset, labels_to_mask, mask_to_labels, propagate_labels
+from siammae.propagation.features import TorchEncoder
+from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def parse_size(text: str, base: InputConfig) -> InputConfig:
 class Runner:
     """An encoder with the propagation and input settings of one evaluation.
 
-    encoder: a :class:`~siammae.frame_encoder.TorchEncoder` (its std should be ``inputs.std``).
+    encoder: a :class:`~siammae.propagation.features.TorchEncoder` (its std should be ``inputs.std``).
     preset, overrides: the propagation preset and the fields that replace its values.
     batch_size: frames encoded at once, and frames per top-k call of the propagation (no effect on results).
     """

@@ -24,9 +24,9 @@ from PIL import Image
 
 from siammae.errors import InputError
 from siammae.evaluation.layout import annotated_frames, read_names
+from siammae.evaluation.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.results import ResultsDir
-from siammae.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner

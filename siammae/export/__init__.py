@@ -2,19 +2,14 @@
 
 ``export_onnx`` writes the graph (normalisation, position embeddings for the target grid and L2 normalisation
 inside, metadata with everything a runtime needs); ``build_engine`` compiles it with TensorRT (extra ``trt``);
-``load_encoder`` opens either as a :class:`~siammae.frame_encoder.FrameEncoder`.
+``load_encoder`` opens either as a :class:`~siammae.propagation.features.FrameEncoder`.
 """
 
-from siammae.export.onnx import (
-    EncoderGraph,
-    ExportInfo,
-    ExportVerificationError,
-    export_onnx,
-    read_info,
-    verify_onnx,
-)
+from siammae.export.metadata import ExportInfo, read_info
+from siammae.export.onnx import EncoderGraph, export_onnx
 from siammae.export.runtime import OnnxEncoder, TensorRTEncoder, load_encoder
-from siammae.export.tensorrt import build_engine, verify_engine
+from siammae.export.tensorrt import build_engine
+from siammae.export.verify import ExportVerificationError, verify_engine, verify_onnx
 
 __all__ = [
     "EncoderGraph",

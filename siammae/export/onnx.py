@@ -24,113 +24,31 @@ with a log line saying so, and the metadata records which one produced the file.
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import math
 import os
 import tempfile
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from siammae.checkpoint import file_sha256, load_model
-from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, normalize, target_size
-from siammae.encoder import POS_INTERP, ViTEncoder
-from siammae.errors import InputError, SiamMAEError
-from siammae.io import atomic_write, write_json
+from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, target_size
+from siammae.errors import InputError
+from siammae.export.metadata import _META_PREFIX, INPUT_NAME, OUTPUT_NAME, ExportInfo
+from siammae.export.verify import verify_onnx
+from siammae.io import atomic_write
+from siammae.model.checkpoint import file_sha256, load_model
+from siammae.model.encoder import POS_INTERP, ViTEncoder
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "fp16")
 DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and TensorRT 10 alike
 MIN_OPSET = 17
-INPUT_NAME, OUTPUT_NAME = "frames", "features"
 STDS = {"imagenet": IMAGENET_STD, "dino": DINO_STD}
-# the fp32 graph must match PyTorch to 1e-4 (max abs, on unit vectors); fp16 to a per-token cosine of 0.999
-TOLERANCE = {"fp32": {"max_abs_err": 1e-4}, "fp16": {"min_cosine": 0.999}}
 _PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise 2 GiB; above this the weights go to external data
-_META_PREFIX = "siammae."
-_STR_FIELDS = {"dtype", "pos_interp", "exporter", "siammae_version", "torch_version", "checkpoint", "checkpoint_sha256"}
-
-
-class ExportVerificationError(SiamMAEError):
-    """The exported graph does not reproduce the PyTorch model within the tolerance."""
-
-
-# ------------------------------------------------------------------------------------------------- metadata
-@dataclass(frozen=True)
-class ExportInfo:
-    """What a runtime needs to know about an exported encoder; stored in the ONNX ``metadata_props``."""
-
-    config: dict  # ModelConfig.to_dict() of the encoder
-    height: int  # input size the graph was built for
-    width: int
-    patch_size: int
-    embed_dim: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    max_batch: int
-    dtype: str  # "fp32" | "fp16" (weights and matrix products; input and output are always float32)
-    pos_interp: str
-    exporter: str  # "dynamo" | "torchscript"
-    opset: int
-    siammae_version: str
-    torch_version: str
-    checkpoint: str | None = None  # file name of the weights, with their SHA-256
-    checkpoint_sha256: str | None = None
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        """Patch grid (h, w)."""
-        return self.height // self.patch_size, self.width // self.patch_size
-
-    def to_props(self) -> dict[str, str]:
-        """Flat string key / values for ONNX ``metadata_props`` (JSON for non-strings), plus I/O descriptions."""
-        props = {
-            _META_PREFIX + k: v if k in _STR_FIELDS else json.dumps(v) for k, v in asdict(self).items() if v is not None
-        }
-        h, w = self.grid
-        props[_META_PREFIX + "input"] = f"{INPUT_NAME}: (B, 3, {self.height}, {self.width}) float32 RGB in [0, 1]"
-        props[_META_PREFIX + "output"] = f"{OUTPUT_NAME}: (B, {h}*{w}, {self.embed_dim}) float32, L2-normalised"
-        return props
-
-    @classmethod
-    def from_props(cls, props: dict[str, str], path: str | os.PathLike) -> ExportInfo:
-        """Rebuild from ``metadata_props``; a graph not written by siammae is an InputError naming the file."""
-        stored = {k[len(_META_PREFIX) :]: v for k, v in props.items() if k.startswith(_META_PREFIX)}
-        names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(stored) - {"checkpoint", "checkpoint_sha256"})
-        if missing:
-            raise InputError(f"{path}: not an encoder exported by siammae-export (metadata lacks {', '.join(missing)})")
-        try:
-            kw = {k: v if k in _STR_FIELDS else json.loads(v) for k, v in stored.items() if k in names}
-            kw["mean"], kw["std"] = tuple(kw["mean"]), tuple(kw["std"])
-            return cls(**kw)
-        except (ValueError, TypeError) as e:
-            raise InputError(f"{path}: corrupt siammae metadata ({e})") from e
-
-
-def read_info(path: str | os.PathLike) -> ExportInfo:
-    """The :class:`ExportInfo` of an exported ``.onnx`` file (reads the graph, not external weights)."""
-    import onnx
-    from google.protobuf.message import DecodeError  # onnx's own dependency
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable ONNX file ({e})") from e
-    return ExportInfo.from_props({p.key: p.value for p in model.metadata_props}, path)
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -205,14 +123,6 @@ class EncoderGraph(nn.Module):
         tokens = torch.cat([self.cls_pos.expand(x.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + h*w, D)
         feats = self.encoder.forward_tokens(tokens)[:, 1:].float()  # (B, h*w, D), [CLS] dropped
         return F.normalize(feats, dim=-1)
-
-
-def reference_features(model, frames: torch.Tensor, mean, std, pos_interp: str = "auto") -> torch.Tensor:
-    """The PyTorch features an exported graph must reproduce: (B, 3, H, W) in [0, 1] -> (B, h*w, D), fp32."""
-    x = normalize(frames.to(next(model.parameters()).device, torch.float32), mean, std)
-    with torch.inference_mode():
-        feats = model.features(x, pos_interp=pos_interp).float().cpu()  # (B, h, w, D)
-    return F.normalize(feats.flatten(1, 2), dim=-1)  # (B, h*w, D)
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -418,83 +328,3 @@ def _describe(encoder: ViTEncoder) -> str:
 def _file_mb(path: Path) -> float:
     data = path.with_name(path.name + ".data")
     return (path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 1e6
-
-
-# ------------------------------------------------------------------------------------------------- verify
-def compare(out: torch.Tensor, ref: torch.Tensor) -> dict:
-    """Error figures of features ``out`` against ``ref``, both (B, N, D): max abs error, per-token cosine."""
-    out, ref = out.float().cpu(), ref.float().cpu()
-    cos = F.cosine_similarity(out, ref, dim=-1)  # (B, N)
-    return {
-        "max_abs_err": float((out - ref).abs().max()),
-        "min_cosine": float(cos.min()),
-        "mean_cosine": float(cos.mean()),
-    }
-
-
-def format_figures(f: dict) -> str:
-    return f"max abs error {f['max_abs_err']:.2e}, min cosine {f['min_cosine']:.6f}, mean cosine {f['mean_cosine']:.6f}"
-
-
-def within(figures: dict, tol: dict) -> bool:
-    """Whether ``figures`` (from :func:`compare`) meet a tolerance such as ``TOLERANCE["fp32"]``."""
-    ok = figures["max_abs_err"] <= tol.get("max_abs_err", math.inf)
-    return ok and figures["min_cosine"] >= tol.get("min_cosine", -math.inf)
-
-
-def verify_onnx(
-    path: str | os.PathLike,
-    model,
-    info: ExportInfo | None = None,
-    batch_sizes: tuple[int, ...] = (1, 2),
-    device: str = "auto",
-    seed: int = 0,
-) -> dict:
-    """Run the exported graph with onnxruntime (CUDA provider where present, else CPU) and ``model`` in fp32
-    PyTorch on the same random frames; write the figures to ``<path>.verify.json`` and return them.
-
-    Raises :class:`ExportVerificationError` when the graph is outside :data:`TOLERANCE` for its dtype.
-    """
-    from siammae.export.runtime import OnnxEncoder
-
-    path = Path(path)
-    info = info or read_info(path)
-    runtime = OnnxEncoder(path, device=device)
-    g = torch.Generator().manual_seed(seed)
-    batch_sizes = tuple(sorted({min(b, info.max_batch) for b in batch_sizes}))
-    outs, refs = [], []
-    for b in batch_sizes:
-        frames = torch.rand(b, 3, info.height, info.width, generator=g)
-        outs.append(runtime(frames).flatten(1, 2).cpu())  # (b, h*w, D)
-        refs.append(reference_features(model, frames, info.mean, info.std, info.pos_interp))
-    figures = compare(torch.cat(outs), torch.cat(refs))
-    import onnxruntime
-
-    report = {
-        "model": path.name,
-        "dtype": info.dtype,
-        **figures,
-        "tolerance": TOLERANCE[info.dtype],
-        "passed": within(figures, TOLERANCE[info.dtype]),
-        "reference": "PyTorch fp32",
-        "providers": runtime.providers,
-        "batch_sizes": list(batch_sizes),
-        "input_shape": ["B", 3, info.height, info.width],
-        "output_shape": ["B", info.grid[0] * info.grid[1], info.embed_dim],
-        "exporter": info.exporter,
-        "onnxruntime": onnxruntime.__version__,
-        "torch": torch.__version__,
-    }
-    report_path = path.with_name(path.name + ".verify.json")
-    write_json(report_path, report)
-    log.info(
-        f"verify ({', '.join(runtime.providers)}, batches {list(batch_sizes)}): {format_figures(figures)} -> "
-        + ("ok" if report["passed"] else "FAILED")
-    )
-    if not report["passed"]:
-        raise ExportVerificationError(
-            f"{path}: onnxruntime output differs from PyTorch beyond {TOLERANCE[info.dtype]} "
-            f"(max abs error {figures['max_abs_err']:.2e}, min cosine {figures['min_cosine']:.6f}); "
-            f"details in {report_path.name}"
-        )
-    return report

@@ -1,4 +1,4 @@
-"""Exported encoders as :class:`~siammae.frame_encoder.FrameEncoder`: an ONNX graph or a TensorRT engine in place
+"""Exported encoders as :class:`~siammae.propagation.features.FrameEncoder`: an ONNX graph or a TensorRT engine in place
 of the PyTorch model, so that the tracker, evaluation and attention maps run on them unchanged.
 
 Both take frames (B, 3, H, W) float RGB in [0, 1] (normalisation is inside the graph) and return (B, h, w, D)
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from siammae.device import resolve_device
 from siammae.errors import InputError, SiamMAEError
-from siammae.export.onnx import read_info
-from siammae.frame_encoder import resolve_device
+from siammae.export.metadata import read_info
 
 log = logging.getLogger(__name__)
 

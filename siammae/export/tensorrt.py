@@ -22,14 +22,14 @@ from pathlib import Path
 import torch
 
 from siammae.errors import InputError, MissingExtraError, SiamMAEError
-from siammae.export.onnx import ExportVerificationError, compare, format_figures, read_info, within
+from siammae.export.metadata import read_info
+from siammae.export.verify import verify_engine
 from siammae.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
 
 # engine vs onnxruntime on the same graph: fp32 kernels differ in summation order (and fused attention), so the
 # bound is 10x the ONNX-vs-PyTorch one; fp16 is bounded by cosine as for ONNX
-ENGINE_TOLERANCE = {"fp32": {"max_abs_err": 1e-3}, "fp16": {"min_cosine": 0.999}}
 
 
 def require_tensorrt(purpose: str = "building a TensorRT engine"):
@@ -146,43 +146,3 @@ def build_engine(
     if verify:
         verify_engine(out, onnx_path)
     return out
-
-
-def verify_engine(engine_path: str | os.PathLike, onnx_path: str | os.PathLike, seed: int = 0) -> dict:
-    """Run the engine and onnxruntime on the same random frames (batch 1 and the engine's max batch); write the
-    figures to ``<engine>.verify.json``; raise :class:`ExportVerificationError` outside :data:`ENGINE_TOLERANCE`."""
-    from siammae.export.runtime import OnnxEncoder, TensorRTEncoder
-
-    engine_path = Path(engine_path)
-    engine = TensorRTEncoder(engine_path)
-    graph = OnnxEncoder(onnx_path)
-    info = graph.info
-    g = torch.Generator().manual_seed(seed)
-    batch_sizes = sorted({1, engine.max_batch})
-    outs, refs = [], []
-    for b in batch_sizes:
-        frames = torch.rand(b, 3, *info.size, generator=g)
-        outs.append(engine(frames).flatten(1, 2).cpu())  # (b, h*w, D)
-        refs.append(graph(frames).flatten(1, 2).cpu())
-    figures = compare(torch.cat(outs), torch.cat(refs))
-    tol = ENGINE_TOLERANCE[info.dtype]
-    passed = within(figures, tol)
-    report = {
-        "engine": engine_path.name,
-        "reference": f"onnxruntime on {Path(onnx_path).name} ({', '.join(graph.providers)})",
-        "dtype": info.dtype,
-        **figures,
-        "tolerance": tol,
-        "passed": passed,
-        "batch_sizes": batch_sizes,
-    }
-    report_path = engine_path.with_name(engine_path.name + ".verify.json")
-    write_json(report_path, report)
-    log.info(f"verify engine (batches {batch_sizes}): {format_figures(figures)} -> " + ("ok" if passed else "FAILED"))
-    if not passed:
-        raise ExportVerificationError(
-            f"{engine_path}: TensorRT output differs from onnxruntime beyond {tol} "
-            f"(max abs error {figures['max_abs_err']:.2e}, min cosine {figures['min_cosine']:.6f}); "
-            f"details in {report_path.name}"
-        )
-    return report

@@ -1,9 +1,9 @@
 """Tracking objects (masks) and keypoints through long videos by label propagation: streamed, constant memory,
 with reports."""
 
-from siammae.tracking.masks import MaskResizeWarning, read_mask, write_mask
+from siammae.data.masks import MaskResizeWarning, read_mask, write_mask
+from siammae.data.palette import davis_palette
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
-from siammae.tracking.palette import davis_palette
 from siammae.tracking.pipeline import track_keypoints_video, track_video
 from siammae.tracking.tracker import Tracked, Tracker
 

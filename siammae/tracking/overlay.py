@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from siammae.tracking.palette import davis_palette
+from siammae.data.palette import davis_palette
 
 
 def boundaries(ids: np.ndarray, width: int = 1) -> np.ndarray:

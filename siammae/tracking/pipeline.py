@@ -25,17 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
+from siammae.data.masks import check_objects, check_size, list_masks, mask_size, read_mask, write_mask
 from siammae.data.video import VideoSource, list_frame_files, open_video, write_video
 from siammae.errors import InputError
-from siammae.keypoints import (
-    Keypoints,
-    KeypointTrackWriter,
-    check_inside,
-    heatmaps_to_keypoints,
-    keypoints_to_heatmaps,
-    read_keypoints,
-)
-from siammae.tracking.masks import check_objects, check_size, list_masks, mask_size, read_mask, write_mask
+from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.report import (
     device_info,
@@ -191,11 +185,11 @@ def track_keypoints_video(
 ) -> dict:
     """Track the keypoints of frame 0 through ``video``; what ``siammae-track --keypoints`` runs.
 
-    keypoints: a keypoint JSON file (:func:`siammae.keypoints.read_keypoints` schema), a
-        :class:`~siammae.keypoints.Keypoints`, or a [J, 2] array of (x, y) pixels (NaN rows: points not given).
+    keypoints: a keypoint JSON file (:func:`siammae.data.keypoints.read_keypoints` schema), a
+        :class:`~siammae.data.keypoints.Keypoints`, or a [J, 2] array of (x, y) pixels (NaN rows: points not given).
     The points become Gaussian heatmaps on the patch grid plus a background channel, propagate as soft labels,
     and are read out per frame as the weighted mean of each heatmap's top 3 cells (the JHMDB protocol,
-    :mod:`siammae.keypoints`), in the video's own pixels; frame 0 keeps the given points.
+    :mod:`siammae.data.keypoints`), in the video's own pixels; frame 0 keeps the given points.
     out: folder for ``keypoints.json`` (the whole track; written at the end, also when the run stops early) and
     ``keypoints.jsonl`` (one line per frame, appended as each frame is done). overlay: an h264 video of the frames
     with the points drawn on. report: a JSON report (with a Markdown twin beside it).

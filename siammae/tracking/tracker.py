@@ -25,12 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from siammae.data.masks import check_objects, fit_mask, read_mask
 from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, frames_to_batch, target_size
 from siammae.data.video import Frame, VideoSource, open_video
 from siammae.errors import InputError
-from siammae.frame_encoder import FrameEncoder, TorchEncoder
 from siammae.propagation import Propagator, get_preset, labels_to_mask, mask_to_labels, one_hot
-from siammae.tracking.masks import check_objects, fit_mask, read_mask
+from siammae.propagation.features import FrameEncoder, TorchEncoder
 from siammae.tracking.report import StageTimes
 from siammae.tracking.stream import Prefetcher
 
@@ -55,8 +55,8 @@ class Tracked:
 class Tracker:
     """Track objects given by a first-frame mask through a video, in constant memory.
 
-    model: a SiamMAE / ViTEncoder (wrapped in a :class:`~siammae.frame_encoder.TorchEncoder`), or any
-        :class:`~siammae.frame_encoder.FrameEncoder` (ONNX / TensorRT runtimes), used as is.
+    model: a SiamMAE / ViTEncoder (wrapped in a :class:`~siammae.propagation.features.TorchEncoder`), or any
+        :class:`~siammae.propagation.features.FrameEncoder` (ONNX / TensorRT runtimes), used as is.
     preset: propagation preset (``siammae.propagation.PRESETS``); ``overrides`` replace its fields (``topk=7``,
         ``temperature``, ``n_last``, ``radius``, ...). The preset also fixes the input convention: ``dino`` uses
         DINO's std (0.228, ...) and floors the long side to a multiple of 64 (DINO ``read_frame``); the CRW-style
@@ -139,7 +139,7 @@ class Tracker:
 
         frames: a video path or frame folder, a :class:`~siammae.data.video.VideoSource`, or any iterable of
             (H, W, 3) uint8 RGB arrays (or ``Frame`` objects); consumed lazily in a background thread.
-        first_mask: frame 0's (H, W) id map, or a mask file (any format of ``siammae.tracking.masks``).
+        first_mask: frame 0's (H, W) id map, or a mask file (any format of ``siammae.data.masks``).
         references: masks of later frames, keyed by frame index or frame name, adding objects that appear there.
         id_map: (H, W) uint8 at the frame's resolution, the ids of the masks.
         """

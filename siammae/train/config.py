@@ -19,8 +19,8 @@ import typing
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from siammae.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.errors import InputError
+from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 
 AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (PAPER.md)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -125,7 +125,7 @@ class TrainConfig:
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
 
     def model_overrides(self) -> dict:
-        """The ablation fields that are set, as :class:`~siammae.config.ModelConfig` overrides."""
+        """The ablation fields that are set, as :class:`~siammae.model.config.ModelConfig` overrides."""
         out = {name: getattr(self, name) for name in MODEL_FIELDS if getattr(self, name) is not None}
         if self.input_size is not None:
             out["img_size"] = self.input_size

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from siammae.device import resolve_device
 from siammae.errors import InputError
-from siammae.frame_encoder import resolve_device
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from siammae.checkpoint import save_checkpoint, unwrap
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
-from siammae.model import SiamMAE
-from siammae.models import model_config
+from siammae.model.checkpoint import save_checkpoint, unwrap
+from siammae.model.registry import model_config
+from siammae.model.siammae import SiamMAE
 from siammae.train import distributed as D
 from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos

@@ -18,7 +18,7 @@ from PIL import Image
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError
 from siammae.io import atomic_write, write_text
-from siammae.model import patchify, unpatchify
+from siammae.model.siammae import patchify, unpatchify
 
 
 class Monitor:

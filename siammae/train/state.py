@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from siammae.checkpoint import read_checkpoint, save_checkpoint
 from siammae.errors import CheckpointError
+from siammae.model.checkpoint import read_checkpoint, save_checkpoint
 
 _STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 

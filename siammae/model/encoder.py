@@ -15,9 +15,9 @@ import torch.nn as nn
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
-from siammae.config import ModelConfig
 from siammae.kernels.patch_embed_gather import patch_embed_gather
-from siammae.pos_embed import resize_pos_embed, sincos_2d
+from siammae.model.config import ModelConfig
+from siammae.model.pos_embed import resize_pos_embed, sincos_2d
 
 POS_INTERP = ("auto", "sincos", "bicubic")
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from siammae.config import ModelConfig
-from siammae.encoder import ViTEncoder
 from siammae.errors import CheckpointError
 from siammae.io import atomic_write
-from siammae.model import SiamMAE
-from siammae.models import model_config
-from siammae.pos_embed import sincos_2d
+from siammae.model.config import ModelConfig
+from siammae.model.encoder import ViTEncoder
+from siammae.model.pos_embed import sincos_2d
+from siammae.model.registry import model_config
+from siammae.model.siammae import SiamMAE
 
 FORMAT = "siammae"
 VERSION = 1

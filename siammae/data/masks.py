@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siammae.data.palette import davis_palette, davis_palette_flat
 from siammae.data.video import IMAGE_EXTENSIONS
 from siammae.errors import InputError
 from siammae.io import atomic_write
-from siammae.tracking.palette import davis_palette, davis_palette_flat
 
 MAX_ID = 255  # an indexed PNG holds ids 0..255
 ASPECT_TOLERANCE = 0.01  # relative; 853x480 vs 854x480 is the same aspect, 640x480 vs 854x480 is not

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from siammae.config import ModelConfig
-from siammae.decoder import Decoder
-from siammae.encoder import ViTEncoder
-from siammae.masking import make_mask
-from siammae.pos_embed import sincos_2d
+from siammae.model.config import ModelConfig
+from siammae.model.decoder import Decoder
+from siammae.model.encoder import ViTEncoder
+from siammae.model.masking import make_mask
+from siammae.model.pos_embed import sincos_2d
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:

@@ -14,8 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from siammae.device import resolve_device, resolve_dtype
 
 
 @runtime_checkable
@@ -30,16 +29,6 @@ class FrameEncoder(Protocol):
     device: torch.device
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor: ...
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
-    return device
 
 
 class TorchEncoder:
@@ -57,13 +46,9 @@ class TorchEncoder:
         std=IMAGENET_STD,
         pos_interp: str = "auto",
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
         self.device = resolve_device(device)
-        if dtype == "fp16" and self.device.type != "cuda":
-            raise ValueError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
-        self.dtype = DTYPES[dtype]
         self.mean, self.std = tuple(mean), tuple(std)
         # (1, 3, 1, 1) on the device once, not rebuilt for every chunk
         self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)

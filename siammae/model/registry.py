@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import fields
 
-from siammae.config import ModelConfig
+from siammae.model.config import ModelConfig
 
 _REGISTRY: dict[str, Callable[[], dict]] = {}
 
@@ -66,7 +66,7 @@ def model_config(name: str, **overrides) -> ModelConfig:
 
 
 def create_model(name: str, **overrides):
-    """Build a :class:`~siammae.model.SiamMAE` from a registered name (``list_models()``) with overrides."""
-    from siammae.model import SiamMAE
+    """Build a :class:`~siammae.model.siammae.SiamMAE` from a registered name (``list_models()``) with overrides."""
+    from siammae.model.siammae import SiamMAE
 
     return SiamMAE(model_config(name, **overrides))

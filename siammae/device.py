@@ -1,0 +1,31 @@
+"""Devices and dtypes: the one place that turns "auto" / "cuda:1" / "bf16" into torch objects.
+
+A leaf module (imports only torch), so that training, tracking, export and the CLI share one rule for "auto" and
+one error for an fp16 request without a GPU.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is a clear error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but no CUDA device is available (use --device cpu or auto)")
+    return device
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """ "fp32" | "fp16" | "bf16" -> torch dtype for compute on ``device``; fp16 needs CUDA (CPU kernels for fp16
+    matrix products are slow or missing, and bf16 does the same job there)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+    if dtype == "fp16" and torch.device(device).type != "cuda":
+        raise ValueError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
+    return DTYPES[dtype]
