@@ -24,6 +24,7 @@ from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 
 AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (PAPER.md)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DECODES = ("auto", "cpu", "device")  # where JPEGs of a prepared data set are decoded
 
 # the TrainConfig fields that are ModelConfig overrides (None: keep the registered model's value)
 MODEL_FIELDS = ("mask_ratio_f1", "mask_ratio_f2", "masking", "encoder_mode", "decoder")
@@ -39,6 +40,7 @@ class TrainConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random-resized-crop area range (paper: [0.5, 1])
     augment: str = "spatial"  # "spatial": crop + flip (paper); "none"; "color": jitter only; "both"
     workers: int = 8  # DataLoader worker processes per training process
+    decode: str = "auto"  # prepared data: "device" decodes JPEGs on the GPU, "cpu" in the workers; auto: GPU if any
     # --- model (registered name) and the paper's ablations on it
     model: str = "vits16"
     mask_ratio_f1: float | None = None
@@ -49,7 +51,9 @@ class TrainConfig:
     # --- optimisation
     epochs: int = 2000  # paper: 2000 for the main table, 400 for ablations
     warmup_epochs: float = 40.0
-    max_steps: int | None = None  # stop after this many optimiser steps; the schedule still spans ``epochs``
+    max_steps: int | None = None  # stop after this many optimiser steps; the schedule is not shortened
+    total_steps: int | None = None  # schedule length in optimiser steps (overrides ``epochs`` for the schedule)
+    warmup_frac: float | None = None  # warm-up as a fraction of ``total_steps``; None: warmup_epochs / epochs
     batch_size: int = 2048  # frame pairs per optimiser step, over all processes and accumulation steps
     accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step and process
     blr: float = 1.5e-4  # base learning rate; lr = blr * batch_size / 256 (MAE convention)
@@ -109,6 +113,15 @@ class TrainConfig:
             bad("input_size", "must be positive")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps", "must be at least 1")
+        if self.decode not in DECODES:
+            bad("decode", f"valid: {', '.join(DECODES)}")
+        if self.total_steps is not None and self.total_steps < 1:
+            bad("total_steps", "must be at least 1")
+        if self.warmup_frac is not None:
+            if self.total_steps is None:
+                bad("warmup_frac", "applies to total_steps; set total_steps too (or use warmup_epochs)")
+            if not 0 <= self.warmup_frac <= 1:
+                bad("warmup_frac", "must be in [0, 1]")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
             bad("warmup_epochs", f"must be in [0, epochs = {self.epochs}]")
         if self.batch_size % self.repeat:
@@ -123,6 +136,14 @@ class TrainConfig:
     def peak_lr(self) -> float:
         """lr after warm-up: ``lr`` if given, else ``blr * batch_size / 256`` (MAE's linear scaling rule)."""
         return self.lr if self.lr is not None else self.blr * self.batch_size / 256
+
+    def schedule_steps(self, steps_per_epoch: int) -> tuple[int, float]:
+        """(schedule length, warm-up length) in optimiser steps: ``total_steps`` and ``warmup_frac`` when given,
+        else ``epochs`` and ``warmup_epochs`` at ``steps_per_epoch``."""
+        if self.total_steps is not None:
+            frac = self.warmup_frac if self.warmup_frac is not None else self.warmup_epochs / self.epochs
+            return self.total_steps, frac * self.total_steps
+        return self.epochs * steps_per_epoch, self.warmup_epochs * steps_per_epoch
 
     def model_overrides(self) -> dict:
         """The ablation fields that are set, as :class:`~siammae.model.config.ModelConfig` overrides."""

@@ -192,26 +192,28 @@ class PairDataset(torch.utils.data.Dataset):
             n = self._counts[i] = count_frames(self.path(i))
         return n
 
+    def read(self, video: int, indices: list[int]) -> list[np.ndarray]:
+        """Frames ``indices`` of clip ``video`` as (H, W, 3) uint8 arrays (one open, sorted seeks)."""
+        return read_frames(self.path(video), indices)
+
     def __getitem__(self, key: SampleKey) -> dict:
         rng = np.random.default_rng([self.seed, key.epoch, key.position])
         skipped = []
         video = key.video
         for _ in range(MAX_ATTEMPTS):
             try:
-                f1, f2, short = self._pairs(video, rng)
-                return {"f1": f1, "f2": f2, "skipped": skipped, "short": short}
+                return {**self._sample(video, rng), "skipped": skipped}
             except (VideoError, OSError) as e:
                 skipped.append((self.path(video), str(e).splitlines()[0] if str(e) else type(e).__name__))
                 video = int(rng.integers(len(self.videos)))  # a replacement drawn from the same seeded stream
         tried = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
         raise InputError(f"{MAX_ATTEMPTS} videos in a row could not be read, is the data readable? ({tried})")
 
-    def _pairs(self, video: int, rng: np.random.Generator):
-        """Draw ``repeat`` pairs from one video -> f1, f2 (repeat, 3, S, S) uint8 and the count of short pairs."""
+    def draw_pairs(self, video: int, rng: np.random.Generator) -> tuple[list[tuple[int, int]], int]:
+        """The ``repeat`` frame pairs (t1, t2) of a sample and the count of short ones (the first draws of ``rng``)."""
         n = self.num_frames(video)
-        path = self.path(video)
         if n < 2:
-            raise VideoError(f"{path}: {n} frame(s), a pair needs at least 2")
+            raise VideoError(f"{self.path(video)}: {n} frame(s), a pair needs at least 2")
         lo, hi = self.gap
         pairs, short = [], 0
         for _ in range(self.repeat):
@@ -221,17 +223,29 @@ class PairDataset(torch.utils.data.Dataset):
                 gap = int(rng.integers(lo, min(hi, n - 1) + 1))
             t1 = int(rng.integers(0, n - gap))
             pairs.append((t1, t1 + gap))
-        frames = read_frames(path, [t for pair in pairs for t in pair])  # one open, sorted seeks
+        return pairs, short
+
+    def draw_view(self, rng: np.random.Generator, height: int, width: int):
+        """The crop box (top, left, h, w) and flip of one pair (the draws after :meth:`draw_pairs`)."""
+        if self.augment in ("spatial", "both"):
+            return random_resized_crop_box(rng, height, width, self.crop_scale), bool(rng.random() < 0.5)
+        return center_square_box(height, width), False
+
+    def _sample(self, video: int, rng: np.random.Generator) -> dict:
+        f1, f2, short = self._pairs(video, rng)
+        return {"f1": f1, "f2": f2, "short": short}
+
+    def _pairs(self, video: int, rng: np.random.Generator):
+        """Draw ``repeat`` pairs from one video -> f1, f2 (repeat, 3, S, S) uint8 and the count of short pairs."""
+        path = self.path(video)
+        pairs, short = self.draw_pairs(video, rng)
+        frames = self.read(video, [t for pair in pairs for t in pair])
         height, width = frames[0].shape[:2]
         if any(f.shape != frames[0].shape for f in frames):
             raise VideoError(f"{path}: frames differ in size ({', '.join(sorted({str(f.shape) for f in frames}))})")
         f1, f2 = [], []
         for k in range(self.repeat):
-            if self.augment in ("spatial", "both"):
-                box = random_resized_crop_box(rng, height, width, self.crop_scale)
-                flip = bool(rng.random() < 0.5)
-            else:
-                box, flip = center_square_box(height, width), False
+            box, flip = self.draw_view(rng, height, width)
             x = crop_resize(frames[2 * k : 2 * k + 2], box, self.size)  # (2, 3, S, S)
             if flip:
                 x = x.flip(-1)

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
@@ -29,6 +30,7 @@ from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
 from siammae.train.monitor import Monitor
 from siammae.train.optim import build_optimizer, lr_at, set_lr
+from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_views
 from siammae.train.sampler import StepSampler, shard_seed
 from siammae.train.state import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, set_rng_state
 
@@ -87,19 +89,18 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = SiamMAE(self.model_cfg).to(self.device)
 
-        # --- data: rank 0 scans the folders once, the others get its list
-        videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
-        self.dataset = PairDataset(
-            videos, self.model_cfg.img_size, cfg.seed, cfg.gap, cfg.repeat, cfg.crop_scale, cfg.augment
-        )
+        # --- data: a prepared data set (siammae-prepare) is read through its index by every rank; otherwise rank 0
+        # scans the folders once and the others get its list
+        self.dataset, self.collate = self._dataset()
         try:
             self.sampler = StepSampler(
-                len(videos), cfg.batch_size // cfg.repeat, info.world_size, info.rank, cfg.accum_steps, cfg.seed
+                len(self.dataset), cfg.batch_size // cfg.repeat, info.world_size, info.rank, cfg.accum_steps, cfg.seed
             )
         except ValueError as e:
             raise InputError(f"--batch-size {cfg.batch_size}: {e}") from e
         self.steps_per_epoch = self.sampler.steps_per_epoch
-        self.total_steps = cfg.epochs * self.steps_per_epoch  # the schedule's length
+        # the schedule's length and warm-up in steps; --max-steps stops early without shortening it
+        self.total_steps, self.warmup_steps = cfg.schedule_steps(self.steps_per_epoch)
         self.stop_step = min(self.total_steps, cfg.max_steps or self.total_steps)
 
         # --- optimiser and precision
@@ -143,6 +144,18 @@ class Trainer:
         self._pending_short = 0
 
     # --------------------------------------------------------------------------------------------- set-up
+    def _dataset(self):
+        cfg, info = self.cfg, self.info
+        args = (self.model_cfg.img_size, cfg.seed, cfg.gap, cfg.repeat, cfg.crop_scale, cfg.augment)
+        if len(cfg.data) == 1 and is_prepared(cfg.data[0]):
+            decode = cfg.decode if cfg.decode != "auto" else ("device" if self.device.type == "cuda" else "cpu")
+            dataset = PreparedPairDataset(PreparedFrames(cfg.data[0]), *args, decode=decode)
+            return dataset, collate_jpeg if dataset.decode == "device" else collate
+        if any(is_prepared(d) for d in cfg.data):
+            raise InputError("--data: a prepared data set is read on its own; pass only its folder (or URL)")
+        videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
+        return PairDataset(videos, *args), collate
+
     def _check_resume(self, path: Path, state: dict) -> None:
         saved = state["config"]
         now = self.cfg.to_dict()
@@ -166,6 +179,7 @@ class Trainer:
                 "videos": len(self.dataset),
                 "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps,
+                "warmup_steps": self.warmup_steps,
                 "peak_lr": self.cfg.peak_lr,
                 "precision": str(self.amp_dtype or torch.float32).replace("torch.", ""),
                 "torch": torch.__version__,
@@ -179,7 +193,7 @@ class Trainer:
             self.dataset,
             batch_sampler=self.sampler,
             num_workers=cfg.workers,
-            collate_fn=collate,
+            collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=4 if cfg.workers else None,
             # the loader draws its workers' base seed from this, not from the global RNG (we never use that seed:
@@ -222,6 +236,7 @@ class Trainer:
                     )
                 if step % cfg.save_every == 0 or step == self.stop_step:
                     self.save(step)
+            self._warn_if_cut(step)
             if info.is_main:
                 model_path = save_checkpoint(self.out / "model.pt", self.model, step=step, train_config=cfg.to_dict())
             D.barrier(info)
@@ -247,7 +262,7 @@ class Trainer:
         mask), the step's loss (mean over micro-batches and processes) and the gradient norm (None unless
         clipping). A non-finite loss raises :class:`TrainingDivergedError` before the optimiser step."""
         cfg = self.cfg
-        lr = lr_at(step / self.steps_per_epoch, cfg.peak_lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs)
+        lr = lr_at(step, cfg.peak_lr, cfg.min_lr, self.warmup_steps, self.total_steps)
         set_lr(self.optimizer, lr)
         self.net.train()
         shards = self.sampler.shards()
@@ -256,6 +271,8 @@ class Trainer:
             batch = next(batches)
             self._pending_bad.extend(batch["skipped"])
             self._pending_short += batch["short"]
+            if "jpeg" in batch:  # prepared data, decode="device": JPEG bytes, decoded and cropped here
+                batch["f1"], batch["f2"] = decode_views(batch, self.model_cfg.img_size, self.device)
             f1 = self._normalize(batch["f1"])  # (B, 3, S, S)
             f2 = self._normalize(batch["f2"])
             # mask noise seeded per (step, shard): the same masks after a resume and for any split of the batch
@@ -287,6 +304,19 @@ class Trainer:
         return (x - self.mean) / self.std
 
     # ------------------------------------------------------------------------------------------ reporting
+    def _warn_if_cut(self, step: int) -> None:
+        """Warn when --max-steps cut the schedule where the lr is still below a tenth of the peak (in warm-up, or
+        the run never reached it): the run trained little, which is rarely what was meant."""
+        if self.monitor is None or step >= self.total_steps or step == self.start_step:
+            return
+        lr = lr_at(step - 1, self.cfg.peak_lr, self.cfg.min_lr, self.warmup_steps, self.total_steps)
+        if lr < 0.1 * self.cfg.peak_lr:
+            self.monitor.warn(
+                f"the run stopped at step {step} of a {self.total_steps}-step schedule with lr {lr:.3g}, below a "
+                f"tenth of the peak {self.cfg.peak_lr:.3g}; for a short run give the schedule its length: "
+                f"--total-steps {step} (warm-up: --warmup-frac)"
+            )
+
     def _report_data(self) -> None:
         """Bring every rank's unreadable videos to rank 0's monitor (all ranks call this on the same steps)."""
         local = (self._pending_bad, self._pending_short)

@@ -35,9 +35,10 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas, dev
 
 
 def lr_at(epoch: float, peak_lr: float, min_lr: float, warmup_epochs: float, epochs: float) -> float:
-    """Learning rate at a fractional epoch: linear warm-up from 0, then half-cycle cosine to ``min_lr``.
+    """Learning rate at a point of the schedule: linear warm-up from 0, then half-cycle cosine to ``min_lr``.
 
-    MAE ``adjust_learning_rate``, evaluated per step with ``epoch = step / steps_per_epoch``.
+    MAE ``adjust_learning_rate``. Any unit works as long as all three agree: training calls it in optimiser steps
+    (``step``, warm-up steps, schedule steps), which equals MAE's per-step ``epoch = step / steps_per_epoch``.
     """
     if epoch < warmup_epochs:
         return peak_lr * epoch / warmup_epochs

@@ -1,0 +1,118 @@
+"""Training pairs from a prepared data set (``siammae-prepare``): two JPEG reads per pair instead of a video seek.
+
+The sampling is :class:`~siammae.train.data.PairDataset`'s, draw for draw (gap, positions, crop box, flip from the
+generator of ``(seed, epoch, position)``), so a prepared set gives the pairs of its source videos (at the prepared
+short side, to JPEG precision) and a resume stays exact. Only the frames of the pairs are read, each with one
+``pread`` or one HTTP range request through the index (:class:`~siammae.data.shards.PreparedFrames`).
+
+Two places to decode:
+
+- ``decode="cpu"``: the DataLoader workers decode (``torchvision.io.decode_jpeg``, libjpeg-turbo: 1.5x faster than
+  PIL here and pixel-identical), crop and resize, as for videos.
+- ``decode="device"``: the workers only read bytes and draw the random choices; the training process decodes the
+  whole batch at once with nvJPEG (``decode_jpeg(list, device="cuda")``) and crops and resizes on the GPU
+  (:func:`decode_views`). The CPU work per pair is then a few microseconds of I/O, which is what lets 16 cores feed
+  an H200 (``benchmarks/bench_loader.py``). Colour jitter is not on this path: ``augment`` color/both decode on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from siammae.data.shards import PreparedFrames
+from siammae.errors import VideoError
+from siammae.train.data import PairDataset
+
+
+def _check_jpeg(data: bytes, where: str) -> None:
+    """Cheap integrity check before decoding elsewhere: a JPEG starts with SOI and ends with EOI."""
+    if len(data) < 4 or data[:2] != b"\xff\xd8" or data[-2:] != b"\xff\xd9":
+        raise VideoError(f"{where}: not a complete JPEG (corrupt shard?)")
+
+
+def decode_jpeg_cpu(data: bytes, where: str) -> np.ndarray:
+    """JPEG bytes -> (H, W, 3) uint8 RGB (a view of a fresh tensor)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    _check_jpeg(data, where)
+    try:
+        x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)  # (3, H, W)
+    except RuntimeError as e:
+        raise VideoError(f"{where}: cannot decode JPEG ({str(e).splitlines()[0]})") from e
+    return x.permute(1, 2, 0).numpy()
+
+
+class PreparedPairDataset(PairDataset):
+    """:class:`PairDataset` over a prepared data set; ``dataset[SampleKey]`` -> as PairDataset with
+    ``decode="cpu"``, or dict(jpeg (bytes) uint8, lengths (4 * repeat,) int64, views (repeat, 5) int64 = top, left,
+    h, w, flip, skipped, short) with ``decode="device"`` (frames in pair order: f1 f2 of pair 0, f1 f2 of pair 1)."""
+
+    def __init__(self, frames: PreparedFrames, size: int, seed: int, gap=(4, 48), repeat: int = 2,
+                 crop_scale=(0.5, 1.0), augment: str = "spatial", decode: str = "cpu"):  # fmt: skip
+        if decode not in ("cpu", "device"):
+            raise ValueError(f"decode={decode!r}: valid: cpu, device")
+        super().__init__([frames.source(0)] if len(frames) else [], size, seed, gap, repeat, crop_scale, augment)
+        self.frames = frames
+        self.videos = frames.sources  # len() and path() of the base class
+        self.decode = "cpu" if augment in ("color", "both") else decode
+
+    def num_frames(self, i: int) -> int:
+        return self.frames.num_frames(i)
+
+    def read(self, video: int, indices: list[int]) -> list[np.ndarray]:
+        data = self.frames.read(video, indices)
+        return [decode_jpeg_cpu(d, self.frames.where(video, t)) for d, t in zip(data, indices, strict=True)]
+
+    def _sample(self, video: int, rng: np.random.Generator) -> dict:
+        if self.decode == "cpu":
+            return super()._sample(video, rng)
+        pairs, short = self.draw_pairs(video, rng)
+        indices = [t for pair in pairs for t in pair]
+        data = self.frames.read(video, indices)
+        for d, t in zip(data, indices, strict=True):
+            _check_jpeg(d, self.frames.where(video, t))
+        height, width = (int(x) for x in self.frames.sizes[video])
+        views = [(*box, int(flip)) for box, flip in (self.draw_view(rng, height, width) for _ in pairs)]
+        return {
+            "jpeg": torch.frombuffer(bytearray(b"".join(data)), dtype=torch.uint8),
+            "lengths": torch.tensor([len(d) for d in data], dtype=torch.int64),
+            "views": torch.tensor(views, dtype=torch.int64).reshape(-1, 5),  # (repeat, 5)
+            "short": short,
+        }
+
+
+def collate_jpeg(samples: list[dict]) -> dict:
+    """Concatenate ``decode="device"`` samples: one byte buffer, lengths and views, video-major as ``collate``."""
+    return {
+        "jpeg": torch.cat([s["jpeg"] for s in samples]),
+        "lengths": torch.cat([s["lengths"] for s in samples]),
+        "views": torch.cat([s["views"] for s in samples]),
+        "skipped": [x for s in samples for x in s["skipped"]],
+        "short": sum(s["short"] for s in samples),
+    }
+
+
+def decode_views(batch: dict, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode a :func:`collate_jpeg` batch on ``device`` (nvJPEG on CUDA, batched) and crop, resize, flip there
+    -> f1, f2 (B, 3, size, size) uint8 on ``device``; the same arithmetic as ``crop_resize`` on the CPU path."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    ends = batch["lengths"].cumsum(0).tolist()
+    starts = [0, *ends[:-1]]
+    buf = batch["jpeg"].cpu()
+    data = [buf[a:b] for a, b in zip(starts, ends, strict=True)]  # 1-D uint8 views, one per frame
+    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
+    f1, f2 = [], []
+    for k, (top, left, h, w, flip) in enumerate(batch["views"].tolist()):
+        x = torch.stack([images[2 * k][:, top : top + h, left : left + w], images[2 * k + 1][:, top : top + h,
+                        left : left + w]]).float()  # fmt: skip
+        if (h, w) != (size, size):  # (2, 3, h, w) -> (2, 3, size, size)
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+        if flip:
+            x = x.flip(-1)
+        f1.append(x[0])
+        f2.append(x[1])
+    return torch.stack(f1), torch.stack(f2)
