@@ -66,10 +66,15 @@ class PrepareResult:
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} unreadable videos (listed in {self.out / 'skipped.txt'}):")
-            lines += [f"  {src}: {why}" for src, why in self.skipped[:10]]
+            lines += [f"  {_skip_line(src, why)}" for src, why in self.skipped[:10]]
             if len(self.skipped) > 10:
                 lines.append(f"  ... and {len(self.skipped) - 10} more")
         return "\n".join(lines)
+
+
+def _skip_line(source: str, reason: str) -> str:
+    """``source: reason`` without naming the source twice (video errors start with the path)."""
+    return reason if reason.startswith(source) else f"{source}: {reason}"
 
 
 # ------------------------------------------------------------------------------------------ one video, one shard
@@ -219,7 +224,8 @@ def _advance(bar, part: dict) -> None:
     if bar is not None:
         bar.update(len(part["videos"]) + len(part["skipped"]))
         if part["skipped"]:
-            bar.write(f"skipped {part['skipped'][0][0]}: {part['skipped'][0][1]}", file=sys.stderr)
+            for src, why in part["skipped"]:
+                bar.write(f"skipped {_skip_line(src, why)}", file=sys.stderr)
 
 
 def _check_manifest(out: Path, sources: list[str], settings: PrepareSettings) -> None:

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from siammae.data.shards import PreparedFrames
 from siammae.errors import VideoError
-from siammae.train.data import PairDataset
+from siammae.train.data import PairDataset, resize_square
 
 
 def _check_jpeg(data: bytes, where: str) -> None:
@@ -96,7 +95,7 @@ def collate_jpeg(samples: list[dict]) -> dict:
 
 def decode_views(batch: dict, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode a :func:`collate_jpeg` batch on ``device`` (nvJPEG on CUDA, batched) and crop, resize, flip there
-    -> f1, f2 (B, 3, size, size) uint8 on ``device``; the same arithmetic as ``crop_resize`` on the CPU path."""
+    -> f1, f2 (B, 3, size, size) uint8 on ``device``; the arithmetic of ``crop_resize``."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     ends = batch["lengths"].cumsum(0).tolist()
@@ -106,11 +105,8 @@ def decode_views(batch: dict, size: int, device: torch.device) -> tuple[torch.Te
     images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
     f1, f2 = [], []
     for k, (top, left, h, w, flip) in enumerate(batch["views"].tolist()):
-        x = torch.stack([images[2 * k][:, top : top + h, left : left + w], images[2 * k + 1][:, top : top + h,
-                        left : left + w]]).float()  # fmt: skip
-        if (h, w) != (size, size):  # (2, 3, h, w) -> (2, 3, size, size)
-            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
+        pair = torch.stack([images[2 * k], images[2 * k + 1]])  # (2, 3, H, W): both frames have the video's size
+        x = resize_square(pair[:, :, top : top + h, left : left + w], size)  # (2, 3, size, size)
         if flip:
             x = x.flip(-1)
         f1.append(x[0])
