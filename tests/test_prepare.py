@@ -17,14 +17,14 @@ from PIL import Image
 from siammae.cli.prepare import cli as prepare_cli
 from siammae.cli.train import cli as train_cli
 from siammae.data.shards import PreparedFrames, is_prepared
-from siammae.data.video import write_video
+from siammae.data.video import read_frames, write_video
 from siammae.errors import InputError
 from siammae.model.checkpoint import read_checkpoint
 from siammae.train import TrainConfig, train
 from siammae.train.data import PairDataset, SampleKey, collate
 from siammae.train.optim import lr_at
 from siammae.train.prepare import PrepareSettings, prepare
-from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_views
+from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_jpeg_cpu, decode_views
 from tests.helpers import assert_one_line_error
 
 H, W = 40, 48  # source frames; prepared at short side 48 >= 40, so stored unresized (pairs comparable)
@@ -111,10 +111,14 @@ def test_pair_from_prepared_equals_pair_from_source(prepared):
     ours = PreparedPairDataset(frames, 32, seed=3, gap=(2, 6), decode="cpu")
     a, b = collate([source[k] for k in keys()]), collate([ours[k] for k in keys()])
     other = collate([ours[SampleKey(k.video, 0, k.position + 100)] for k in keys()])
+    # JPEG tolerance: what storing costs on these frames (stored vs decoded from the video, whole frames)
+    stored = [decode_jpeg_cpu(d, "") for d in frames.read(1, [0, 9])]
+    decoded = read_frames(frames.source(1), [0, 9])
+    jpeg_err = np.mean([np.abs(s.astype(int) - v).mean() for s, v in zip(stored, decoded, strict=True)])
     for name in ("f1", "f2"):
         err = (a[name].float() - b[name].float()).abs().mean().item()
-        assert err < 2.0, (name, err)  # JPEG quality 90 on h264-decoded frames
-        assert (a[name].float() - other[name].float()).abs().mean().item() > 8 * err  # other draws differ a lot
+        assert err <= jpeg_err, (name, err, jpeg_err)
+        assert (a[name].float() - other[name].float()).abs().mean().item() > 5 * jpeg_err  # other draws: far off
 
 
 def test_device_decode_equals_cpu_decode(prepared):
@@ -159,8 +163,9 @@ def test_corrupt_shard_is_reported_and_skipped(prepared, tmp_path):
         ds = PreparedPairDataset(PreparedFrames(out), 32, seed=0, gap=(2, 6), decode=decode)
         for video, shard in ((0, "shard-000000.tar"), (4, "shard-000002.tar")):
             sample = ds[SampleKey(video, 0, 7)]
-            assert sample["skipped"] and all(shard in why for _, why in sample["skipped"]), sample["skipped"]
-            assert Path(sample["skipped"][0][0]).name == f"clip{video}.mp4"
+            (first, why), *more = sample["skipped"]  # the asked video, then any bad replacement drawn
+            assert Path(first).name == f"clip{video}.mp4" and shard in why, why
+            assert all("shard-000000.tar" in w or "shard-000002.tar" in w for _, w in more)
             assert len(sample["views"] if decode == "device" else sample["f1"]) == 2  # replaced by a good video
 
 
@@ -239,7 +244,8 @@ def test_train_on_prepared_resumes_exactly_and_decode_paths_agree(prepared, tmp_
 def test_schedule_warning_and_total_steps(prepared, tmp_path):
     data = prepared[0]
     args = ["--data", str(data), "--model", "tiny", "--input-size", "32", "--batch-size", "4", "--gap", "2", "6",
-            "--workers", "0", "--device", "cpu", "--vis-every", "0", "--quiet", "--max-steps", "2"]  # fmt: skip
+            "--workers", "0", "--device", "cpu", "--vis-every", "0", "--quiet", "--log-every", "1",
+            "--max-steps", "2"]  # fmt: skip
     cut = CliRunner().invoke(train_cli, [*args, "--out", str(tmp_path / "cut")])  # 2 steps of a 2000-epoch schedule
     assert cut.exit_code == 0, cut.output
     assert "warning: the run stopped at step 2 of a 4000-step schedule" in cut.output

@@ -17,7 +17,7 @@ from click.core import ParameterSource
 from siammae.errors import SiamMAEError
 from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.model.registry import list_models
-from siammae.train.config import AUGMENTATIONS, PRECISIONS, TrainConfig
+from siammae.train.config import AUGMENTATIONS, DECODES, PRECISIONS, TrainConfig
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # flag name -> TrainConfig field, where they differ
@@ -34,7 +34,7 @@ def _default(name: str):
     "--data",
     multiple=True,
     help="Folder of videos / frame folders (searched recursively), a video, or "
-    "a .txt list of them; repeat for several.",
+    "a .txt list of them; repeat for several. Or a folder made by siammae-prepare (or its http(s):// URL).",
 )
 @click.option("--out", default=_default("out"), help="Run folder: checkpoints, log.jsonl, vis/, model.pt.")
 @click.option(
@@ -55,6 +55,12 @@ def _default(name: str):
     help="spatial: crop + flip (paper); none; color: jitter; both.",
 )
 @click.option("--workers", type=int, default=_default("workers"), help="DataLoader workers per process.")
+@click.option(
+    "--decode",
+    type=click.Choice(DECODES),
+    default=_default("decode"),
+    help="Prepared data: decode JPEGs on the device (GPU, batched) or in the CPU workers; auto: device on a GPU.",
+)
 @click.option("--mask-ratio-f1", type=float, help="Mask ratio of f1 [default: the model's, 0.0].")
 @click.option("--mask-ratio-f2", type=float, help="Mask ratio of f2 [default: the model's, 0.95].")
 @click.option("--masking", type=click.Choice(MASKINGS), help="Masking kind [default: the model's, random].")
@@ -64,7 +70,13 @@ def _default(name: str):
     "--epochs", type=int, default=_default("epochs"), help="Epochs of the schedule (paper: 2000; 400 for ablations)."
 )
 @click.option("--warmup-epochs", type=float, default=_default("warmup_epochs"))
-@click.option("--max-steps", type=int, help="Stop after this many optimiser steps (the schedule still spans --epochs).")
+@click.option(
+    "--max-steps",
+    type=int,
+    help="Stop after this many optimiser steps (the schedule is not cut short: see --total-steps).",
+)
+@click.option("--total-steps", type=int, help="Schedule length in optimiser steps (instead of --epochs).")
+@click.option("--warmup-frac", type=float, help="Warm-up as a fraction of --total-steps [default: warmup/epochs].")
 @click.option(
     "--batch-size",
     type=int,
