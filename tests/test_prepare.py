@@ -18,7 +18,8 @@ from siammae.cli.prepare import cli as prepare_cli
 from siammae.cli.train import cli as train_cli
 from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.video import read_frames, write_video
-from siammae.errors import InputError
+from siammae.data.video_decoders import read_frames_torchcodec, torchcodec_available
+from siammae.errors import InputError, MissingExtraError
 from siammae.model.checkpoint import read_checkpoint
 from siammae.train import TrainConfig, train
 from siammae.train.data import PairDataset, SampleKey, collate
@@ -112,7 +113,7 @@ def test_pair_from_prepared_equals_pair_from_source(prepared):
     a, b = collate([source[k] for k in keys()]), collate([ours[k] for k in keys()])
     other = collate([ours[SampleKey(k.video, 0, k.position + 100)] for k in keys()])
     # JPEG tolerance: what storing costs on these frames (stored vs decoded from the video, whole frames)
-    stored = [decode_jpeg_cpu(d, "") for d in frames.read(1, [0, 9])]
+    stored = [decode_jpeg_cpu(d, "").permute(1, 2, 0).numpy() for d in frames.read(1, [0, 9])]
     decoded = read_frames(frames.source(1), [0, 9])
     jpeg_err = np.mean([np.abs(s.astype(int) - v).mean() for s, v in zip(stored, decoded, strict=True)])
     for name in ("f1", "f2"):
@@ -261,3 +262,23 @@ def test_schedule_warning_and_total_steps(prepared, tmp_path):
     assert lrs[2] == pytest.approx(peak)
     with pytest.raises(InputError, match="warmup_frac"):
         TrainConfig(warmup_frac=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- torchcodec
+def test_torchcodec_is_optional(monkeypatch):
+    from siammae.data import video_decoders as V
+
+    monkeypatch.setattr(V, "torchcodec_available", lambda: False)
+    assert V.video_decoder("auto") == "pyav"
+    with pytest.raises(MissingExtraError, match=r"siammae\[torchcodec\]"):
+        V.video_decoder("torchcodec")
+    monkeypatch.setenv(V.ENV, "pyav")
+    assert V.video_decoder() == "pyav"
+
+
+@pytest.mark.skipif(not torchcodec_available(), reason="torchcodec not installed or its FFmpeg libraries missing")
+def test_torchcodec_reads_the_frames_pyav_reads(videos):
+    path = videos / "clip3.mp4"
+    asked = [17, 2, 9, 2]
+    for a, b in zip(read_frames(path, asked), read_frames_torchcodec(path, asked), strict=True):
+        assert np.array_equal(a, b)

@@ -119,24 +119,31 @@ def center_square_box(height: int, width: int):
     return (height - s) // 2, (width - s) // 2, s, s
 
 
-def crop_resize(frames: list[np.ndarray], box, size: int) -> torch.Tensor:
-    """Crop ``box`` (top, left, h, w) from (H, W, 3) uint8 frames and resize -> (T, 3, size, size) uint8."""
+def crop_resize(frames: list, box, size: int) -> torch.Tensor:
+    """Crop ``box`` (top, left, h, w) from frames ((H, W, 3) uint8 arrays or (3, H, W) uint8 tensors) and resize
+    -> (T, 3, size, size) uint8."""
     top, left, h, w = box
-    # np.stack copies the crops: decoders may hand out read-only arrays
-    x = torch.from_numpy(np.stack([f[top : top + h, left : left + w] for f in frames]))  # (T, h, w, 3)
-    return resize_square(x.permute(0, 3, 1, 2), size)  # (T, 3, h, w), channels-last in memory
+    if isinstance(frames[0], torch.Tensor):
+        x = torch.stack([f[:, top : top + h, left : left + w] for f in frames])  # (T, 3, h, w)
+    else:  # np.stack copies the crops: decoders may hand out read-only arrays
+        x = torch.from_numpy(np.stack([f[top : top + h, left : left + w] for f in frames])).permute(0, 3, 1, 2)
+    return resize_square(x, size)
+
+
+def frame_size(frame) -> tuple[int, int]:
+    """(H, W) of an (H, W, 3) array or a (3, H, W) tensor."""
+    return tuple(frame.shape[1:]) if isinstance(frame, torch.Tensor) else tuple(frame.shape[:2])
 
 
 def resize_square(x: torch.Tensor, size: int) -> torch.Tensor:
     """(T, 3, h, w) uint8 -> (T, 3, size, size) uint8, bilinear with antialiasing (torchvision's RandomResizedCrop).
 
-    On the CPU, PyTorch resizes uint8 channels-last images directly (its SIMD path, 8x faster than going through
-    float); elsewhere through float, rounded. The two agree to within one level.
+    On the CPU, PyTorch resizes uint8 images directly (its SIMD path: 4x faster than through float); elsewhere
+    through float, rounded. The two agree to within one level.
     """
     if tuple(x.shape[-2:]) != (size, size):
         if x.device.type == "cpu":
-            x = F.interpolate(x.contiguous(memory_format=torch.channels_last), size=(size, size), mode="bilinear",
-                              align_corners=False, antialias=True)  # fmt: skip
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         else:
             x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
             x = x.round_().clamp_(0, 255).to(torch.uint8)
@@ -204,8 +211,8 @@ class PairDataset(torch.utils.data.Dataset):
             n = self._counts[i] = count_frames(self.path(i))
         return n
 
-    def read(self, video: int, indices: list[int]) -> list[np.ndarray]:
-        """Frames ``indices`` of clip ``video`` as (H, W, 3) uint8 arrays (one open, sorted seeks)."""
+    def read(self, video: int, indices: list[int]) -> list:
+        """Frames ``indices`` of clip ``video``: (H, W, 3) uint8 arrays (or (3, H, W) tensors, see crop_resize)."""
         path = self.path(video)
         if self.decoder == "torchcodec" and not os.path.isdir(path):
             return read_frames_torchcodec(path, indices)
@@ -255,7 +262,7 @@ class PairDataset(torch.utils.data.Dataset):
         path = self.path(video)
         pairs, short = self.draw_pairs(video, rng)
         frames = self.read(video, [t for pair in pairs for t in pair])
-        height, width = frames[0].shape[:2]
+        height, width = frame_size(frames[0])
         if any(f.shape != frames[0].shape for f in frames):
             raise VideoError(f"{path}: frames differ in size ({', '.join(sorted({str(f.shape) for f in frames}))})")
         f1, f2 = [], []
