@@ -46,6 +46,8 @@ _EXPORTS = {
     "TrainConfig": "siammae.train.config",
     "TrainingDivergedError": "siammae.train.loop",
     "TrainResult": "siammae.train.loop",
+    "PrepareSettings": "siammae.train.prepare",
+    "prepare": "siammae.train.prepare",
 }
 
 __all__ = sorted(_EXPORTS)

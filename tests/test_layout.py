@@ -110,11 +110,17 @@ def test_long_modules_say_why():
     assert not long, f"modules over {MAX_LINES} lines need '{REASON} ...' in their docstring: {long}"
 
 
-@pytest.mark.parametrize("command", ["track", "eval", "export", "attn", "train", "demo"])
+@pytest.mark.parametrize("command", ["track", "eval", "export", "attn", "train", "demo", "prepare"])
 def test_help_loads_nothing_heavy(command):
     """--help imports no third-party heavyweight and no other command's package (siammae-track --help loads
     neither training nor evaluation nor scipy); a command may load the light config of its own package."""
-    own = {"train": "siammae.train", "export": "siammae.export", "eval": "siammae.evaluation"}.get(command)
+    own = {
+        "train": "siammae.train",
+        "prepare": "siammae.train",
+        "export": "siammae.export",
+        "eval": "siammae.evaluation",
+    }
+    own = own.get(command)
     heavy = ["torch", "scipy", "timm", "onnx", "onnxruntime", "av", "cv2"]
     heavy += [p for p in ("siammae.train", "siammae.evaluation", "siammae.export", "siammae.tracking") if p != own]
     code = (

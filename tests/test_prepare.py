@@ -192,9 +192,9 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
         else:
             self.send_response(200)
         self.send_header("Content-Length", str(len(data)))
+        RangeHandler.sent += len(data)  # before sending: the client may go on as soon as it has the bytes
         self.end_headers()
         self.wfile.write(data)
-        RangeHandler.sent += len(data)
 
 
 @pytest.fixture

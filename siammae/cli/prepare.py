@@ -7,14 +7,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from siammae.errors import SiamMAEError
+from siammae.cli.options import CONTEXT, Command, errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={**CONTEXT, "show_default": True})
 @click.argument("videos", nargs=-1, required=True)
 @click.option("--out", required=True, help="Output folder (new or empty, or one an earlier run left to resume).")
 @click.option("--short-side", type=int, default=256, help="Resize frames (down only) to this short side.")
@@ -29,15 +27,9 @@ def cli(videos, out, short_side, quality, videos_per_shard, workers, quiet):
     """
     from siammae.train.prepare import PrepareSettings, prepare  # deferred: --help stays fast
 
-    try:
+    with errors("run the same command again to continue (finished shards are kept)"):
         settings = PrepareSettings(short_side=short_side, quality=quality, videos_per_shard=videos_per_shard)
         result = prepare(videos, out, settings, workers=workers, quiet=quiet)
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted; run the same command again to continue (finished shards are kept)", err=True)
-        sys.exit(130)
     click.echo(result.summary())
 
 

@@ -7,6 +7,9 @@ _EXPORTS = {
     "TrainingDivergedError": "siammae.train.loop",
     "TrainResult": "siammae.train.loop",
     "train": "siammae.train.loop",
+    "prepare": "siammae.train.prepare",
+    "PrepareSettings": "siammae.train.prepare",
+    "PrepareResult": "siammae.train.prepare",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
