@@ -232,7 +232,7 @@ def main(argv=None) -> None:
         ds = PreparedPairDataset(frames, **common, decode="device")
 
         def gpu(keys):
-            f1, f2 = decode_views(collate_jpeg([ds[k] for k in keys]), SIZE, device)
+            f1, f2, _ = decode_views(collate_jpeg([ds[k] for k in keys]), SIZE, device)
             torch.cuda.synchronize()
 
         rows.append(measure("prepared/gpu-decode", gpu, n, args.cpu_seconds, args.max_samples, batch=256))

@@ -131,8 +131,15 @@ def test_device_decode_equals_cpu_decode(prepared):
     a = collate([cpu[k] for k in keys()])
     batch = collate_jpeg([dev[k] for k in keys()])
     assert batch["views"].shape == (12, 5) and batch["lengths"].sum() == batch["jpeg"].numel()
-    f1, f2 = decode_views(batch, 32, torch.device("cpu"))
-    assert torch.equal(f1, a["f1"]) and torch.equal(f2, a["f2"])
+    f1, f2, bad = decode_views(batch, 32, torch.device("cpu"))
+    assert torch.equal(f1, a["f1"]) and torch.equal(f2, a["f2"]) and bad == []
+    # a JPEG damaged inside (its markers intact, so the worker passed it): reported, grey, the rest decoded
+    start = int(batch["lengths"][:5].sum())
+    batch["jpeg"][start + 2 : start + 100] = 0  # frame 5 = f2 of pair 2 (sample 1): tables gone
+    g1, g2, bad = decode_views(batch, 32, torch.device("cpu"))
+    assert len(bad) == 1 and bad[0][0] == frames.source(keys()[1].video) and "cannot decode JPEG" in bad[0][1]
+    assert torch.equal(g1, f1) and torch.equal(g2[:2], f2[:2]) and torch.equal(g2[3:], f2[3:])
+    assert (g2[2] == 128).all()
 
 
 @pytest.mark.gpu
@@ -141,7 +148,7 @@ def test_gpu_decode_matches_cpu(prepared):
     cpu = PreparedPairDataset(frames, 32, seed=1, gap=(2, 6), decode="cpu")
     dev = PreparedPairDataset(frames, 32, seed=1, gap=(2, 6), decode="device")
     a = collate([cpu[k] for k in keys()])
-    f1, f2 = decode_views(collate_jpeg([dev[k] for k in keys()]), 32, torch.device("cuda"))
+    f1, f2, _ = decode_views(collate_jpeg([dev[k] for k in keys()]), 32, torch.device("cuda"))
     # nvJPEG's IDCT and upsampling differ from libjpeg-turbo's by a few levels
     assert (f1.cpu().float() - a["f1"].float()).abs().mean() < 2 and (
         f2.cpu().float() - a["f2"].float()

@@ -273,7 +273,8 @@ class Trainer:
             self._pending_bad.extend(batch["skipped"])
             self._pending_short += batch["short"]
             if "jpeg" in batch:  # prepared data, decode="device": JPEG bytes, decoded and cropped here
-                batch["f1"], batch["f2"] = decode_views(batch, self.model_cfg.img_size, self.device)
+                batch["f1"], batch["f2"], bad = decode_views(batch, self.model_cfg.img_size, self.device)
+                self._pending_bad.extend(bad)
             f1 = self._normalize(batch["f1"])  # (B, 3, S, S)
             f2 = self._normalize(batch["f2"])
             # mask noise seeded per (step, shard): the same masks after a resume and for any split of the batch

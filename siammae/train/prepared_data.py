@@ -7,12 +7,13 @@ short side, to JPEG precision) and a resume stays exact. Only the frames of the 
 
 Two places to decode:
 
-- ``decode="cpu"``: the DataLoader workers decode (``torchvision.io.decode_jpeg``, libjpeg-turbo: 1.5x faster than
+- ``decode="cpu"``: the DataLoader workers decode (``torchvision.io.decode_jpeg``, libjpeg-turbo: 1.2-1.5x faster than
   PIL here and pixel-identical), crop and resize, as for videos.
 - ``decode="device"``: the workers only read bytes and draw the random choices; the training process decodes the
   whole batch at once with nvJPEG (``decode_jpeg(list, device="cuda")``) and crops and resizes on the GPU
-  (:func:`decode_views`). The CPU work per pair is then a few microseconds of I/O, which is what lets 16 cores feed
-  an H200 (``benchmarks/bench_loader.py``). Colour jitter is not on this path: ``augment`` color/both decode on the CPU.
+  (:func:`decode_views`). The CPU work per pair is then about 0.3 ms (index, two reads, draws, collate), which
+  is what lets 16 cores feed an H200 (``benchmarks/bench_loader.py``). Colour jitter is not on this path:
+  ``augment`` color / both decode on the CPU.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def decode_jpeg_cpu(data: bytes, where: str) -> torch.Tensor:
     try:
         x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
-        raise VideoError(f"{where}: cannot decode JPEG ({str(e).splitlines()[0]})") from e
+        raise VideoError(f"{where}: cannot decode JPEG ({_reason(e)})") from e
     return x
 
 
@@ -78,6 +79,7 @@ class PreparedPairDataset(PairDataset):
             "jpeg": torch.frombuffer(bytearray(b"".join(data)), dtype=torch.uint8),
             "lengths": torch.tensor([len(d) for d in data], dtype=torch.int64),
             "views": torch.tensor(views, dtype=torch.int64).reshape(-1, 5),  # (repeat, 5)
+            "where": [(self.path(video), self.frames.where(video, t)) for t in indices],  # for error reports
             "short": short,
         }
 
@@ -88,26 +90,49 @@ def collate_jpeg(samples: list[dict]) -> dict:
         "jpeg": torch.cat([s["jpeg"] for s in samples]),
         "lengths": torch.cat([s["lengths"] for s in samples]),
         "views": torch.cat([s["views"] for s in samples]),
+        "where": [x for s in samples for x in s["where"]],
         "skipped": [x for s in samples for x in s["skipped"]],
         "short": sum(s["short"] for s in samples),
     }
 
 
-def decode_views(batch: dict, size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_views(batch: dict, size: int, device: torch.device):
     """Decode a :func:`collate_jpeg` batch on ``device`` (nvJPEG on CUDA, batched) and crop, resize, flip there
-    -> f1, f2 (B, 3, size, size) uint8 on ``device``; the arithmetic of ``crop_resize``."""
+    -> f1, f2 (B, 3, size, size) uint8 on ``device`` (the arithmetic of ``crop_resize``) and the frames that could
+    not be decoded as (source, reason); those are grey, so that one damaged JPEG does not stop a run (the workers
+    already turned away truncated ones)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     ends = batch["lengths"].cumsum(0).tolist()
     starts = [0, *ends[:-1]]
     buf = batch["jpeg"].cpu()
     data = [buf[a:b] for a, b in zip(starts, ends, strict=True)]  # 1-D uint8 views, one per frame
-    images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
+    bad = []
+    try:
+        images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)  # list of (3, H, W) uint8
+    except RuntimeError:  # one bad frame fails the whole batch: decode one by one to find it
+        images = []
+        for d, (source, where) in zip(data, batch["where"], strict=True):
+            try:
+                images.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as e:
+                images.append(None)
+                bad.append((source, f"{where}: cannot decode JPEG ({_reason(e)})"))
     f1, f2 = [], []
     for k, (top, left, h, w, flip) in enumerate(batch["views"].tolist()):
-        x = crop_resize(images[2 * k : 2 * k + 2], (top, left, h, w), size)  # (2, 3, size, size)
+        pair = [img if img is not None else _grey(top + h, left + w, device) for img in images[2 * k : 2 * k + 2]]
+        x = crop_resize(pair, (top, left, h, w), size)  # (2, 3, size, size)
         if flip:
             x = x.flip(-1)
         f1.append(x[0])
         f2.append(x[1])
-    return torch.stack(f1), torch.stack(f2)
+    return torch.stack(f1), torch.stack(f2), bad
+
+
+def _reason(e: RuntimeError) -> str:
+    """torchvision's message without its source location (``decode_jpeg, .../decode_jpeg.cpp:171, <reason>``)."""
+    return str(e).strip().splitlines()[-1].rsplit(".cpp:", 1)[-1].partition(", ")[2] or str(e)
+
+
+def _grey(height: int, width: int, device) -> torch.Tensor:
+    return torch.full((3, height, width), 128, dtype=torch.uint8, device=device)
