@@ -239,8 +239,10 @@ def test_ddp_two_processes_match_one_process(data, tmp_path):
     assert [r["loss"] for r in ddp_log] == pytest.approx(list(single.losses), rel=1e-5)
     a = load_model(tmp_path / "ddp" / "model.pt").state_dict()
     b = load_model(single.model_path).state_dict()
+    # all-reduce of gradients vs summed micro-batches round differently: after 4 steps weights agree to ~1e-6 (2e-6
+    # seen); a real mismatch (another shard, other masks) shows in the losses above and at 1e-3 here
     for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
 def test_tensorboard_gets_scalars_and_pictures_when_installed(data, tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import assert_one_line_error
 from PIL import Image
 
 from siammae.cli.prepare import cli as prepare_cli
@@ -26,7 +27,6 @@ from siammae.train.data import PairDataset, SampleKey, collate
 from siammae.train.optim import lr_at
 from siammae.train.prepare import PrepareSettings, prepare
 from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_jpeg_cpu, decode_views
-from tests.helpers import assert_one_line_error
 
 H, W = 40, 48  # source frames; prepared at short side 48 >= 40, so stored unresized (pairs comparable)
 
