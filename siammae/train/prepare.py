@@ -20,13 +20,14 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from PIL import Image
 
 from siammae.data import shards as S
-from siammae.errors import InputError, VideoError
+from siammae.errors import InputError, SiamMAEError, VideoError
 from siammae.io import atomic_write, write_json, write_text
 
 MANIFEST = "prepare.json"
@@ -195,10 +196,16 @@ def prepare(
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx) as pool:
                 futures = [pool.submit(prepare_shard, out, k, jobs[k], settings) for k in todo]
-                for f in as_completed(futures):
-                    part = f.result()
-                    parts[part["shard"]] = part
-                    _advance(bar, part)
+                try:
+                    for f in as_completed(futures):
+                        part = f.result()
+                        parts[part["shard"]] = part
+                        _advance(bar, part)
+                except BrokenProcessPool as e:
+                    raise SiamMAEError(
+                        f"a preparing process died (out of memory? killed?); {len(parts)} of {len(jobs)} shards are "
+                        "finished and kept: run the same command again to continue"
+                    ) from e
     finally:
         if bar is not None:
             bar.close()
