@@ -7,7 +7,6 @@ a missing or unexpected key is an error, never a warning.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -22,9 +21,11 @@ from siammae.errors import CheckpointError
 from siammae.io import atomic_write
 from siammae.model.config import ModelConfig
 from siammae.model.encoder import ViTEncoder
+from siammae.model.hub import file_sha256  # noqa: F401  (re-exported: reports hash weights with it)
 from siammae.model.pos_embed import sincos_2d
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
+from siammae.model.weights import resolve_weights
 
 FORMAT = "siammae"
 VERSION = 1
@@ -67,15 +68,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     return path
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, for tracing results back to the exact weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint file as a dict with ``weights_only=True``; every failure is a one-line CheckpointError."""
     path = Path(path)
@@ -115,18 +107,26 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return obj
 
 
-def load_model(path: str | os.PathLike, arch: str | None = None, map_location="cpu") -> SiamMAE | ViTEncoder:
+def load_model(
+    path: str | os.PathLike, arch: str | None = None, map_location="cpu", progress: bool = True
+) -> SiamMAE | ViTEncoder:
     """Load a model for use: a :class:`SiamMAE` from a siammae checkpoint, a :class:`ViTEncoder` from encoder
     weights (siammae encoder export, DINO ``teacher`` / ``student``, MAE ``model``, a timm state dict as ``.pth``
     or ``.safetensors``). For foreign weights the architecture is inferred from the shapes, or taken from ``arch``
     (a registered name, see ``list_models()``). The model is returned in eval mode.
+
+    ``path`` may also be a weights name (``dino-vits16``, ``mae-vitb16``, ``timm:<name>``, ``hf:<repo>/<file>``;
+    :mod:`siammae.model.weights`), downloaded on first use (progress bar on stderr unless ``progress=False``); an
+    existing path wins over a name. ``model.weights_info`` records which weights were loaded: name or path, sha256.
     """
-    path = Path(path)
-    ckpt = read_checkpoint(path, map_location)
-    if ckpt.get("format") == FORMAT:
-        model = _load_native(path, ckpt)
+    weights = resolve_weights(path, progress)
+    if weights.state is not None:  # timm: loaded by timm, a state dict without its head
+        model = _load_foreign(Path(weights.spec), {"model": weights.state}, arch)
     else:
-        model = _load_foreign(path, ckpt, arch)
+        file = weights.path
+        ckpt = read_checkpoint(file, map_location)
+        model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
+    model.weights_info = weights.to_dict()
     return model.eval()
 
 
