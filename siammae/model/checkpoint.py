@@ -12,6 +12,7 @@ import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -128,6 +129,40 @@ def load_model(
         model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
     model.weights_info = weights.to_dict()
     return model.eval()
+
+
+@dataclass(frozen=True)
+class EncoderInit:
+    """Encoder weights to start training from (``siammae-train --init``): the ViTEncoder state dict, the kind of
+    its position table, and the record of where it came from (:meth:`Weights.to_dict`)."""
+
+    state: dict = field(repr=False)
+    pos_embed: str  # "learned" (DINO, timm) or "sincos" (MAE, siammae): the model is built to match
+    weights: dict
+
+
+def read_encoder_init(spec: str | os.PathLike, progress: bool = True) -> EncoderInit:
+    """The encoder weights of ``spec`` (a name or a path: DINO / MAE / timm / siammae, whole SiamMAE or encoder);
+    a SiamMAE checkpoint gives its encoder, its decoder is left out."""
+    weights = resolve_weights(spec, progress)
+    label = Path(weights.spec)
+    if weights.state is not None:
+        state = weights.state
+    else:
+        ckpt = read_checkpoint(weights.path)
+        if ckpt.get("format") == FORMAT:
+            model = _load_native(weights.path, ckpt)
+            encoder = model.encoder if isinstance(model, SiamMAE) else model
+            return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.to_dict())
+        state = _find_state_dict(weights.path, ckpt)
+    state = {k: v for k, v in _strip_prefixes(state).items() if not _FOREIGN_DROP.match(k)}
+    return EncoderInit(state, infer_config(label, state).pos_embed, weights.to_dict())
+
+
+def init_encoder(encoder: ViTEncoder, init: EncoderInit) -> None:
+    """Load ``init`` into ``encoder`` strictly: a missing, unexpected or differently shaped key is an error naming
+    the keys (e.g. ViT-S/8 weights into a ViT-S/16 model: ``patch_embed.proj.weight``, ``pos_embed``)."""
+    _load_strict(Path(init.weights["weights"]), encoder, init.state)
 
 
 def _load_native(path: Path, ckpt: dict) -> nn.Module:
