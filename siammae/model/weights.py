@@ -88,9 +88,9 @@ WEIGHTS: dict[str, NamedWeights] = {
     )
 }
 
-# The model the commands use without --ckpt: DINO ViT-S/16. At 480p on a CPU it encodes a frame ~13x faster than
-# ViT-S/8 (benchmarks/results/bench_encoder-default-cpu.md), so the card's command finishes on a laptop; ViT-S/8 is
-# +8.1 J&F on DAVIS for ~16x the attention FLOPs: one flag away (--ckpt dino-vits8). README "Weights" has the numbers.
+# The model the commands use without --ckpt: DINO ViT-S/16. At 480p it needs 1/8.8 of ViT-S/8's FLOPs and ran 7-19x
+# faster on a 2-core CPU (benchmarks/results/bench_default_weights-cpu.md, bench_encoder-cpu.md), so the card's
+# command finishes on a laptop; ViT-S/8 is +8.1 J&F on DAVIS, one flag away (--ckpt dino-vits8). README "Weights".
 DEFAULT_WEIGHTS = "dino-vits16"
 
 
