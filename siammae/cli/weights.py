@@ -10,19 +10,12 @@ closest known names, exit status 2.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from siammae.errors import SiamMAEError
+from siammae.cli.options import CONTEXT, Group, errors
 
 
-def _fail(e: SiamMAEError):
-    click.echo(f"error: {e}", err=True)
-    sys.exit(2)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Pretrained weights by name: dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, mae-vitb16, timm:<name>,
     hf:<owner>/<repo>/<file>. Files are cached in $TORCH_HOME/hub/checkpoints (timm: and hf: in the Hugging Face
@@ -60,11 +53,9 @@ def download(names, quiet):
     """Download NAMES into the cache (a cached file is checked, not fetched again); print each path."""
     from siammae.model.weights import weights_path
 
-    try:
+    with errors():
         for name in names:
             click.echo(f"{name}: {weights_path(name, progress=not quiet)}")
-    except SiamMAEError as e:
-        _fail(e)
 
 
 @main.command()
@@ -73,10 +64,8 @@ def path(name):
     """Print the local file of NAME (downloaded first if needed)."""
     from siammae.model.weights import weights_path
 
-    try:
+    with errors():
         click.echo(str(weights_path(name)))
-    except SiamMAEError as e:
-        _fail(e)
 
 
 if __name__ == "__main__":
