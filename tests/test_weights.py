@@ -304,3 +304,38 @@ def test_weights_cli(server, dino_file, tmp_path):
 
     bad = runner.invoke(main, ["path", "dino-vitb"])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "did you mean" in bad.output
+
+
+def test_export_by_name_lands_in_the_current_folder(server, dino_file, tmp_path, monkeypatch):
+    from siammae.export.metadata import read_info
+    from siammae.export.onnx import export_onnx
+
+    monkeypatch.chdir(tmp_path)
+    path = export_onnx("dino-vits16", height=32, width=48, max_batch=1, verify=False)
+    assert path == tmp_path / "dino-vits16_32x48.onnx" or path.resolve() == tmp_path / "dino-vits16_32x48.onnx"
+    info = read_info(path)
+    assert info.checkpoint == "dino-vits16" and info.checkpoint_sha256 == file_sha256(cached(tmp_path))
+
+
+def test_timm_weights_from_the_hugging_face_cache_offline(monkeypatch, tmp_path):
+    """timm:<name> with its file in the HF cache: loaded by timm from that file, no network, same features."""
+    import huggingface_hub.constants
+    from safetensors.torch import save_file
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    torch.manual_seed(0)
+    ref = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0).eval()
+    repo = tmp_path / "hf" / "models--timm--vit_small_patch8_224.dino"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    file = repo / "snapshots" / ("0" * 40) / "model.safetensors"
+    save_file(ref.state_dict(), str(file))
+
+    model = load_model("timm:vit_small_patch8_224.dino")
+    assert model.weights_info["sha256"] == file_sha256(file) and model.weights_info["path"] == str(file)
+    x = torch.randn(1, 3, 224, 224)  # timm's ViT takes its own size only
+    with torch.no_grad():
+        expected = ref.forward_features(x)[:, 1:].reshape(1, 28, 28, 384)
+    torch.testing.assert_close(model.features(x), expected)

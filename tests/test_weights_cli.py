@@ -74,3 +74,16 @@ def test_other_commands_default_to_the_same_weights(offline, command):
     args = {"eval": ["davis", "--root", "."], "export": [], "attn": ["video.mp4"]}[command]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and f"put it at {offline}" in result.stderr
+
+
+def test_weights_help_loads_nothing_heavy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom siammae.cli.weights import main\n"
+        "try:\n    main(['list', '--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'timm', 'huggingface_hub') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage" in out and out.strip().splitlines()[-1] == "[]"

@@ -278,8 +278,10 @@ def _timm_weights(spec: str) -> Weights:
             f"{spec}: not in timm's cache and downloads are off ({offline}=1): fetch {where} with network "
             f"(into the Hugging Face cache), or download the weights and pass their path to --ckpt"
         )
+    # a cached file is handed to timm directly, so that nothing asks the network (offline, or a slow hub)
+    overlay = {"file": str(file)} if file is not None else None
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0)
+        model = timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay)
     except (OSError, RuntimeError, ValueError) as e:  # hub / network errors are OSErrors
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{spec}: timm could not load its pretrained weights ({first})") from None
