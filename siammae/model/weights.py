@@ -167,6 +167,7 @@ def weights_path(spec: str, progress: bool = True) -> Path:
     """The local file of a named weight (downloaded if needed); what ``siammae-weights path`` prints."""
     if spec in WEIGHTS:
         w = WEIGHTS[spec]
+        _notice(w)
         return cached_download(w.url, w.filename, spec, progress)[0]
     if spec.startswith("hf:"):
         return _hf_file(spec)
@@ -176,11 +177,6 @@ def weights_path(spec: str, progress: bool = True) -> Path:
             raise CheckpointError(f"{spec}: timm keeps these weights in no single file that could be named")
         return weights.path
     raise unknown_name_error(spec)
-
-
-def is_cached(name: str) -> bool:
-    """Whether an official named file is in the cache (no download, no hashing)."""
-    return (cache_dir() / WEIGHTS[name].filename).is_file()
 
 
 def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
@@ -193,8 +189,7 @@ def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
         return Weights(text, path, "")  # a folder: read_checkpoint says what is wrong with it
     if text in WEIGHTS:
         w = WEIGHTS[text]
-        if w.notice:
-            print(w.notice, file=sys.stderr)
+        _notice(w)
         file, sha = cached_download(w.url, w.filename, text, progress)
         return Weights(text, file, sha, text, w.licence, w.url)
     if text.startswith("timm:"):
@@ -205,6 +200,11 @@ def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
     if is_name(text):
         raise unknown_name_error(text)
     return Weights(text, path, "")  # a missing file: read_checkpoint names it
+
+
+def _notice(w: NamedWeights) -> None:
+    if w.notice:
+        print(w.notice, file=sys.stderr)
 
 
 def weights_stem(spec: str | Path) -> str:
