@@ -30,7 +30,7 @@ from siammae.train import distributed as D
 from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
 from siammae.train.monitor import Monitor
-from siammae.train.optim import build_optimizer, lr_at, set_lr
+from siammae.train.optim import build_optimizer, cut_schedule_warning, lr_at, set_lr
 from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_views
 from siammae.train.sampler import StepSampler, shard_seed
 from siammae.train.state import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, set_rng_state
@@ -322,17 +322,11 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ reporting
     def _warn_if_cut(self, step: int) -> None:
-        """Warn when --max-steps cut the schedule where the lr is still below a tenth of the peak (in warm-up, or
-        the run never reached it): the run trained little, which is rarely what was meant."""
-        if self.monitor is None or step >= self.total_steps or step == self.start_step:
-            return
-        lr = lr_at(step - 1, self.cfg.peak_lr, self.cfg.min_lr, self.warmup_steps, self.total_steps)
-        if lr < 0.1 * self.cfg.peak_lr:
-            self.monitor.warn(
-                f"the run stopped at step {step} of a {self.total_steps}-step schedule with lr {lr:.3g}, below a "
-                f"tenth of the peak {self.cfg.peak_lr:.3g}; for a short run give the schedule its length: "
-                f"--total-steps {step} (warm-up: --warmup-frac)"
-            )
+        if self.monitor is not None and step > self.start_step:
+            cfg = self.cfg
+            warning = cut_schedule_warning(step, self.total_steps, self.warmup_steps, cfg.peak_lr, cfg.min_lr)
+            if warning:
+                self.monitor.warn(warning)
 
     def _report_data(self) -> None:
         """Bring every rank's unreadable videos to rank 0's monitor (all ranks call this on the same steps)."""

@@ -48,6 +48,20 @@ def lr_at(epoch: float, peak_lr: float, min_lr: float, warmup_epochs: float, epo
     return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cut_schedule_warning(step: int, total_steps: int, warmup_steps: float, peak_lr: float, min_lr: float):
+    """The warning for a run stopped (--max-steps) inside the warm-up of a ``total_steps`` schedule with the lr of
+    its last step below a tenth of the peak: low because the schedule was cut, so it trained far less than meant.
+    None otherwise (a schedule run to its end, or cut in the cosine, where a low lr is the schedule's own)."""
+    lr = lr_at(step - 1, peak_lr, min_lr, warmup_steps, total_steps)
+    if step >= total_steps or step - 1 >= warmup_steps or lr >= 0.1 * peak_lr:
+        return None
+    return (
+        f"the run stopped at step {step} of a {total_steps}-step schedule with lr {lr:.3g}, below a tenth of the "
+        f"peak {peak_lr:.3g}; for a short run give the schedule its length: --total-steps {step} (warm-up: "
+        "--warmup-frac)"
+    )
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

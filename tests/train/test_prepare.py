@@ -24,7 +24,7 @@ from siammae.errors import InputError, MissingExtraError
 from siammae.model.checkpoint import read_checkpoint
 from siammae.train import TrainConfig, train
 from siammae.train.data import PairDataset, SampleKey, collate
-from siammae.train.optim import lr_at
+from siammae.train.optim import cut_schedule_warning, lr_at
 from siammae.train.prepare import PrepareSettings, prepare
 from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_jpeg_cpu, decode_views
 
@@ -289,3 +289,10 @@ def test_torchcodec_reads_the_frames_pyav_reads(videos):
     asked = [17, 2, 9, 2]
     for a, b in zip(read_frames(path, asked), read_frames_torchcodec(path, asked), strict=True):
         assert np.array_equal(a, b)
+
+
+def test_cut_schedule_warning_only_when_the_cut_keeps_the_lr_low():
+    assert "step 10 of a 1000-step schedule" in cut_schedule_warning(10, 1000, 100, 1e-3, 0.0)  # in warm-up
+    assert cut_schedule_warning(99, 1000, 100, 1e-3, 0.0) is None  # lr 0.98 x peak: cut, but trained at full rate
+    assert cut_schedule_warning(990, 1000, 100, 1e-3, 0.0) is None  # low lr from the cosine itself
+    assert cut_schedule_warning(1000, 1000, 100, 1e-3, 0.0) is None  # the whole schedule
