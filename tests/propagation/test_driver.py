@@ -4,6 +4,7 @@ DINO's ``eval_video_segmentation.py`` written out here (its ``read_frame``, ``ex
 
 import shutil
 
+import click
 import cv2
 import numpy as np
 import pytest
@@ -12,15 +13,17 @@ from click.testing import CliRunner
 from helpers import cropmae_load, davis_2016_layout, dino_read_frame, dino_script
 from PIL import Image
 
+from siammae.cli.eval import main as eval_main
 from siammae.cli.track import main as track_main
 from siammae.errors import InputError
-from siammae.evaluation.benchmark import evaluate
+from siammae.evaluation.benchmark import load_runner
 from siammae.export import export_onnx
-from siammae.model.checkpoint import save_checkpoint
+from siammae.model.checkpoint import load_model, save_checkpoint
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import create_model, model_config
 from siammae.propagation.driver import Driver
 from siammae.propagation.inputs import InputConfig, chunks, input_config, parse_size
+from siammae.tracking.tracker import Tracker
 
 
 def _seq(shared_data, name="blackswan"):
@@ -125,8 +128,8 @@ def tiny(tmp_path_factory):
     return ckpt, export_onnx(ckpt, size=96, max_batch=4)  # 854x480 at short side 96 -> 168x96
 
 
-@pytest.mark.parametrize("weights", ["torch", "onnx"])
-def test_track_and_eval_give_the_same_masks(shared_data, tmp_path, tiny, weights):
+@pytest.mark.parametrize(("weights", "size"), [("torch", "96"), ("onnx", "96"), ("torch", "96x176")])
+def test_track_and_eval_give_the_same_masks(shared_data, tmp_path, tiny, weights, size):
     frames, mask = _seq(shared_data)
     n = 6
     folder = tmp_path / "frames"
@@ -134,23 +137,34 @@ def test_track_and_eval_give_the_same_masks(shared_data, tmp_path, tiny, weights
     for f in frames[:n]:
         shutil.copy(f, folder / f.name)
     ckpt, onnx_path = tiny
-    model = {"torch": {"ckpt": ckpt}, "onnx": {"encoder": onnx_path}}[weights]
-    # the CLI of siammae-track; siammae-eval's library entry point (the CLI is a thin shell around it)
-    flag = ["--ckpt", str(ckpt)] if weights == "torch" else ["--encoder", str(onnx_path)]
-    args = [str(folder), "--mask", str(mask), *flag, "--size", "96", "--chunk", "4", "--quiet", "--device", "cpu"]
-    r = CliRunner().invoke(track_main, [*args, "--out", str(tmp_path / "track")])
+    model = ["--ckpt", str(ckpt)] if weights == "torch" else ["--encoder", str(onnx_path)]
+    common = [*model, "--size", size, "--device", "cpu"]
+    r = CliRunner().invoke(track_main, [str(folder), "--mask", str(mask), *common, "--out", str(tmp_path / "track")])
     assert r.exit_code == 0, (r.output, r.exception)
     root = davis_2016_layout(shared_data, tmp_path / "DAVIS", ["blackswan"])
-    doc = evaluate(
-        "davis", root, year="2016", size="96", max_frames=n, device="cpu", out=tmp_path / "eval", progress=False,
-        **model,
-    )  # fmt: skip
-    assert doc["settings"]["input"]["short_side"] == 96 and doc["settings"]["preset"] == "siammae-davis"
+    args = ["davis", "--root", str(root), "--year", "2016", "--max-frames", str(n), "--out", str(tmp_path / "eval")]
+    r = CliRunner().invoke(eval_main, [*args, *common])
+    assert r.exit_code == 0, (r.output, r.exception)
     tracked, evaluated = _masks(tmp_path / "track"), _masks(tmp_path / "eval/predictions/blackswan")
     assert list(tracked) == list(evaluated) == [f"{i:05d}" for i in range(n)]
     for name in list(tracked)[1:]:
         np.testing.assert_array_equal(tracked[name], evaluated[name], err_msg=name)
         assert 0 < (tracked[name] == 1).sum() < tracked[name].size  # the swan is tracked, not lost or everywhere
+
+
+def test_track_and_eval_default_to_the_presets_input(tiny):
+    """Without --size both commands leave the size to the preset, so they encode alike by default too."""
+    for command, args in ((track_main, ["v.mp4", "--mask", "m.png"]), (eval_main, ["davis", "--root", "D"])):
+        ctx = command.make_context("siammae", [*args, "--ckpt", "m.pt"])
+        while isinstance(ctx.command, click.Group):  # siammae-eval davis: the subcommand's parameters
+            name, cmd, rest = ctx.command.resolve_command(ctx, ctx.protected_args + ctx.args)
+            ctx = cmd.make_context(name, rest, parent=ctx)
+        assert ctx.params["size"] is None
+    ckpt, _ = tiny
+    for preset in ("dino", "siammae-davis"):
+        runner, _ = load_runner(ckpt, "davis", preset, device="cpu")  # what siammae-eval runs
+        tracker = Tracker(load_model(ckpt), preset, device="cpu")  # what siammae-track runs
+        assert runner.driver.inputs == tracker.inputs == input_config(preset)
 
 
 # ------------------------------------------------------------------------------------------------------------
