@@ -15,6 +15,7 @@ from siammae.cli.options import (
     CONTEXT,
     Group,
     arch_option,
+    ckpt_option,
     device_option,
     dtype_option,
     errors,
@@ -29,9 +30,7 @@ def _common(f):
     """Options shared by the three benchmarks (model, propagation, output)."""
     options = [
         click.option("--root", required=True, type=click.Path(file_okay=False), help="Data set folder."),
-        click.option(
-            "--ckpt", type=click.Path(dir_okay=False), help="Checkpoint to evaluate (siammae, DINO, MAE, timm)."
-        ),
+        ckpt_option("Weights to evaluate"),
         click.option(
             "--encoder",
             type=click.Path(dir_okay=False),
@@ -64,8 +63,14 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
     from siammae.evaluation.results import markdown_table
 
     changed = overrides(click.get_current_context(), opts)
-    if sum(opts[k] is not None for k in ("ckpt", "encoder", "results")) != 1:
-        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions (or --encoder)")
+    if opts["encoder"] is not None and (opts["ckpt"] is not None or opts["results"] is not None):
+        raise click.UsageError("give one of --ckpt, --encoder (to run a model) or --results (to score predictions)")
+    if opts["ckpt"] is not None and opts["results"] is not None:
+        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions, not both")
+    if opts["results"] is None and opts["ckpt"] is None and opts["encoder"] is None:
+        from siammae.model.weights import DEFAULT_WEIGHTS
+
+        opts["ckpt"] = DEFAULT_WEIGHTS
     if opts["results"] is not None:
         model_only = ("preset", "size", "arch", "max_frames")
         given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]

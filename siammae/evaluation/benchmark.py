@@ -55,8 +55,13 @@ def load_runner(
         from siammae.model.checkpoint import load_model
 
         model = load_model(ckpt, arch=arch)
-        settings = {"checkpoint": str(Path(ckpt).resolve()), "checkpoint_sha256": file_sha256(ckpt)}
-        settings["model"] = model.config.to_dict()
+        weights = model.weights_info  # name or path, the file, its sha256 (load_model hashed it)
+        settings = {
+            "checkpoint": str(Path(weights["path"]).resolve()) if weights["path"] else weights["weights"],
+            "checkpoint_sha256": weights["sha256"],
+            "weights": weights["weights"],
+            "model": model.config.to_dict(),
+        }
     else:
         from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
 
@@ -124,7 +129,9 @@ def evaluate(
     )
     if out is None:
         tag = f"davis{year}" if benchmark == "davis" else benchmark
-        out = Path("eval") / f"{tag}-{split}-{Path(ckpt if ckpt is not None else encoder).stem}"
+        from siammae.model.weights import weights_stem
+
+        out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt) if ckpt is not None else Path(encoder).stem}"
     return module.evaluate_model(
         runner,
         root,
