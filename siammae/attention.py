@@ -38,6 +38,7 @@ from siammae.errors import InputError
 from siammae.io import atomic_write
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
+from siammae.propagation.inputs import chunks
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 
@@ -253,19 +254,13 @@ def iter_attention(
         for f, t in zip(batch, tiles, strict=True):  # outside inference mode: the caller runs in between
             yield f, _tile(t, names)
 
-    batch: list[Frame] = []
-    for frame in frames:
+    for batch in chunks(frames, batch_size):
         if resized is None:
-            H0, W0 = frame.rgb.shape[:2]
+            H0, W0 = batch[0].rgb.shape[:2]
             try:
                 resized = target_size(H0, W0, size, encoder.patch_size)
             except ValueError as e:
                 raise InputError(f"size {size}: {e}") from None
-        batch.append(frame)
-        if len(batch) == batch_size:
-            yield from run(batch)
-            batch = []
-    if batch:
         yield from run(batch)
 
 

@@ -10,12 +10,18 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 
 import siammae.data.video as video_module
 from siammae.model.config import ModelConfig
 from siammae.model.encoder import ViTEncoder
+from siammae.propagation import get_preset
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository (tests/helpers.py)
 TENSORRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
@@ -109,3 +115,101 @@ def colour_encoder(patch: int = 4, dim: int = 16) -> ViTEncoder:
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     union = (a | b).sum()
     return float((a & b).sum() / union) if union else 1.0
+
+
+# facebookresearch/dino eval_video_segmentation.py, written densely (the whole affinity matrix, as the script)
+def dino_dense(feats, first_ids, topk, temperature, n_last, radius):
+    """facebookresearch/dino eval_video_segmentation.py: label_propagation, step by step."""
+    h, w, D = feats[0].shape
+    N = h * w
+    first_seg = F.one_hot(first_ids, int(first_ids.max()) + 1).permute(2, 0, 1)[None].float()  # (1, C, h, w)
+    ys, xs = torch.arange(N) // w, torch.arange(N) % w
+    mask = ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)  # (Nq, Nk)
+    que, out = [], []
+    for t in range(1, len(feats)):
+        used_feats = [feats[0].reshape(N, D).T] + [f for f, _ in que]  # each D x N
+        used_segs = [first_seg] + [s for _, s in que]
+        feat_tar = F.normalize(feats[t].reshape(N, D), dim=1, p=2)
+        feat_sources = F.normalize(torch.stack(used_feats), dim=1, p=2)  # ncontext x D x N
+        ncontext = len(used_feats)
+        aff = torch.exp(torch.bmm(feat_tar.unsqueeze(0).repeat(ncontext, 1, 1), feat_sources) / temperature)
+        aff *= mask.float().unsqueeze(0)
+        aff = aff.transpose(2, 1).reshape(-1, N)  # ncontext*N (keys) x N (queries)
+        tk_val, _ = torch.topk(aff, dim=0, k=topk)
+        tk_val_min, _ = torch.min(tk_val, dim=0)
+        aff[aff < tk_val_min] = 0
+        aff = aff / torch.sum(aff, keepdim=True, axis=0)
+        segs = torch.cat(used_segs)
+        C = segs.shape[1]
+        segs = segs.reshape(ncontext, C, -1).transpose(2, 1).reshape(-1, C).T  # C x ncontext*N
+        seg_tar = torch.mm(segs, aff).reshape(1, C, h, w)
+        if len(que) == n_last:
+            que.pop(0)
+        que.append((feats[t].reshape(N, D).T, seg_tar))
+        out.append(seg_tar[0])
+    return out
+
+
+def dino_output(soft, patch, out_hw):
+    """DINO: bilinear x patch, norm_mask (its loop), torch.max, uint8, PIL NEAREST to the original size."""
+    x = F.interpolate(soft[None], scale_factor=patch, mode="bilinear", align_corners=False)[0]
+    for c in range(x.shape[0]):
+        m = x[c]
+        if m.max() > 0:
+            m = m - m.min()
+            m = m / m.max()
+            x[c] = m
+    _, seg = torch.max(x, dim=0)
+    seg = seg.numpy().astype(np.uint8)
+    return np.array(Image.fromarray(seg).resize((out_hw[1], out_hw[0]), 0))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The reference scripts' input code, written out (facebookresearch/dino, CropMAE = CRW's data/vos.py)
+# and DINO's whole evaluation loop
+# ------------------------------------------------------------------------------------------------------------
+def color_normalize(x, mean, std):
+    for t, m, s in zip(x, mean, std, strict=True):  # in place, channel by channel, as both scripts
+        t.sub_(m)
+        t.div_(s)
+    return x
+
+
+def dino_read_frame(path, scale_size=480):
+    """DINO ``read_frame``: cv2.imread, short side ``scale_size``, long side floored to 64, uint8 cv2.resize,
+    / 255, BGR -> RGB, std (0.228, 0.224, 0.225)."""
+    img = cv2.imread(str(path))
+    ori_h, ori_w, _ = img.shape
+    if ori_h > ori_w:
+        tw = scale_size
+        th = int(((tw * ori_h) / ori_w // 64) * 64)
+    else:
+        th = scale_size
+        tw = int(((th * ori_w) / ori_h // 64) * 64)
+    img = cv2.resize(img, (tw, th))
+    img = img.astype(np.float32) / 255.0
+    img = np.transpose(img[:, :, ::-1].copy(), (2, 0, 1))
+    return color_normalize(torch.from_numpy(img).float(), IMAGENET_MEAN, [0.228, 0.224, 0.225])
+
+
+def cropmae_load(path, new_h, new_w):
+    """CropMAE ``load_image`` + ``resize`` + ``color_normalize``: float32 / 255, BGR -> RGB, float cv2.resize."""
+    img = cv2.imread(str(path)).astype(np.float32) / 255.0
+    img = img[:, :, ::-1].copy()
+    img = cv2.resize(img, (new_w, new_h))
+    img = torch.from_numpy(np.transpose(img, (2, 0, 1))).float()
+    return color_normalize(img, IMAGENET_MEAN, [0.229, 0.224, 0.225])
+
+
+def dino_script(model, frame_paths, seg_path, scale_size, patch):
+    """eval_video_tracking_davis: read_frame, extract_feature one frame at a time, label_propagation, output."""
+    frames = [dino_read_frame(p, scale_size) for p in frame_paths]
+    th, tw = frames[0].shape[-2:]
+    with torch.inference_mode():
+        feats = [model.features(f[None])[0] for f in frames]  # get_intermediate_layers(n=1), [CLS] dropped
+    seg = Image.open(seg_path)
+    small = np.array(seg.resize((tw // patch, th // patch), 0)) > 0  # read_seg: PIL NEAREST; DAVIS-2016 0/255 -> 1
+    cfg = get_preset("dino")
+    consts = dict(topk=cfg.topk, temperature=cfg.temperature, n_last=cfg.n_last, radius=cfg.radius)
+    soft = dino_dense(feats, torch.from_numpy(small.astype(np.int64)), **consts)
+    return [dino_output(s.clone(), patch, np.asarray(seg).shape) for s in soft]

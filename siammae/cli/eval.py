@@ -4,6 +4,7 @@
     siammae-eval davis --root DAVIS --year 2017 --results osvos/      # score predictions, no model
     siammae-eval jhmdb --root JHMDB --ckpt model.pth
     siammae-eval vip --root VIP_Fine --ckpt model.pth
+    siammae-eval davis --root DAVIS --encoder model_480x880.onnx     # an exported encoder (ONNX / TensorRT)
 
 Each command parses its options and calls :func:`siammae.evaluation.benchmark.evaluate`.
 """
@@ -31,6 +32,11 @@ def _common(f):
         click.option("--root", required=True, type=click.Path(file_okay=False), help="Data set folder."),
         ckpt_option("Weights to evaluate"),
         click.option(
+            "--encoder",
+            type=click.Path(dir_okay=False),
+            help="Exported encoder (model.onnx / model.engine) instead of --ckpt, built for the preset's input size.",
+        ),
+        click.option(
             "--results",
             type=click.Path(file_okay=False),
             help="Score the predictions in this folder instead of running a model.",
@@ -57,9 +63,11 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
     from siammae.evaluation.results import markdown_table
 
     changed = overrides(click.get_current_context(), opts)
+    if opts["encoder"] is not None and (opts["ckpt"] is not None or opts["results"] is not None):
+        raise click.UsageError("give one of --ckpt, --encoder (to run a model) or --results (to score predictions)")
     if opts["ckpt"] is not None and opts["results"] is not None:
         raise click.UsageError("give --ckpt to run a model or --results to score existing predictions, not both")
-    if opts["results"] is None and opts["ckpt"] is None:
+    if opts["results"] is None and opts["ckpt"] is None and opts["encoder"] is None:
         from siammae.model.weights import DEFAULT_WEIGHTS
 
         opts["ckpt"] = DEFAULT_WEIGHTS
@@ -68,21 +76,19 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
         given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with --ckpt, not with --results")
-    size = opts["size"]
-    if size is not None:  # the evaluation runner reads "480" or "480x880"
-        size = "x".join(map(str, size)) if isinstance(size, tuple) else str(size)
     with errors():
         doc = evaluate(
             benchmark,
             opts["root"],
             ckpt=opts["ckpt"],
+            encoder=opts["encoder"],
             results=opts["results"],
             out=opts["out"],
             split=split,
             year=year,
             preset=opts["preset"],
             overrides=changed,
-            size=size,
+            size=opts["size"],
             arch=opts["arch"],
             device=opts["device"],
             dtype=opts["dtype"],

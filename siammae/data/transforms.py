@@ -41,9 +41,11 @@ def to_tensor(rgb: np.ndarray) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Normalise a (..., 3, H, W) tensor in [0, 1] per channel."""
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    """Normalise a (..., 3, H, W) tensor in [0, 1] per channel: ``(x - mean) / std``, in the order and precision
+    of the reference scripts (DINO's ``color_normalize``: subtract, then divide, in float32). ``mean`` / ``std``:
+    3 numbers, or tensors of 3 values on ``x``'s device (built once by a caller that normalises many batches)."""
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return (x - m) / s
 
 

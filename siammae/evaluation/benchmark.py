@@ -1,7 +1,8 @@
-"""One entry point for the three benchmarks: run a checkpoint, or score existing predictions.
+"""One entry point for the three benchmarks: run a checkpoint or an exported encoder, or score existing predictions.
 
 >>> doc = evaluate("davis", "data/DAVIS", ckpt="siammae_vits16.pth", year="2017")   # doctest: +SKIP
 >>> doc["global"]["J&F-Mean"]                                                         # doctest: +SKIP
+>>> evaluate("davis", "data/DAVIS", encoder="vits16_480x880.onnx")                    # doctest: +SKIP
 
 ``siammae-eval`` is a thin shell around :func:`evaluate`.
 """
@@ -19,48 +20,58 @@ DEFAULT_SPLITS = {"davis": "val", "jhmdb": 1, "vip": "val"}
 
 
 def load_runner(
-    ckpt: str | Path,
+    ckpt: str | Path | None,
     benchmark: str,
     preset: str | None = None,
     overrides: dict | None = None,
-    size: str | None = None,
+    size=None,
     arch: str | None = None,
     device: str = "auto",
     dtype: str = "fp32",
     batch_size: int = 8,
+    encoder: str | Path | None = None,
 ):
-    """(Runner, checkpoint settings) for a checkpoint: the model, its input and propagation settings.
+    """(Runner, model settings) for a checkpoint (``ckpt``) or an exported encoder (``encoder``: ``model.onnx`` /
+    ``model.engine``): the model with the preset's propagation and input settings (``size`` overrides the input
+    size, see :func:`siammae.propagation.inputs.parse_size`).
 
-    The checkpoint settings hold its path, sha256 and model configuration, so that a table can be traced back to
-    the exact weights.
+    The model settings hold the file's path, sha256 and model configuration, so that a table can be traced back
+    to the exact weights.
     """
     # The model side (torch, the propagation engine) loads only here: scoring predictions does not need it.
-    from siammae.data.transforms import IMAGENET_MEAN
-    from siammae.evaluation.runner import Runner, default_input, parse_size
-    from siammae.model.checkpoint import load_model
-    from siammae.propagation import get_preset
-    from siammae.propagation.features import TorchEncoder
+    from siammae.evaluation.runner import Runner
+    from siammae.model.checkpoint import file_sha256
+    from siammae.propagation.config import get_preset
+    from siammae.propagation.driver import Driver
+    from siammae.propagation.inputs import input_config
 
+    if (ckpt is None) == (encoder is None):
+        raise InputError("give exactly one of a checkpoint (ckpt) or an exported encoder (model.onnx / model.engine)")
     preset = preset or DEFAULT_PRESETS[benchmark]
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     get_preset(preset, **overrides)  # unknown preset or bad value: fail before loading the model
-    inputs = default_input(preset, benchmark)
-    if size is not None:
-        inputs = parse_size(size, inputs)
-    model = load_model(ckpt, arch=arch)
-    try:
-        encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=inputs.std)
-    except ValueError as err:
-        raise InputError(str(err)) from None
-    weights = model.weights_info  # name or path, the file, its sha256 (load_model hashed it)
-    checkpoint = {
-        "checkpoint": str(Path(weights["path"]).resolve()) if weights["path"] else weights["weights"],
-        "checkpoint_sha256": weights["sha256"],
-        "weights": weights["weights"],
-        "model": model.config.to_dict(),
-        "dtype": dtype,
-    }
-    return Runner(encoder, preset, overrides, inputs, batch_size=batch_size), checkpoint
+    input_config(preset, size)  # a bad size, too
+    if ckpt is not None:
+        from siammae.model.checkpoint import load_model
+
+        model = load_model(ckpt, arch=arch)
+        weights = model.weights_info  # name or path, the file, its sha256 (load_model hashed it)
+        settings = {
+            "checkpoint": str(Path(weights["path"]).resolve()) if weights["path"] else weights["weights"],
+            "checkpoint_sha256": weights["sha256"],
+            "weights": weights["weights"],
+            "model": model.config.to_dict(),
+        }
+    else:
+        from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
+
+        model = load_encoder(encoder, device=device)
+        settings = {"encoder": str(Path(encoder).resolve()), "encoder_sha256": file_sha256(encoder)}
+        info = getattr(model, "info", None)
+        settings["model"] = info.config if info is not None else None
+    settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
+    driver = Driver(model, preset, device=device, dtype=dtype, size=size, chunk=batch_size, **overrides)
+    return Runner(driver), settings
 
 
 def evaluate(
@@ -68,13 +79,14 @@ def evaluate(
     root: str | Path,
     *,
     ckpt: str | Path | None = None,
+    encoder: str | Path | None = None,
     results: str | Path | None = None,
     out: str | Path | None = None,
     split: str | int | None = None,
     year: str = "2017",
     preset: str | None = None,
     overrides: dict | None = None,
-    size: str | None = None,
+    size=None,
     arch: str | None = None,
     device: str = "auto",
     dtype: str = "fp32",
@@ -84,19 +96,23 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a checkpoint (``ckpt``) or existing predictions (``results``) on ``benchmark``.
+    """Evaluate a checkpoint (``ckpt``), an exported encoder (``encoder``: ``model.onnx`` / ``model.engine``, any
+    :func:`~siammae.export.runtime.load_encoder` runtime) or existing predictions (``results``) on ``benchmark``.
 
     benchmark: "davis" (``year`` "2016" or "2017", split "val"), "jhmdb" (split 1, 2 or 3) or "vip"
     (split "val"). With ``ckpt`` the model propagates the first frame's labels through every sequence; the
     predictions, per-sequence scores and tables go to ``out`` (default ``eval/<benchmark>...-<ckpt name>``);
-    the run resumes where it stopped unless ``overwrite``. With ``results`` the predictions there are scored
-    (tables to ``out``, default the results folder). Returns the results document (``doc["global"]``: the
-    benchmark's table, official column order).
+    the run resumes where it stopped unless ``overwrite``. ``size`` overrides the preset's input size: a short
+    side (``480``) or a fixed size (``"480x880"``), as ``siammae-track --size``. With ``results`` the predictions
+    there are scored (tables to ``out``, default the results folder). Returns the results document
+    (``doc["global"]``: the benchmark's table, official column order).
     """
     if benchmark not in BENCHMARKS:
         raise InputError(f"benchmark {benchmark!r} is not one of {', '.join(BENCHMARKS)}")
-    if (ckpt is None) == (results is None):
-        raise InputError("give either a checkpoint (to run the model) or a results folder (to score it)")
+    if sum(x is not None for x in (ckpt, encoder, results)) != 1:
+        raise InputError(
+            "give one of a checkpoint or an exported encoder (to run the model) or a results folder (to score it)"
+        )
     if max_frames is not None and max_frames < 2:
         raise InputError(f"max_frames must be at least 2, got {max_frames}")
     split = DEFAULT_SPLITS[benchmark] if split is None else split
@@ -108,12 +124,14 @@ def evaluate(
         return module.evaluate_results(
             root, results, split=split, out=out, sequences=sequences, progress=progress, **data
         )
-    runner, checkpoint = load_runner(ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size)
+    runner, checkpoint = load_runner(
+        ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder=encoder
+    )
     if out is None:
         tag = f"davis{year}" if benchmark == "davis" else benchmark
         from siammae.model.weights import weights_stem
 
-        out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt)}"
+        out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt) if ckpt is not None else Path(encoder).stem}"
     return module.evaluate_model(
         runner,
         root,

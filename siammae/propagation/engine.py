@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from siammae.errors import InputError
 from siammae.kernels.topk_affinity import topk_affinity
 from siammae.propagation.config import PropagationConfig, get_preset
+from siammae.propagation.inputs import chunks
 from siammae.propagation.labels import one_hot
 
 
@@ -237,7 +238,7 @@ def propagate_labels(
     chunk_size: frames that share one top-k call; the results do not depend on it.
     """
     config = preset.replace(**overrides) if isinstance(preset, PropagationConfig) else get_preset(preset, **overrides)
-    if chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     frames = iter(features)
     try:
@@ -246,11 +247,5 @@ def propagate_labels(
         raise InputError("propagate_labels needs the features of at least frame 0") from None
     prop = Propagator(config, backend=backend)
     prop.reset(first, first_labels)
-    chunk = []
-    for feat in frames:
-        chunk.append(feat)
-        if len(chunk) == chunk_size:
-            yield from prop.step(torch.stack(chunk))
-            chunk = []
-    if chunk:
+    for chunk in chunks(frames, chunk_size):
         yield from prop.step(torch.stack(chunk))

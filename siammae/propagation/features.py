@@ -13,7 +13,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from siammae.device import resolve_device, resolve_dtype
 
 
@@ -50,16 +50,16 @@ class TorchEncoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
         self.mean, self.std = tuple(mean), tuple(std)
-        # (1, 3, 1, 1) on the device once, not rebuilt for every chunk
-        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        # on the device once, not rebuilt for every chunk
+        self._mean = torch.tensor(self.mean, device=self.device)
+        self._std = torch.tensor(self.std, device=self.device)
         self.pos_interp = pos_interp
         self.patch_size = model.patch_size
         self.embed_dim = model.embed_dim
 
     @torch.inference_mode()
     def __call__(self, frames: torch.Tensor) -> torch.Tensor:
-        x = (frames.to(self.device, non_blocking=True).float() - self._mean) / self._std
+        x = normalize(frames.to(self.device, non_blocking=True).float(), self._mean, self._std)  # (B, 3, H, W)
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype)
             if self.dtype != torch.float32

@@ -16,9 +16,9 @@ from siammae.cli.eval import main
 from siammae.data.transforms import DINO_STD, IMAGENET_STD
 from siammae.errors import InputError
 from siammae.evaluation.png import read_index_png, write_index_png
-from siammae.evaluation.runner import InputConfig, default_input, parse_size
 from siammae.model.checkpoint import file_sha256, save_checkpoint
 from siammae.model.registry import create_model
+from siammae.propagation.inputs import InputConfig, input_config, parse_size
 
 
 @pytest.fixture(scope="module")
@@ -30,14 +30,15 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_input_sizes():
-    dino = default_input("dino", "davis")
+    dino = input_config("dino")
     assert dino.frame_size(480, 854, 16) == (480, 832) and dino.std == DINO_STD  # DINO: long side // 64
     assert dino.frame_size(854, 480, 8) == (832, 480)
-    crw = default_input("siammae-davis", "davis")
+    crw = input_config("siammae-davis")
     assert crw.frame_size(480, 854, 16) == (480, 880) and crw.std == IMAGENET_STD
     assert crw.frame_size(854, 480, 8) == (880, 480)  # portrait: transposed
-    assert default_input("siammae-jhmdb", "jhmdb").frame_size(240, 320, 16) == (320, 320)
-    assert default_input("siammae-vip", "vip").frame_size(720, 1280, 8) == (560, 992)
+    assert input_config("siammae-jhmdb").frame_size(240, 320, 16) == (320, 320)
+    # CropMAE's VIP crop_size [880]: the long side 880, the short side floored to 64 (was short side 560 here)
+    assert input_config("siammae-vip").frame_size(720, 1280, 8) == (448, 880)
     assert parse_size("64", crw) == InputConfig(short_side=64, size=None)
     assert parse_size("112x64", dino).size == (64, 112)
     with pytest.raises(InputError, match="is not a short side"):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import dino_dense, dino_output
 from PIL import Image
 
 from siammae.errors import InputError
@@ -32,52 +33,6 @@ BACKENDS = [
 # ------------------------------------------------------------------------------------------------------------
 # Direct dense implementations of the two protocols (the whole affinity matrix, as the original scripts)
 # ------------------------------------------------------------------------------------------------------------
-def dino_dense(feats, first_ids, topk, temperature, n_last, radius):
-    """facebookresearch/dino eval_video_segmentation.py: label_propagation, step by step."""
-    h, w, D = feats[0].shape
-    N = h * w
-    first_seg = F.one_hot(first_ids, int(first_ids.max()) + 1).permute(2, 0, 1)[None].float()  # (1, C, h, w)
-    ys, xs = torch.arange(N) // w, torch.arange(N) % w
-    mask = ((ys[:, None] - ys[None]).abs() <= radius) & ((xs[:, None] - xs[None]).abs() <= radius)  # (Nq, Nk)
-    que, out = [], []
-    for t in range(1, len(feats)):
-        used_feats = [feats[0].reshape(N, D).T] + [f for f, _ in que]  # each D x N
-        used_segs = [first_seg] + [s for _, s in que]
-        feat_tar = F.normalize(feats[t].reshape(N, D), dim=1, p=2)
-        feat_sources = F.normalize(torch.stack(used_feats), dim=1, p=2)  # ncontext x D x N
-        ncontext = len(used_feats)
-        aff = torch.exp(torch.bmm(feat_tar.unsqueeze(0).repeat(ncontext, 1, 1), feat_sources) / temperature)
-        aff *= mask.float().unsqueeze(0)
-        aff = aff.transpose(2, 1).reshape(-1, N)  # ncontext*N (keys) x N (queries)
-        tk_val, _ = torch.topk(aff, dim=0, k=topk)
-        tk_val_min, _ = torch.min(tk_val, dim=0)
-        aff[aff < tk_val_min] = 0
-        aff = aff / torch.sum(aff, keepdim=True, axis=0)
-        segs = torch.cat(used_segs)
-        C = segs.shape[1]
-        segs = segs.reshape(ncontext, C, -1).transpose(2, 1).reshape(-1, C).T  # C x ncontext*N
-        seg_tar = torch.mm(segs, aff).reshape(1, C, h, w)
-        if len(que) == n_last:
-            que.pop(0)
-        que.append((feats[t].reshape(N, D).T, seg_tar))
-        out.append(seg_tar[0])
-    return out
-
-
-def dino_output(soft, patch, out_hw):
-    """DINO: bilinear x patch, norm_mask (its loop), torch.max, uint8, PIL NEAREST to the original size."""
-    x = F.interpolate(soft[None], scale_factor=patch, mode="bilinear", align_corners=False)[0]
-    for c in range(x.shape[0]):
-        m = x[c]
-        if m.max() > 0:
-            m = m - m.min()
-            m = m / m.max()
-            x[c] = m
-    _, seg = torch.max(x, dim=0)
-    seg = seg.numpy().astype(np.uint8)
-    return np.array(Image.fromarray(seg).resize((out_hw[1], out_hw[0]), 0))
-
-
 def crw_dense(feats, first_soft, topk, temperature, n_last, radius):
     """ajabri/videowalk test.py: n copies of frame 0 in front, frame 0 as unrestricted long memory, an
     additive -1e10 circle mask on the short-term frames, topk then softmax."""

@@ -149,7 +149,8 @@ def test_keyboard_interrupt_in_the_frame_source_reaches_the_caller(clip):
 def test_frame_size_rules():
     vits8 = ViTEncoder(ModelConfig(img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2))
     assert Tracker(vits8, preset="dino", device="cpu").frame_size(480, 854) == (480, 832)  # DINO read_frame
-    assert Tracker(vits8, preset="siammae-davis", device="cpu").frame_size(480, 854) == (480, 848)
+    # siammae-davis: CropMAE's fixed 480x880, as siammae-eval (was short side 480, aspect kept: 480x848)
+    assert Tracker(vits8, preset="siammae-davis", device="cpu").frame_size(480, 854) == (480, 880)
     assert Tracker(vits8, preset="siammae-davis", device="cpu", size=160).frame_size(854, 480) == (280, 160)
 
 

@@ -1,0 +1,319 @@
+"""The one path from frames to masks and keypoints: frames -> encoder input -> features -> soft labels -> read-out.
+
+Tracking (:class:`~siammae.tracking.Tracker`, which adds a decode thread and stage timings), evaluation
+(:class:`~siammae.evaluation.runner.Runner`) and keypoint propagation all run a :class:`Driver`, so for the same
+preset and size they encode the same frames to the same tensors and give the same masks:
+
+    frames --decode, resize (inputs.py)--> chunk --encoder--> (T, h, w, D) --Propagator--> (T, C, h, w) --> masks
+
+The encoder is any :class:`~siammae.propagation.features.FrameEncoder`: a SiamMAE / ViTEncoder (wrapped in a
+``TorchEncoder`` with the preset's normalisation), or an ONNX / TensorRT runtime (``siammae.export.load_encoder``).
+At most one chunk of frames, its features and the propagator's bounded state exist at a time.
+
+Objects are numbered by their mask ids, which are preserved. Inside, the propagation engine works on channels
+0..K (background first, then each object id in the order it was first given); ``object_ids`` maps channels back.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from siammae.data.masks import check_objects, fit_mask, read_mask
+from siammae.data.transforms import IMAGENET_MEAN
+from siammae.data.video import Frame, VideoSource, open_video, read_image
+from siammae.errors import InputError
+from siammae.propagation.config import get_preset
+from siammae.propagation.engine import Propagator
+from siammae.propagation.features import FrameEncoder, TorchEncoder
+from siammae.propagation.inputs import chunks, input_config, resize_frame, to_batch
+from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.propagation.labels import labels_to_mask, mask_to_labels, one_hot
+
+MaskLike = np.ndarray | str | os.PathLike
+
+
+@dataclass
+class Tracked:
+    """One frame of a propagation stream.
+
+    frame: the decoded frame (index, name, rgb). soft: (C, h, w) fp32 soft labels at patch resolution, on the
+    driver's device; channel c is object ``object_ids[c]``. given: the (H, W) id map given for this frame (frame
+    0's mask, or a later mask adding objects), else None.
+    """
+
+    frame: Frame
+    soft: torch.Tensor
+    given: np.ndarray | None
+    object_ids: np.ndarray  # (C,) uint8, channel -> object id; a snapshot (later masks add channels)
+
+
+class Driver:
+    """Propagate first-frame labels through a video with an encoder and a preset, in constant memory.
+
+    model: a SiamMAE / ViTEncoder (wrapped in a :class:`~siammae.propagation.features.TorchEncoder` that normalises
+        as the preset does), or any :class:`~siammae.propagation.features.FrameEncoder` (ONNX / TensorRT runtimes),
+        used as is.
+    preset: propagation preset (``siammae.propagation.PRESETS``); it fixes the propagation constants and the input
+        convention (:mod:`siammae.propagation.inputs`). ``overrides`` replace propagation fields (``topk=7``, ...).
+    size: the one input override: a short side (int, ``"480"``) or a fixed size (``(480, 880)``, ``"480x880"``);
+        None keeps the preset's.
+    device, dtype: for a PyTorch model ("auto" | "cpu" | "cuda"; "fp32" | "fp16" | "bf16").
+    chunk: frames encoded together, and propagated with one top-k call (no effect on the results).
+    backend: kernel backend of the propagation engine ("auto" | "triton" | "torch").
+    """
+
+    def __init__(
+        self,
+        model,
+        preset: str = "siammae-davis",
+        device: str | torch.device = "auto",
+        dtype: str = "fp32",
+        size=None,
+        chunk: int = 8,
+        backend: str = "auto",
+        **overrides,
+    ):
+        self.preset = preset
+        self.config = get_preset(preset, **overrides)
+        self.inputs = input_config(preset, size)
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise InputError(f"chunk must be an integer >= 1, got {chunk!r}")
+        std = self.inputs.std
+        if isinstance(model, nn.Module):
+            try:
+                self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=std)
+            except (ValueError, RuntimeError) as e:  # an unknown device, CUDA without a GPU, fp16 on a CPU
+                raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
+        elif isinstance(model, FrameEncoder):
+            self.encoder = model
+            info = getattr(model, "info", None)  # exported graphs carry their normalisation inside
+            if info is not None and tuple(info.std) != tuple(std):
+                warnings.warn(
+                    f"{getattr(model, 'path', 'the encoder')} normalises with std {tuple(info.std)} but preset "
+                    f"{preset} expects {tuple(std)}; export with --std {'dino' if preset == 'dino' else 'imagenet'} "
+                    "to follow the protocol exactly",
+                    stacklevel=2,
+                )
+        else:
+            raise TypeError(f"model must be a SiamMAE, a ViTEncoder or a FrameEncoder, got {type(model).__name__}")
+        self.size = size
+        self.chunk = chunk
+        self.backend = backend
+        self.patch_size = self.encoder.patch_size
+        self.device = torch.device(self.encoder.device)
+        self.inputs.frame_size(480, 854, self.patch_size)  # a size the patch size does not fit fails here, not later
+
+    # ------------------------------------------------------------------------------------------------ sizes
+    def frame_size(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) at which a ``height`` x ``width`` video is encoded."""
+        hw = self.inputs.frame_size(height, width, self.patch_size)
+        fixed = self.encoder.fixed_size
+        if fixed is not None and tuple(fixed) != tuple(hw):
+            raise InputError(
+                f"the encoder was built for {fixed[1]}x{fixed[0]} input but this {width}x{height} video is encoded "
+                f"at {hw[1]}x{hw[0]} (preset {self.preset}, size {self.size}); export it for this size: "
+                f"siammae-export --height {hw[0]} --width {hw[1]}"
+            )
+        return hw
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) patch grid of a ``height`` x ``width`` video, the shape of the soft labels."""
+        H, W = self.frame_size(height, width)
+        return H // self.patch_size, W // self.patch_size
+
+    # ----------------------------------------------------------------------------------------------- public
+    def masks(
+        self, frames, first_mask: MaskLike, references: Mapping[int | str, MaskLike] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(frame_index, id_map)`` for every frame, frame 0 included (its given mask).
+
+        frames: a video path or frame folder, a :class:`~siammae.data.video.VideoSource`, a list of image files,
+            or any iterable of (H, W, 3) uint8 RGB arrays (or ``Frame`` objects); consumed lazily.
+        first_mask: frame 0's (H, W) id map, or a mask file (any format of ``siammae.data.masks``).
+        references: masks of later frames, keyed by frame index or frame name, adding objects that appear there.
+        id_map: (H, W) uint8 at the frame's resolution, the ids of the masks.
+        """
+        for item in self.stream(frames, first_mask, references):
+            yield item.frame.index, self.read_out(item)
+
+    def soft(
+        self, frames, first_labels, references: Mapping[int | str, MaskLike] | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(frame_index, soft)`` with soft (C, h, w) fp32 labels at patch resolution (see ``grid_size``).
+
+        first_labels: an (H, W) id map / mask file (channel c is then ``object_ids[c]``), (C, h, w) float soft
+        labels on the patch grid (e.g. keypoint heatmaps), or a function ``(frame0, grid) -> labels``.
+        """
+        for item in self.stream(frames, first_labels, references):
+            yield item.frame.index, item.soft
+
+    def keypoints(self, frames, first_points: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """Yield ``(frame_index, [J, 2] (x, y) pixels, [J] visible)`` for frames 1.. from the [J, 2] pixels of
+        frame 0 (NaN rows: not given), as Gaussian heatmaps propagated like masks (the JHMDB protocol)."""
+
+        def heatmaps(frame0: Frame, grid):
+            return keypoints_to_heatmaps(first_points, frame0.rgb.shape[:2], grid)  # (1 + J, h, w)
+
+        for item in self.stream(frames, heatmaps):
+            if item.frame.index > 0:
+                yield (item.frame.index, *heatmaps_to_keypoints(item.soft, item.frame.rgb.shape[:2]))
+
+    def read_out(self, item: Tracked) -> np.ndarray:
+        """Soft labels of a frame -> its (H, W) uint8 id map (the preset's upsampling + argmax), given ids on top."""
+        H, W = item.frame.rgb.shape[:2]
+        if item.frame.index == 0 and item.given is not None:
+            return item.given
+        channels = labels_to_mask(item.soft, (H, W), self.patch_size, self.config)  # (H, W) int64
+        ids = torch.from_numpy(item.object_ids).to(channels.device)[channels].cpu().numpy()  # (H, W) uint8
+        if item.given is not None:
+            ids = np.where(item.given > 0, item.given, ids)
+        return ids
+
+    # ------------------------------------------------------------------------------------------------ stream
+    def stream(self, frames, first_labels, references=None) -> Iterator[Tracked]:
+        """The generator under ``masks``, ``soft`` and ``keypoints``: one :class:`Tracked` per frame, in order."""
+        yield from self.propagate(self.inputs_of(frames), first_labels, references)
+
+    def inputs_of(self, frames) -> Iterator[tuple[Frame, np.ndarray]]:
+        """Decode and resize: ``(frame, encoder input)`` per frame, the input as :func:`inputs.resize_frame` makes
+        it at ``frame_size``. Pure CPU work, which :class:`~siammae.tracking.Tracker` runs in its decode thread."""
+        size = None
+        for frame in _frames(frames):
+            if size is None:
+                size = self.frame_size(*frame.rgb.shape[:2])
+            yield frame, resize_frame(frame.rgb, size, self.inputs.resize)
+
+    def propagate(self, source: Iterable[tuple[Frame, np.ndarray]], first_labels, references=None, times=None):
+        """``(frame, input)`` pairs (see :meth:`inputs_of`) -> one :class:`Tracked` per frame. ``times``: an object
+        with ``add(stage, seconds)`` and a ``frames`` count (``tracking.report.StageTimes``), or None."""
+        references = dict(references or {})
+        if 0 in references:
+            raise InputError("frame 0's mask is the first mask; references are for later frames")
+        prop = Propagator(self.config, backend=self.backend)
+        ids = None  # (C,) channel -> object id
+        lut = np.zeros(256, dtype=np.int64)  # object id -> channel
+        grid = None
+
+        def given_mask(pair) -> tuple[Frame, np.ndarray, np.ndarray | None]:
+            frame, x = pair
+            ref = references.get(frame.index, references.get(frame.name)) if frame.index > 0 else None
+            return frame, x, None if ref is None else _load_mask(ref, frame, f"mask of frame {frame.name}")
+
+        # a frame given a mask ends its chunk, so that the frames after it see it as a reference
+        for batch in chunks(map(given_mask, source), self.chunk, ends=lambda item: item[2] is not None):
+            if grid is None:
+                grid = self.grid_size(*batch[0][0].rgb.shape[:2])
+            t0 = time.perf_counter()
+            feats = self.encoder(to_batch([x for _, x, _ in batch], self.device))  # (T, h, w, D)
+            self._sync()
+            t1 = time.perf_counter()
+            out: list[Tracked] = []
+            if prop.state is None:  # frame 0: its labels start the propagator
+                frame0 = batch.pop(0)[0]
+                given, soft0, ids = self._first_labels(first_labels, frame0, grid, lut)
+                prop.reset(feats[0], soft0)
+                feats = feats[1:]
+                out.append(Tracked(frame0, soft0, given, ids))
+            if batch:
+                soft = prop.step(feats)  # (T, C, h, w)
+                for j, (frame, _, given) in enumerate(batch):
+                    soft_j = soft[j]
+                    if given is not None:  # a mask adds objects at this frame (always the chunk's last)
+                        new = [i for i in check_objects(given, f"mask of frame {frame.name}") if i not in ids]
+                        if new:
+                            lut[new] = np.arange(len(ids), len(ids) + len(new))
+                            ids = np.concatenate([ids, np.asarray(new, dtype=np.uint8)])
+                        soft_j = prop.add_reference(torch.from_numpy(lut[mask_to_labels(given, grid).numpy()]))
+                    out.append(Tracked(frame, soft_j, given, ids))
+            self._sync()
+            if times is not None:
+                times.add("encode", t1 - t0)
+                times.add("propagate", time.perf_counter() - t1)
+            for item in out:
+                if times is not None:
+                    times.frames += 1
+                yield item
+
+    def _first_labels(self, first_labels, frame0: Frame, grid: tuple[int, int], lut: np.ndarray):
+        """-> (given (H, W) uint8 or None, labels0 (C, h, w) fp32 on the device, object ids (C,) uint8); fills
+        ``lut`` (object id -> channel) for the ids."""
+        if callable(first_labels):
+            first_labels = first_labels(frame0, grid)
+        if (
+            isinstance(first_labels, torch.Tensor)
+            and first_labels.is_floating_point()
+            or (isinstance(first_labels, np.ndarray) and first_labels.dtype.kind == "f")
+        ):
+            soft = torch.as_tensor(first_labels, dtype=torch.float32)
+            if soft.dim() != 3 or tuple(soft.shape[1:]) != grid:
+                raise InputError(
+                    f"soft first labels must be (C, {grid[0]}, {grid[1]}) on the patch grid, got {tuple(soft.shape)}"
+                )
+            if soft.shape[0] > 256:
+                raise InputError(f"soft first labels have {soft.shape[0]} channels; at most 256 are supported")
+            lut[: soft.shape[0]] = np.arange(soft.shape[0])
+            return None, soft.to(self.device), np.arange(soft.shape[0], dtype=np.uint8)
+        given = _load_mask(first_labels, frame0, "first mask")
+        ids = np.concatenate([[0], check_objects(given, "first mask")]).astype(np.uint8)  # (C,)
+        lut[ids] = np.arange(len(ids))
+        channels = torch.from_numpy(lut[mask_to_labels(given, grid).numpy()])  # (h, w) 0..C-1
+        soft = one_hot(channels, len(ids)).to(self.device)  # (C, h, w)
+        return given, soft, ids
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":  # stage times measure work done, not kernels queued
+            torch.cuda.synchronize(self.device)
+
+
+def _load_mask(mask: MaskLike, frame: Frame, name: str) -> np.ndarray:
+    """A mask (array or file) as a uint8 id map at the frame's size, with at least one object."""
+    if isinstance(mask, (str, os.PathLike)):
+        name = str(mask)
+        mask = read_mask(mask)
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise InputError(f"{name}: a mask must be an (H, W) id map, got shape {mask.shape}")
+    if mask.dtype != np.uint8:
+        if mask.dtype.kind not in "iub":
+            raise InputError(f"{name}: mask ids must be integers, got dtype {mask.dtype}")
+        if mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise InputError(f"{name}: mask ids range {mask.min()}..{mask.max()}; ids must be 0..255")
+        mask = mask.astype(np.uint8)
+    mask = fit_mask(mask, frame.rgb.shape[:2], name)
+    check_objects(mask, name)
+    return np.require(mask, requirements=["C", "W"])  # torch.from_numpy wants a writable array
+
+
+def _frames(frames) -> Iterator[Frame]:
+    """Any supported frame source as an iterator of :class:`Frame`: a video path or frame folder, a
+    ``VideoSource``, a list of image files (a benchmark sequence) or an iterable of arrays / ``Frame`` objects."""
+    if isinstance(frames, (str, os.PathLike)):
+        frames = open_video(frames)
+    if isinstance(frames, VideoSource):
+        yield from frames
+        return
+    shape = first = None
+    for i, f in enumerate(frames):
+        label = f"frame {i}"
+        if isinstance(f, (str, os.PathLike)):  # an image file: decoded as a frame folder's frames are
+            label = str(f) if shape is not None else Path(f).name
+            f = Frame(i, Path(f).stem, read_image(Path(f)))
+        elif not isinstance(f, Frame):
+            f = np.asarray(f)
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise InputError(f"frame {i}: expected an (H, W, 3) uint8 RGB array, got {f.shape} {f.dtype}")
+            f = Frame(i, f"{i:05d}", f)
+        if shape is None:
+            shape, first = f.rgb.shape, label
+        elif f.rgb.shape != shape:
+            raise InputError(f"{label} is {f.rgb.shape[1]}x{f.rgb.shape[0]} but {first} is {shape[1]}x{shape[0]}")
+        yield f

@@ -1,0 +1,177 @@
+"""The one propagation driver: ``siammae-track`` and ``siammae-eval`` give the same masks (PyTorch and ONNX
+encoders); each preset's input is its reference script's, bit for bit; and the ``dino`` preset end to end against
+DINO's ``eval_video_segmentation.py`` written out here (its ``read_frame``, ``extract_feature`` and propagation)."""
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import cropmae_load, davis_2016_layout, dino_read_frame, dino_script
+from PIL import Image
+
+from siammae.cli.eval import main as eval_main
+from siammae.cli.track import main as track_main
+from siammae.errors import InputError
+from siammae.evaluation.benchmark import load_runner
+from siammae.export import export_onnx
+from siammae.model.checkpoint import load_model, save_checkpoint
+from siammae.model.encoder import ViTEncoder
+from siammae.model.registry import create_model, model_config
+from siammae.propagation.driver import Driver
+from siammae.propagation.inputs import InputConfig, chunks, input_config, parse_size
+from siammae.tracking.tracker import Tracker
+
+
+def _seq(shared_data, name="blackswan"):
+    frames = sorted((shared_data / f"davis2016/JPEGImages/480p/{name}").glob("*.jpg"))
+    return frames, shared_data / f"davis2016/Annotations/480p/{name}/00000.png"
+
+
+def _masks(folder):
+    return {p.stem: np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))}
+
+
+def _encoder_inputs(model, driver_kwargs, frames, mask):
+    """The tensors that reach ``model.features`` when a Driver runs each of ``frames`` as frame 0 (encoded as every
+    frame is, without the propagation, which would only cost time here)."""
+    seen = []
+    features = model.features
+
+    def spy(x, **kw):
+        seen.append(x.detach().clone())
+        return features(x, **kw)
+
+    model.features = spy
+    try:
+        driver = Driver(model, device="cpu", **driver_kwargs)
+        for frame in frames:
+            list(driver.masks([frame], mask))
+    finally:
+        del model.features
+    return torch.cat(seen)
+
+
+def test_pil_decodes_davis_jpegs_as_cv2_imread(shared_data):
+    """Frame folders decode with PIL; DINO and CRW use cv2.imread. On the DAVIS JPEGs they agree exactly (so the
+    dino preset needs no second decoder)."""
+    for name in ("blackswan", "car-shadow", "soapbox"):
+        for path in _seq(shared_data, name)[0][::7]:
+            np.testing.assert_array_equal(
+                np.asarray(Image.open(path).convert("RGB")), cv2.imread(str(path))[:, :, ::-1]
+            )
+
+
+def test_dino_input_is_dinos_read_frame(shared_data):
+    frames, mask = _seq(shared_data)
+    model = create_model("tiny")
+    got = _encoder_inputs(model, dict(preset="dino"), frames[:3], mask)
+    assert got.shape == (3, 3, 480, 832)
+    for x, path in zip(got, frames[:3], strict=True):
+        assert torch.equal(x, dino_read_frame(path))  # bit for bit
+    small = _encoder_inputs(model, dict(preset="dino", size=160), frames[:2], mask)
+    assert small.shape == (2, 3, 160, 256) and torch.equal(small[1], dino_read_frame(frames[1], 160))
+
+
+@pytest.mark.parametrize(("preset", "hw"), [("siammae-davis", (480, 880)), ("siammae-vip", (448, 880))])
+def test_crw_style_input_is_cropmaes_loader(shared_data, preset, hw):
+    frames, mask = _seq(shared_data)
+    got = _encoder_inputs(create_model("tiny"), dict(preset=preset), frames[:2], mask)
+    assert got.shape[-2:] == hw
+    for x, path in zip(got, frames[:2], strict=True):
+        assert torch.equal(x, cropmae_load(path, *hw))
+
+
+def test_input_rules():
+    vip = input_config("siammae-vip")
+    assert vip.frame_size(480, 854, 16) == (448, 880)  # CropMAE: int(480 * 880 / 854) = 494, floored to 64
+    assert input_config("dino").frame_size(480, 854, 14) == (476, 826)  # floored to 64, then to the patch size
+    assert input_config("dino", 32).frame_size(480, 854, 8) == (32, 64)  # at least one multiple of 64
+    assert parse_size(96, vip) == parse_size("96", vip) == InputConfig(short_side=96, multiple=64)
+    assert parse_size((880, 480), vip).size == parse_size("480x880", vip).size == (480, 880)
+    for bad in ("0", "1x2x3", True, 2.5):
+        with pytest.raises(InputError, match="is not a short side"):
+            parse_size(bad, vip)
+    with pytest.raises(InputError, match="resize must be one of"):
+        InputConfig(resize="bicubic")
+    with pytest.raises(InputError, match="is not a multiple of the patch size 14"):
+        input_config("siammae-davis").frame_size(480, 854, 14)
+
+
+def test_one_chunking_loop():
+    assert list(chunks(range(7), 3)) == [[0, 1, 2], [3, 4, 5], [6]]
+    assert list(chunks(range(7), 3, ends=lambda i: i == 1)) == [[0, 1], [2, 3, 4], [5, 6]]
+
+    def broken():
+        yield from (0, 1)
+        raise KeyboardInterrupt
+
+    got = []
+    with pytest.raises(KeyboardInterrupt):
+        for batch in chunks(broken(), 3):
+            got.append(batch)
+    assert got == [[0, 1]]  # the items before the failure come out first
+    with pytest.raises(InputError, match="chunk size"):
+        list(chunks([], 0))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# siammae-track and siammae-eval: the same masks
+# ------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt", create_model("tiny"))
+    return ckpt, export_onnx(ckpt, size=96, max_batch=4)  # 854x480 at short side 96 -> 168x96
+
+
+@pytest.mark.parametrize(("weights", "size"), [("torch", "96"), ("onnx", "96"), ("torch", "96x176")])
+def test_track_and_eval_give_the_same_masks(shared_data, tmp_path, tiny, weights, size):
+    frames, mask = _seq(shared_data)
+    n = 6
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for f in frames[:n]:
+        shutil.copy(f, folder / f.name)
+    ckpt, onnx_path = tiny
+    model = ["--ckpt", str(ckpt)] if weights == "torch" else ["--encoder", str(onnx_path)]
+    common = [*model, "--size", size, "--device", "cpu"]
+    r = CliRunner().invoke(track_main, [str(folder), "--mask", str(mask), *common, "--out", str(tmp_path / "track")])
+    assert r.exit_code == 0, (r.output, r.exception)
+    root = davis_2016_layout(shared_data, tmp_path / "DAVIS", ["blackswan"])
+    args = ["davis", "--root", str(root), "--year", "2016", "--max-frames", str(n), "--out", str(tmp_path / "eval")]
+    r = CliRunner().invoke(eval_main, [*args, *common])
+    assert r.exit_code == 0, (r.output, r.exception)
+    tracked, evaluated = _masks(tmp_path / "track"), _masks(tmp_path / "eval/predictions/blackswan")
+    assert list(tracked) == list(evaluated) == [f"{i:05d}" for i in range(n)]
+    for name in list(tracked)[1:]:
+        np.testing.assert_array_equal(tracked[name], evaluated[name], err_msg=name)
+        assert 0 < (tracked[name] == 1).sum() < tracked[name].size  # the swan is tracked, not lost or everywhere
+
+
+def test_track_and_eval_default_to_the_presets_input(tiny):
+    """Without --size both commands leave the size to the preset, so they encode alike by default too."""
+    for command, args in ((track_main, ["v.mp4", "--mask", "m.png"]), (eval_main.commands["davis"], ["--root", "D"])):
+        assert command.make_context("siammae", [*args, "--ckpt", "m.pt"]).params["size"] is None
+    ckpt, _ = tiny
+    for preset in ("dino", "siammae-davis"):
+        runner, _ = load_runner(ckpt, "davis", preset, device="cpu")  # what siammae-eval runs
+        tracker = Tracker(load_model(ckpt), preset, device="cpu")  # what siammae-track runs
+        assert runner.driver.inputs == tracker.inputs == input_config(preset)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The dino preset end to end against DINO's script (random ViT-S/16 in DINO's parameter names)
+# ------------------------------------------------------------------------------------------------------------
+def test_dino_preset_matches_dinos_script_end_to_end(shared_data):
+    frames, mask = _seq(shared_data)
+    frames = frames[:12]
+    torch.manual_seed(0)
+    model = ViTEncoder(model_config("vits16")).eval()
+    theirs = dino_script(model, frames, mask, 240, 16)  # short side 240: 427 -> 384 wide, a 15 x 24 grid
+    ours = [m for i, m in Driver(model, "dino", device="cpu", size=240).masks(frames, mask) if i > 0]
+    agree = np.mean([np.mean(a == (b > 0)) for a, b in zip(theirs, ours, strict=True)])
+    assert agree >= 0.999, agree
+    assert all(0 < m.sum() < m.size for m in theirs)  # the swan is tracked, not lost or everywhere
