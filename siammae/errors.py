@@ -22,6 +22,10 @@ class VideoError(InputError):
     """A video or frame folder cannot be read (missing, corrupt, empty)."""
 
 
+class OutputError(InputError):
+    """An output cannot be written (a full disk, no permission, a planted link, a folder in use by another run)."""
+
+
 class MissingExtraError(SiamMAEError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 

@@ -34,6 +34,20 @@ VIDEO_EXTENSIONS = (
     ".ogv",
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# containers that take the h264 stream write_video makes (WebM and Ogg do not)
+WRITABLE_VIDEO_EXTENSIONS = tuple(e for e in VIDEO_EXTENSIONS if e not in (".webm", ".ogv"))
+
+
+def check_video_output(path: str | os.PathLike, what: str = "output video") -> Path:
+    """``path`` when :func:`write_video` can write it (its extension names an h264 container); an InputError
+    before any work otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE_VIDEO_EXTENSIONS:
+        raise VideoError(
+            f"{what} {path}: cannot write a video with extension {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(WRITABLE_VIDEO_EXTENSIONS)}"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -53,15 +67,33 @@ def _av():
 
 
 def list_frame_files(folder: Path) -> list[Path]:
-    """The image files of a frame folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    """The image files of a frame folder, sorted by name; a VideoError when two share a name (``00001.jpg`` and
+    ``00001.png``: which one is frame 00001 is not for us to guess)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise VideoError(f"{folder}: two frames named {p.stem!r} ({seen[p.stem].name} and {p.name}); keep one")
+        seen[p.stem] = p
+    return files
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image -> (H, W, 3) uint8 RGB. 16-bit and float grey levels are scaled to 0..255 by their range
+    (0..65535, or the data's own for values outside it), not clipped to white as ``convert("RGB")`` would."""
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (0.0, 65535.0) if a.size and a.min() >= 0 and a.max() <= 65535 and im.mode != "F" else (a.min(), a.max())
+        grey = np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
+            return _to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e:
         raise VideoError(f"{path}: cannot decode image ({e})") from e
 
@@ -255,7 +287,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     Odd frame sizes are padded by one pixel (yuv420p needs even sides). The file appears only once complete.
     """
     av = _av()
-    path = Path(path)
+    path = check_video_output(path)
     n = 0
     with atomic_write(path) as tmp:
         container = av.open(str(tmp), mode="w")
