@@ -37,8 +37,8 @@ from siammae.errors import InputError
 from siammae.io import atomic_write
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
-from siammae.outputs import OutputFolder
 from siammae.model.encoder import ViTEncoder
+from siammae.outputs import OutputFolder
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 

@@ -19,6 +19,7 @@ The lock file is removed when the run ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
@@ -62,6 +63,7 @@ class OutputFolder:
         self.path = Path(path)
         self.overwrite, self.exclusive, self.owned, self.what = overwrite, exclusive, tuple(owned), what
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> OutputFolder:
         self.open()
@@ -75,6 +77,7 @@ class OutputFolder:
         p = self.path
         if p.exists() and not p.is_dir():
             raise OutputError(f"{self.what} {p}: exists and is not a folder")
+        self._created = not p.exists()
         try:
             p.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -88,7 +91,7 @@ class OutputFolder:
         return self
 
     def close(self) -> None:
-        """Release the lock (idempotent)."""
+        """Release the lock (idempotent); remove the folder if this run created it and left it empty."""
         if self._fd is None:
             return
         lock = self.path / LOCK_NAME
@@ -99,6 +102,9 @@ class OutputFolder:
             pass  # the folder went away: nothing to release but the descriptor
         os.close(self._fd)
         self._fd = None
+        if self._created:  # a run that stopped before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     # ------------------------------------------------------------------------------------------------- lock
     def _lock(self) -> None:

@@ -83,7 +83,8 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
     (0..65535, or the data's own for values outside it), not clipped to white as ``convert("RGB")`` would."""
     if im.mode.startswith("I") or im.mode == "F":
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = (0.0, 65535.0) if a.size and a.min() >= 0 and a.max() <= 65535 and im.mode != "F" else (a.min(), a.max())
+        in_16_bits = im.mode != "F" and a.size and a.min() >= 0 and a.max() <= 65535
+        lo, hi = (0.0, 65535.0) if in_16_bits else (a.min(), a.max())
         grey = np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).clip(0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)

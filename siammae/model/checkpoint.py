@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from siammae.errors import CheckpointError
 from siammae.io import atomic_write
-from siammae.model.config import ModelConfig
+from siammae.model.config import LIMITS, MAX_MLP_RATIO, ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.model.pos_embed import sincos_2d
 from siammae.model.registry import model_config
@@ -128,22 +128,6 @@ def load_model(path: str | os.PathLike, arch: str | None = None, map_location="c
     else:
         model = _load_foreign(path, ckpt, arch)
     return model.eval()
-
-
-# Sane bounds of a stored config, checked before anything is built: far above every published ViT (ViT-22B: 48
-# blocks, width 6144, 48 heads) and far below what would exhaust a machine's memory before a weight is read.
-LIMITS = {
-    "img_size": (1, 4096),
-    "patch_size": (1, 64),
-    "in_chans": (1, 16),
-    "embed_dim": (4, 8192),
-    "depth": (1, 128),
-    "num_heads": (1, 128),
-    "decoder_embed_dim": (1, 8192),
-    "decoder_depth": (0, 128),
-    "decoder_num_heads": (1, 128),
-}
-MAX_MLP_RATIO = 16.0
 
 
 def check_stored_config(path: Path, stored) -> ModelConfig:

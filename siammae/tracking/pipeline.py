@@ -27,8 +27,11 @@ import torch
 
 from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
 from siammae.data.masks import check_objects, check_size, list_masks, mask_size, read_mask, write_mask
-from siammae.data.video import VideoSource, list_frame_files, open_video, write_video
+from siammae.data.video import VideoSource, check_video_output, list_frame_files, open_video, write_video
 from siammae.errors import InputError
+from siammae.io import TMP_PREFIX
+from siammae.memory import check_encoder_fits
+from siammae.outputs import OutputFolder
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.report import (
@@ -36,19 +39,15 @@ from siammae.tracking.report import (
     now_iso,
     peak_gpu_memory_mib,
     peak_host_memory_mib,
+    report_paths,
     versions,
     write_report,
 )
 from siammae.tracking.stream import BackgroundConsumer
 from siammae.tracking.tracker import Tracked, Tracker
 
-
-def _check_output_dir(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: output path exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise InputError(f"{folder}: output folder is not empty (use --overwrite to replace its files)")
-    _check_writable(folder)
+# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.outputs)
+OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
 
 
 def _check_output_file(path: Path, overwrite: bool) -> None:
@@ -63,7 +62,7 @@ def _check_writable(folder: Path) -> None:
     """Create ``folder`` if needed and prove that a file can be created in it."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".siammae-write-test."):
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f"{TMP_PREFIX}write-test."):
             pass
     except OSError as e:
         raise InputError(f"{folder}: cannot write there ({e.strerror or e})") from e
@@ -109,15 +108,24 @@ def _require_output(out, overlay, report) -> None:
 
 
 def _check_outputs(out, overlay, report, overwrite: bool) -> dict:
-    """Check every output path (creating ``out``) before the run; the paths by name."""
-    if out is not None:
-        _check_output_dir(Path(out), overwrite)
-    for path in (overlay, report):
+    """Check every output path before the run, then claim ``out`` (created, locked, emptied of earlier outputs
+    with ``overwrite``: :class:`~siammae.outputs.OutputFolder`); the paths by name, the claim under "folder"
+    (released by :func:`_run`)."""
+    if overlay is not None:
+        check_video_output(overlay, "--overlay")
+    for path in (overlay, *report_paths(report)):
         if path is not None:
             _check_output_file(Path(path), overwrite)
-    if report is not None:
-        _check_output_file(Path(report).with_suffix(".md"), overwrite)
-    return {"out": out, "overlay": overlay, "report": report}
+    folder = None
+    if out is not None:
+        folder = OutputFolder(out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS).open()
+    return {"out": out, "overlay": overlay, "report": report, "folder": folder}
+
+
+def _check_memory(tracker: Tracker, src: VideoSource) -> None:
+    """Stop before the first frame when a batch of frames at the tracker's size cannot fit in memory."""
+    H, W = tracker.frame_size(src.height, src.width)
+    check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at size {tracker.size}")
 
 
 def track_video(
@@ -156,6 +164,7 @@ def track_video(
         ids = read_mask(mask)
         check_size(ids.shape, (src.height, src.width), mask)
         check_objects(ids, mask)
+    _check_memory(tracker, src)
     outputs = _check_outputs(out, overlay, report, overwrite)
     objects: set[int] = set()
 
@@ -199,24 +208,33 @@ def track_keypoints_video(
     _require_output(out, overlay, report)
     src = video if isinstance(video, VideoSource) else open_video(video)
     size = (src.height, src.width)
+    where = "first-frame keypoints"
     if isinstance(keypoints, (str, os.PathLike)):
+        where = f"keypoint file {keypoints}"
         keypoints = read_keypoints(keypoints, size)
     elif not isinstance(keypoints, Keypoints):
         xy = np.asarray(keypoints, dtype=np.float64)
         if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
             raise InputError(f"keypoints must be a [J, 2] array of (x, y) pixels, got shape {xy.shape}")
         keypoints = Keypoints(xy=xy, names=tuple(str(j) for j in range(len(xy))))
-    check_inside(keypoints, size, "first-frame keypoints")
+    check_inside(keypoints, size, where)
     if np.isnan(keypoints.xy).all():
-        raise InputError("first-frame keypoints: every point is null; give at least one [x, y]")
+        raise InputError(f"{where}: every point is null; give at least one [x, y]")
     grid = tracker.grid_size(*size)  # fails here, before any output, for an encoder built for another size
     heatmaps = keypoints_to_heatmaps(keypoints.xy, size, grid)  # (1 + J, h, w), channel 0 the background
+    _check_memory(tracker, src)
     outputs = _check_outputs(out, overlay, report, overwrite)
     track = None
     if out is not None:
         info = {"video": str(src.path), "settings": _settings(tracker)}
         folder = Path(out)
-        track = KeypointTrackWriter(folder / "keypoints.json", folder / "keypoints.jsonl", keypoints.names, size, info)
+        try:
+            track = KeypointTrackWriter(
+                folder / "keypoints.json", folder / "keypoints.jsonl", keypoints.names, size, info
+            )
+        except BaseException:
+            outputs["folder"].close()
+            raise
 
     def read_out(item: Tracked) -> np.ndarray:
         if item.frame.index == 0:
@@ -239,6 +257,17 @@ def _run(
     tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
 ) -> dict:
     """Stream ``src`` through the tracker into ``sink`` and the overlay; write the report; return it."""
+    folder = outputs.pop("folder", None)
+    try:
+        return _stream(tracker, src, first_labels, references, sink, outputs, progress)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _stream(
+    tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
+) -> dict:
     overlay, report = outputs["overlay"], outputs["report"]
     device = tracker.device
     if device.type == "cuda":
