@@ -28,8 +28,17 @@ from siammae.errors import InputError, OutputError
 TMP_PREFIX = ".siammae-tmp."
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only portable way to read it; restored at once
+def umask() -> int:
+    """The process's umask: from /proc (Linux), which does not change it; elsewhere set and restored at once
+    (a thread creating a file in that instant would get mode 0o666, hence /proc first)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
@@ -58,7 +67,7 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException as e:
         with contextlib.suppress(OSError):
