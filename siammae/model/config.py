@@ -28,6 +28,8 @@ LIMITS = {
     "decoder_num_heads": (1, 128),
 }
 MAX_MLP_RATIO = 16.0
+# position embeddings at another grid: exact sin-cos, DINO's bicubic resize, or by the table's kind
+POS_INTERP = ("auto", "sincos", "bicubic")
 
 
 @dataclass(frozen=True)
