@@ -47,7 +47,7 @@ def vit_bytes(
     *,
     patch_size: int,
     embed_dim: int,
-    num_heads: int = 1,
+    num_heads: int = 1,  # kept for callers; the fused attention's memory does not grow with it
     batch: int = 1,
     dtype_bytes: int = 4,
     mlp_ratio: float = 4.0,
@@ -56,14 +56,15 @@ def vit_bytes(
 ) -> int:
     """Peak bytes of one ViT forward over ``batch`` frames of ``height`` x ``width`` pixels (at least).
 
-    Counted: the input frames (float32), the tokens and the widest activation of a block (the MLP's hidden layer,
-    or the attention matrix B x heads x T x T of PyTorch's math path, whichever is larger), and for ``training``
-    the activations of every block kept for the backward pass.
+    Counted: the input frames (float32), the tokens and the widest activation of a block (q, k, v and the MLP's
+    hidden layer), and for ``training`` the activations of every block kept for the backward pass. Not counted:
+    the attention matrix, which ``F.scaled_dot_product_attention`` never forms whole (flash / memory-efficient
+    kernels), so that the estimate stays a floor that a run which fits never exceeds.
     """
     tokens = (height // max(patch_size, 1)) * (width // max(patch_size, 1)) + 1
     frames = batch * 3 * height * width * 4
     x = batch * tokens * embed_dim * dtype_bytes
-    widest = max(batch * tokens * int(embed_dim * mlp_ratio), batch * num_heads * tokens * tokens) * dtype_bytes
+    widest = batch * tokens * int(embed_dim * mlp_ratio) * dtype_bytes
     per_block = 4 * x + widest
     return frames + (depth if training else 1) * per_block + x
 

@@ -23,6 +23,7 @@ import contextlib
 import fnmatch
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from siammae.errors import OutputError
@@ -72,8 +73,9 @@ class OutputFolder:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def open(self) -> OutputFolder:
-        """Create and lock the folder, then tidy it (leftovers, links, earlier outputs); errors before any write."""
+    def open(self, check: Callable[[], None] | None = None) -> OutputFolder:
+        """Create and lock the folder, then tidy it (leftovers, links, earlier outputs); errors before any write.
+        ``check``: more checks to run once the folder is held (the claim is released when they fail)."""
         p = self.path
         if p.exists() and not p.is_dir():
             raise OutputError(f"{self.what} {p}: exists and is not a folder")
@@ -85,6 +87,8 @@ class OutputFolder:
         self._lock()
         try:
             self._tidy()
+            if check is not None:
+                check()
         except BaseException:
             self.close()
             raise

@@ -23,7 +23,7 @@ from PIL import Image
 
 from siammae.data.palette import davis_palette, davis_palette_flat
 from siammae.data.video import IMAGE_EXTENSIONS
-from siammae.errors import InputError
+from siammae.errors import InputError, cause
 from siammae.io import atomic_write
 
 MAX_ID = 255  # an indexed PNG holds ids 0..255
@@ -127,7 +127,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"{path}: cannot read mask image ({e})") from e
+        raise InputError(f"{path}: cannot read mask image ({cause(e, path)})") from e
 
 
 def mask_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -136,7 +136,7 @@ def mask_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.height, im.width
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read mask image ({e})") from e
+        raise InputError(f"{path}: cannot read mask image ({cause(e, path)})") from e
 
 
 def check_size(mask_hw: tuple[int, int], frame_hw: tuple[int, int], name) -> None:

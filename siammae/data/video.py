@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siammae.errors import VideoError
+from siammae.errors import VideoError, cause
 from siammae.io import atomic_write
 
 VIDEO_EXTENSIONS = (
@@ -96,7 +96,7 @@ def read_image(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             return _to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e:
-        raise VideoError(f"{path}: cannot decode image ({e})") from e
+        raise VideoError(f"{path}: cannot decode image ({cause(e, path)})") from e
 
 
 def _check_source(path: Path) -> bool:
@@ -159,7 +159,7 @@ class VideoSource:
         except av.error.EOFError as e:
             raise VideoError(f"{self.path}: the file ends before its first frame (an empty or truncated video)") from e
         except av.error.FFmpegError as e:
-            raise VideoError(f"{self.path}: cannot open video ({e})") from e
+            raise VideoError(f"{self.path}: cannot open video ({cause(e, self.path)})") from e
         if not self.width or not self.height:
             raise VideoError(f"{self.path}: video stream has no frame size (corrupt header?)")
 
@@ -186,7 +186,7 @@ class VideoSource:
                     yield Frame(index, f"{index:05d}", frame.to_ndarray(format="rgb24"))
                     index += 1
         except av.error.FFmpegError as e:
-            raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
+            raise VideoError(f"{self.path}: decoding stopped at frame {index} ({cause(e, self.path)})") from e
         # A truncated file ends the demuxer quietly; the header says how many frames there should have been
         # (exactly for a frame count, within a frame of rounding for a duration).
         slack = 0 if self.num_frames else 1
@@ -218,7 +218,7 @@ def count_frames(path: str | os.PathLike) -> int:
             stream = container.streams.video[0]
             return sum(1 for p in container.demux(stream) if p.size)
     except av.error.FFmpegError as e:
-        raise VideoError(f"{src.path}: cannot count frames ({e})") from e
+        raise VideoError(f"{src.path}: cannot count frames ({cause(e, src.path)})") from e
 
 
 def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndarray]:
@@ -273,7 +273,7 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
                     if pending:
                         raise VideoError(f"{path}: frame {pending[0]} asked but the video ends before it")
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({e})") from e
+        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({cause(e, path)})") from e
     return [got[i] for i in indices]
 
 

@@ -13,6 +13,7 @@ and the exception is raised again.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import tempfile
@@ -50,22 +51,19 @@ from siammae.tracking.tracker import Tracked, Tracker
 OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
 
 
-def _check_output_file(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an output file name")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
-    _check_writable(path.parent)
-
-
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove that a file can be created in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f"{TMP_PREFIX}write-test."):
-            pass
-    except OSError as e:
-        raise InputError(f"{folder}: cannot write there ({e.strerror or e})") from e
+def _check_output_files(paths: list[Path], overwrite: bool) -> None:
+    """Each path names a file (not a folder) that is free, or ``overwrite``, in a folder where files can be made."""
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected an output file name")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{TMP_PREFIX}write-test."):
+                pass
+        except OSError as e:
+            raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
 
 
 def _later_masks(mask_dir: Path, masks: dict[str, Path], src: VideoSource, names: list[str] | None) -> dict[str, Path]:
@@ -107,25 +105,22 @@ def _require_output(out, overlay, report) -> None:
         raise InputError("nothing to write: give an output folder (--out), an overlay video or a report")
 
 
-def _check_outputs(out, overlay, report, overwrite: bool) -> dict:
-    """Check every output path before the run, then claim ``out`` (created, locked, emptied of earlier outputs
-    with ``overwrite``: :class:`~siammae.outputs.OutputFolder`); the paths by name, the claim under "folder"
-    (released by :func:`_run`)."""
-    if overlay is not None:
-        check_video_output(overlay, "--overlay")
-    for path in (overlay, *report_paths(report)):
-        if path is not None:
-            _check_output_file(Path(path), overwrite)
-    folder = None
-    if out is not None:
-        folder = OutputFolder(out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS).open()
-    return {"out": out, "overlay": overlay, "report": report, "folder": folder}
-
-
-def _check_memory(tracker: Tracker, src: VideoSource) -> None:
-    """Stop before the first frame when a batch of frames at the tracker's size cannot fit in memory."""
+def _check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: VideoSource) -> dict:
+    """Before the first frame: memory for a batch of frames, a writable overlay format, free output files; then
+    claim ``out`` (:class:`~siammae.outputs.OutputFolder`, released by :func:`_run`, under "folder")."""
     H, W = tracker.frame_size(src.height, src.width)
     check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at size {tracker.size}")
+    if overlay is not None:
+        check_video_output(overlay, "--overlay")
+    files = [Path(p) for p in (overlay, *report_paths(report)) if p is not None]
+    check = functools.partial(_check_output_files, files, overwrite)
+    folder = None
+    if out is None:
+        check()
+    else:  # the overlay and report may sit in --out: --overwrite replaces them there too
+        inside = tuple(p.name for p in files if p.absolute().parent == Path(out).absolute())
+        folder = OutputFolder(out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS + inside).open(check)
+    return {"out": out, "overlay": overlay, "report": report, "folder": folder}
 
 
 def track_video(
@@ -164,8 +159,7 @@ def track_video(
         ids = read_mask(mask)
         check_size(ids.shape, (src.height, src.width), mask)
         check_objects(ids, mask)
-    _check_memory(tracker, src)
-    outputs = _check_outputs(out, overlay, report, overwrite)
+    outputs = _check_outputs(out, overlay, report, overwrite, tracker, src)
     objects: set[int] = set()
 
     def write(item: Tracked, ids: np.ndarray) -> None:
@@ -222,19 +216,15 @@ def track_keypoints_video(
         raise InputError(f"{where}: every point is null; give at least one [x, y]")
     grid = tracker.grid_size(*size)  # fails here, before any output, for an encoder built for another size
     heatmaps = keypoints_to_heatmaps(keypoints.xy, size, grid)  # (1 + J, h, w), channel 0 the background
-    _check_memory(tracker, src)
-    outputs = _check_outputs(out, overlay, report, overwrite)
+    outputs = _check_outputs(out, overlay, report, overwrite, tracker, src)
     track = None
     if out is not None:
-        info = {"video": str(src.path), "settings": _settings(tracker)}
-        folder = Path(out)
+        info, d = {"video": str(src.path), "settings": _settings(tracker)}, Path(out)
         try:
-            track = KeypointTrackWriter(
-                folder / "keypoints.json", folder / "keypoints.jsonl", keypoints.names, size, info
-            )
-        except BaseException:
-            outputs["folder"].close()
-            raise
+            track = KeypointTrackWriter(d / "keypoints.json", d / "keypoints.jsonl", keypoints.names, size, info)
+        finally:
+            if track is None:  # it failed: release --out
+                outputs["folder"].close()
 
     def read_out(item: Tracked) -> np.ndarray:
         if item.frame.index == 0:
