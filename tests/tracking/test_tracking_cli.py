@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import assert_one_line_error, run_until_sigint, write_with_pyav
+from helpers import assert_one_line_error, colour_encoder, iou, run_until_sigint, write_with_pyav
 from PIL import Image
-from test_tracking import colour_encoder, iou
 
 from siammae.cli.track import main
 from siammae.data.masks import write_mask
