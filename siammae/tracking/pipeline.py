@@ -13,10 +13,8 @@ and the exception is raised again.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,42 +26,21 @@ import torch
 
 from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
 from siammae.data.masks import check_objects, check_size, list_masks, mask_size, read_mask, write_mask
-from siammae.data.video import VideoSource, check_video_output, list_frame_files, open_video, write_video
+from siammae.data.video import VideoSource, list_frame_files, open_video, write_video
 from siammae.errors import InputError
-from siammae.io import TMP_PREFIX
-from siammae.memory import check_encoder_fits
-from siammae.outputs import OutputFolder
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.tracking.checks import check_outputs, require_output
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.report import (
     device_info,
     now_iso,
     peak_gpu_memory_mib,
     peak_host_memory_mib,
-    report_paths,
     versions,
     write_report,
 )
 from siammae.tracking.stream import BackgroundConsumer
 from siammae.tracking.tracker import Tracked, Tracker
-
-# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.outputs)
-OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
-
-
-def _check_output_files(paths: list[Path], overwrite: bool) -> None:
-    """Each path names a file (not a folder) that is free, or ``overwrite``, in a folder where files can be made."""
-    for path in paths:
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, expected an output file name")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{TMP_PREFIX}write-test."):
-                pass
-        except OSError as e:
-            raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
 
 
 def _later_masks(mask_dir: Path, masks: dict[str, Path], src: VideoSource, names: list[str] | None) -> dict[str, Path]:
@@ -100,29 +77,6 @@ class _Sink:
     finish: Callable[[str], None] = lambda status: None
 
 
-def _require_output(out, overlay, report) -> None:
-    if out is None and overlay is None and report is None:
-        raise InputError("nothing to write: give an output folder (--out), an overlay video or a report")
-
-
-def _check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: VideoSource) -> dict:
-    """Before the first frame: memory for a batch of frames, a writable overlay format, free output files; then
-    claim ``out`` (:class:`~siammae.outputs.OutputFolder`, released by :func:`_run`, under "folder")."""
-    H, W = tracker.frame_size(src.height, src.width)
-    check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at size {tracker.size}")
-    if overlay is not None:
-        check_video_output(overlay, "--overlay")
-    files = [Path(p) for p in (overlay, *report_paths(report)) if p is not None]
-    check = functools.partial(_check_output_files, files, overwrite)
-    folder = None
-    if out is None:
-        check()
-    else:  # the overlay and report may sit in --out: --overwrite replaces them there too
-        inside = tuple(p.name for p in files if p.absolute().parent == Path(out).absolute())
-        folder = OutputFolder(out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS + inside).open(check)
-    return {"out": out, "overlay": overlay, "report": report, "folder": folder}
-
-
 def track_video(
     tracker: Tracker,
     video: str | os.PathLike | VideoSource,
@@ -143,7 +97,7 @@ def track_video(
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    _require_output(out, overlay, report)
+    require_output(out, overlay, report)
     src = video if isinstance(video, VideoSource) else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
@@ -159,7 +113,7 @@ def track_video(
         ids = read_mask(mask)
         check_size(ids.shape, (src.height, src.width), mask)
         check_objects(ids, mask)
-    outputs = _check_outputs(out, overlay, report, overwrite, tracker, src)
+    outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
     objects: set[int] = set()
 
     def write(item: Tracked, ids: np.ndarray) -> None:
@@ -199,7 +153,7 @@ def track_keypoints_video(
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    _require_output(out, overlay, report)
+    require_output(out, overlay, report)
     src = video if isinstance(video, VideoSource) else open_video(video)
     size = (src.height, src.width)
     where = "first-frame keypoints"
@@ -216,7 +170,7 @@ def track_keypoints_video(
         raise InputError(f"{where}: every point is null; give at least one [x, y]")
     grid = tracker.grid_size(*size)  # fails here, before any output, for an encoder built for another size
     heatmaps = keypoints_to_heatmaps(keypoints.xy, size, grid)  # (1 + J, h, w), channel 0 the background
-    outputs = _check_outputs(out, overlay, report, overwrite, tracker, src)
+    outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
     track = None
     if out is not None:
         info, d = {"video": str(src.path), "settings": _settings(tracker)}, Path(out)
