@@ -36,9 +36,11 @@ from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_v
 from siammae.device import resolve_device, resolve_dtype
 from siammae.errors import InputError
 from siammae.io import atomic_write
+from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
 from siammae.propagation.inputs import chunks
+from siammae.outputs import OutputFolder
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 
@@ -261,6 +263,7 @@ def iter_attention(
                 resized = target_size(H0, W0, size, encoder.patch_size)
             except ValueError as e:
                 raise InputError(f"size {size}: {e}") from None
+            check_encoder_fits(encoder, *resized, batch_size, device, f"size {size}")
         yield from run(batch)
 
 
@@ -327,8 +330,9 @@ def render_attention(
         for _, rgb in rendered:
             _save_image(out, rgb)
     elif to_folder:
-        for frame, rgb in rendered:
-            _save_image(out / f"{frame.name}.png", rgb)
+        with OutputFolder(out):  # one writer, no planted links, no leftovers of a killed run
+            for frame, rgb in rendered:
+                _save_image(out / f"{frame.name}.png", rgb)
     else:
         write_video(out, (rgb for _, rgb in rendered), fps=fps)
     return out

@@ -30,6 +30,7 @@ from siammae.evaluation.metrics.davis import evaluate_sequence, global_results
 from siammae.io import write_json, write_text
 from siammae.model.checkpoint import load_model
 from siammae.model.registry import create_model
+from siammae.outputs import OutputFolder
 from siammae.tracking import Tracker, read_mask, track_video, write_mask
 from siammae.train import TrainConfig, train
 
@@ -89,8 +90,14 @@ def run_demo(
     log=print,
 ) -> DemoResult:
     """Run the example into ``out`` (see the module docstring) and return both scores."""
-    s = settings
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a folder")
+    with OutputFolder(out):  # one demo per folder at a time, no planted links
+        return _run_demo(out, settings, device, overwrite, progress, log)
+
+
+def _run_demo(out: Path, s: DemoSettings, device: str, overwrite: bool, progress: bool, log) -> DemoResult:
     _prepare(out, overwrite)
 
     # 1. the video and its ground truth

@@ -22,6 +22,10 @@ class VideoError(InputError):
     """A video or frame folder cannot be read (missing, corrupt, empty)."""
 
 
+class OutputError(InputError):
+    """An output cannot be written (a full disk, no permission, a planted link, a folder in use by another run)."""
+
+
 class MissingExtraError(SiamMAEError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
 
@@ -29,3 +33,16 @@ class MissingExtraError(SiamMAEError, ImportError):
         super().__init__(f"{purpose} needs {package}: pip install 'siammae[{extra}]'")
         self.package = package
         self.extra = extra
+
+
+def cause(e: BaseException, path=None) -> str:
+    """The reason of an OS / decoder error without the file name that the message already starts with:
+    ``Invalid data found when processing input``, not ``[Errno 1094995529] ...: '/data/x.mp4'``."""
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if path is not None:
+        for form in (f"'{path}'", f'"{path}"', str(path)):
+            text = text.replace(form, "")
+    if text.startswith("[Errno ") and "] " in text:  # FFmpeg's errors put their number first
+        text = text.split("] ", 1)[1]
+    text = text.strip().rstrip(":").strip()
+    return text or type(e).__name__

@@ -31,6 +31,7 @@ with ``null`` where a point is not visible (its heatmap vanished, or it was neve
 also keeps each frame's line in a JSON Lines file beside it, written as the frame is done.
 """
 
+import contextlib
 import json
 import math
 from collections.abc import Iterable
@@ -41,7 +42,7 @@ from typing import TextIO
 import numpy as np
 
 from siammae.errors import InputError
-from siammae.io import atomic_write
+from siammae.io import atomic_write, open_append, write_error
 
 _SCHEMA = "a list of [x, y] (or null) or a name -> [x, y] map"
 
@@ -126,7 +127,17 @@ def _dump_track(path: Path, header: dict, entries: Iterable[str]) -> None:
                 f.write(("\n" if i == 0 else ",\n") + entry)
             f.write("\n]}\n")
     except OSError as e:
-        raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
+        raise write_error(path, e) from e
+
+
+def _complete(line: str) -> bool:
+    """Whether a line of the JSON Lines file is a whole frame entry (a full disk can leave the last one torn)."""
+    if not line.strip():
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _header(names: tuple[str, ...], image_size: tuple[int, int], info: dict | None) -> dict:
@@ -171,10 +182,7 @@ class KeypointTrackWriter:
         self.path, self.lines = Path(path), Path(lines)
         self.header = _header(names, image_size, info)
         self.frames = 0
-        try:
-            self._file: TextIO | None = open(self.lines, "w")  # noqa: SIM115 -- open until close()
-        except OSError as e:
-            raise InputError(f"{self.lines}: cannot write ({e.strerror or e})") from e
+        self._file: TextIO | None = open_append(self.lines, truncate=True)  # never through a link
 
     def add(self, name: str, xy: np.ndarray) -> None:
         """Append frame ``name`` (the next index): [J, 2] (x, y) pixels, NaN rows for points not visible."""
@@ -182,15 +190,16 @@ class KeypointTrackWriter:
             self._file.write(_frame_entry(name, self.frames, xy) + "\n")
             self._file.flush()
         except OSError as e:
-            raise InputError(f"{self.lines}: cannot write ({e.strerror or e})") from e
+            raise write_error(self.lines, e) from e
         self.frames += 1
 
     def close(self, **info) -> Path:
         """Write ``path`` from the lines (``info``: more top-level fields, e.g. ``status``); idempotent."""
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a failed flush: add() reported it; the lines on disk are read
+                self._file.close()
             self._file = None
             with open(self.lines) as f:
-                entries = (line.rstrip("\n") for line in f if line.strip())
+                entries = (line.rstrip("\n") for line in f if _complete(line))
                 _dump_track(self.path, {**self.header, **info}, entries)
         return self.path

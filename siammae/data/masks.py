@@ -23,7 +23,7 @@ from PIL import Image
 
 from siammae.data.palette import davis_palette, davis_palette_flat
 from siammae.data.video import IMAGE_EXTENSIONS
-from siammae.errors import InputError
+from siammae.errors import InputError, cause
 from siammae.io import atomic_write
 
 MAX_ID = 255  # an indexed PNG holds ids 0..255
@@ -41,10 +41,16 @@ def image_to_ids(im: Image.Image, name: str | os.PathLike = "mask") -> np.ndarra
         return np.asarray(im.getchannel(0), dtype=np.uint8).copy()
     if mode == "1":
         return np.asarray(im, dtype=np.uint8).copy()  # True -> 1
+    if getattr(im, "format", None) == "JPEG":
+        raise InputError(
+            f"{name}: mask is a JPEG, whose compression blurs the object colours into many false objects; "
+            "save masks as PNG (indexed / mode P, one value per object)"
+        )
     if mode in ("L", "LA"):
         a = np.asarray(im.getchannel(0), dtype=np.uint8)
         if np.isin(a, (0, 255)).all():
             return (a == 255).astype(np.uint8)  # DAVIS-2016 style binary mask: 255 is the object
+        check_not_blended(a, name)
         return a.copy()
     if mode.startswith("I"):
         a = np.asarray(im).astype(np.int64)
@@ -68,6 +74,7 @@ def _colours_to_ids(im: Image.Image, name) -> np.ndarray:
     objects = colours[colours != 0]
     if len(objects) > MAX_ID:
         raise InputError(f"{name}: mask has {len(objects)} colours (objects); at most {MAX_ID} are supported")
+    check_not_blended(key, name)
     pal = davis_palette().astype(np.int64)
     pal_key = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]  # (256,)
     if np.isin(objects, pal_key[1:]).all():
@@ -76,6 +83,34 @@ def _colours_to_ids(im: Image.Image, name) -> np.ndarray:
     else:
         ids = np.cumsum(colours != 0).astype(np.uint8)  # black -> 0, other colours -> 1, 2, ... in colour order
     return ids[inverse]
+
+
+# A colour is an edge colour when under this fraction of its pixels lie inside a region of that colour (all four
+# neighbours the same). Objects have insides; the blends that anti-aliasing or lossy compression leaves between
+# regions do not. A mask is refused when it has at least MIN_EDGE_COLOURS of them and they outnumber the others.
+EDGE_INTERIOR_FRACTION = 0.2
+MIN_EDGE_COLOURS = 4
+
+
+def check_not_blended(values: np.ndarray, name) -> None:
+    """Raise when the (H, W) colour values of a mask look anti-aliased or compressed (see the constants above)."""
+    if values.ndim != 2 or min(values.shape) < 3:
+        return
+    c = values[1:-1, 1:-1]
+    inside = (c == values[:-2, 1:-1]) & (c == values[2:, 1:-1]) & (c == values[1:-1, :-2]) & (c == values[1:-1, 2:])
+    colours, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    if len(colours) <= MIN_EDGE_COLOURS:
+        return
+    inverse = inverse.reshape(values.shape)[1:-1, 1:-1]
+    interior = np.bincount(inverse[inside], minlength=len(colours))
+    edge = (interior < EDGE_INTERIOR_FRACTION * counts) & (colours != 0)
+    n_edge, n_solid = int(edge.sum()), int((~edge & (colours != 0)).sum())
+    if n_edge >= MIN_EDGE_COLOURS and n_edge > n_solid:
+        raise InputError(
+            f"{name}: mask has {len(colours) - 1} colours, {n_edge} of them only along the edges of other regions: "
+            "it looks anti-aliased or compressed, which would make each blend a false object; save it without "
+            "smoothing as an indexed PNG (mode P, one value per object) or with exact flat colours"
+        )
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
@@ -92,7 +127,7 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, InputError):
             raise
-        raise InputError(f"{path}: cannot read mask image ({e})") from e
+        raise InputError(f"{path}: cannot read mask image ({cause(e, path)})") from e
 
 
 def mask_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -101,7 +136,7 @@ def mask_size(path: str | os.PathLike) -> tuple[int, int]:
         with Image.open(path) as im:
             return im.height, im.width
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot read mask image ({e})") from e
+        raise InputError(f"{path}: cannot read mask image ({cause(e, path)})") from e
 
 
 def check_size(mask_hw: tuple[int, int], frame_hw: tuple[int, int], name) -> None:

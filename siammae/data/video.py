@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from siammae.errors import VideoError
+from siammae.errors import VideoError, cause
 from siammae.io import atomic_write
 
 VIDEO_EXTENSIONS = (
@@ -34,6 +34,20 @@ VIDEO_EXTENSIONS = (
     ".ogv",
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# containers that take the h264 stream write_video makes (WebM and Ogg do not)
+WRITABLE_VIDEO_EXTENSIONS = tuple(e for e in VIDEO_EXTENSIONS if e not in (".webm", ".ogv"))
+
+
+def check_video_output(path: str | os.PathLike, what: str = "output video") -> Path:
+    """``path`` when :func:`write_video` can write it (its extension names an h264 container); an InputError
+    before any work otherwise."""
+    path = Path(path)
+    if path.suffix.lower() not in WRITABLE_VIDEO_EXTENSIONS:
+        raise VideoError(
+            f"{what} {path}: cannot write a video with extension {path.suffix or '(none)'!r}; "
+            f"use one of {', '.join(WRITABLE_VIDEO_EXTENSIONS)}"
+        )
+    return path
 
 
 @dataclass(frozen=True)
@@ -53,17 +67,36 @@ def _av():
 
 
 def list_frame_files(folder: Path) -> list[Path]:
-    """The image files of a frame folder, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    """The image files of a frame folder, sorted by name; a VideoError when two share a name (``00001.jpg`` and
+    ``00001.png``: which one is frame 00001 is not for us to guess)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+    seen: dict[str, Path] = {}
+    for p in files:
+        if p.stem in seen:
+            raise VideoError(f"{folder}: two frames named {p.stem!r} ({seen[p.stem].name} and {p.name}); keep one")
+        seen[p.stem] = p
+    return files
+
+
+def _to_rgb(im: Image.Image) -> np.ndarray:
+    """A PIL image -> (H, W, 3) uint8 RGB. 16-bit and float grey levels are scaled to 0..255 by their range
+    (0..65535, or the data's own for values outside it), not clipped to white as ``convert("RGB")`` would."""
+    if im.mode.startswith("I") or im.mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        in_16_bits = im.mode != "F" and a.size and a.min() >= 0 and a.max() <= 65535
+        lo, hi = (0.0, 65535.0) if in_16_bits else (a.min(), a.max())
+        grey = np.round((a - lo) * (255.0 / max(hi - lo, 1e-12))).clip(0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
 
 
 def read_image(path: Path) -> np.ndarray:
     """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            return np.array(im.convert("RGB"))  # a writable copy (asarray views PIL's read-only buffer)
+            return _to_rgb(im)
     except (OSError, SyntaxError, ValueError) as e:
-        raise VideoError(f"{path}: cannot decode image ({e})") from e
+        raise VideoError(f"{path}: cannot decode image ({cause(e, path)})") from e
 
 
 def _check_source(path: Path) -> bool:
@@ -126,7 +159,7 @@ class VideoSource:
         except av.error.EOFError as e:
             raise VideoError(f"{self.path}: the file ends before its first frame (an empty or truncated video)") from e
         except av.error.FFmpegError as e:
-            raise VideoError(f"{self.path}: cannot open video ({e})") from e
+            raise VideoError(f"{self.path}: cannot open video ({cause(e, self.path)})") from e
         if not self.width or not self.height:
             raise VideoError(f"{self.path}: video stream has no frame size (corrupt header?)")
 
@@ -153,7 +186,7 @@ class VideoSource:
                     yield Frame(index, f"{index:05d}", frame.to_ndarray(format="rgb24"))
                     index += 1
         except av.error.FFmpegError as e:
-            raise VideoError(f"{self.path}: decoding stopped at frame {index} ({e})") from e
+            raise VideoError(f"{self.path}: decoding stopped at frame {index} ({cause(e, self.path)})") from e
         # A truncated file ends the demuxer quietly; the header says how many frames there should have been
         # (exactly for a frame count, within a frame of rounding for a duration).
         slack = 0 if self.num_frames else 1
@@ -185,7 +218,7 @@ def count_frames(path: str | os.PathLike) -> int:
             stream = container.streams.video[0]
             return sum(1 for p in container.demux(stream) if p.size)
     except av.error.FFmpegError as e:
-        raise VideoError(f"{src.path}: cannot count frames ({e})") from e
+        raise VideoError(f"{src.path}: cannot count frames ({cause(e, src.path)})") from e
 
 
 def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndarray]:
@@ -240,7 +273,7 @@ def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndar
                     if pending:
                         raise VideoError(f"{path}: frame {pending[0]} asked but the video ends before it")
     except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({e})") from e
+        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({cause(e, path)})") from e
     return [got[i] for i in indices]
 
 
@@ -255,7 +288,7 @@ def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: floa
     Odd frame sizes are padded by one pixel (yuv420p needs even sides). The file appears only once complete.
     """
     av = _av()
-    path = Path(path)
+    path = check_video_output(path)
     n = 0
     with atomic_write(path) as tmp:
         container = av.open(str(tmp), mode="w")

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from siammae.errors import InputError
 from siammae.evaluation import davis, jhmdb, vip
+from siammae.outputs import OutputFolder, check_name
 
 BENCHMARKS = ("davis", "jhmdb", "vip")
 DEFAULT_PRESETS = {"davis": "siammae-davis", "jhmdb": "siammae-jhmdb", "vip": "siammae-vip"}
@@ -117,13 +119,19 @@ def evaluate(
         raise InputError(f"max_frames must be at least 2, got {max_frames}")
     split = DEFAULT_SPLITS[benchmark] if split is None else split
     module = {"davis": davis, "jhmdb": jhmdb, "vip": vip}[benchmark]
+    year = str(year)  # 2016 and "2016" are the same year
+    if benchmark == "davis" and year not in davis.YEARS:
+        raise InputError(f"DAVIS year {year!r} is not one of {', '.join(davis.YEARS)}")
     data = {"year": year} if benchmark == "davis" else {}
     if benchmark == "jhmdb":
         split = _jhmdb_split(split)
+    if sequences is not None:
+        sequences = _check_sequences(benchmark, module, root, split, sequences, data)
     if results is not None:
-        return module.evaluate_results(
-            root, results, split=split, out=out, sequences=sequences, progress=progress, **data
-        )
+        with OutputFolder(out) if out is not None else contextlib.nullcontext():
+            return module.evaluate_results(
+                root, results, split=split, out=out, sequences=sequences, progress=progress, **data
+            )
     runner, checkpoint = load_runner(
         ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder=encoder
     )
@@ -132,6 +140,34 @@ def evaluate(
         from siammae.model.weights import weights_stem
 
         out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt) if ckpt is not None else Path(encoder).stem}"
+    with OutputFolder(out):  # one run at a time, no planted links, no temp files of a killed run
+        return _evaluate_model(module, runner, root, out, split, sequences, max_frames, checkpoint, overwrite,
+                               progress, data)  # fmt: skip
+
+
+def _check_sequences(benchmark: str, module, root, split, sequences: list[str], data: dict) -> list[str]:
+    """``sequences`` when each is a plain name listed in the split (``--sequences`` of another year or split
+    would be run and scored against the wrong protocol); an InputError naming the first that is not."""
+    for name in sequences:  # JHMDB names are "<action>/<video>"
+        parts = name.split("/") if benchmark == "jhmdb" else [name]
+        if benchmark == "jhmdb" and len(parts) != 2:
+            raise InputError(f"--sequences: {name!r} is not '<action>/<video>'")
+        for part in parts:
+            check_name(part, f"--sequences {name!r}")
+    listed = (
+        module.list_sequences(root, data["year"], split) if benchmark == "davis" else module.list_videos(root, split)
+    )
+    unknown = [s for s in sequences if s not in set(listed)]
+    if unknown:
+        where = f"DAVIS-{data['year']} {split}" if benchmark == "davis" else f"{benchmark} split {split}"
+        raise InputError(
+            f"--sequences: {', '.join(unknown[:4])} not in the {where} list ({len(listed)} sequences, e.g. "
+            f"{', '.join(listed[:3])})"
+        )
+    return list(sequences)
+
+
+def _evaluate_model(module, runner, root, out, split, sequences, max_frames, checkpoint, overwrite, progress, data):
     return module.evaluate_model(
         runner,
         root,

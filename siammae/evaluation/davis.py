@@ -86,6 +86,10 @@ def num_objects(seq: DavisSequence, year: str) -> int:
 def score_predictions(seq: DavisSequence, pred_dir: Path, year: str) -> SequenceScores:
     """J and F per object for the frames of ``seq`` except the first and the last, from ``pred_dir``."""
     n = num_objects(seq, year)
+    if n == 0:  # nothing to score: an empty table would read back as J = [] and fail far from its cause
+        raise InputError(
+            f"DAVIS sequence {seq.name}: first annotation {seq.annotations[0]} marks no object (DAVIS-{year} ids)"
+        )
     frames, gts, preds = [], [], []
     for frame, annotation in zip(seq.frames[1:-1], seq.annotations[1:-1], strict=True):
         gt = read_annotation(annotation, year)

@@ -29,6 +29,7 @@ from siammae.data.keypoints import write_keypoint_track
 from siammae.errors import InputError
 from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
 from siammae.evaluation.results import ResultsDir
+from siammae.outputs import check_name
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner
@@ -60,8 +61,8 @@ def list_videos(root: str | Path, split: int = 1) -> list[str]:
                 if parts:
                     raise InputError(f"{path}: line {line!r} is not '<video>.avi 1|2'")
                 continue
-            if parts[1] == "2":
-                names.append(f"{action}/{Path(parts[0]).stem}")
+            if parts[1] == "2":  # "<action>/<video>": both parts plain names (they are joined to output paths)
+                names.append(f"{check_name(action, str(path))}/{check_name(Path(parts[0]).stem, str(path))}")
     if not names:
         raise InputError(f"JHMDB split {split} lists no test video (label 2) in {root / 'splits'}")
     return names

@@ -6,13 +6,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from siammae.errors import InputError
+from siammae.outputs import check_name
 
 
 def read_names(listing: Path, what: str, hint: str = "") -> list[str]:
-    """The non-empty lines of ``listing``; ``what`` names it in errors, ``hint`` follows a missing-file error."""
+    """The non-empty lines of ``listing``; ``what`` names it in errors, ``hint`` follows a missing-file error.
+    Each line must be a plain name (it is joined to data and output folders): see :func:`check_name`."""
     if not listing.is_file():
         raise InputError(f"{what} {listing} does not exist{hint}")
-    names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    try:
+        text = listing.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{what} {listing}: cannot read ({e})") from e
+    names = [check_name(line.strip(), f"{what} {listing}") for line in text.splitlines() if line.strip()]
     if not names:
         raise InputError(f"{what} {listing} is empty")
     return names

@@ -46,7 +46,8 @@ from siammae.export.metadata import (
     ExportInfo,
 )
 from siammae.export.verify import verify_onnx
-from siammae.io import atomic_write
+from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
+from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import load_model
 from siammae.model.encoder import POS_INTERP, ViTEncoder
 
@@ -234,17 +235,30 @@ def _save(proto, path: Path, external_data: bool | None) -> None:
             onnx.save_model(proto, str(tmp))
         return
     data_name = path.name + ".data"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.stem}.") as tmp_dir:
-        onnx.save_model(
-            proto,
-            str(Path(tmp_dir) / path.name),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=data_name,  # tensors under 1 KB (shapes, which shape inference reads) stay inline
-        )
-        os.replace(Path(tmp_dir) / data_name, path.parent / data_name)  # the weights first, then the graph
-        os.replace(Path(tmp_dir) / path.name, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f"{TMP_PREFIX}{path.stem}.") as tmp_dir:
+            onnx.save_model(
+                proto,
+                str(Path(tmp_dir) / path.name),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,  # tensors under 1 KB (shapes, which shape inference reads) stay inline
+            )
+            mode = 0o666 & ~umask()
+            for name in (data_name, path.name):  # the weights first, then the graph
+                os.chmod(Path(tmp_dir) / name, mode)
+                os.replace(Path(tmp_dir) / name, path.parent / name)
+    except OSError as e:
+        raise write_error(path, e) from e
+
+
+def max_opset() -> int:
+    """The newest opset both PyTorch's exporter and the installed onnx package support."""
+    import onnx
+    import torch.onnx._constants as constants  # the exporter's own bound; no public name for it
+
+    return min(onnx.defs.onnx_opset_version(), getattr(constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
 
 
 def export_onnx(
@@ -277,6 +291,8 @@ def export_onnx(
         raise InputError(f"max batch must be at least 1, got {max_batch}")
     if opset < MIN_OPSET:
         raise InputError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise InputError(f"opset {opset} is newer than this PyTorch and onnx can export (at most {max_opset()})")
     if pos_interp not in POS_INTERP:
         raise InputError(f"pos_interp must be one of {POS_INTERP}, got {pos_interp!r}")
     checkpoint = sha = None
@@ -296,6 +312,8 @@ def export_onnx(
     dtype = "fp16" if fp16 else "fp32"
     H, W = resolve_size(encoder.patch_size, size, height, width)
     out = Path(out) if out is not None else default_output(ckpt, (H, W), dtype)
+    # tracing runs a batch of 2 frames; verification runs up to max_batch through PyTorch and onnxruntime
+    check_encoder_fits(encoder, H, W, max(2, max_batch if verify else 2), "cpu", f"export at {W}x{H}")
 
     import siammae
 

@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from siammae.errors import CheckpointError
 from siammae.io import atomic_write
-from siammae.model.config import ModelConfig
+from siammae.model.config import LIMITS, MAX_MLP_RATIO, ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.model.hub import file_sha256  # noqa: F401  (re-exported: reports hash weights with it)
 from siammae.model.pos_embed import sincos_2d
@@ -131,6 +131,36 @@ def load_model(
     return model.eval()
 
 
+def check_stored_config(path: Path, stored) -> ModelConfig:
+    """The :class:`ModelConfig` of a checkpoint's ``config`` entry, its sizes checked against :data:`LIMITS`
+    first (so a hostile or corrupt file cannot make the loader allocate terabytes); a CheckpointError otherwise."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: the 'config' entry is a {type(stored).__name__}, expected a dict")
+    for key, (lo, hi) in LIMITS.items():
+        value = stored.get(key)
+        if value is None:
+            continue  # the default applies
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise CheckpointError(f"{path}: config {key}={value!r} is not an integer in {lo}..{hi}")
+    ratio = stored.get("mlp_ratio", 4.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= MAX_MLP_RATIO:
+        raise CheckpointError(f"{path}: config mlp_ratio={ratio!r} is not a number in (0, {MAX_MLP_RATIO:g}]")
+    try:
+        return ModelConfig.from_dict(stored)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: invalid model config ({e})") from e
+
+
+def _check_shapes(path: Path, model_class: type, cfg: ModelConfig, state: dict) -> None:
+    """Keys and shapes of ``state`` against the model that ``cfg`` describes, built on the meta device (no memory
+    is allocated): a file whose config does not describe its tensors fails here, before the real model exists."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: the 'model' entry is a {type(state).__name__}, expected a state dict")
+    with torch.device("meta"):
+        skeleton = model_class(cfg)
+    _check_fit(path, skeleton.state_dict(), state)
+
+
 @dataclass(frozen=True)
 class EncoderInit:
     """Encoder weights to start training from (``siammae-train --init``): the ViTEncoder state dict, the kind of
@@ -172,11 +202,10 @@ def _load_native(path: Path, ckpt: dict) -> nn.Module:
     for key in ("config", "model"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: siammae checkpoint lacks its {key!r} entry")
-    try:
-        cfg = ModelConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{path}: invalid model config ({e})") from e
-    model = SiamMAE(cfg) if ckpt.get("kind", "siammae") == "siammae" else ViTEncoder(cfg)
+    cfg = check_stored_config(path, ckpt["config"])
+    model_class = SiamMAE if ckpt.get("kind", "siammae") == "siammae" else ViTEncoder
+    _check_shapes(path, model_class, cfg, ckpt["model"])
+    model = model_class(cfg)
     _load_strict(path, model, ckpt["model"])
     return model
 
@@ -261,13 +290,20 @@ def _load_foreign(path: Path, ckpt: dict, arch: str | None) -> ViTEncoder:
             mlp_ratio=cfg.mlp_ratio,
             qkv_bias=cfg.qkv_bias,
         )
+    check_stored_config(path, cfg.to_dict())  # sizes inferred from a hostile file are bounded too
+    _check_shapes(path, ViTEncoder, cfg, state)
     model = ViTEncoder(cfg)
     _load_strict(path, model, state)
     return model
 
 
 def _load_strict(path: Path, model: nn.Module, state: dict) -> None:
-    own = model.state_dict()
+    _check_fit(path, model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+
+
+def _check_fit(path: Path, own: dict, state: dict) -> None:
+    """Same keys, same shapes; a CheckpointError naming the first differences otherwise."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
@@ -277,10 +313,12 @@ def _load_strict(path: Path, model: nn.Module, state: dict) -> None:
         if unexpected:
             parts.append(f"unexpected keys {_few(unexpected)}")
         raise CheckpointError(f"{path}: weights do not fit the model: {'; '.join(parts)}")
+    not_tensors = sorted(k for k in own if not isinstance(state[k], torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{path}: entries {_few(not_tensors)} are not tensors")
     bad = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
     if bad:
         raise CheckpointError(f"{path}: shape mismatch (file vs model): {_few(bad)}")
-    model.load_state_dict(state, strict=True)
 
 
 def _few(items: list[str], n: int = 4) -> str:

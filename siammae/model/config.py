@@ -13,6 +13,21 @@ ENCODER_MODES = ("siam", "joint")
 DECODERS = ("cross-self", "cross", "joint")
 MASKINGS = ("random", "grid")
 POS_EMBEDS = ("sincos", "learned")
+# Sane bounds of a config, checked before anything is built from a stored one (siammae.model.checkpoint) and on
+# training's --input-size: far above every published ViT (ViT-22B: 48 blocks, width 6144, 48 heads) and far below
+# what would exhaust a machine's memory before a weight is read.
+LIMITS = {
+    "img_size": (1, 4096),
+    "patch_size": (1, 64),
+    "in_chans": (1, 16),
+    "embed_dim": (4, 8192),
+    "depth": (1, 128),
+    "num_heads": (1, 128),
+    "decoder_embed_dim": (1, 8192),
+    "decoder_depth": (0, 128),
+    "decoder_num_heads": (1, 128),
+}
+MAX_MLP_RATIO = 16.0
 # position embeddings at another grid: exact sin-cos, DINO's bicubic resize, or by the table's kind
 POS_INTERP = ("auto", "sincos", "bicubic")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from siammae.data.masks import check_objects, check_size, list_masks, mask_size,
 from siammae.data.video import VideoSource, list_frame_files, open_video, write_video
 from siammae.errors import InputError
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.tracking.checks import check_outputs, require_output
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.report import (
     device_info,
@@ -41,32 +41,6 @@ from siammae.tracking.report import (
 )
 from siammae.tracking.stream import BackgroundConsumer
 from siammae.tracking.tracker import Tracked, Tracker
-
-
-def _check_output_dir(folder: Path, overwrite: bool) -> None:
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder}: output path exists and is not a folder")
-    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
-        raise InputError(f"{folder}: output folder is not empty (use --overwrite to replace its files)")
-    _check_writable(folder)
-
-
-def _check_output_file(path: Path, overwrite: bool) -> None:
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected an output file name")
-    if path.exists() and not overwrite:
-        raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
-    _check_writable(path.parent)
-
-
-def _check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove that a file can be created in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".siammae-write-test."):
-            pass
-    except OSError as e:
-        raise InputError(f"{folder}: cannot write there ({e.strerror or e})") from e
 
 
 def _later_masks(mask_dir: Path, masks: dict[str, Path], src: VideoSource, names: list[str] | None) -> dict[str, Path]:
@@ -103,23 +77,6 @@ class _Sink:
     finish: Callable[[str], None] = lambda status: None
 
 
-def _require_output(out, overlay, report) -> None:
-    if out is None and overlay is None and report is None:
-        raise InputError("nothing to write: give an output folder (--out), an overlay video or a report")
-
-
-def _check_outputs(out, overlay, report, overwrite: bool) -> dict:
-    """Check every output path (creating ``out``) before the run; the paths by name."""
-    if out is not None:
-        _check_output_dir(Path(out), overwrite)
-    for path in (overlay, report):
-        if path is not None:
-            _check_output_file(Path(path), overwrite)
-    if report is not None:
-        _check_output_file(Path(report).with_suffix(".md"), overwrite)
-    return {"out": out, "overlay": overlay, "report": report}
-
-
 def track_video(
     tracker: Tracker,
     video: str | os.PathLike | VideoSource,
@@ -140,7 +97,7 @@ def track_video(
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    _require_output(out, overlay, report)
+    require_output(out, overlay, report)
     src = video if isinstance(video, VideoSource) else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
@@ -156,7 +113,7 @@ def track_video(
         ids = read_mask(mask)
         check_size(ids.shape, (src.height, src.width), mask)
         check_objects(ids, mask)
-    outputs = _check_outputs(out, overlay, report, overwrite)
+    outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
     objects: set[int] = set()
 
     def write(item: Tracked, ids: np.ndarray) -> None:
@@ -196,27 +153,32 @@ def track_keypoints_video(
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    _require_output(out, overlay, report)
+    require_output(out, overlay, report)
     src = video if isinstance(video, VideoSource) else open_video(video)
     size = (src.height, src.width)
+    where = "first-frame keypoints"
     if isinstance(keypoints, (str, os.PathLike)):
+        where = f"keypoint file {keypoints}"
         keypoints = read_keypoints(keypoints, size)
     elif not isinstance(keypoints, Keypoints):
         xy = np.asarray(keypoints, dtype=np.float64)
         if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
             raise InputError(f"keypoints must be a [J, 2] array of (x, y) pixels, got shape {xy.shape}")
         keypoints = Keypoints(xy=xy, names=tuple(str(j) for j in range(len(xy))))
-    check_inside(keypoints, size, "first-frame keypoints")
+    check_inside(keypoints, size, where)
     if np.isnan(keypoints.xy).all():
-        raise InputError("first-frame keypoints: every point is null; give at least one [x, y]")
+        raise InputError(f"{where}: every point is null; give at least one [x, y]")
     grid = tracker.grid_size(*size)  # fails here, before any output, for an encoder built for another size
     heatmaps = keypoints_to_heatmaps(keypoints.xy, size, grid)  # (1 + J, h, w), channel 0 the background
-    outputs = _check_outputs(out, overlay, report, overwrite)
+    outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
     track = None
     if out is not None:
-        info = {"video": str(src.path), "settings": _settings(tracker)}
-        folder = Path(out)
-        track = KeypointTrackWriter(folder / "keypoints.json", folder / "keypoints.jsonl", keypoints.names, size, info)
+        info, d = {"video": str(src.path), "settings": _settings(tracker)}, Path(out)
+        try:
+            track = KeypointTrackWriter(d / "keypoints.json", d / "keypoints.jsonl", keypoints.names, size, info)
+        finally:
+            if track is None:  # it failed: release --out
+                outputs["folder"].close()
 
     def read_out(item: Tracked) -> np.ndarray:
         if item.frame.index == 0:
@@ -239,6 +201,17 @@ def _run(
     tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
 ) -> dict:
     """Stream ``src`` through the tracker into ``sink`` and the overlay; write the report; return it."""
+    folder = outputs.pop("folder", None)
+    try:
+        return _stream(tracker, src, first_labels, references, sink, outputs, progress)
+    finally:
+        if folder is not None:
+            folder.close()
+
+
+def _stream(
+    tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
+) -> dict:
     overlay, report = outputs["overlay"], outputs["report"]
     device = tracker.device
     if device.type == "cuda":

@@ -112,13 +112,23 @@ def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-def write_report(path: str | os.PathLike, report: dict) -> tuple[Path, Path]:
-    """Write ``report`` as JSON to ``path`` and as Markdown beside it (same stem, ``.md``), atomically."""
+def report_paths(path: str | os.PathLike | None) -> tuple[Path, Path] | tuple[()]:
+    """(JSON, Markdown) files of ``--report path``: ``run.json`` -> run.json + run.md; ``run.md`` -> run.json +
+    run.md (never Markdown written over the JSON); any other name gets ``.md`` beside it. ``()`` for None."""
+    if path is None:
+        return ()
     path = Path(path)
-    md = path.with_suffix(".md")
-    write_json(path, report)
+    if path.suffix.lower() == ".md":
+        return path.with_suffix(".json"), path
+    return path, path.with_suffix(".md")
+
+
+def write_report(path: str | os.PathLike, report: dict) -> tuple[Path, Path]:
+    """Write ``report`` as JSON and as Markdown (the pair :func:`report_paths` names), atomically."""
+    json_path, md = report_paths(path)
+    write_json(json_path, report)
     write_text(md, to_markdown(report))
-    return path, md
+    return json_path, md
 
 
 def _fmt(x, unit: str = "") -> str:

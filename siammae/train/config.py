@@ -13,6 +13,7 @@ same result whichever way the batch is split (see :mod:`siammae.train.sampler`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import typing
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from siammae.errors import InputError
-from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
+from siammae.model.config import DECODERS, ENCODER_MODES, LIMITS, MASKINGS
 
 AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (PAPER.md)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -110,8 +111,14 @@ class TrainConfig:
         for name in ("workers", "vis_every", "seed"):
             if getattr(self, name) < 0:
                 bad(name, "must be >= 0")
-        if self.input_size is not None and self.input_size < 1:
-            bad("input_size", "must be positive")
+        for f in fields(self):  # nan / inf pass every comparison below: refuse them first
+            values = getattr(self, f.name)
+            values = values if isinstance(values, tuple) else (values,)
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                bad(f.name, "must be a finite number")
+        lo, hi = LIMITS["img_size"]
+        if self.input_size is not None and not lo <= self.input_size <= hi:
+            bad("input_size", f"must be in {lo}..{hi} pixels")
         if self.max_steps is not None and self.max_steps < 1:
             bad("max_steps", "must be at least 1")
         if self.decode not in DECODES:

@@ -23,9 +23,11 @@ from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.device import resolve_dtype
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
+from siammae.memory import check_fits, vit_bytes
 from siammae.model.checkpoint import init_encoder, read_encoder_init, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
+from siammae.outputs import OutputFolder
 from siammae.train import distributed as D
 from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
@@ -72,7 +74,9 @@ def train(cfg: TrainConfig) -> TrainResult:
     owns_group = not dist.is_initialized()
     info = D.init_distributed(cfg.device)
     try:
-        return Trainer(cfg, info).run()
+        # rank 0 claims --out: one run at a time, no planted links, no temp files of a killed run
+        with OutputFolder(cfg.out) if info.is_main else contextlib.nullcontext():
+            return Trainer(cfg, info).run()
     finally:
         if owns_group:
             D.close_distributed()
@@ -87,6 +91,7 @@ class Trainer:
             self.model_cfg = model_config(cfg.model, **cfg.model_overrides())
         except ValueError as e:
             raise InputError(f"--model {cfg.model}: {e}") from e
+        self._check_memory()
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
@@ -164,6 +169,15 @@ class Trainer:
             raise InputError("--data: a prepared data set is read on its own; pass only its folder (or URL)")
         videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
         return PairDataset(videos, *args), collate
+
+    def _check_memory(self) -> None:
+        """Stop before the model exists when not even one pair of frames fits (a typo in --input-size): a floor,
+        not a forecast of the whole batch, so a run that fits is never refused."""
+        m = self.model_cfg
+        need = vit_bytes(
+            m.img_size, m.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, num_heads=m.num_heads, batch=2
+        )
+        check_fits(need, f"--input-size {m.img_size} (one pair of frames)", self.device, "use a smaller --input-size")
 
     def _check_resume(self, path: Path, state: dict) -> None:
         saved = state["config"]

@@ -7,6 +7,7 @@ batch, f1 | masked f2 | prediction | target, so that people can see what the mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -16,8 +17,8 @@ import torch
 from PIL import Image
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from siammae.errors import InputError
-from siammae.io import atomic_write, write_text
+from siammae.errors import OutputError
+from siammae.io import atomic_write, open_append, read_jsonl, write_error, write_text
 from siammae.model.siammae import patchify, unpatchify
 
 
@@ -27,11 +28,11 @@ class Monitor:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise InputError(f"--out {self.out}: cannot create the run folder ({e.strerror or e})") from e
+            raise write_error(self.out, e) from e
         self.log_path = self.out / "log.jsonl"
         self.quiet = quiet
         self._truncate_log(start_step)
-        self._log_file = open(self.log_path, "a")  # noqa: SIM115 (kept open for the run, closed in close())
+        self._log_file = open_append(self.log_path)  # kept open for the run; never through a planted link
         self.tb = _tensorboard(self.out / "tb")
         self.bar = None
         if not quiet:
@@ -44,12 +45,15 @@ class Monitor:
 
     def _truncate_log(self, start_step: int) -> None:
         """On resume, drop records past the checkpoint: the steps after it are trained again."""
+        if self.log_path.is_symlink():
+            raise OutputError(f"cannot write {self.log_path}: it is a symbolic link (never written through)")
         if not self.log_path.exists():
             return
-        lines = self.log_path.read_text().splitlines()
-        keep = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= start_step]
+        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
+        records = read_jsonl(self.log_path)  # a torn last line (a run killed mid-write) is dropped
+        keep = [r for r in records if r.get("step", 0) <= start_step]
         if len(keep) != len(lines):
-            write_text(self.log_path, "".join(ln + "\n" for ln in keep))
+            write_text(self.log_path, "".join(json.dumps(r) + "\n" for r in keep))
 
     # ------------------------------------------------------------------------------------------------- output
     def info(self, msg: str) -> None:
@@ -93,8 +97,11 @@ class Monitor:
             "skipped": self.skip_events,
             "short_pairs": self.short_pairs,
         }
-        self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
+        try:
+            self._log_file.write(json.dumps(record) + "\n")
+            self._log_file.flush()
+        except OSError as e:
+            raise write_error(self.log_path, e) from e
         if self.tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
@@ -103,7 +110,8 @@ class Monitor:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self._log_file.close()
+        with contextlib.suppress(OSError):  # a failed flush: log() has already reported it
+            self._log_file.close()
         if self.tb is not None:
             self.tb.close()
 

@@ -147,7 +147,7 @@ def test_write_mask_failure_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", broken_save)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(InputError, match=r"cannot write .*00000\.png: No space left on device"):
         M.write_mask(tmp_path / "00000.png", _ids())
     assert list(tmp_path.iterdir()) == []
 

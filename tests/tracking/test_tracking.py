@@ -258,10 +258,11 @@ def test_track_video_refuses_to_overwrite(tmp_path, video):
     with pytest.raises(InputError, match="nothing to write"):
         track_video(_tracker(), path, masks[0], progress=False)
     (tmp_path / "file").write_text("")
-    with pytest.raises(InputError, match="cannot write there"):
+    with pytest.raises(InputError, match="cannot write .*masks: Not a directory"):
         track_video(_tracker(), path, masks[0], out=tmp_path / "file" / "masks", progress=False)
     track_video(_tracker(), path, masks[0], out=tmp_path / "out", overwrite=True, progress=False)
     assert len(list((tmp_path / "out").glob("0*.png"))) == 10
+    assert not (tmp_path / "out" / "old.png").exists()  # replaced means: this run's outputs only
 
 
 def test_interrupt_keeps_every_png_valid_and_marks_the_report(tmp_path, clip, monkeypatch):

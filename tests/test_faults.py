@@ -1,0 +1,834 @@
+"""A table of bad inputs and faults over every command: each must end in exit status 2 with one ``error:`` line that
+names the file, no traceback, nothing touched outside the output folder, and every file left behind readable.
+
+The inputs are tiny (the ``tiny`` model, 64x64 frames), and most cases fail before the first frame, so the whole
+table runs in well under two minutes on a CPU. Faults (a full disk, a read-only file system) are injected by
+patching the one rename or append every output goes through (:mod:`siammae.io`).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image, ImageDraw, ImageFilter
+
+import siammae
+import siammae.io as sio
+from siammae.cli.attn import main as attn_main
+from siammae.cli.demo import cli as demo_main
+from siammae.cli.eval import main as eval_main
+from siammae.cli.export import main as export_main
+from siammae.cli.track import main as track_main
+from siammae.cli.train import cli as train_main
+from siammae.data.palette import davis_palette_flat
+from siammae.model.checkpoint import read_checkpoint, save_checkpoint
+from siammae.outputs import OutputFolder
+
+COMMANDS = {
+    "track": track_main,
+    "eval": eval_main,
+    "train": train_main,
+    "export": export_main,
+    "attn": attn_main,
+    "demo": demo_main,
+}
+SIZE = 64  # frames are SIZE x SIZE
+FRAMES = 3
+
+
+# ------------------------------------------------------------------------------------------------- the inputs
+def _frame(i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    rgb = rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
+    rgb[16 + i : 40 + i, 16:40] = (220, 40, 40)  # a square moving down
+    return rgb
+
+
+def _ids(i: int = 0) -> np.ndarray:
+    ids = np.zeros((SIZE, SIZE), np.uint8)
+    ids[16 + i : 40 + i, 16:40] = 1
+    return ids
+
+
+def _save_p(path: Path, ids: np.ndarray) -> Path:
+    im = Image.fromarray(ids)
+    im.putpalette(davis_palette_flat())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    """Read-only inputs shared by every case (the table checks that no case changes them)."""
+    root = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(root / "tiny.pt", siammae.create_model("tiny"))
+    video = root / "video"
+    video.mkdir()
+    for i in range(FRAMES):
+        Image.fromarray(_frame(i)).save(video / f"{i:05d}.jpg", quality=95)
+    mask = _save_p(root / "mask.png", _ids())
+    # DAVIS-2017 layout: two sequences of FRAMES frames
+    davis = root / "DAVIS"
+    for seq in ("alpha", "beta"):
+        for i in range(FRAMES):
+            (davis / "JPEGImages/480p" / seq).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(_frame(i)).save(davis / "JPEGImages/480p" / seq / f"{i:05d}.jpg", quality=95)
+            _save_p(davis / "Annotations/480p" / seq / f"{i:05d}.png", _ids(i))
+    (davis / "ImageSets/2017").mkdir(parents=True)
+    (davis / "ImageSets/2017/val.txt").write_text("alpha\nbeta\n")
+    keypoints = root / "kp.json"
+    keypoints.write_text(json.dumps({"keypoints": [[20, 20], [30, 30]]}))
+    # train data: the frame folder is a video for training
+    return {"root": root, "ckpt": ckpt, "video": video, "mask": mask, "davis": davis, "keypoints": keypoints}
+
+
+# ------------------------------------------------------------------------------------------------ the table
+@dataclass
+class Case:
+    """One bad input or fault: ``args(w)`` builds the command line in the case's world ``w`` (a dict: the shared
+    inputs, ``tmp`` (this case's folder), ``out`` (its output folder)); ``expect`` must be in the error line
+    (formatted with ``w``); ``setup(w, monkeypatch)`` prepares files or injects a fault."""
+
+    id: str
+    command: str
+    args: Callable[[dict], list]
+    expect: tuple[str, ...]
+    setup: Callable | None = None
+    outputs: tuple[str, ...] = field(default=())  # more paths (keys of w) a case may write besides "out"
+
+
+def _track(w, *extra, mask=True):
+    base = [str(w["video"]), "--ckpt", str(w["ckpt"]), "--size", "64", "--device", "cpu", "-q"]
+    return base + (["--mask", str(w["mask"])] if mask else []) + [str(e) for e in extra]
+
+
+def _eval(w, *extra):
+    return ["davis", "--root", str(w["davis"]), "--ckpt", str(w["ckpt"]), "--out", str(w["out"]), "--size", "64",
+            "--device", "cpu", *[str(e) for e in extra]]  # fmt: skip
+
+
+def _train(w, *extra):
+    return ["--data", str(w["video"]), "--out", str(w["out"]), "--model", "tiny", "--input-size", "32",
+            "--batch-size", "2", "--max-steps", "1", "--workers", "0", "--device", "cpu", "--quiet",
+            "--gap", "1", "1", *[str(e) for e in extra]]  # fmt: skip
+
+
+def _export(w, *extra):
+    return ["--ckpt", str(w["ckpt"]), "--out", str(w["out"] / "model.onnx"), "--height", "64", "--width", "64",
+            "--no-verify", *[str(e) for e in extra]]  # fmt: skip
+
+
+def _attn(w, *extra, input=None):
+    return [str(input or w["video"]), "--ckpt", str(w["ckpt"]), "--size", "64", "--device", "cpu", "-q",
+            *[str(e) for e in extra]]  # fmt: skip
+
+
+def _write(rel: str, content: bytes | str):
+    def setup(w, mp):
+        path = w["tmp"] / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def _hostile_ckpt(w, mp):
+    """1.7 KB that claims depth 400 x width 8192: must be refused before any model is built."""
+    cfg = siammae.create_model("tiny").config.to_dict() | {"depth": 400, "embed_dim": 8192, "num_heads": 64}
+    torch.save({"format": "siammae", "version": 1, "kind": "siammae", "config": cfg, "model": {}}, w["tmp"] / "bad.pt")
+
+
+def _mismatch_ckpt(w, mp):
+    """A real state dict with a config that does not describe it."""
+    ck = read_checkpoint(w["ckpt"])
+    ck["config"] = {**ck["config"], "embed_dim": 128}
+    torch.save(ck, w["tmp"] / "bad.pt")
+
+
+def _truncated_ckpt(w, mp):
+    data = Path(w["ckpt"]).read_bytes()
+    (w["tmp"] / "bad.pt").write_bytes(data[: len(data) // 2])
+
+
+def _tensor_ckpt(w, mp):
+    torch.save(torch.zeros(3), w["tmp"] / "bad.pt")
+
+
+def _jpeg_mask(w, mp):
+    Image.fromarray(_ids() * 200).convert("RGB").save(w["tmp"] / "m.jpg", quality=80)
+
+
+def _blended_mask(w, mp):
+    im = Image.new("RGB", (SIZE, SIZE))
+    d = ImageDraw.Draw(im)
+    d.ellipse((8, 8, 40, 40), fill=(200, 0, 0))
+    d.rectangle((44, 20, 60, 60), fill=(0, 200, 0))
+    im.filter(ImageFilter.GaussianBlur(1.5)).save(w["tmp"] / "m.png")
+
+
+def _dup_frames(w, mp):
+    v = w["tmp"] / "v"
+    v.mkdir()
+    for i in range(2):
+        Image.fromarray(_frame(i)).save(v / f"{i:05d}.jpg")
+    Image.fromarray(_frame(1)).save(v / "00001.png")
+
+
+def _mask_dir_dups(w, mp):
+    d = w["tmp"] / "md"
+    _save_p(d / "00000.png", _ids())
+    Image.fromarray(_ids() * 255).save(d / "00000.bmp")
+
+
+def _planted_link(name: str, target_is_dir: bool = False):
+    def setup(w, mp):
+        victim = w["tmp"] / "victim"
+        if target_is_dir:
+            victim.mkdir()
+        else:
+            victim.write_text("precious\n")
+        w["out"].mkdir(parents=True, exist_ok=True)
+        (w["out"] / name).symlink_to(victim)
+
+    return setup
+
+
+def _locked(w, mp):
+    claim = OutputFolder(w["out"]).open()  # another run holds --out for the whole case
+    w["_cleanup"].append(claim.close)
+
+
+def _fail_replace(suffix: str, err: int = errno.ENOSPC):
+    """Every atomic write of a file ending in ``suffix`` fails at its rename, as on a full disk."""
+
+    def setup(w, mp):
+        real = os.replace
+
+        def replace(src, dst, *a, **k):
+            if str(dst).endswith(suffix):
+                raise OSError(err, os.strerror(err), str(dst))
+            return real(src, dst, *a, **k)
+
+        mp.setattr(sio.os, "replace", replace)
+
+    return setup
+
+
+def _full_append(w, mp):
+    """Appends (keypoints.jsonl, log.jsonl) go to /dev/full: every flush fails with ENOSPC."""
+    real = sio.open_append
+
+    def to_full(path, truncate=False):
+        real(path, truncate).close()  # the file exists, as it would
+        return open("/dev/full", "a")  # noqa: SIM115
+
+    import siammae.data.keypoints as kp
+
+    mp.setattr(kp, "open_append", to_full)
+
+
+def _eval_list(text: str):
+    """A DAVIS root (linking the shared frames) whose val list is ``text``."""
+
+    def setup(w, mp):
+        root = w["tmp"] / "D"
+        for part in ("JPEGImages", "Annotations"):
+            (root / part).mkdir(parents=True)
+            (root / part / "480p").symlink_to(w["davis"] / part / "480p")
+        (root / "ImageSets/2017").mkdir(parents=True)
+        (root / "ImageSets/2017/val.txt").write_text(text)
+        w["davis"] = root
+
+    return setup
+
+
+def _eval_missing_annotation(w, mp):
+    root = w["tmp"] / "D"
+    for part in ("JPEGImages", "Annotations"):
+        for seq in ("alpha",):
+            src = w["davis"] / part / "480p" / seq
+            dst = root / part / "480p" / seq
+            dst.mkdir(parents=True)
+            for f in sorted(src.iterdir())[: 2 if part == "Annotations" else None]:
+                (dst / f.name).write_bytes(f.read_bytes())
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("alpha\n")
+    w["davis"] = root
+
+
+def _results(w, mp, size=SIZE):
+    res = w["tmp"] / "res" / "alpha"
+    for i in range(FRAMES):
+        _save_p(res / f"{i:05d}.png", np.zeros((size, size), np.uint8))
+
+
+def _torn_log_and_symlink(w, mp):
+    w["out"].mkdir(parents=True)
+    (w["out"] / "log.jsonl").symlink_to(w["tmp"] / "victim")
+    (w["tmp"] / "victim").write_text('{"step": 1}\n')
+
+
+CASES = [
+    # --------------------------------------------------------------------------------------------- track
+    Case(
+        "track-video-missing",
+        "track",
+        lambda w: [
+            str(w["tmp"] / "nope.mp4"),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["ckpt"]),
+            "--out",
+            str(w["out"]),
+        ],
+        ("nope.mp4",),
+    ),  # fmt: skip
+    Case(
+        "track-video-not-video",
+        "track",
+        lambda w: [str(w["tmp"] / "a.txt"), "--mask", str(w["mask"]), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("a.txt",),
+        _write("a.txt", "hello"),
+    ),  # fmt: skip
+    Case(
+        "track-mask-missing",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "none.png")],
+        ("none.png",),
+    ),  # fmt: skip
+    Case(
+        "track-mask-jpeg",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "m.jpg")],
+        ("m.jpg", "JPEG"),
+        _jpeg_mask,
+    ),  # fmt: skip
+    Case(
+        "track-mask-antialiased",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "m.png")],
+        ("m.png", "anti-aliased"),
+        _blended_mask,
+    ),  # fmt: skip
+    Case(
+        "track-mask-empty",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "e.png")],
+        ("e.png", "empty"),
+        lambda w, mp: _save_p(w["tmp"] / "e.png", np.zeros((SIZE, SIZE), np.uint8)),
+    ),  # fmt: skip
+    Case(
+        "track-mask-aspect",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "e.png")],
+        ("e.png", "aspect"),
+        lambda w, mp: _save_p(w["tmp"] / "e.png", np.ones((SIZE, 2 * SIZE), np.uint8)),
+    ),  # fmt: skip
+    Case(
+        "track-mask-garbage",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "g.png")],
+        ("g.png",),
+        _write("g.png", b"\x89PNG not really"),
+    ),  # fmt: skip
+    Case(
+        "track-dup-frames",
+        "track",
+        lambda w: [str(w["tmp"] / "v"), "--mask", str(w["mask"]), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("00001.jpg", "00001.png"),
+        _dup_frames,
+    ),  # fmt: skip
+    Case(
+        "track-corrupt-frame",
+        "track",
+        lambda w: [str(w["tmp"] / "v"), "--mask", str(w["mask"]), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("00000.jpg",),
+        _write("v/00000.jpg", b"\xff\xd8junk"),
+    ),  # fmt: skip
+    Case(
+        "track-mask-dir-dups",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask-dir", str(w["tmp"] / "md")],
+        ("md", "00000"),
+        _mask_dir_dups,
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-missing",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "no.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("no.pt",),
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-empty",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt", "empty"),
+        _write("bad.pt", b""),
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-garbage",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt",),
+        _write("bad.pt", b"garbage" * 9),
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-hostile",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt", "depth"),
+        _hostile_ckpt,
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-mismatch",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt", "shape"),
+        _mismatch_ckpt,
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-truncated",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt",),
+        _truncated_ckpt,
+    ),  # fmt: skip
+    Case(
+        "track-ckpt-tensor",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["tmp"] / "bad.pt"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("bad.pt",),
+        _tensor_ckpt,
+    ),  # fmt: skip
+    Case(
+        "track-overlay-gif",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overlay", w["out"] / "o.gif"),
+        ("o.gif", ".mp4"),
+    ),  # fmt: skip
+    Case(
+        "track-overlay-webm",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overlay", w["out"] / "o.webm"),
+        ("o.webm",),
+    ),  # fmt: skip
+    Case(
+        "track-overlay-noext",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overlay", w["out"] / "o"),
+        ("--overlay",),
+    ),  # fmt: skip
+    Case(
+        "track-size-huge",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--ckpt",
+            str(w["ckpt"]),
+            "--size",
+            "100000",
+            "--mask",
+            str(w["mask"]),
+            "--out",
+            str(w["out"]),
+            "-q",
+        ],
+        ("video", "needs about"),
+    ),  # fmt: skip
+    Case("track-out-is-file", "track", lambda w: _track(w, "--out", w["tmp"] / "f"), ("f",), _write("f", "x")),
+    Case(
+        "track-out-not-empty",
+        "track",
+        lambda w: _track(w, "--out", w["out"]),
+        ("out", "not empty"),
+        lambda w, mp: _save_p(w["out"] / "old.png", _ids()),
+    ),  # fmt: skip
+    Case(
+        "track-overwrite-foreign",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overwrite"),
+        ("out", "notes.txt"),
+        _write("out/notes.txt", "mine"),
+    ),  # fmt: skip
+    Case(
+        "track-out-linked-folder",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overwrite"),
+        ("sub", "symbolic link"),
+        _planted_link("sub", target_is_dir=True),
+    ),  # fmt: skip
+    Case(
+        "track-out-locked", "track", lambda w: _track(w, "--out", w["out"]), ("out", "another siammae run"), _locked
+    ),  # fmt: skip
+    Case(
+        "track-report-exists",
+        "track",
+        lambda w: _track(w, "--report", w["tmp"] / "r.json"),
+        ("r.json", "exists"),
+        _write("r.json", "{}"),
+    ),  # fmt: skip
+    Case(
+        "track-keypoints-missing",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["tmp"] / "k.json", mask=False),
+        ("k.json",),
+    ),  # fmt: skip
+    Case(
+        "track-keypoints-outside",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["tmp"] / "k.json", mask=False),
+        ("k.json", "outside"),
+        _write("k.json", json.dumps({"keypoints": [[500, 5]]})),
+    ),  # fmt: skip
+    Case(
+        "track-keypoints-all-null",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["tmp"] / "k.json", mask=False),
+        ("k.json", "null"),
+        _write("k.json", json.dumps({"keypoints": [None, None]})),
+    ),  # fmt: skip
+    Case(
+        "track-keypoints-bad-json",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["tmp"] / "k.json", mask=False),
+        ("k.json",),
+        _write("k.json", "{not json"),
+    ),  # fmt: skip
+    Case(
+        "track-encoder-missing",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--encoder",
+            str(w["tmp"] / "m.onnx"),
+            "--out",
+            str(w["out"]),
+        ],
+        ("m.onnx",),
+    ),  # fmt: skip
+    Case(
+        "track-disk-full-masks",
+        "track",
+        lambda w: _track(w, "--out", w["out"]),
+        ("00000.png", "No space left"),
+        _fail_replace(".png"),
+    ),  # fmt: skip
+    Case(
+        "track-disk-full-report",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--report", w["out"] / "r.json"),
+        ("r.json", "No space left"),
+        _fail_replace(".json"),
+    ),  # fmt: skip
+    Case(
+        "track-readonly-overlay",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--overlay", w["out"] / "o.mp4"),
+        ("o.mp4", "Read-only"),
+        _fail_replace(".mp4", errno.EROFS),
+    ),  # fmt: skip
+    Case(
+        "track-disk-full-keypoints",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["keypoints"], mask=False),
+        ("keypoints.jsonl", "No space left"),
+        _full_append,
+    ),  # fmt: skip
+    # ---------------------------------------------------------------------------------------------- eval
+    Case(
+        "eval-root-missing",
+        "eval",
+        lambda w: ["davis", "--root", str(w["tmp"] / "X"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("X",),
+    ),  # fmt: skip
+    Case("eval-list-dotdot", "eval", _eval, ("val.txt", "../../escape"), _eval_list("alpha\n../../escape\n")),
+    Case("eval-list-absolute", "eval", _eval, ("val.txt", "/tmp/abs"), _eval_list("/tmp/abs\n")),
+    Case("eval-list-slash", "eval", _eval, ("val.txt", "a/b"), _eval_list("a/b\n")),
+    Case("eval-list-empty", "eval", _eval, ("val.txt", "empty"), _eval_list("\n\n")),
+    Case("eval-sequence-not-listed", "eval", lambda w: _eval(w, "--sequences", "gamma"), ("--sequences", "gamma")),
+    Case("eval-sequence-dotdot", "eval", lambda w: _eval(w, "--sequences", ".."), ("--sequences", "..")),
+    Case(
+        "eval-wrong-year", "eval", lambda w: _eval(w, "--year", "2016", "--sequences", "alpha"), ("2016", "val.txt")
+    ),  # fmt: skip
+    Case("eval-missing-annotation", "eval", _eval, ("00002",), _eval_missing_annotation),
+    Case("eval-out-linked", "eval", _eval, ("predictions", "symbolic link"), _planted_link("predictions", True)),
+    Case("eval-out-locked", "eval", _eval, ("out", "another siammae run"), _locked),
+    Case(
+        "eval-out-is-file",
+        "eval",
+        lambda w: _eval(w)[:-6] + ["--out", str(w["tmp"] / "f"), "--size", "64", "--device", "cpu"],
+        ("f",),
+        _write("f", "x"),
+    ),  # fmt: skip
+    Case("eval-disk-full-scores", "eval", _eval, ("alpha.json", "No space left"), _fail_replace("alpha.json")),
+    Case(
+        "eval-ckpt-hostile",
+        "eval",
+        lambda w: _eval(w)[:3] + ["--ckpt", str(w["tmp"] / "bad.pt"), "--out", str(w["out"])],
+        ("bad.pt", "depth"),
+        _hostile_ckpt,
+    ),  # fmt: skip
+    Case(
+        "eval-results-missing",
+        "eval",
+        lambda w: ["davis", "--root", str(w["davis"]), "--results", str(w["tmp"] / "res"), "--out", str(w["out"])],
+        ("res",),
+    ),  # fmt: skip
+    Case(
+        "eval-results-wrong-size",
+        "eval",
+        lambda w: [
+            "davis",
+            "--root",
+            str(w["davis"]),
+            "--results",
+            str(w["tmp"] / "res"),
+            "--out",
+            str(w["out"]),
+            "--sequences",
+            "alpha",
+        ],
+        ("00001.png",),
+        lambda w, mp: _results(w, mp, size=32),
+    ),  # fmt: skip
+    Case(
+        "eval-vip-list-dotdot",
+        "eval",
+        lambda w: ["vip", "--root", str(w["tmp"] / "V"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("val_videos.txt", ".."),
+        _write("V/lists/val_videos.txt", "..\n"),
+    ),  # fmt: skip
+    Case(
+        "eval-jhmdb-root-missing",
+        "eval",
+        lambda w: ["jhmdb", "--root", str(w["tmp"] / "J"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("J",),
+    ),  # fmt: skip
+    # --------------------------------------------------------------------------------------------- train
+    Case("train-lr-nan", "train", lambda w: _train(w, "--lr", "nan"), ("lr", "finite")),
+    Case("train-blr-inf", "train", lambda w: _train(w, "--blr", "inf"), ("blr", "finite")),
+    Case(
+        "train-input-size-huge",
+        "train",
+        lambda w: _train(w)[:8] + ["--input-size", "1000000"] + _train(w)[10:],
+        ("input_size", "4096"),
+    ),  # fmt: skip
+    Case(
+        "train-data-missing",
+        "train",
+        lambda w: ["--data", str(w["tmp"] / "nowhere"), "--out", str(w["out"])],
+        ("nowhere",),
+    ),  # fmt: skip
+    Case(
+        "train-config-bad-json",
+        "train",
+        lambda w: _train(w, "--config", w["tmp"] / "c.json"),
+        ("c.json",),
+        _write("c.json", "{oops"),
+    ),  # fmt: skip
+    Case("train-log-symlink", "train", _train, ("log.jsonl", "symbolic link"), _torn_log_and_symlink),
+    Case("train-out-locked", "train", _train, ("out", "another siammae run"), _locked),
+    Case(
+        "train-out-is-file",
+        "train",
+        lambda w: _train(w)[:2] + ["--out", str(w["tmp"] / "f")] + _train(w)[4:],
+        ("f",),
+        _write("f", "x"),
+    ),  # fmt: skip
+    Case("train-disk-full-checkpoint", "train", _train, ("No space left",), _fail_replace(".pt")),
+    # -------------------------------------------------------------------------------------------- export
+    Case("export-opset-30", "export", lambda w: _export(w, "--opset", "30"), ("opset 30",)),
+    Case(
+        "export-huge",
+        "export",
+        lambda w: _export(w)[:4] + ["--height", "100000", "--width", "100000"],
+        ("100000x100000", "needs about"),
+    ),  # fmt: skip
+    Case(
+        "export-ckpt-hostile",
+        "export",
+        lambda w: ["--ckpt", str(w["tmp"] / "bad.pt"), "--out", str(w["out"] / "m.onnx")],
+        ("bad.pt", "depth"),
+        _hostile_ckpt,
+    ),  # fmt: skip
+    Case("export-ckpt-missing", "export", lambda w: ["--ckpt", str(w["tmp"] / "no.pt")], ("no.pt",)),
+    Case("export-disk-full", "export", _export, ("model.onnx", "No space left"), _fail_replace(".onnx")),
+    # ---------------------------------------------------------------------------------------------- attn
+    Case(
+        "attn-size-huge",
+        "attn",
+        lambda w: _attn(w, "--out", w["out"])[:3] + ["--size", "100000", "--out", str(w["out"]), "-q"],
+        ("size 100000", "needs about"),
+    ),  # fmt: skip
+    Case("attn-input-missing", "attn", lambda w: _attn(w, "--out", w["out"], input=w["tmp"] / "nope"), ("nope",)),
+    Case("attn-heads-bad", "attn", lambda w: _attn(w, "--out", w["out"], "--heads", "99"), ("99",)),
+    Case("attn-out-gif", "attn", lambda w: _attn(w, "--out", w["tmp"] / "a.gif"), ("a.gif",)),
+    Case(
+        "attn-out-linked",
+        "attn",
+        lambda w: _attn(w, "--out", w["out"]),
+        ("sub", "symbolic link"),
+        _planted_link("sub", True),
+    ),  # fmt: skip
+    Case(
+        "attn-disk-full",
+        "attn",
+        lambda w: _attn(w, "--out", w["out"]),
+        ("00000.png", "No space left"),
+        _fail_replace(".png"),
+    ),  # fmt: skip
+    Case(
+        "attn-ckpt-hostile",
+        "attn",
+        lambda w: _attn(w)[:1] + ["--ckpt", str(w["tmp"] / "bad.pt"), "--out", str(w["out"])],
+        ("bad.pt", "depth"),
+        _hostile_ckpt,
+    ),  # fmt: skip
+    # ---------------------------------------------------------------------------------------------- demo
+    Case("demo-out-is-file", "demo", lambda w: ["--out", str(w["tmp"] / "f"), "--quiet"], ("f",), _write("f", "x")),
+    Case(
+        "demo-out-linked",
+        "demo",
+        lambda w: ["--out", str(w["out"]), "--quiet"],
+        ("train", "symbolic link"),
+        _planted_link("train", True),
+    ),  # fmt: skip
+    Case(
+        "demo-out-locked", "demo", lambda w: ["--out", str(w["out"]), "--quiet"], ("another siammae run",), _locked
+    ),  # fmt: skip
+]
+
+
+# ------------------------------------------------------------------------------------------------ the checks
+def _snapshot(root: Path, skip: Path | None) -> dict[str, tuple]:
+    """Every path under ``root`` (links not followed) -> (kind, size, mtime, mode); ``skip``'s subtree left out."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            p = Path(folder) / name
+            if skip is not None and (p == skip or skip in p.parents):
+                continue
+            st = p.lstat()
+            state[str(p.relative_to(root))] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return state
+
+
+def _check_readable(path: Path) -> None:
+    """Every PNG, JSON and checkpoint under ``path`` opens and parses (nothing left torn)."""
+    if not path.exists():
+        return
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    for f in files:
+        if f.suffix == ".png":
+            with Image.open(f) as im:
+                im.load()
+        elif f.suffix == ".json":
+            json.loads(f.read_text())
+        elif f.suffix == ".jsonl":
+            sio.read_jsonl(f)
+        elif f.suffix in (".pt", ".pth"):
+            read_checkpoint(f)
+        assert not f.name.startswith(sio.TMP_PREFIX), f"temp file left behind: {f}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_fault(case: Case, inputs, tmp_path, monkeypatch):
+    w = {**inputs, "tmp": tmp_path, "out": tmp_path / "out", "_cleanup": []}
+    monkeypatch.chdir(tmp_path)  # default outputs (export beside nothing, attn in cwd) land in the case's folder
+    if case.setup is not None:
+        case.setup(w, monkeypatch)
+    args = case.args(w)
+    before = _snapshot(tmp_path, w["out"]), _snapshot(inputs["root"], None)
+    try:
+        result = CliRunner().invoke(COMMANDS[case.command], args)
+    finally:
+        for release in w["_cleanup"]:
+            release()
+    after = _snapshot(tmp_path, w["out"]), _snapshot(inputs["root"], None)
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exc_info  # not an exception escaping
+    assert "Traceback" not in result.output
+    # ours: "error: ..."; click's own checks of an option's type: "Error: Invalid value for '--out': ..."
+    errors = [ln for ln in result.output.splitlines() if ln.lower().startswith("error:")]
+    assert len(errors) == 1, result.output
+    for fragment in case.expect:
+        assert fragment.format(**w) in errors[0], errors[0]
+    assert after == before, "a file outside --out was created, changed or removed"
+    _check_readable(w["out"])
+    if (w["tmp"] / "victim").exists() and (w["tmp"] / "victim").is_file():
+        assert (w["tmp"] / "victim").read_text() in ("precious\n", '{"step": 1}\n')
+
+
+def test_table_is_large_enough():
+    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
+    assert {c.command for c in CASES} == set(COMMANDS)
