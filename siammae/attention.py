@@ -39,8 +39,8 @@ from siammae.io import atomic_write
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
-from siammae.propagation.inputs import chunks
 from siammae.outputs import OutputFolder
+from siammae.propagation.inputs import chunks
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 
