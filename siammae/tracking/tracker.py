@@ -109,7 +109,7 @@ class Tracker:
         self.device = torch.device(self.encoder.device)
         if size < self.patch_size:
             raise InputError(f"size {size} is smaller than the patch size {self.patch_size}")
-        self.times = StageTimes()  # of the last stream; the pipeline adds "write"
+        self.times = StageTimes()  # of the last stream run without its own ``times`` (``track``, ``track_soft``)
 
     # ------------------------------------------------------------------------------------------------ sizes
     def frame_size(self, height: int, width: int) -> tuple[int, int]:
@@ -169,9 +169,14 @@ class Tracker:
         return ids
 
     # ------------------------------------------------------------------------------------------------ stream
-    def stream(self, frames, first_labels, references=None) -> Iterator[Tracked]:
-        """The generator under ``track`` and ``track_soft``: one :class:`Tracked` per frame, in order."""
-        self.times = times = StageTimes()
+    def stream(self, frames, first_labels, references=None, times: StageTimes | None = None) -> Iterator[Tracked]:
+        """The generator under ``track`` and ``track_soft``: one :class:`Tracked` per frame, in order.
+
+        times: where the stream adds its decode / encode / propagate seconds and frames (a run's own, so that one
+        Tracker can serve several streams at once); by default a new one, kept as ``self.times``.
+        """
+        if times is None:
+            self.times = times = StageTimes()
         references = dict(references or {})
         if 0 in references:
             raise InputError("frame 0's mask is the first mask; references are for later frames")
