@@ -299,6 +299,9 @@ def _fps_fraction(fps: float):
 # --------------------------------------------------------------------------------------------------- live
 LIVE_PREFIXES = ("rtsp://", "rtsps://", "rtmp://", "http://", "https://", "udp://", "tcp://", "srt://", "pipe:")
 CAMERA_FORMATS = ("v4l2", "avfoundation", "dshow")
+# FFmpeg probes 5 MB / 5 s of a stream before the first frame by default: seconds of delay on a live source, with
+# the probed frames then arriving at once. Probe as little as possible instead (``options`` can override).
+LIVE_OPTIONS = {"probesize": "32", "analyzeduration": "0"}
 
 
 def is_live(source: str | os.PathLike, format: str | None = None) -> bool:
@@ -338,8 +341,10 @@ class LiveSource:
     ``Frame.arrival`` when it was decoded. realtime: never build a backlog: when the consumer is slower than the
     source, the reader keeps only the newest frame and drops the older one (``dropped``: count and indices), so a
     frame waits at most one frame in this source; without it every frame is kept and a slow consumer holds the
-    source back (a pipe blocks its writer). max_frames / duration: stop after that many frames / seconds of stream
-    time (wall-clock time when the stream has no time stamps). Iterate once.
+    source back (a pipe blocks its writer; frames then wait there before they "arrive"). options: FFmpeg options
+    (``LIVE_OPTIONS`` by default; e.g. ``{"rtsp_transport": "tcp"}``); timeout: seconds to wait for the stream to
+    open or for data on a network stream before failing. max_frames / duration: stop after that many frames /
+    seconds of stream time (wall-clock time when the stream has no time stamps). Iterate once.
 
     Attributes like :class:`VideoSource`: ``path`` (the source as given), ``is_folder`` (False), ``is_live``
     (True), ``width``, ``height``, ``fps`` (None when the stream states none), ``num_frames`` (``max_frames``).
@@ -370,7 +375,8 @@ class LiveSource:
         url = "pipe:0" if self.path == "-" else self.path
         try:
             # timeout: (open, read) seconds for network protocols, so a dead server is an error, not a hang
-            self._container = av.open(url, format=format, options=dict(options or {}), timeout=(timeout, timeout))
+            self._container = av.open(url, format=format, options={**LIVE_OPTIONS, **(options or {})},
+                                      timeout=(timeout, timeout))  # fmt: skip
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot open live source ({e})") from e
         stream = _video_stream(self.path, self._container)

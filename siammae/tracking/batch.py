@@ -314,7 +314,8 @@ def summary_markdown(s: dict) -> str:
         + ")",
         f"- frames tracked: {s['frames']} in {f(s['wall_seconds'])} s: {f(s['frames_per_second'])} frames/s, "
         f"{f(s['videos_per_second'])} videos/s",
-        f"- peak host memory: {f(s['peak_host_mib'])} MiB; peak GPU memory: {f(s['peak_gpu_mib'])} MiB",
+        f"- peak host memory: {f(s['peak_host_mib'])} MiB; peak GPU memory: "
+        + (f"{f(s['peak_gpu_mib'])} MiB" if s["peak_gpu_mib"] else "n/a"),
         "",
         "| video | status | frames | size | fps | decode | encode | propagate | write | host MiB | GPU MiB | error |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",

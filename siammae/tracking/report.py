@@ -194,6 +194,18 @@ def to_markdown(r: dict) -> str:
         "",
         "Decoding and writing run in background threads, overlapping encoding and propagation.",
         "",
+    ]
+    lat = r.get("latency")
+    if lat and lat["frames"]:
+        lines += [f"Latency per frame (decoded -> written): median {_fmt(lat['median_ms'], ' ms')}, "
+                  f"p95 {_fmt(lat['p95_ms'], ' ms')}, max {_fmt(lat['max_ms'], ' ms')}.", ""]  # fmt: skip
+    if "dropped" in r:
+        d = r["dropped"]
+        shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["indices"][:20])
+        more = " ..." if len(d["indices"]) > 20 else ""
+        lines += [f"Real time: {d['frames']} frames dropped at the input" + (f" ({shown}{more})" if shown else "")
+                  + ".", ""]  # fmt: skip
+    lines += [
         "## Memory",
         "",
         f"- peak host memory: {_fmt(r['memory']['peak_host_mib'], ' MiB')}",
