@@ -3,11 +3,18 @@ with reports."""
 
 from siammae.data.masks import MaskResizeWarning, read_mask, write_mask
 from siammae.data.palette import davis_palette
+from siammae.tracking.batch import BatchItem, read_manifest, run_batch, track_many
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.pipeline import track_keypoints_video, track_video
+from siammae.tracking.run import TrackingRun
 from siammae.tracking.tracker import Tracked, Tracker
 
 __all__ = [
+    "BatchItem",
+    "TrackingRun",
+    "read_manifest",
+    "run_batch",
+    "track_many",
     "MaskResizeWarning",
     "Tracked",
     "Tracker",

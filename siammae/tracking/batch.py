@@ -170,6 +170,14 @@ def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
     return items
 
 
+def is_batch_input(inputs: list[str]) -> bool:
+    """Whether command-line inputs name several videos: more than one, or one folder of videos (not of frames)."""
+    if len(inputs) != 1:
+        return len(inputs) > 1
+    p = Path(inputs[0])
+    return p.is_dir() and not _has_images(p)
+
+
 def _has_images(folder: Path) -> bool:
     return any(c.suffix.lower() in IMAGE_EXTENSIONS for c in folder.iterdir())
 
