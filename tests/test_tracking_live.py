@@ -142,3 +142,31 @@ def test_stop_after_max_frames_or_duration(tmp_path):
     assert len(list(everything)) == 20 and everything.dropped is None
     with pytest.raises(VideoError, match="read once"):
         list(everything)
+
+
+def test_one_tracker_runs_two_streams_at_once(tmp_path):
+    """Each run owns its writer, status and timings (TrackingRun), so two runs can share one tracker concurrently."""
+    shared = tracker()
+    _, mask_path = first_mask(tmp_path)
+    paths = []
+    for k in range(2):
+        frames, _ = make_synthetic_clip(10 + 4 * k, SIZE, seed=0)
+        paths.append(tmp_path / f"clip{k}.ts")
+        write_mpegts(str(paths[-1]), frames, fps=FPS)
+    alone = [track_video(tracker(), p, mask_path, out=tmp_path / f"alone{k}", progress=False) for k, p in
+             enumerate(paths)]  # fmt: skip
+    reports = [None, None]
+
+    def run(k):
+        reports[k] = track_video(shared, paths[k], mask_path, out=tmp_path / f"both{k}", progress=False)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        assert reports[k]["frames"] == alone[k]["frames"] == 10 + 4 * k
+        assert all(s["seconds"] > 0 for s in reports[k]["time"]["stages"].values())
+        for p in (tmp_path / f"alone{k}").iterdir():
+            assert (tmp_path / f"both{k}" / p.name).read_bytes() == p.read_bytes()

@@ -18,6 +18,7 @@ the report is written with the status, and the first exception is raised again.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -116,13 +117,11 @@ class TrackingRun:
 
     def _feed(self, writer: BackgroundConsumer, first_labels, references: dict) -> None:
         """Main thread: the tracker's frames (and on a GPU their read-out) to the writer thread."""
-        bar = _progress(self.src, self.progress)
-        try:
-            for item in self.tracker.stream(self.src, first_labels, references, times=self.times):
+        stream = self.tracker.stream(self.src, first_labels, references, times=self.times)
+        with _progress(self.src, self.progress) as bar, contextlib.closing(stream):  # closed now: decode time counted
+            for item in stream:
                 writer.put((item, self._read_out(item) if self._read_out_in_main else None))
                 bar.update(1)
-        finally:
-            bar.close()
 
     def _read_out(self, item: Tracked):
         t0 = time.perf_counter()
