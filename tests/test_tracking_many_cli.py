@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,29 @@ def test_standard_input_pipe_at_real_time(tmp_path, ckpt):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["video"] == {**report["video"], "path": "-", "kind": "live", "width": 48, "height": 32}
     assert report["latency"]["frames"] == 16 and "dropped" not in report
+
+
+def test_ctrl_c_stops_a_live_source_cleanly(tmp_path, ckpt):
+    _, masks = make_synthetic_clip(1, SIZE, seed=0)
+    write_mask(tmp_path / "first.png", masks[0])
+    out, report = tmp_path / "masks", tmp_path / "r.json"
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "siammae.cli.track", "-", "--mask", tmp_path / "first.png",
+           "--out", out, "--report", report, "--realtime", *args(ckpt)]  # fmt: skip
+    with live_writer(400, SIZE, 20) as writer:  # 20 s of stream; stopped after a few frames
+        proc = subprocess.Popen([str(c) for c in cmd], stdin=writer.stdout, env=env(), stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        deadline = time.time() + 120
+        while len(list(out.glob("*.png"))) < 5:
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # show where it hangs
+            proc.send_signal(signal.SIGABRT)
+            _, err = proc.communicate(timeout=60)
+        writer.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    saved = json.loads(report.read_text())
+    assert saved["status"] == "interrupted" and saved["frames"] == len(list(out.glob("*.png"))) >= 5
+    assert not list(out.glob(".*"))  # no temporary file left
