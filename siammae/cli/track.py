@@ -3,11 +3,13 @@ folder or live stream), streamed; or through many videos in one resumable run, o
 
     siammae-track video.mp4 --mask first.png --ckpt vits8.pt --out masks/ --overlay overlay.mp4 --report run.json
     siammae-track video.mp4 --keypoints first.json --ckpt vits8.pt --out track/ --overlay overlay.mp4
-    siammae-track --manifest videos.csv --ckpt vits8.pt --out results/            # many videos -> run_batch
+    siammae-track --manifest videos.csv --ckpt vits8.pt --out results/            # many videos
     ffmpeg ... -f mpegts - | siammae-track - --mask first.png --ckpt vits8.pt --out masks/ --realtime
 
 A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
-:func:`~siammae.tracking.track_video` (masks) or :func:`~siammae.tracking.track_keypoints_video` (keypoints).
+:func:`~siammae.tracking.track_video` (masks; a live source opened with :func:`~siammae.data.video.open_source`),
+:func:`~siammae.tracking.track_keypoints_video` (keypoints) or :func:`~siammae.tracking.batch.run_batch` (many
+videos; a batch that had failures exits with status 1 naming how many).
 Errors a user can fix print one line (``error: ...``) and exit with status 2; Ctrl-C keeps every mask (keypoint
 frame) written so far, marks the report as interrupted and exits with status 130.
 """
@@ -20,30 +22,20 @@ from pathlib import Path
 
 import click
 
-from siammae.errors import InputError, SiamMAEError
-from siammae.model.registry import list_models
-from siammae.propagation.config import PRESETS
-
-PRESET_NAMES = tuple(PRESETS)
-
-
-class Radius(click.ParamType):
-    """A neighbourhood radius in patches, or "none" for no restriction."""
-
-    name = "radius"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, (int, float)):
-            return value
-        if str(value).lower() in ("none", "inf", "off"):
-            return None
-        try:
-            r = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number of patches or 'none'", param, ctx)
-        if r < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
-        return int(r) if r.is_integer() else r
+from siammae.cli.options import (
+    CONTEXT,
+    Command,
+    arch_option,
+    device_option,
+    dtype_option,
+    errors,
+    given,
+    overrides,
+    preset_option,
+    propagation_options,
+    size_option,
+)
+from siammae.errors import InputError
 
 
 def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None, device: str = "auto"):
@@ -63,7 +55,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("videos", nargs=-1, metavar="VIDEO...")
 @click.option(
     "--manifest",
@@ -83,28 +75,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     '{"name": [x, y], ...}}, 0-based pixels.',
 )
 @click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
-@click.option(
-    "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
-)
+@arch_option()
 @click.option(
     "--encoder",
     type=click.Path(path_type=Path),
     help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    help="Propagation protocol constants.  [default: siammae-davis; siammae-jhmdb with --keypoints]",
-)
-@click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature.")
-@click.option("--queue", type=click.IntRange(min=0), help="Override: number of preceding frames in the context.")
-@click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'.")
-@click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Encoder short side.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True, help="Encoder precision."
-)
+@preset_option("siammae-davis; siammae-jhmdb with --keypoints")
+@propagation_options
+@size_option()
+@device_option()
+@dtype_option()
 @click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
 @click.option(
     "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
@@ -133,9 +114,10 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Live: stop after this many seconds.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def main(videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, temperature, queue, radius,
-         size, device, dtype, chunk, backend, out, overlay, report, jsonl, overlays, input_format, realtime, max_frames,
-         duration, overwrite, quiet):  # fmt: skip
+@click.pass_context
+def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
+         backend, out, overlay, report, jsonl, overlays, input_format, realtime, max_frames, duration, overwrite, quiet,
+         **opts):  # fmt: skip
     """Track the objects of a first-frame mask (--mask / --mask-dir), or first-frame keypoints (--keypoints),
     through VIDEO: a video file, a folder of frames, or a live source (- for standard input, an rtsp:// /
     http(s):// / udp:// / srt:// URL, a camera such as /dev/video0).
@@ -154,9 +136,8 @@ def main(videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, prese
     if manifest is not None or is_batch_input(list(videos)):
         if any(live.values()) or input_format is not None or jsonl is not None:
             raise click.UsageError("--format, --realtime, --max-frames, --duration and --jsonl are for one live source")
-        return _many(list(videos), manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk,
-                     temperature, queue, radius, size, device, dtype, chunk, backend, out, overlay, report,
-                     overlays, overwrite, quiet)  # fmt: skip
+        return _many(ctx, list(videos), manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device,
+                     dtype, chunk, backend, out, overlay, report, overlays, overwrite, quiet, opts)  # fmt: skip
     if not videos:
         raise click.UsageError("give a VIDEO (file, frame folder, live source), several, or --manifest FILE")
     (video,) = videos
@@ -164,7 +145,9 @@ def main(videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, prese
         raise click.UsageError(f"--format, --realtime, --max-frames and --duration are for live sources, not {video}")
     if overlays:
         raise click.UsageError("--overlays is for many videos; give --overlay FILE for one")
-    if realtime and not _given(click.get_current_context(), "chunk"):
+    if keypoints is not None and jsonl is not None:
+        raise click.UsageError("with --keypoints, --out already holds keypoints.jsonl; --jsonl is for masks")
+    if realtime and not given(ctx, "chunk"):
         chunk = 1  # a chunk waits for its frames: real time tracks each frame as it comes
     if keypoints is not None and (mask is not None or mask_dir is not None):
         raise click.UsageError("give either --keypoints or --mask / --mask-dir, not both")
@@ -173,33 +156,24 @@ def main(videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, prese
     if preset is None:
         preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
 
-    overrides = {"topk": topk, "temperature": temperature, "n_last": queue}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if radius is not None or _given(click.get_current_context(), "radius"):
-        overrides["radius"] = radius
+    changed = overrides(ctx, opts)
+    if size is not None:
+        changed["size"] = size
+    kept = f"; report marked interrupted: {report}" if report is not None else ""
+    what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
     with warnings.catch_warnings():
         warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
-        try:
+        with errors(f"{what} so far is complete{kept}"):
             model = load_frame_encoder(ckpt, encoder, arch, device)
-            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, size=size, chunk=chunk,
-                              backend=backend, **overrides)  # fmt: skip
+            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, chunk=chunk, backend=backend,
+                              **changed)  # fmt: skip
             outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
-            if keypoints is not None and jsonl is not None:
-                raise click.UsageError("with --keypoints, --out already holds keypoints.jsonl; --jsonl is for masks")
             source = open_source(video, input_format, **live) if is_live(video, input_format) else video
             if keypoints is not None:
                 result = track_keypoints_video(tracker, source, keypoints, **outputs)
             else:
                 result = track_video(tracker, source, mask, mask_dir=mask_dir, jsonl=jsonl, **outputs)
-        except SiamMAEError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            kept = f"; report marked interrupted: {report}" if report is not None else ""
-            what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
-            click.echo(f"interrupted: {what} so far is complete{kept}", err=True)
-            sys.exit(130)
     if not quiet:
         if keypoints is not None:
             what = f"{len(result['keypoints'])} keypoints"
@@ -213,8 +187,8 @@ def main(videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, prese
         )
 
 
-def _many(inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, temperature, queue, radius,
-          size, device, dtype, chunk, backend, out, overlay, report, overlays, overwrite, quiet):  # fmt: skip
+def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
+          backend, out, overlay, report, overlays, overwrite, quiet, opts):  # fmt: skip
     """Many videos: :func:`siammae.tracking.batch.run_batch` on this process's share (torchrun) of them."""
     from siammae.tracking.batch import expand_inputs, read_manifest, run_batch
     from siammae.tracking.shard import current_rank, init
@@ -229,29 +203,22 @@ def _many(inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, pres
         )
     if manifest is not None and inputs:
         raise click.UsageError("give videos or --manifest, not both")
+    changed = overrides(ctx, opts)
+    if size is not None:
+        changed["size"] = size
     rank = current_rank()
-    try:
+    with errors(f"finished videos are kept in {out}; run again to go on"):
         items = read_manifest(manifest) if manifest else expand_inputs(inputs, mask_dir, keypoints)
         if preset is None:
             preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"
-        overrides = {"topk": topk, "temperature": temperature, "n_last": queue}
-        overrides = {k: v for k, v in overrides.items() if v is not None}
-        if radius is not None or _given(click.get_current_context(), "radius"):
-            overrides["radius"] = radius
         init(rank)
         # the model is loaded once per process; weights given by name are to be fetched by rank 0 alone (the
         # weights helper's download goes here, before a barrier)
         model = load_frame_encoder(ckpt, encoder, arch, rank.device(device))
-        tracker = Tracker(model, preset=preset, device=rank.device(device), dtype=dtype, size=size, chunk=chunk,
-                          backend=backend, **overrides)  # fmt: skip
+        tracker = Tracker(model, preset=preset, device=rank.device(device), dtype=dtype, chunk=chunk, backend=backend,
+                          **changed)  # fmt: skip
         summary = run_batch(tracker, items, out, rank=rank, overlay=overlays, overwrite=overwrite,
                             progress=not quiet and rank.rank == 0)  # fmt: skip
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo(f"interrupted: finished videos are kept in {out}; run again to go on", err=True)
-        sys.exit(130)
     if rank.rank != 0:
         sys.exit(1 if summary["failed"] else 0)
     if not quiet:
@@ -264,11 +231,6 @@ def _many(inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, pres
     if summary["failed"]:
         click.echo(f"error: {summary['failed']} of {summary['videos']} videos failed (see {out}/summary.md)", err=True)
         sys.exit(1)
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether an option was on the command line (``--radius none`` gives None, like not giving it)."""
-    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 if __name__ == "__main__":
