@@ -228,8 +228,9 @@ def many(args, meta: dict, settings: dict) -> None:
             write_mask(tmp / "first.png", next(iter_synthetic_clip(1, args.long_size, seed=0))[1])
             for realtime in (False, True):
                 out = tmp / f"live_{realtime}"
+                ready = out / "masks" / "00000.png"
                 writer = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(tmp / "live.npy"),
-                                           str(args.live_fps)], stdout=subprocess.PIPE)  # fmt: skip
+                                           str(args.live_fps), str(ready)], stdout=subprocess.PIPE)  # fmt: skip
                 cmd = _cli("-", "--mask", tmp / "first.png", "--ckpt", ckpt, "--out", out / "masks", "--report",
                            out / "report.json", *common, *(["--realtime"] if realtime else []))  # fmt: skip
                 with writer:
@@ -248,15 +249,23 @@ def many(args, meta: dict, settings: dict) -> None:
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
 
 
-# sends the frames of an .npy file as MPEG-TS to stdout at a given rate, as a camera or an encoder in a pipe would
+# sends the frames of an .npy file as MPEG-TS to stdout at a given rate, as a camera or an encoder in a pipe would.
+# Frames 0-2 go at once (the tracker needs them to open the stream; the demuxer passes a frame on when the next one
+# starts); the clock of the rest starts when the tracker has written frame 0's mask (argv[3]), so that start-up and
+# the first, slow call of the model are not in the numbers.
 _LIVE_WRITER = """
-import sys, time, av, numpy as np
-frames, fps = np.load(sys.argv[1]), float(sys.argv[2])
+import os, sys, time, av, numpy as np
+frames, fps, ready = np.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
 with av.open(sys.stdout.buffer, "w", format="mpegts", options={"flush_packets": "1"}) as c:
     s = c.add_stream("mpeg2video", rate=int(fps)); s.height, s.width = frames.shape[1:3]; s.pix_fmt = "yuv420p"
-    t0 = time.perf_counter()
     for i, f in enumerate(frames):
-        time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+        if i == 3:
+            deadline = time.perf_counter() + 300
+            while not os.path.exists(ready) and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            t0 = time.perf_counter()
+        if i >= 3:
+            time.sleep(max(0.0, t0 + (i - 3) / fps - time.perf_counter()))
         for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
             c.mux(p)
         sys.stdout.buffer.flush()

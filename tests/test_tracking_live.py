@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from helpers import live_writer, write_mpegts
 from PIL import Image
 
+from siammae.data.live import LiveSource, is_live, open_source
 from siammae.data.synthetic import make_synthetic_clip
-from siammae.data.video import LiveSource, is_live, open_source
 from siammae.errors import VideoError
 from siammae.tracking import Tracker, track_video
 

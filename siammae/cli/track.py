@@ -126,8 +126,8 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
     --out (masks/, report.json), with --mask-dir ROOT (ROOT/<video name>/ per video) or --keypoints ROOT
     (ROOT/<video name>.json) and a summary.json / summary.md; under torchrun the videos are shared out over the
     processes."""
+    from siammae.data.live import is_live, open_source
     from siammae.data.masks import MaskResizeWarning
-    from siammae.data.video import is_live, open_source
     from siammae.tracking.batch import is_batch_input
     from siammae.tracking.pipeline import track_keypoints_video, track_video
     from siammae.tracking.tracker import Tracker
