@@ -134,6 +134,11 @@ def test_stop_after_max_frames_or_duration(tmp_path):
     frames, _ = make_synthetic_clip(20, SIZE, seed=1)
     path = tmp_path / "clip.ts"
     write_mpegts(str(path), frames, fps=FPS)
+    slow = []
+    for f in LiveSource(str(path), realtime=True):  # read at full speed, consumed slowly: only the newest are kept
+        slow.append(f.index)
+        time.sleep(0.05)
+    assert slow[0] == 0 and len(slow) < 20 and slow[-1] == 19  # frame 0 (the first mask's) is never dropped
     got = list(LiveSource(str(path), max_frames=5))
     assert [f.index for f in got] == [0, 1, 2, 3, 4] and got[0].rgb.shape == (*SIZE, 3)
     got = list(LiveSource(str(path), duration=0.5))

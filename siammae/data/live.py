@@ -60,8 +60,9 @@ class LiveSource:
     Frames are decoded in a reader thread of their own as they arrive; ``Frame.time`` is the stream's time stamp,
     ``Frame.arrival`` when it was decoded. realtime: never build a backlog: when the consumer is slower than the
     source, the reader keeps only the newest frame and drops the older one (``dropped``: count and indices), so a
-    frame waits at most one frame in this source; without it every frame is kept and a slow consumer holds the
-    source back (a pipe blocks its writer; frames then wait there before they "arrive"). options: FFmpeg options
+    frame waits at most one frame in this source (frame 0, which the first mask belongs to, is never dropped);
+    without it every frame is kept and a slow consumer holds the source back (a pipe blocks its writer; frames then
+    wait there before they "arrive"). options: FFmpeg options
     (``LIVE_OPTIONS`` by default; e.g. ``{"rtsp_transport": "tcp"}``); timeout: seconds to wait for the stream to
     open or for data on a network stream before failing. max_frames / duration: stop after that many frames /
     seconds of stream time (wall-clock time when the stream has no time stamps). Iterate once.
@@ -151,7 +152,7 @@ class LiveSource:
                     return
                 entry = (index, vframe, time.perf_counter())
                 index += 1
-                if self.realtime:
+                if self.realtime and entry[0] > 0:  # frame 0 is never dropped: the first mask belongs to it
                     try:
                         old = slot.get_nowait()  # the consumer has not taken it yet: too slow, drop it
                         self.dropped.add(old[0])
