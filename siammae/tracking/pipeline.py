@@ -137,7 +137,7 @@ def track_video(
     """Track the objects of ``mask`` (frame 0) and ``mask_dir`` (later frames) through ``video``.
 
     video: a video file, a frame folder or an open source (:func:`~siammae.data.video.open_video`,
-    :class:`~siammae.data.video.LiveSource`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
+    :class:`~siammae.data.live.LiveSource`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
     a mask named like frame 0. out: folder for one indexed PNG per frame (named like the frame). overlay: an h264
     video of the frames with the masks drawn on. report: a JSON report (with a Markdown twin beside it). jsonl: a
     JSON Lines file, one line per frame written as it goes (:func:`frame_objects`: area and box per object).

@@ -65,11 +65,14 @@ class TrackingRun:
     """Stream ``src`` through ``tracker`` into ``sink``, the overlay video and the report.
 
     outputs: ``{"out": folder or None, "overlay": video path or None, "report": JSON path or None, ...}`` (checked
-    by the caller before the run). ``run(first_labels, references)`` returns the report dict.
+    by the caller before the run; a ``"folder"`` entry with a ``close()`` is a claim on the output folder, released
+    once the report is written). ``run(first_labels, references)`` returns the report dict.
     """
 
     def __init__(self, tracker: Tracker, src, sink: Sink, outputs: dict, progress: bool = True):
-        self.tracker, self.src, self.sink, self.outputs = tracker, src, sink, outputs
+        self.tracker, self.src, self.sink = tracker, src, sink
+        self.outputs = {k: v for k, v in outputs.items() if k != "folder"}
+        self._claim = outputs.get("folder")  # an output-folder claim (lock) to release when the run ends, if any
         self.progress = progress
         self.times = StageTimes()
         self.latency = LatencyStats()
@@ -94,8 +97,12 @@ class TrackingRun:
         self.times.add("write", max(0.0, writer.busy_s - in_writer))
         self.total_s = time.perf_counter() - t0
         report = self.report()
-        if self.outputs.get("report") is not None:
-            write_report(self.outputs["report"], report)
+        try:
+            if self.outputs.get("report") is not None:
+                write_report(self.outputs["report"], report)
+        finally:
+            if self._claim is not None:
+                self._claim.close()
         if self._stop is not None:
             raise self._stop
         return report
