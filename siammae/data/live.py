@@ -161,6 +161,9 @@ class LiveSource:
                     slot.put_nowait(entry)
                 elif not _put(slot, entry, stop):
                     return
+                if self.realtime and entry[0] == 0:  # no later frame may push frame 0 out of the slot
+                    while not slot.empty() and not stop.is_set():
+                        time.sleep(0.002)
             _put(slot, None, stop)
         except av.error.FFmpegError as e:
             _put(slot, VideoError(f"{self.path}: the stream stopped at frame {index} ({e})"), stop)
