@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFont
 from siammae.data.colormaps import _CMAP_POLY, CMAPS
 from siammae.data.transforms import frames_to_batch, normalize, target_size
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
-from siammae.device import DTYPES, resolve_device
+from siammae.device import resolve_device, resolve_dtype
 from siammae.errors import InputError
 from siammae.io import atomic_write
 from siammae.model.checkpoint import unwrap
@@ -234,12 +234,12 @@ def iter_attention(
     encoder = _encoder(model)
     selected = resolve_heads(heads, encoder.num_heads)
     names = (["mean of heads"] if selected == "mean" else [f"head {i}" for i in selected]) if labels else None
-    if dtype not in DTYPES:
-        raise InputError(f"dtype {dtype!r} is not valid: use one of {', '.join(DTYPES)}")
     device = encoder.cls_token.device
-    if dtype == "fp16" and device.type != "cuda":
-        raise InputError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext()
+    try:
+        amp = resolve_dtype(dtype, device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    autocast = torch.autocast(device.type, dtype=amp) if amp != torch.float32 else contextlib.nullcontext()
     lut = _blend_lut(cmap, alpha, device)  # fails on a bad colormap or opacity before any frame is decoded
     resized = None
 
