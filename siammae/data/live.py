@@ -63,8 +63,8 @@ class LiveSource:
     frame waits at most one frame in this source (frame 0, which the first mask belongs to, is never dropped);
     without it every frame is kept and a slow consumer holds the source back (a pipe blocks its writer; frames then
     wait there before they "arrive"). options: FFmpeg options
-    (``LIVE_OPTIONS`` by default; e.g. ``{"rtsp_transport": "tcp"}``); timeout: seconds to wait for the stream to
-    open or for data on a network stream before failing. max_frames / duration: stop after that many frames /
+    (``LIVE_OPTIONS`` by default; e.g. ``{"rtsp_transport": "tcp"}``); timeout: seconds to wait for a network
+    stream (a URL) to open or to send data before failing. max_frames / duration: stop after that many frames /
     seconds of stream time (wall-clock time when the stream has no time stamps). Iterate once.
 
     Attributes like :class:`VideoSource`: ``path`` (the source as given), ``is_folder`` (False), ``is_live``
@@ -95,9 +95,11 @@ class LiveSource:
         av = _av()
         url = "pipe:0" if self.path == "-" else self.path
         try:
-            # timeout: (open, read) seconds for network protocols, so a dead server is an error, not a hang
+            # timeout: (open, read) seconds for network protocols, so a dead server is an error, not a hang; a pipe
+            # or a camera may pause as long as it likes (its writer ends it by closing)
+            network = "://" in self.path
             self._container = av.open(url, format=format, options={**LIVE_OPTIONS, **(options or {})},
-                                      timeout=(timeout, timeout))  # fmt: skip
+                                      timeout=(timeout, timeout) if network else None)  # fmt: skip
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: cannot open live source ({e})") from e
         stream = _video_stream(self.path, self._container)
