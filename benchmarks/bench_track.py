@@ -6,6 +6,11 @@
    second). Peak host memory (VmHWM) and peak GPU memory of each run; the target is less than 10 % growth from
    1,000 to 10,000 frames, i.e. nothing accumulates per frame (SAM 2 preloads every frame and runs out of memory).
 
+3. Many videos: ``--batch N`` synthetic videos in one ``siammae-track --manifest`` run (one model load): videos/s
+   and frames/s from its ``summary.json``, against the same videos as N separate commands.
+4. Live: a writer process sends a synthetic clip as MPEG-TS at ``--live-fps`` into ``siammae-track -`` through a
+   pipe, with and without ``--realtime``: frame latency (arrival -> mask written) median and p95, frames dropped.
+
 Every run is a separate process running the command itself (``python -m siammae.cli.track``), so each peak
 belongs to one run; the numbers are read from the run's ``--report``. Weights are random unless ``--ckpt`` is
 given: speed and memory do not depend on their values.
@@ -13,7 +18,8 @@ given: speed and memory do not depend on their values.
     python benchmarks/bench_track.py                                  # CUDA when present: vits8 at 480
     python benchmarks/bench_track.py --device cpu --arch vits16 --size 240 --clip ../shared/data/cutie/example.mp4
 
-Results go to benchmarks/results/bench_track-<device>.{json,md} (or under ``--out``) with the machine, versions
+Results go to benchmarks/results/bench_track-<device>.{json,md} (1 and 2) and bench_track_many-<device>.{json,md}
+(3 and 4; ``--skip-speed --skip-memory`` runs only those) (or under ``--out``) with the machine, versions
 and commit: one row per run of the command, and the memory growth from the short to the long video.
 """
 
@@ -103,6 +109,12 @@ def main():
     ap.add_argument("--long-arch", default="tiny", help="model for the long runs (memory only)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-batch", action="store_true")
+    ap.add_argument("--skip-live", action="store_true")
+    ap.add_argument("--batch", type=int, default=8, help="videos in the batch case")
+    ap.add_argument("--batch-frames", type=int, default=40, help="frames per video in the batch case")
+    ap.add_argument("--live-frames", type=int, default=150, help="frames the live writer sends")
+    ap.add_argument("--live-fps", type=float, default=25.0)
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -156,12 +168,151 @@ def main():
                 "target_percent": 10,
             }
 
+    if not (args.skip_batch and args.skip_live):
+        many(args, meta, settings)
+    if args.skip_speed and args.skip_memory:
+        return
     table = markdown(meta, settings, rows, growth)
     path = write_results(
         f"bench_track-{device.type}", meta, rows, table, folder=args.out, settings=settings, memory_growth=growth
     )
     print(table)
     print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+
+
+def _cli(*args) -> list[str]:
+    return [sys.executable, "-m", "siammae.cli.track", *[str(a) for a in args]]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def many(args, meta: dict, settings: dict) -> None:
+    """Cases 3 and 4 (module docstring), written to bench_track_many-<device>."""
+    rows = []
+    common = ["--size", args.long_size, "--preset", "dino", "--device", args.device, "--chunk", args.chunk, "--quiet"]
+    with tempfile.TemporaryDirectory(prefix="bench_track_many.") as tmp:
+        tmp = Path(tmp)
+        ckpt = tmp / f"{args.long_arch}.pt"
+        save_checkpoint(ckpt, create_model(args.long_arch).encoder)
+        if not args.skip_batch:
+            lines = ["video,mask"]
+            for k in range(args.batch):
+                clip = list(iter_synthetic_clip(args.batch_frames, args.long_size, seed=k))
+                write_video(tmp / f"v{k}.mp4", (f for f, _ in clip), fps=25)
+                write_mask(tmp / f"m{k}.png", clip[0][1])
+                lines.append(f"v{k}.mp4,m{k}.png")
+            (tmp / "videos.csv").write_text("\n".join(lines) + "\n")
+            t0 = time.perf_counter()
+            subprocess.run(_cli("--manifest", tmp / "videos.csv", "--out", tmp / "batch", "--ckpt", ckpt, *common),
+                           env=_env(), check=True)  # fmt: skip
+            batch_wall = time.perf_counter() - t0
+            s = json.loads((tmp / "batch" / "summary.json").read_text())
+            t0 = time.perf_counter()
+            for k in range(args.batch):  # the same videos, one command each (a model load and start-up each)
+                subprocess.run(_cli(tmp / f"v{k}.mp4", "--mask", tmp / f"m{k}.png", "--out", tmp / "one" / str(k),
+                                    "--ckpt", ckpt, *common), env=_env(), check=True)  # fmt: skip
+            separate = time.perf_counter() - t0
+            n_frames = args.batch * args.batch_frames
+            rows.append({"case": "batch", "videos": args.batch, "frames": s["frames"], "complete": s["complete"],
+                         "videos_per_second": s["videos_per_second"], "frames_per_second": s["frames_per_second"],
+                         "process_wall_seconds": round(batch_wall, 2),
+                         "separate_commands_wall_seconds": round(separate, 2),
+                         "separate_videos_per_second": round(args.batch / separate, 3),
+                         "separate_frames_per_second": round(n_frames / separate, 2)})  # fmt: skip
+            print(f"batch: {rows[-1]}", file=sys.stderr)
+        if not args.skip_live:
+            clip = [f for f, _ in iter_synthetic_clip(args.live_frames, args.long_size, seed=0)]
+            np.save(tmp / "live.npy", np.stack(clip))
+            write_mask(tmp / "first.png", next(iter_synthetic_clip(1, args.long_size, seed=0))[1])
+            for realtime in (False, True):
+                out = tmp / f"live_{realtime}"
+                ready = out / "masks" / "00000.png"
+                writer = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(tmp / "live.npy"),
+                                           str(args.live_fps), str(ready)], stdout=subprocess.PIPE)  # fmt: skip
+                cmd = _cli("-", "--mask", tmp / "first.png", "--ckpt", ckpt, "--out", out / "masks", "--report",
+                           out / "report.json", *common, *(["--realtime"] if realtime else []))  # fmt: skip
+                with writer:
+                    subprocess.run(cmd, stdin=writer.stdout, env=_env(), check=True)
+                r = json.loads((out / "report.json").read_text())
+                rows.append({"case": "live", "realtime": realtime, "source_fps": args.live_fps,
+                             "frames_sent": args.live_frames, "frames": r["frames"],
+                             "dropped": r.get("dropped", {}).get("frames", 0), "fps": r["fps"],
+                             "latency_median_ms": r["latency"]["median_ms"], "latency_p95_ms": r["latency"]["p95_ms"],
+                             "latency_max_ms": r["latency"]["max_ms"]})  # fmt: skip
+                print(f"live: {rows[-1]}", file=sys.stderr)
+    table = many_markdown(meta, settings, rows)
+    path = write_results(f"bench_track_many-{settings['device'].split(':')[0]}", meta, rows, table, folder=args.out,
+                         settings=settings)  # fmt: skip
+    print(table)
+    print(f"wrote {path} and {path.with_suffix('.md')}", file=sys.stderr)
+
+
+# sends the frames of an .npy file as MPEG-TS to stdout at a given rate, as a camera or an encoder in a pipe would.
+# Frames 0-2 go at once (the tracker needs them to open the stream; the demuxer passes a frame on when the next one
+# starts); the clock of the rest starts when the tracker has written frame 0's mask (argv[3]), so that start-up and
+# the first, slow call of the model are not in the numbers.
+_LIVE_WRITER = """
+import os, sys, time, av, numpy as np
+frames, fps, ready = np.load(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+with av.open(sys.stdout.buffer, "w", format="mpegts", options={"flush_packets": "1"}) as c:
+    s = c.add_stream("mpeg2video", rate=int(fps)); s.height, s.width = frames.shape[1:3]; s.pix_fmt = "yuv420p"
+    for i, f in enumerate(frames):
+        if i == 3:
+            deadline = time.perf_counter() + 300
+            while not os.path.exists(ready) and time.perf_counter() < deadline:
+                time.sleep(0.01)
+            t0 = time.perf_counter()
+        if i >= 3:
+            time.sleep(max(0.0, t0 + (i - 3) / fps - time.perf_counter()))
+        for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+            c.mux(p)
+        sys.stdout.buffer.flush()
+    for p in s.encode():
+        c.mux(p)
+"""
+
+
+def many_markdown(meta: dict, s: dict, rows: list[dict]) -> str:
+    lines = [f"# bench_track: many videos and live sources on {s['device']}", "", environment_markdown(meta), ""]
+    batch = [r for r in rows if r["case"] == "batch"]
+    for r in batch:
+        lines += [
+            f"## A batch of {r['videos']} synthetic videos ({s['long_size']}x{s['long_size']}, {s['batch_frames']} "
+            f"frames each), {s['long_arch']} model, one `--manifest` run",
+            "",
+            "| run | videos/s | frames/s | wall s |",
+            "|---|---:|---:|---:|",
+            f"| one `siammae-track --manifest` (model loaded once) | **{r['videos_per_second']}** | "
+            f"**{r['frames_per_second']}** | {r['process_wall_seconds']} |",
+            f"| {r['videos']} separate commands | {r['separate_videos_per_second']} | "
+            f"{r['separate_frames_per_second']} | {r['separate_commands_wall_seconds']} |",
+            "",
+            "The batch's rates are over its tracking time (summary.json); its wall time adds start-up and the model "
+            "load once.",
+            "",
+        ]
+    live = [r for r in rows if r["case"] == "live"]
+    if live:
+        lines += [
+            f"## Live: MPEG-TS through a pipe at {live[0]['source_fps']} frames/s ({live[0]['frames_sent']} frames), "
+            f"`siammae-track -`",
+            "",
+            "| mode | frames tracked | dropped | frames/s | latency median ms | p95 ms | max ms |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in live:
+            mode = "`--realtime`" if r["realtime"] else "every frame"
+            lines.append(f"| {mode} | {r['frames']} | {r['dropped']} | {r['fps']} | {r['latency_median_ms']} | "
+                         f"{r['latency_p95_ms']} | {r['latency_max_ms']} |")  # fmt: skip
+        lines += [
+            "",
+            "Latency: from the frame's arrival (decoded from the pipe) to its mask written. Without `--realtime` a "
+            "slow tracker holds the pipe back, so frames wait in the pipe before they arrive.",
+            "",
+        ]
+    return "\n".join(lines)
 
 
 def markdown(meta: dict, s: dict, rows: list[dict], growth: dict | None) -> str:

@@ -6,6 +6,7 @@ import importlib.util
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,6 +88,38 @@ def davis_2016_layout(shared_data: Path, root: Path, names) -> Path:
     (root / "ImageSets/2016").mkdir(parents=True)
     (root / "ImageSets/2016/val.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+def write_mpegts(out, frames, fps: float = 20.0, pace: bool = False) -> None:
+    """Encode (H, W, 3) uint8 ``frames`` as an MPEG-TS stream (MPEG-2 video, no B-frames) to ``out`` (a path or a
+    binary file object such as a pipe); with ``pace`` one frame every 1 / fps seconds, as a live source sends them,
+    each flushed at once."""
+    with av.open(out, "w", format="mpegts", options={"flush_packets": "1"}) as c:
+        s = c.add_stream("mpeg2video", rate=int(fps))
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = "yuv420p"
+        t0 = time.perf_counter()
+        for i, f in enumerate(frames):
+            if pace:
+                time.sleep(max(0.0, t0 + i / fps - time.perf_counter()))
+            for p in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(p)
+            if pace and hasattr(out, "flush"):
+                out.flush()
+        for p in s.encode():
+            c.mux(p)
+
+
+def live_writer(num_frames: int, size, fps: float, seed: int = 0) -> subprocess.Popen:
+    """A process writing a synthetic clip (``siammae.data.synthetic``, ``seed``) as MPEG-TS to its stdout at real
+    time; read it from ``proc.stdout`` (``pipe:N`` for FFmpeg)."""
+    code = (
+        "import sys; from helpers import write_mpegts; from siammae.data.synthetic import make_synthetic_clip; "
+        f"f, _ = make_synthetic_clip({num_frames}, {tuple(size)}, seed={seed}); "
+        f"write_mpegts(sys.stdout.buffer, f, fps={fps}, pace=True)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env)
 
 
 def colour_encoder(patch: int = 4, dim: int = 16) -> ViTEncoder:

@@ -1,12 +1,16 @@
-"""siammae-track: track the objects of a first-frame mask, or first-frame keypoints, through a video (file or frame
-folder), streamed.
+"""siammae-track: track the objects of a first-frame mask, or first-frame keypoints, through a video (file, frame
+folder or live stream), streamed; or through many videos in one resumable run, over several GPUs with torchrun.
 
     siammae-track video.mp4 --mask first.png                 # default weights; masks in video_masks/
     siammae-track video.mp4 --mask first.png --ckpt dino-vits8 --out masks/ --overlay overlay.mp4 --report run.json
     siammae-track video.mp4 --keypoints first.json --ckpt vits8.pt --out track/ --overlay overlay.mp4
+    siammae-track --manifest videos.csv --ckpt vits8.pt --out results/            # many videos
+    ffmpeg ... -f mpegts - | siammae-track - --mask first.png --ckpt vits8.pt --out masks/ --realtime
 
 A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
-:func:`~siammae.tracking.track_video` (masks) or :func:`~siammae.tracking.track_keypoints_video` (keypoints).
+:func:`~siammae.tracking.track_video` (masks; a live source opened with :func:`~siammae.data.video.open_source`),
+:func:`~siammae.tracking.track_keypoints_video` (keypoints) or :func:`~siammae.tracking.batch.run_batch` (many
+videos; a batch that had failures exits with status 1 naming how many).
 Errors a user can fix print one line (``error: ...``) and exit with status 2; Ctrl-C keeps every mask (keypoint
 frame) written so far, marks the report as interrupted and exits with status 130.
 """
@@ -27,6 +31,7 @@ from siammae.cli.options import (
     device_option,
     dtype_option,
     errors,
+    given,
     overrides,
     preset_option,
     propagation_options,
@@ -63,7 +68,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
-@click.argument("video", type=click.Path(path_type=Path))
+@click.argument("videos", nargs=-1, metavar="VIDEO...")
+@click.option(
+    "--manifest",
+    type=click.Path(path_type=Path),
+    help="Many videos: a CSV (header row) or JSON Lines file with columns video, mask / mask_dir / keypoints, out.",
+)
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask of frame 0 (PNG: mode P ids, 0/255, RGB, 1-bit).")
 @click.option(
     "--mask-dir",
@@ -103,17 +113,55 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     "--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks or keypoints drawn (h264)."
 )
 @click.option("--report", type=click.Path(path_type=Path), help="JSON report (and a Markdown one beside it).")
+@click.option(
+    "--jsonl",
+    type=click.Path(path_type=Path),
+    help="One JSON line per frame (index, time stamp, area and box per object), flushed as it goes.",
+)
+@click.option("--overlays", is_flag=True, help="Many videos: an overlay.mp4 in each video's folder.")
+@click.option(
+    "--format", "input_format", help="Live: FFmpeg input format (v4l2, avfoundation, dshow for cameras; mpegts, ...)."
+)
+@click.option("--realtime", is_flag=True, help="Live: drop frames at the input when slower than the source.")
+@click.option("--max-frames", type=click.IntRange(min=1), help="Live: stop after this many frames.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Live: stop after this many seconds.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
-def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk, backend, out,
-         overlay, report, overwrite, quiet, **opts):  # fmt: skip
+def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
+         backend, out, overlay, report, jsonl, overlays, input_format, realtime, max_frames, duration, overwrite, quiet,
+         **opts):  # fmt: skip
     """Track the objects of a first-frame mask (--mask / --mask-dir), or first-frame keypoints (--keypoints),
-    through VIDEO (a video file or a folder of frames)."""
+    through VIDEO: a video file, a folder of frames, or a live source (- for standard input, an rtsp:// /
+    http(s):// / udp:// / srt:// URL, a camera such as /dev/video0).
+
+    Several VIDEOs, a folder of videos or --manifest track many videos in one resumable run, one folder each under
+    --out (masks/, report.json), with --mask-dir ROOT (ROOT/<video name>/ per video) or --keypoints ROOT
+    (ROOT/<video name>.json) and a summary.json / summary.md; under torchrun the videos are shared out over the
+    processes."""
+    from siammae.data.live import is_live, open_source
     from siammae.data.masks import MaskResizeWarning
+    from siammae.tracking.batch import is_batch_input
     from siammae.tracking.pipeline import track_keypoints_video, track_video
     from siammae.tracking.tracker import Tracker
 
+    live = dict(realtime=realtime, max_frames=max_frames, duration=duration)
+    if manifest is not None or is_batch_input(list(videos)):
+        if any(live.values()) or input_format is not None or jsonl is not None:
+            raise click.UsageError("--format, --realtime, --max-frames, --duration and --jsonl are for one live source")
+        return _many(ctx, list(videos), manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device,
+                     dtype, chunk, backend, out, overlay, report, overlays, overwrite, quiet, opts)  # fmt: skip
+    if not videos:
+        raise click.UsageError("give a VIDEO (file, frame folder, live source), several, or --manifest FILE")
+    (video,) = videos
+    if not is_live(video, input_format) and (any(live.values()) or input_format is not None):
+        raise click.UsageError(f"--format, --realtime, --max-frames and --duration are for live sources, not {video}")
+    if overlays:
+        raise click.UsageError("--overlays is for many videos; give --overlay FILE for one")
+    if keypoints is not None and jsonl is not None:
+        raise click.UsageError("with --keypoints, --out already holds keypoints.jsonl; --jsonl is for masks")
+    if realtime and not given(ctx, "chunk"):
+        chunk = 1  # a chunk waits for its frames: real time tracks each frame as it comes
     if keypoints is not None and (mask is not None or mask_dir is not None):
         raise click.UsageError("give either --keypoints or --mask / --mask-dir, not both")
     if keypoints is None and mask is None and mask_dir is None:
@@ -136,16 +184,17 @@ def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, siz
             tracker = Tracker(model, preset=preset, device=device, dtype=dtype, chunk=chunk, backend=backend,
                               **changed)  # fmt: skip
             outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
+            source = open_source(video, input_format, **live) if is_live(video, input_format) else video
             if keypoints is not None:
-                result = track_keypoints_video(tracker, video, keypoints, **outputs)
+                result = track_keypoints_video(tracker, source, keypoints, **outputs)
             else:
-                result = track_video(tracker, video, mask, mask_dir=mask_dir, **outputs)
+                result = track_video(tracker, source, mask, mask_dir=mask_dir, jsonl=jsonl, **outputs)
     if not quiet:
         if keypoints is not None:
             what = f"{len(result['keypoints'])} keypoints"
         else:
             what = f"objects {', '.join(str(i) for i in result['objects'])}"
-        where = ", ".join(str(p) for p in (out, overlay, report) if p is not None)
+        where = ", ".join(str(p) for p in (out, overlay, report, jsonl) if p is not None)
         weights = result["settings"].get("weights") or {}
         used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
         click.echo(
@@ -153,6 +202,52 @@ def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, siz
             f"{result['fps']} frames/s -> {where}",
             err=True,
         )
+
+
+def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
+          backend, out, overlay, report, overlays, overwrite, quiet, opts):  # fmt: skip
+    """Many videos: :func:`siammae.tracking.batch.run_batch` on this process's share (torchrun) of them."""
+    from siammae.tracking.batch import expand_inputs, read_manifest, run_batch
+    from siammae.tracking.shard import current_rank, init
+    from siammae.tracking.tracker import Tracker
+
+    if out is None:
+        raise click.UsageError("several videos need --out (one folder per video is made under it)")
+    if mask is not None or overlay is not None or report is not None:
+        raise click.UsageError(
+            "with several videos, give masks with --mask-dir ROOT (ROOT/<video name>/) or a --manifest; overlays with "
+            "--overlays; each video's report is written in its folder"
+        )
+    if manifest is not None and inputs:
+        raise click.UsageError("give videos or --manifest, not both")
+    changed = overrides(ctx, opts)
+    if size is not None:
+        changed["size"] = size
+    rank = current_rank()
+    with errors(f"finished videos are kept in {out}; run again to go on"):
+        items = read_manifest(manifest) if manifest else expand_inputs(inputs, mask_dir, keypoints)
+        if preset is None:
+            preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"
+        init(rank)
+        # the model is loaded once per process; weights given by name are to be fetched by rank 0 alone (the
+        # weights helper's download goes here, before a barrier)
+        model = load_frame_encoder(ckpt, encoder, arch, rank.device(device))
+        tracker = Tracker(model, preset=preset, device=rank.device(device), dtype=dtype, chunk=chunk, backend=backend,
+                          **changed)  # fmt: skip
+        summary = run_batch(tracker, items, out, rank=rank, overlay=overlays, overwrite=overwrite,
+                            progress=not quiet and rank.rank == 0)  # fmt: skip
+    if rank.rank != 0:
+        sys.exit(1 if summary["failed"] else 0)
+    if not quiet:
+        click.echo(
+            f"{summary['videos']} videos: {summary['complete']} done, {summary['skipped']} already done, "
+            f"{summary['failed']} failed; {summary['frames']} frames at {summary['frames_per_second']} frames/s "
+            f"-> {out}/summary.md",
+            err=True,
+        )
+    if summary["failed"]:
+        click.echo(f"error: {summary['failed']} of {summary['videos']} videos failed (see {out}/summary.md)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ so a video of any length is read in constant memory. Training needs a few frames
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,11 +54,14 @@ def check_video_output(path: str | os.PathLike, what: str = "output video") -> P
 @dataclass(frozen=True)
 class Frame:
     """One decoded frame: ``index`` from 0, ``name`` (file stem for folders, ``f"{index:05d}"`` for videos), and
-    ``rgb`` an (H, W, 3) uint8 array."""
+    ``rgb`` an (H, W, 3) uint8 array. ``time``: its presentation time in seconds from the stream (None for folders
+    and arrays); ``arrival``: ``time.perf_counter()`` when it was decoded, the start of its latency."""
 
     index: int
     name: str
     rgb: np.ndarray
+    time: float | None = None
+    arrival: float | None = None
 
 
 def _av():
@@ -171,7 +175,7 @@ class VideoSource:
                     raise VideoError(
                         f"{f}: frame is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is {self.width}x{self.height}"
                     )
-                yield Frame(i, f.stem, rgb)
+                yield Frame(i, f.stem, rgb, arrival=time.perf_counter())
             return
         yield from self._decode()
 
@@ -183,7 +187,8 @@ class VideoSource:
                 stream = container.streams.video[0]
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
-                    yield Frame(index, f"{index:05d}", frame.to_ndarray(format="rgb24"))
+                    rgb = frame.to_ndarray(format="rgb24")
+                    yield Frame(index, f"{index:05d}", rgb, frame.time, time.perf_counter())
                     index += 1
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: decoding stopped at frame {index} ({cause(e, self.path)})") from e

@@ -4,6 +4,11 @@ with reports."""
 from siammae._lazy import lazy_exports
 
 _EXPORTS = {
+    "BatchItem": "siammae.tracking.batch",
+    "read_manifest": "siammae.tracking.batch",
+    "run_batch": "siammae.tracking.batch",
+    "track_many": "siammae.tracking.batch",
+    "TrackingRun": "siammae.tracking.run",
     "MaskResizeWarning": "siammae.data.masks",
     "read_mask": "siammae.data.masks",
     "write_mask": "siammae.data.masks",

@@ -41,14 +41,14 @@ def require_output(out, overlay, report) -> None:
         raise InputError("nothing to write: give an output folder (--out), an overlay video or a report")
 
 
-def check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: VideoSource) -> dict:
+def check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: VideoSource, jsonl=None) -> dict:
     """Before the first frame: memory for a batch of frames, a writable overlay format, free output files; then
     claim ``out`` (:class:`~siammae.outputs.OutputFolder`, released by ``pipeline._run``, under "folder")."""
     H, W = tracker.frame_size(src.height, src.width)
     check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at size {tracker.size}")
     if overlay is not None:
         check_video_output(overlay, "--overlay")
-    files = [Path(p) for p in (overlay, *report_paths(report)) if p is not None]
+    files = [Path(p) for p in (overlay, *report_paths(report), jsonl) if p is not None]
     check = functools.partial(_check_output_files, files, overwrite)
     folder = None
     if out is None:
@@ -56,4 +56,5 @@ def check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: 
     else:  # the overlay and report may sit in --out: --overwrite replaces them there too
         inside = tuple(p.name for p in files if p.absolute().parent == Path(out).absolute())
         folder = OutputFolder(out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS + inside).open(check)
-    return {"out": out, "overlay": overlay, "report": report, "folder": folder}
+    outputs = {"out": out, "overlay": overlay, "report": report, "folder": folder}
+    return outputs if jsonl is None else {**outputs, "jsonl": jsonl}

@@ -1,45 +1,30 @@
-"""``track_video`` / ``track_keypoints_video``: a video and its first-frame masks / keypoints in; mask PNGs or a
-keypoint track, an overlay video and a report out; what siammae-track runs.
+"""``track_video`` / ``track_keypoints_video``: a video (file, frame folder or live stream) and its first-frame
+masks / keypoints in; mask PNGs or a keypoint track, an overlay video, a per-frame JSON Lines log and a report out;
+what siammae-track runs for one video.
 
-    decode thread -> bounded queue -> Tracker (chunked encode, Propagator) -> bounded queue -> writer thread
-
-The writer thread turns soft labels into id maps or keypoints (on the CPU; on a GPU the main thread does it
-there), writes them (one indexed PNG per frame, atomically; or one line of the keypoint track) and feeds the
-overlay encoder. Every output is checked before the first frame is decoded, so a bad path fails at once. When the
-stream stops early (a truncated video, Ctrl-C), the frames before the stop are still written, the overlay is
-closed as a valid video of those frames, the keypoint track's JSON and the report are written with the status,
-and the exception is raised again.
+These functions check every input and output before the first frame is decoded, so a bad path fails at once, then
+hand one :class:`~siammae.tracking.run.TrackingRun` a :class:`~siammae.tracking.run.Sink` that says what to write
+per frame (one indexed PNG, atomically; or one line of the keypoint track). The run streams, writes, keeps the
+frames before any stop, and reports.
 """
 
 from __future__ import annotations
 
-import itertools
+import json
 import os
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
 from siammae.data.masks import check_objects, check_size, list_masks, mask_size, read_mask, write_mask
-from siammae.data.video import VideoSource, list_frame_files, open_video, write_video
+from siammae.data.video import VideoSource, list_frame_files, open_video
 from siammae.errors import InputError
+from siammae.io import open_append
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.tracking.checks import check_outputs, require_output
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
-from siammae.tracking.report import (
-    device_info,
-    now_iso,
-    peak_gpu_memory_mib,
-    peak_host_memory_mib,
-    versions,
-    write_report,
-)
-from siammae.tracking.stream import BackgroundConsumer
+from siammae.tracking.run import Sink, TrackingRun, settings
 from siammae.tracking.tracker import Tracked, Tracker
 
 
@@ -61,20 +46,34 @@ def _later_masks(mask_dir: Path, masks: dict[str, Path], src: VideoSource, names
     return masks
 
 
-@dataclass
-class _Sink:
-    """What a run makes of each tracked frame.
+def frame_objects(ids: np.ndarray) -> dict:
+    """Per object id of an (H, W) id map: its area in pixels and bounding box [x0, y0, x1, y1] (inclusive)."""
+    out = {}
+    for i in np.unique(ids):
+        if i == 0:
+            continue
+        ys, xs = np.nonzero(ids == i)
+        out[str(int(i))] = {"area": int(len(xs)), "bbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]}
+    return out
 
-    read_out(item): the frame's result from its soft labels (an id map, keypoints). write(item, result): its
-    files. draw(rgb, result): the frame as the overlay shows it. summary(): what the report says about the tracked
-    things. finish(status): once at the end however the run stopped ("complete" | "interrupted" | "error").
-    """
 
-    read_out: Callable[[Tracked], Any]
-    write: Callable[[Tracked, Any], None]
-    draw: Callable[[np.ndarray, Any], np.ndarray]
-    summary: Callable[[], dict]
-    finish: Callable[[str], None] = lambda status: None
+class _JsonLines:
+    """``--jsonl``: one line per frame (index, name, time stamp, per-object area and box), flushed as it is written
+    so that another program can follow the file live. It is a log, appended as it goes, not an atomic file."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._f = open_append(self.path, truncate=True)  # never through a planted link
+
+    def add(self, item: Tracked, ids: np.ndarray) -> None:
+        t = item.frame.time
+        line = {"index": item.frame.index, "name": item.frame.name, "time": None if t is None else round(t, 6),
+                "objects": frame_objects(ids)}  # fmt: skip
+        self._f.write(json.dumps(line) + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
 
 
 def track_video(
@@ -86,19 +85,22 @@ def track_video(
     out: str | os.PathLike | None = None,
     overlay: str | os.PathLike | None = None,
     report: str | os.PathLike | None = None,
+    jsonl: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
     """Track the objects of ``mask`` (frame 0) and ``mask_dir`` (later frames) through ``video``.
 
-    video: a video file or a frame folder. mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
+    video: a video file, a frame folder or an open source (:func:`~siammae.data.video.open_video`,
+    :class:`~siammae.data.live.LiveSource`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
     a mask named like frame 0. out: folder for one indexed PNG per frame (named like the frame). overlay: an h264
-    video of the frames with the masks drawn on. report: a JSON report (with a Markdown twin beside it).
+    video of the frames with the masks drawn on. report: a JSON report (with a Markdown twin beside it). jsonl: a
+    JSON Lines file, one line per frame written as it goes (:func:`frame_objects`: area and box per object).
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    require_output(out, overlay, report)
-    src = video if isinstance(video, VideoSource) else open_video(video)
+    require_output(out, overlay, report if jsonl is None else jsonl)
+    src = video if hasattr(video, "is_folder") else open_video(video)
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
     listed = list_masks(mask_dir) if mask_dir is not None else {}
@@ -113,8 +115,9 @@ def track_video(
         ids = read_mask(mask)
         check_size(ids.shape, (src.height, src.width), mask)
         check_objects(ids, mask)
-    outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
+    outputs = check_outputs(out, overlay, report, overwrite, tracker, src, jsonl)
     objects: set[int] = set()
+    lines = _JsonLines(jsonl) if jsonl is not None else None
 
     def write(item: Tracked, ids: np.ndarray) -> None:
         objects.update(int(i) for i in item.object_ids[1:])
@@ -124,9 +127,15 @@ def track_video(
                 write_mask(path, ids)
             except OSError as e:
                 raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
+        if lines is not None:
+            lines.add(item, ids)
 
-    sink = _Sink(tracker.read_out, write, overlay_masks, lambda: {"objects": sorted(objects)})
-    return _run(tracker, src, mask, references, sink, outputs, progress)
+    def finish(status: str) -> None:
+        if lines is not None:
+            lines.close()
+
+    sink = Sink(tracker.read_out, write, overlay_masks, lambda: {"objects": sorted(objects)}, finish)
+    return TrackingRun(tracker, src, sink, outputs, progress).run(mask, references)
 
 
 def track_keypoints_video(
@@ -154,7 +163,7 @@ def track_keypoints_video(
     was done.
     """
     require_output(out, overlay, report)
-    src = video if isinstance(video, VideoSource) else open_video(video)
+    src = video if hasattr(video, "is_folder") else open_video(video)
     size = (src.height, src.width)
     where = "first-frame keypoints"
     if isinstance(keypoints, (str, os.PathLike)):
@@ -173,11 +182,11 @@ def track_keypoints_video(
     outputs = check_outputs(out, overlay, report, overwrite, tracker, src)
     track = None
     if out is not None:
-        info, d = {"video": str(src.path), "settings": _settings(tracker)}, Path(out)
+        info, d = {"video": str(src.path), "settings": settings(tracker)}, Path(out)
         try:
             track = KeypointTrackWriter(d / "keypoints.json", d / "keypoints.jsonl", keypoints.names, size, info)
         finally:
-            if track is None:  # it failed: release --out
+            if track is None and outputs.get("folder") is not None:  # it failed: release --out
                 outputs["folder"].close()
 
     def read_out(item: Tracked) -> np.ndarray:
@@ -193,174 +202,8 @@ def track_keypoints_video(
         if track is not None:
             track.close(status=status)
 
-    sink = _Sink(read_out, write, draw_keypoints, lambda: {"keypoints": list(keypoints.names)}, finish)
-    return _run(tracker, src, heatmaps, {}, sink, outputs, progress)
-
-
-def _run(
-    tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
-) -> dict:
-    """Stream ``src`` through the tracker into ``sink`` and the overlay; write the report; return it."""
-    folder = outputs.pop("folder", None)
-    try:
-        return _stream(tracker, src, first_labels, references, sink, outputs, progress)
-    finally:
-        if folder is not None:
-            folder.close()
-
-
-def _stream(
-    tracker: Tracker, src: VideoSource, first_labels, references: dict, sink: _Sink, outputs: dict, progress: bool
-) -> dict:
-    overlay, report = outputs["overlay"], outputs["report"]
-    device = tracker.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started, t_start = now_iso(), time.perf_counter()
-    written = 0
-    read_out_s = 0.0
-
-    def write_frames(items: Iterator[tuple[Tracked, Any]]) -> Iterator[np.ndarray]:
-        """Write each frame's outputs; yield its overlay image (runs in the writer thread)."""
-        nonlocal written, read_out_s
-        for item, result in items:
-            if result is None:  # CPU: the read-out runs here, beside the encoder in the main thread
-                t0 = time.perf_counter()
-                result = sink.read_out(item)
-                read_out_s += time.perf_counter() - t0
-            sink.write(item, result)
-            written += 1
-            if overlay is not None:
-                yield sink.draw(item.frame.rgb, result)
-
-    def consume(items: Iterator) -> None:
-        images = write_frames(items)
-        if overlay is None:
-            for _ in images:
-                pass
-            return
-        first = next(images, None)
-        if first is not None:  # no frame, no video
-            try:
-                write_video(overlay, itertools.chain([first], images), fps=src.fps or 25.0)
-            except OSError as e:
-                raise InputError(f"{overlay}: cannot write the overlay video ({e})") from e
-
-    writer = BackgroundConsumer(consume, maxsize=2 * tracker.chunk, name="siammae-write")
-    bar = _progress(src, progress)
-    status, error, stop = "complete", None, None
-    try:
-        for item in tracker.stream(src, first_labels, references):
-            # on a GPU the read-out is cheap there; on a CPU it moves to the writer thread
-            result = sink.read_out(item) if device.type == "cuda" else None
-            writer.put((item, result))
-            bar.update(1)
-    except KeyboardInterrupt as e:
-        status, stop = "interrupted", e
-    except InputError as e:  # e.g. a truncated video: the frames before the error are kept
-        status, error, stop = "error", str(e), e
-    except BaseException as e:
-        status, error = "error", f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        bar.close()
-        try:
-            writer.close()  # writes every frame handed over, closes the overlay video
-        except InputError as e:
-            if stop is None:
-                status, error, stop = "error", str(e), e
-        finally:
-            try:
-                sink.finish(status)  # e.g. the keypoint track of the frames written
-            except InputError as e:
-                if stop is None:
-                    status, error, stop = "error", str(e), e
-            finally:
-                times = tracker.times
-                times.add("propagate", read_out_s)
-                times.add("write", max(0.0, writer.busy_s - read_out_s))
-                total = time.perf_counter() - t_start
-                result = _report(tracker, src, outputs, started, total, written, sink.summary(), status, error)
-                if report is not None:
-                    write_report(report, result)
-    if stop is not None:
-        raise stop
-    return result
-
-
-def _settings(tracker: Tracker) -> dict:
-    return {
-        "preset": tracker.preset,
-        "propagation": dict(vars(tracker.config)),
-        "size": tracker.size,
-        "chunk": tracker.chunk,
-        "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
-        "backend": tracker.backend,
-        "encoder": type(tracker.encoder).__name__,
-        "weights": _weights(tracker.encoder),
-    }
-
-
-def _weights(encoder) -> dict | None:
-    """Which weights: load_model's record (name or path, sha256), or what an exported encoder's metadata says."""
-    record = getattr(getattr(encoder, "model", None), "weights_info", None)
-    if record is not None:
-        return record
-    info = getattr(encoder, "info", None)
-    if getattr(info, "checkpoint_sha256", None):
-        return {"weights": info.checkpoint, "sha256": info.checkpoint_sha256, "encoder": str(encoder.path)}
-    return None
-
-
-def _report(tracker, src, outputs, started, total, frames, summary, status, error) -> dict:
-    try:
-        H, W = tracker.frame_size(src.height, src.width)
-    except InputError:  # an encoder built for another size: the run stopped on it, the report says so
-        H, W = 0, 0
-    return {
-        "status": status,
-        "interrupted": status == "interrupted",
-        "error": error,
-        "started": started,
-        "frames": frames,
-        "video": {
-            "path": str(src.path),
-            "kind": "folder" if src.is_folder else "video",
-            "width": src.width,
-            "height": src.height,
-            "fps": src.fps,
-            "frames_in_source": src.num_frames,
-        },
-        "processing": {
-            "width": W,
-            "height": H,
-            "grid": [H // tracker.patch_size, W // tracker.patch_size],
-            "patch_size": tracker.patch_size,
-        },
-        **summary,
-        "settings": _settings(tracker),
-        "outputs": {k: (str(v) if v is not None else None) for k, v in outputs.items()},
-        "versions": versions(),
-        "device": device_info(tracker.device),
-        "time": {"total_seconds": round(total, 4), "stages": tracker.times.as_dict()},
-        "fps": round(frames / total, 2) if total > 0 else None,
-        "memory": {
-            "peak_host_mib": round(peak_host_memory_mib(), 1),
-            "peak_gpu_mib": _round(peak_gpu_memory_mib(tracker.device)),
-        },
-    }
-
-
-def _round(x):
-    return None if x is None else round(x, 1)
-
-
-def _progress(src: VideoSource, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(
-        total=src.num_frames, unit="frame", desc=src.path.name, disable=not enabled, dynamic_ncols=True, leave=False
-    )
+    sink = Sink(read_out, write, draw_keypoints, lambda: {"keypoints": list(keypoints.names)}, finish)
+    return TrackingRun(tracker, src, sink, outputs, progress).run(heatmaps, {})
 
 
 __all__ = ["Tracked", "track_keypoints_video", "track_video"]

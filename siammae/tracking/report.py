@@ -8,6 +8,7 @@ with encoding and propagation, so the stages add up to more than the end-to-end 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import sys
@@ -37,6 +38,42 @@ class StageTimes:
             s: {"seconds": round(t, 4), "fps": round(self.frames / t, 2) if t > 0 else None}
             for s, t in self.seconds.items()
         }
+
+
+class LatencyStats:
+    """Per-frame latencies (seconds) summarised in constant memory: a histogram of 1,200 logarithmic bins from
+    10 us to 1,000 s (each bin 1.5 % wide), so an endless live stream does not grow it; quantiles are read from the
+    histogram (the bin's geometric centre, within 0.8 %)."""
+
+    _LO, _HI, _BINS = 1e-5, 1e3, 1200
+
+    def __init__(self):
+        self.counts = [0] * self._BINS
+        self.count = 0
+        self.max_s = 0.0
+        self._log_ratio = math.log(self._HI / self._LO) / self._BINS
+
+    def add(self, seconds: float) -> None:
+        b = int(math.log(max(seconds, self._LO) / self._LO) / self._log_ratio)
+        self.counts[min(b, self._BINS - 1)] += 1
+        self.count += 1
+        self.max_s = max(self.max_s, seconds)
+
+    def quantile(self, q: float) -> float | None:
+        """The ``q``-quantile (0..1) in seconds; None before the first frame."""
+        if self.count == 0:
+            return None
+        rank, seen = q * (self.count - 1), 0
+        for b, n in enumerate(self.counts):
+            seen += n
+            if seen > rank:
+                return min(self._LO * math.exp((b + 0.5) * self._log_ratio), self.max_s)
+        return self.max_s
+
+    def as_dict(self) -> dict:
+        ms = lambda s: None if s is None else round(1000 * s, 2)  # noqa: E731
+        return {"frames": self.count, "median_ms": ms(self.quantile(0.5)), "p95_ms": ms(self.quantile(0.95)),
+                "max_ms": ms(self.max_s if self.count else None)}  # fmt: skip
 
 
 def _proc_status_kib(key: str) -> int | None:
@@ -167,6 +204,18 @@ def to_markdown(r: dict) -> str:
         "",
         "Decoding and writing run in background threads, overlapping encoding and propagation.",
         "",
+    ]
+    lat = r.get("latency")
+    if lat and lat["frames"]:
+        lines += [f"Latency per frame (decoded -> written): median {_fmt(lat['median_ms'], ' ms')}, "
+                  f"p95 {_fmt(lat['p95_ms'], ' ms')}, max {_fmt(lat['max_ms'], ' ms')}.", ""]  # fmt: skip
+    if "dropped" in r:
+        d = r["dropped"]
+        shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["indices"][:20])
+        more = " ..." if len(d["indices"]) > 20 else ""
+        lines += [f"Real time: {d['frames']} frames dropped at the input" + (f" ({shown}{more})" if shown else "")
+                  + ".", ""]  # fmt: skip
+    lines += [
         "## Memory",
         "",
         f"- peak host memory: {_fmt(r['memory']['peak_host_mib'], ' MiB')}",

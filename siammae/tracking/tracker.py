@@ -32,7 +32,7 @@ class Tracker(Driver):
     FrameEncoder: ONNX / TensorRT runtimes), ``preset`` (propagation constants and input convention), ``size`` (a
     short side or a fixed size; default the preset's), ``device``, ``dtype``, ``chunk``, ``backend`` and
     propagation ``overrides`` (``topk=7``, ``temperature``, ``n_last``, ``radius``, ...).
-    ``times`` holds the stage timings of the last stream (the pipeline adds "write").
+    ``times`` holds the stage timings of the last stream run without its own ``times`` (``track``, ``track_soft``).
     """
 
     def __init__(self, model, preset: str = "siammae-davis", **kwargs):
@@ -52,9 +52,14 @@ class Tracker(Driver):
         :meth:`Driver.soft`)."""
         return self.soft(frames, first_labels, references)
 
-    def stream(self, frames, first_labels, references=None) -> Iterator[Tracked]:
-        """:meth:`Driver.stream` with decoding and resizing in a background thread, timed in ``self.times``."""
-        self.times = times = StageTimes()
+    def stream(self, frames, first_labels, references=None, times: StageTimes | None = None) -> Iterator[Tracked]:
+        """:meth:`Driver.stream` with decoding and resizing in a background thread.
+
+        times: where the stream adds its decode / encode / propagate seconds and frames (a run's own, so that one
+        Tracker can serve several streams at once); by default a new one, kept as ``self.times``.
+        """
+        if times is None:
+            self.times = times = StageTimes()
         source = Prefetcher(self.inputs_of(frames), maxsize=2 * self.chunk, name="siammae-decode")
         try:
             yield from self.propagate(source, first_labels, references, times)
