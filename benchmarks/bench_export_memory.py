@@ -46,7 +46,17 @@ def export_worker(ckpt: str, out: str, attention: str, height: int, width: int, 
 
 
 def export_case(ckpt: Path, out: Path, attention: str, height: int, width: int, max_batch: int) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(ckpt), str(out), attention, str(height), str(width), str(max_batch)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        str(ckpt),
+        str(out),
+        attention,
+        str(height),
+        str(width),
+        str(max_batch),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), **_env()})
     if proc.returncode != 0:
         raise SystemExit(f"export ({attention}) failed: {proc.stderr.strip()[-2000:]}")
@@ -67,7 +77,8 @@ def markdown(meta: dict, settings: dict, rows: list[dict]) -> str:
         "",
         f"Model `{settings['arch']}` (random weights), frames {settings['width']}x{settings['height']} "
         f"({settings['frames']} synthetic JPEGs), encoded at {settings['encoded_at']}, chunk {settings['chunk']}, "
-        f"preset {settings['preset']}, device {settings['device']}. Made by `python benchmarks/bench_export_memory.py`.",
+        f"preset {settings['preset']}, device {settings['device']}.",
+        "Made by `python benchmarks/bench_export_memory.py`.",
         "",
         "| case | attention | peak host MiB | vs PyTorch tracking | seconds | frames/s |",
         "|---|---|---|---|---|---|",
@@ -122,7 +133,16 @@ def main(argv=None) -> None:
         ckpt = tmp / f"{args.arch}.pt"
         save_checkpoint(ckpt, create_model(args.arch).encoder)
         clip = frame_folder(tmp / "clip", args.frames)
-        common = ["--size", str(args.size), "--chunk", str(args.chunk), "--device", args.device, "--preset", args.preset]
+        common = [
+            "--size",
+            str(args.size),
+            "--chunk",
+            str(args.chunk),
+            "--device",
+            args.device,
+            "--preset",
+            args.preset,
+        ]
         r = run_track(clip, tmp / "track-pytorch", "--ckpt", str(ckpt), *common)
         rows.append(_track_row("pytorch", r))
         H, W = r["processing"]["height"], r["processing"]["width"]  # the size the tracker encodes at

@@ -64,7 +64,9 @@ def circle_mask(h: int, w: int, ncontext: int, device, radius=RADIUS, square=Fal
 class DenseDINO:
     """DINO eval_video_segmentation.py: the queue of (features D x N, soft labels 1 x C x h x w), a step."""
 
-    def __init__(self, feat0, seg0, queue, topk=TOPK, temperature=TEMPERATURE, radius=RADIUS, dino_mask=False, n_last=None):
+    def __init__(
+        self, feat0, seg0, queue, topk=TOPK, temperature=TEMPERATURE, radius=RADIUS, dino_mask=False, n_last=None
+    ):
         """``dino_mask``: DINO's own neighbourhood (squares on every frame) instead of this benchmark's circles
         with frame 0 free; ``n_last``: queue length (default: that of ``queue``, which DINO starts empty)."""
         self.topk, self.temperature, self.radius, self.dino_mask = topk, temperature, radius, dino_mask

@@ -140,8 +140,9 @@ def main(argv=None) -> int:
         left = limit - (time.perf_counter() - t0)
         budget = min(STAGES[stage][column] * scale, left)
         if budget < 5:
+            reason = f"out of time: {left:.0f} s left of {limit:.0f}"
             results[stage] = {"stage": stage, "status": "skipped", "budget_s": 0, "results": [], "notes": {},
-                              "skipped": [{"what": stage, "reason": f"out of time: {left:.0f} s left of {limit:.0f}"}]}  # fmt: skip
+                              "skipped": [{"what": stage, "reason": reason}]}  # fmt: skip
             print(f"[{stage}] skipped: out of time", file=sys.stderr)
             continue
         print(f"[{stage}] budget {budget:.0f} s", file=sys.stderr, flush=True)
@@ -158,7 +159,12 @@ def main(argv=None) -> int:
 
 def _write(name, meta, results, stages, limit, t0, out, write_results, markdown) -> Path:
     total = round(time.perf_counter() - t0, 1)
-    settings = {"stages": stages, "time_limit_s": limit, "total_s": total, "budgets_s": {s: STAGES[s][1] for s in STAGES}}
+    settings = {
+        "stages": stages,
+        "time_limit_s": limit,
+        "total_s": total,
+        "budgets_s": {s: STAGES[s][1] for s in STAGES},
+    }
     rows = [results[s] for s in stages if s in results]
     return write_results(name, meta, rows, markdown(meta, settings, rows), folder=out, settings=settings)
 

@@ -6,7 +6,7 @@ The public names below are imported lazily (PEP 562): ``import siammae`` costs a
 
 from __future__ import annotations
 
-import importlib
+from siammae._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -50,15 +50,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'siammae' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # next access skips __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

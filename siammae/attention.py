@@ -30,9 +30,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from siammae.data.colormaps import _CMAP_POLY, CMAPS
 from siammae.data.transforms import frames_to_batch, normalize, target_size
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
-from siammae.device import DTYPES, resolve_device
+from siammae.device import resolve_device, resolve_dtype
 from siammae.errors import InputError
 from siammae.io import atomic_write
 from siammae.model.checkpoint import unwrap
@@ -40,29 +41,6 @@ from siammae.model.encoder import ViTEncoder
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 
-# Degree-6 polynomial fits of matplotlib's perceptually uniform colormaps, c0 + c1 t + ... + c6 t^6 per channel,
-# by Matt Zucker (shadertoy.com/view/WlfXRN, CC0); within ~1% of the 256-entry tables. Rows c0..c6, columns RGB.
-_CMAP_POLY = {
-    "inferno": (
-        (0.0002189403691192265, 0.001651004631001012, -0.01948089843709184),
-        (0.1065134194856116, 0.5639564367884091, 3.932712388889277),
-        (11.60249308247187, -3.972853965665698, -15.9423941062914),
-        (-41.70399613139459, 17.43639888205313, 44.35414519872813),
-        (77.162935699427, -33.40235894210092, -81.80730925738993),
-        (-71.31942824499214, 32.62606426397723, 73.20951985803202),
-        (25.13112622477341, -12.24266895238567, -23.07032500287172),
-    ),
-    "viridis": (
-        (0.2777273272234177, 0.005407344544966578, 0.3340998053353061),
-        (0.1050930431085774, 1.404613529898575, 1.384590162594685),
-        (-0.3308618287255563, 0.214847559468213, 0.09509516302823659),
-        (-4.634230498983486, -5.799100973351585, -19.33244095627987),
-        (6.228269936347081, 14.17993336680509, 56.69055260068105),
-        (4.776384997670288, -13.74514537774601, -65.35303263337234),
-        (-5.435455855934631, 4.645852612178535, 26.3124352495832),
-    ),
-}
-CMAPS = tuple(_CMAP_POLY)
 OUT_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
@@ -256,12 +234,12 @@ def iter_attention(
     encoder = _encoder(model)
     selected = resolve_heads(heads, encoder.num_heads)
     names = (["mean of heads"] if selected == "mean" else [f"head {i}" for i in selected]) if labels else None
-    if dtype not in DTYPES:
-        raise InputError(f"dtype {dtype!r} is not valid: use one of {', '.join(DTYPES)}")
     device = encoder.cls_token.device
-    if dtype == "fp16" and device.type != "cuda":
-        raise InputError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
-    autocast = torch.autocast(device.type, dtype=DTYPES[dtype]) if dtype != "fp32" else contextlib.nullcontext()
+    try:
+        amp = resolve_dtype(dtype, device)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    autocast = torch.autocast(device.type, dtype=amp) if amp != torch.float32 else contextlib.nullcontext()
     lut = _blend_lut(cmap, alpha, device)  # fails on a bad colormap or opacity before any frame is decoded
     resized = None
 

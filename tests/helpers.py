@@ -1,5 +1,5 @@
-"""Helpers shared by several test files: ``from helpers import ...`` (pytest's default ``prepend`` import mode puts
-tests/ on sys.path, as for ``from test_tracking import colour_encoder``).
+"""Helpers shared by several test files: ``from helpers import ...`` (pyproject's ``pythonpath = ["tests"]`` puts
+tests/ on sys.path for the test files in its subfolders). No test module imports another test module.
 """
 
 import importlib.util
@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 
 import av
+import numpy as np
+import torch
 
 import siammae.data.video as video_module
+from siammae.model.config import ModelConfig
+from siammae.model.encoder import ViTEncoder
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]  # the repository (tests/helpers.py)
 TENSORRT_INSTALLED = importlib.util.find_spec("tensorrt") is not None
 
 
@@ -77,3 +81,31 @@ def davis_2016_layout(shared_data: Path, root: Path, names) -> Path:
     (root / "ImageSets/2016").mkdir(parents=True)
     (root / "ImageSets/2016/val.txt").write_text("\n".join(names) + "\n")
     return root
+
+
+def colour_encoder(patch: int = 4, dim: int = 16) -> ViTEncoder:
+    """A ViT whose features are the mean colour of each patch: the patch embedding averages each channel (and its
+    negative, so that the final LayerNorm only rescales), position embeddings and every residual branch are zero.
+    Cosine similarity is then colour similarity, which tells the synthetic clips' warm objects from their cool
+    background: a known-good encoder for checking the plumbing."""
+    enc = ViTEncoder(
+        ModelConfig(img_size=32, patch_size=patch, embed_dim=dim, depth=1, num_heads=2, pos_embed="learned")
+    )
+    with torch.no_grad():
+        w = torch.zeros(dim, 3, patch, patch)
+        for c in range(3):
+            w[c, c] = 1.0 / patch**2
+            w[3 + c, c] = -1.0 / patch**2
+        enc.patch_embed.proj.weight.copy_(w)
+        enc.patch_embed.proj.bias.zero_()
+        enc.pos_embed.zero_()
+        for blk in enc.blocks:
+            for lin in (blk.attn.proj, blk.mlp.fc2):
+                lin.weight.zero_()
+                lin.bias.zero_()
+    return enc.eval()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union else 1.0

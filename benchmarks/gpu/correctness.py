@@ -124,8 +124,8 @@ def gather_kernel(st) -> None:
             pos = torch.randn(L, cfg.embed_dim, device=dev, generator=g) * 0.02
             grad_out = torch.randn(B, K, cfg.embed_dim, device=dev, generator=g)
 
-            def run(fn, dtype=None, amp=amp):
-                leaves = [t.detach().clone().to(dtype or t.dtype).requires_grad_() for t in (imgs, weight, bias, pos)]
+            def run(fn, dtype=None, amp=amp, inputs=(imgs, weight, bias, pos), ids=ids, grad_out=grad_out):
+                leaves = [t.detach().clone().to(dtype or t.dtype).requires_grad_() for t in inputs]
                 with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
                     out = fn(leaves[0], ids, *leaves[1:])
                 out.backward(grad_out.to(out.dtype))
@@ -138,7 +138,8 @@ def gather_kernel(st) -> None:
             row = {"check": "patch_embed_gather", "model": name, "batch": B, "kept": K, "patches": L,
                    "precision": "bf16 autocast" if amp else "fp32"}  # fmt: skip
             ok = True
-            for part, a, r, o in zip(("out", "d_imgs", "d_weight", "d_bias", "d_pos"), kernel, ref, oracle, strict=True):
+            parts = ("out", "d_imgs", "d_weight", "d_bias", "d_pos")
+            for part, a, r, o in zip(parts, kernel, ref, oracle, strict=True):
                 row[f"{part}_max_err_vs_ref"] = _err(a, r)
                 row[f"{part}_max_err_vs_fp64"] = _err(a, o)
                 row[f"{part}_ref_max_err_vs_fp64"] = _err(r, o)

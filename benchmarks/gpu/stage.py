@@ -106,7 +106,8 @@ class Stage:
         """Whether ``what`` (about ``estimate_s`` seconds) fits in the time left; if not, record it as skipped."""
         if self.left() >= estimate_s:
             return True
-        self.skip(what, f"out of time: needs ~{estimate_s:.0f} s, {max(self.left(), 0):.0f} s left of {self.budget_s:.0f}")
+        left = max(self.left(), 0)
+        self.skip(what, f"out of time: needs ~{estimate_s:.0f} s, {left:.0f} s left of {self.budget_s:.0f}")
         return False
 
     def skip(self, what: str, reason: str) -> None:

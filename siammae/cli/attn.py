@@ -10,29 +10,20 @@ Everything is one call of :func:`siammae.attention.render_attention`; bad input 
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from siammae.attention import CMAPS, HEADS_HELP, render_attention
-from siammae.device import DTYPES, resolve_device
-from siammae.errors import InputError, SiamMAEError
-from siammae.model.checkpoint import load_model
-from siammae.model.registry import list_models
+from siammae.cli.options import CONTEXT, Command, arch_option, device_option, dtype_option, errors
+from siammae.data.colormaps import CMAPS
+from siammae.errors import InputError
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("input", type=click.Path(path_type=str))
 @click.option(
     "--ckpt", required=True, type=click.Path(path_type=str), help="siammae checkpoint or DINO / MAE / timm ViT weights."
 )
-@click.option(
-    "--arch",
-    type=click.Choice(list_models()),
-    default=None,
-    help="Architecture of foreign weights (default: inferred).",
-)
-@click.option("--heads", default="all", show_default=True, help=f"Heads to show: {HEADS_HELP}.")
+@arch_option()
+@click.option("--heads", default="all", show_default=True, help="Heads to show: all, mean, or indices such as 0,2,5.")
 @click.option(
     "--out",
     type=click.Path(path_type=str),
@@ -42,21 +33,19 @@ from siammae.model.registry import list_models
 )
 @click.option("--size", default=480, show_default=True, help="Short side of the frames fed to the model (pixels).")
 @click.option("--batch-size", default=4, show_default=True, help="Frames per forward pass.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--dtype",
-    type=click.Choice(list(DTYPES)),
-    default="fp32",
-    show_default=True,
-    help="Encoder precision (fp16 needs CUDA).",
-)
+@device_option()
+@dtype_option()
 @click.option("--cmap", type=click.Choice(CMAPS), default="inferno", show_default=True, help="Heat-map colours.")
 @click.option("--alpha", default=0.6, show_default=True, help="Heat-map opacity over the frame, in [0, 1].")
 @click.option("--no-labels", is_flag=True, help="Do not write the head number on each tile.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
-    try:
+    from siammae.attention import render_attention  # deferred: --help stays fast
+    from siammae.device import resolve_device
+    from siammae.model.checkpoint import load_model
+
+    with errors():
         if size < 1 or batch_size < 1:
             raise InputError(f"--size {size} and --batch-size {batch_size} must be positive")
         try:
@@ -78,9 +67,6 @@ def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, a
             labels=not no_labels,
             progress=not quiet,
         )
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     if not quiet:
         click.echo(f"wrote {path}")
 

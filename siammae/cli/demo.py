@@ -8,17 +8,15 @@ tracked with the untrained and the trained network; both DAVIS J scores printed,
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from siammae.errors import SiamMAEError
+from siammae.cli.options import CONTEXT, Command, Device, errors
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={**CONTEXT, "show_default": True})
 @click.option("--out", default="demo_out", help="Output folder (video, ground truth, training run, masks, report).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Training steps [default: 300].")
-@click.option("--device", default="cpu", help="cpu, cuda or auto.")
+@click.option("--device", type=Device(), default="cpu", help="cpu, cuda or auto.")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def cli(out, steps, device, overwrite, quiet):
@@ -27,11 +25,8 @@ def cli(out, steps, device, overwrite, quiet):
 
     settings = DemoSettings() if steps is None else DemoSettings(steps=steps)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))
-    try:
+    with errors():
         res = run_demo(out, settings, device=device, overwrite=overwrite, progress=not quiet, log=log)
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
     click.echo(f"J untrained: {res.j_untrained:.3f}")
     click.echo(
         f"J trained:   {res.j_trained:.3f}  ({res.j_gain:+.3f} after {res.train_steps} steps, "

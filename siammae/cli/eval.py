@@ -8,13 +8,20 @@
 Each command parses its options and calls :func:`siammae.evaluation.benchmark.evaluate`.
 """
 
-import sys
-
 import click
 
-from siammae.errors import SiamMAEError
-from siammae.evaluation.benchmark import evaluate
-from siammae.evaluation.results import markdown_table
+from siammae.cli.options import (
+    CONTEXT,
+    Group,
+    arch_option,
+    device_option,
+    dtype_option,
+    errors,
+    overrides,
+    preset_option,
+    propagation_options,
+    size_option,
+)
 
 
 def _common(f):
@@ -30,15 +37,12 @@ def _common(f):
             help="Score the predictions in this folder instead of running a model.",
         ),
         click.option("--out", type=click.Path(file_okay=False), help="Output folder (predictions, scores, tables)."),
-        click.option("--preset", help="Propagation preset: dino, siammae-davis, siammae-jhmdb, siammae-vip."),
-        click.option("--topk", type=click.IntRange(min=1), help="Override the preset's top-k."),
-        click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override the temperature."),
-        click.option("--n-last", type=click.IntRange(min=0), help="Override the number of preceding frames."),
-        click.option("--radius", type=click.FloatRange(min=0), help="Override the neighbourhood radius (patches)."),
-        click.option("--size", help="Input size: a short side (480) or short x long (480x880); default per preset."),
-        click.option("--arch", help="Architecture of foreign weights when it cannot be inferred (e.g. vits16)."),
-        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."),
-        click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True),
+        preset_option("the benchmark's SiamMAE preset"),
+        propagation_options,
+        size_option(),
+        arch_option(),
+        device_option(),
+        dtype_option(),
         click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True),
         click.option("--sequences", help="Comma-separated subset of the split's sequences."),
         click.option("--max-frames", type=click.IntRange(min=2), help="Only the first N frames (quick checks)."),
@@ -50,15 +54,21 @@ def _common(f):
 
 
 def _run(benchmark: str, split, year: str = "2017", **opts):
+    from siammae.evaluation.benchmark import evaluate  # deferred: --help stays fast
+    from siammae.evaluation.results import markdown_table
+
+    changed = overrides(click.get_current_context(), opts)
     if (opts["ckpt"] is None) == (opts["results"] is None):
         raise click.UsageError("give --ckpt to run a model or --results to score existing predictions")
     if opts["results"] is not None:
-        model_only = ("preset", "topk", "temperature", "n_last", "radius", "size", "arch", "max_frames")
-        given = [f"--{k.replace('_', '-')}" for k in model_only if opts[k] is not None]
+        model_only = ("preset", "size", "arch", "max_frames")
+        given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with --ckpt, not with --results")
-    overrides = {k: opts[k] for k in ("topk", "temperature", "n_last", "radius")}
-    try:
+    size = opts["size"]
+    if size is not None:  # the evaluation runner reads "480" or "480x880"
+        size = "x".join(map(str, size)) if isinstance(size, tuple) else str(size)
+    with errors():
         doc = evaluate(
             benchmark,
             opts["root"],
@@ -68,8 +78,8 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
             split=split,
             year=year,
             preset=opts["preset"],
-            overrides=overrides,
-            size=opts["size"],
+            overrides=changed,
+            size=size,
             arch=opts["arch"],
             device=opts["device"],
             dtype=opts["dtype"],
@@ -78,14 +88,11 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
             max_frames=opts["max_frames"],
             overwrite=opts["overwrite"],
         )
-    except SiamMAEError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2)
     click.echo(markdown_table(doc["title"], doc["global"]))
     click.echo(f"results in {doc['out']}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Evaluate a checkpoint on DAVIS, JHMDB or VIP, or score existing predictions."""
 

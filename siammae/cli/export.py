@@ -10,17 +10,13 @@ The command parses and validates, then calls :func:`siammae.export.export_onnx` 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import click
 
-from siammae.data.transforms import IMAGENET_MEAN
-from siammae.errors import SiamMAEError
-from siammae.export.onnx import DEFAULT_OPSET, MIN_OPSET, STDS, export_onnx
-from siammae.export.tensorrt import build_engine, require_tensorrt
-from siammae.model.encoder import POS_INTERP
-from siammae.model.registry import list_models
+from siammae.cli.options import CONTEXT, Command, arch_option, errors
+from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
+from siammae.model.config import POS_INTERP
 
 
 class _EchoHandler(logging.Handler):
@@ -38,19 +34,14 @@ def _log_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.option(
     "--ckpt",
     required=True,
     type=click.Path(path_type=Path),
     help="siammae checkpoint, or encoder weights (DINO / MAE / timm).",
 )
-@click.option(
-    "--arch",
-    type=click.Choice(list_models()),
-    default=None,
-    help="architecture of foreign weights (default: inferred from their shapes).",
-)
+@arch_option()
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -77,7 +68,7 @@ def _log_to_stderr() -> None:
 @click.option(
     "--std",
     "std_name",
-    type=click.Choice(sorted(STDS)),
+    type=click.Choice(STD_NAMES),
     default="imagenet",
     show_default=True,
     help="normalisation std: ImageNet's, or DINO's evaluation code's (0.228 for red).",
@@ -106,8 +97,12 @@ def _log_to_stderr() -> None:
 def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
     patch features, with normalisation and position embeddings inside the graph."""
+    from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
+    from siammae.export.onnx import STDS, export_onnx
+    from siammae.export.tensorrt import build_engine, require_tensorrt
+
     _log_to_stderr()
-    try:
+    with errors():
         if trt:
             require_tensorrt()  # fail before the export, not after it
         path = export_onnx(
@@ -124,13 +119,11 @@ def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name,
             std=STDS[std_name],
             pos_interp=pos_interp,
             verify=verify,
+            attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph
         )
         click.echo(path)
         if trt:
             click.echo(build_engine(path, workspace=workspace, verify=verify))
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -18,30 +18,19 @@ from pathlib import Path
 
 import click
 
-from siammae.errors import InputError, SiamMAEError
-from siammae.model.registry import list_models
-from siammae.propagation.config import PRESETS
-
-PRESET_NAMES = tuple(PRESETS)
-
-
-class Radius(click.ParamType):
-    """A neighbourhood radius in patches, or "none" for no restriction."""
-
-    name = "radius"
-
-    def convert(self, value, param, ctx):
-        if value is None or isinstance(value, (int, float)):
-            return value
-        if str(value).lower() in ("none", "inf", "off"):
-            return None
-        try:
-            r = float(value)
-        except ValueError:
-            self.fail(f"{value!r} is not a number of patches or 'none'", param, ctx)
-        if r < 0:
-            self.fail(f"{value!r} is negative", param, ctx)
-        return int(r) if r.is_integer() else r
+from siammae.cli.options import (
+    CONTEXT,
+    Command,
+    arch_option,
+    device_option,
+    dtype_option,
+    errors,
+    overrides,
+    preset_option,
+    propagation_options,
+    size_option,
+)
+from siammae.errors import InputError
 
 
 def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None, device: str = "auto"):
@@ -61,7 +50,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--mask", type=click.Path(path_type=Path), help="Mask of frame 0 (PNG: mode P ids, 0/255, RGB, 1-bit).")
 @click.option(
@@ -76,28 +65,17 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     '{"name": [x, y], ...}}, 0-based pixels.',
 )
 @click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
-@click.option(
-    "--arch", type=click.Choice(list_models()), help="Architecture of foreign weights (default: inferred from shapes)."
-)
+@arch_option()
 @click.option(
     "--encoder",
     type=click.Path(path_type=Path),
     help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
 )
-@click.option(
-    "--preset",
-    type=click.Choice(PRESET_NAMES),
-    help="Propagation protocol constants.  [default: siammae-davis; siammae-jhmdb with --keypoints]",
-)
-@click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature.")
-@click.option("--queue", type=click.IntRange(min=0), help="Override: number of preceding frames in the context.")
-@click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'.")
-@click.option("--size", type=click.IntRange(min=1), default=480, show_default=True, help="Encoder short side.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--dtype", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True, help="Encoder precision."
-)
+@preset_option("siammae-davis; siammae-jhmdb with --keypoints")
+@propagation_options
+@size_option()
+@device_option()
+@dtype_option()
 @click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
 @click.option(
     "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
@@ -114,8 +92,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @click.option("--report", type=click.Path(path_type=Path), help="JSON report (and a Markdown one beside it).")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-def main(video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, temperature, queue, radius, size,
-         device, dtype, chunk, backend, out, overlay, report, overwrite, quiet):  # fmt: skip
+@click.pass_context
+def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk, backend, out,
+         overlay, report, overwrite, quiet, **opts):  # fmt: skip
     """Track the objects of a first-frame mask (--mask / --mask-dir), or first-frame keypoints (--keypoints),
     through VIDEO (a video file or a folder of frames)."""
     from siammae.data.masks import MaskResizeWarning
@@ -129,30 +108,23 @@ def main(video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, te
     if preset is None:
         preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
 
-    overrides = {"topk": topk, "temperature": temperature, "n_last": queue}
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if radius is not None or _given(click.get_current_context(), "radius"):
-        overrides["radius"] = radius
+    changed = overrides(ctx, opts)
+    if size is not None:
+        changed["size"] = size
+    kept = f"; report marked interrupted: {report}" if report is not None else ""
+    what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
     with warnings.catch_warnings():
         warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
-        try:
+        with errors(f"{what} so far is complete{kept}"):
             model = load_frame_encoder(ckpt, encoder, arch, device)
-            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, size=size, chunk=chunk,
-                              backend=backend, **overrides)  # fmt: skip
+            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, chunk=chunk, backend=backend,
+                              **changed)  # fmt: skip
             outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
             if keypoints is not None:
                 result = track_keypoints_video(tracker, video, keypoints, **outputs)
             else:
                 result = track_video(tracker, video, mask, mask_dir=mask_dir, **outputs)
-        except SiamMAEError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            kept = f"; report marked interrupted: {report}" if report is not None else ""
-            what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
-            click.echo(f"interrupted: {what} so far is complete{kept}", err=True)
-            sys.exit(130)
     if not quiet:
         if keypoints is not None:
             what = f"{len(result['keypoints'])} keypoints"
@@ -164,11 +136,6 @@ def main(video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, topk, te
             f"{result['fps']} frames/s -> {where}",
             err=True,
         )
-
-
-def _given(ctx: click.Context, name: str) -> bool:
-    """Whether an option was on the command line (``--radius none`` gives None, like not giving it)."""
-    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 if __name__ == "__main__":

@@ -8,13 +8,12 @@ Settings come from the defaults (the paper's recipe), then ``--config FILE`` (JS
 
 from __future__ import annotations
 
-import sys
 from dataclasses import fields
 
 import click
 from click.core import ParameterSource
 
-from siammae.errors import SiamMAEError
+from siammae.cli.options import CONTEXT, Command, Device, errors
 from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.model.registry import list_models
 from siammae.train.config import AUGMENTATIONS, PRECISIONS, TrainConfig
@@ -29,7 +28,7 @@ def _default(name: str):
     return value if value != () else None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.command(cls=Command, context_settings={**CONTEXT, "show_default": True})
 @click.option(
     "--data",
     multiple=True,
@@ -85,7 +84,7 @@ def _default(name: str):
     help="auto: bf16 (or fp16 + scaler) on GPU, fp32 on CPU.",
 )
 @click.option("--seed", type=int, default=_default("seed"))
-@click.option("--device", default=_default("device"), help="auto, cpu, cuda or cuda:N.")
+@click.option("--device", type=Device(), default=_default("device"), help="auto, cpu, cuda or cuda:N.")
 @click.option("--save-every", type=int, default=_default("save_every"), help="Steps between checkpoints.")
 @click.option("--keep-last", type=int, default=_default("keep_last"), help="Checkpoints kept.")
 @click.option("--log-every", type=int, default=_default("log_every"), help="Steps between log records.")
@@ -104,15 +103,9 @@ def cli(ctx: click.Context, config_file, **flags):
     }
     from siammae.train import train  # deferred: --help stays fast
 
-    try:
+    with errors("continue the run with --resume (from the latest checkpoint)"):
         cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given, "flags")
         result = train(cfg)
-    except SiamMAEError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("interrupted; continue the run with --resume (from the latest checkpoint)", err=True)
-        sys.exit(130)
     if not cfg.quiet and result.model_path is not None:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
         click.echo(

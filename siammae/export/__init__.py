@@ -5,22 +5,20 @@ inside, metadata with everything a runtime needs); ``build_engine`` compiles it 
 ``load_encoder`` opens either as a :class:`~siammae.propagation.features.FrameEncoder`.
 """
 
-from siammae.export.metadata import ExportInfo, read_info
-from siammae.export.onnx import EncoderGraph, export_onnx
-from siammae.export.runtime import OnnxEncoder, TensorRTEncoder, load_encoder
-from siammae.export.tensorrt import build_engine
-from siammae.export.verify import ExportVerificationError, verify_engine, verify_onnx
+from siammae._lazy import lazy_exports
 
-__all__ = [
-    "EncoderGraph",
-    "ExportInfo",
-    "ExportVerificationError",
-    "OnnxEncoder",
-    "TensorRTEncoder",
-    "build_engine",
-    "export_onnx",
-    "load_encoder",
-    "read_info",
-    "verify_engine",
-    "verify_onnx",
-]
+_EXPORTS = {
+    "ExportInfo": "siammae.export.metadata",
+    "read_info": "siammae.export.metadata",
+    "EncoderGraph": "siammae.export.onnx",
+    "export_onnx": "siammae.export.onnx",
+    "OnnxEncoder": "siammae.export.runtime",
+    "TensorRTEncoder": "siammae.export.runtime",
+    "load_encoder": "siammae.export.runtime",
+    "build_engine": "siammae.export.tensorrt",
+    "ExportVerificationError": "siammae.export.verify",
+    "verify_engine": "siammae.export.verify",
+    "verify_onnx": "siammae.export.verify",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -13,8 +13,20 @@ from pathlib import Path
 from siammae.errors import InputError
 
 INPUT_NAME, OUTPUT_NAME = "frames", "features"
+DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and TensorRT 10 alike
+MIN_OPSET = 17
+STD_NAMES = ("imagenet", "dino")  # normalisation std of the graph: ImageNet's, or DINO's evaluation code's
 _META_PREFIX = "siammae."
-_STR_FIELDS = {"attention", "dtype", "pos_interp", "exporter", "siammae_version", "torch_version", "checkpoint", "checkpoint_sha256"}
+_STR_FIELDS = {
+    "attention",
+    "dtype",
+    "pos_interp",
+    "exporter",
+    "siammae_version",
+    "torch_version",
+    "checkpoint",
+    "checkpoint_sha256",
+}
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,15 @@ import torch.nn.functional as F
 from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, target_size
 from siammae.errors import InputError, SiamMAEError
 from siammae.export.attention import ATTENTIONS, TRANSLATIONS, use_fused_attention
-from siammae.export.metadata import _META_PREFIX, INPUT_NAME, OUTPUT_NAME, ExportInfo
+from siammae.export.metadata import (
+    _META_PREFIX,
+    DEFAULT_OPSET,
+    INPUT_NAME,
+    MIN_OPSET,
+    OUTPUT_NAME,
+    STD_NAMES,
+    ExportInfo,
+)
 from siammae.export.verify import verify_onnx
 from siammae.io import atomic_write
 from siammae.model.checkpoint import file_sha256, load_model
@@ -46,9 +54,7 @@ from siammae.model.encoder import POS_INTERP, ViTEncoder
 log = logging.getLogger(__name__)
 
 DTYPES = ("fp32", "fp16")
-DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and TensorRT 10 alike
-MIN_OPSET = 17
-STDS = {"imagenet": IMAGENET_STD, "dino": DINO_STD}
+STDS = dict(zip(STD_NAMES, (IMAGENET_STD, DINO_STD), strict=True))
 _PROTO_LIMIT = 1_800_000_000  # protobuf cannot serialise 2 GiB; above this the weights go to external data
 
 
@@ -234,7 +240,7 @@ def _export_graph(encoder: ViTEncoder, H: int, W: int, mean, std, pos_interp, dt
             return (*_to_onnx(graph, max_batch, opset), "fused")
         except torch.onnx.errors.OnnxExporterError as e:
             if attention == "fused":
-                raise SiamMAEError(f"cannot export the fused attention ({_first_line(e)}); use attention 'plain'") from e
+                raise SiamMAEError(f"cannot export fused attention ({_first_line(e)}); use attention 'plain'") from e
             log.warning(f"fused attention export failed ({_first_line(e)}); exporting plain attention")
     graph = EncoderGraph(encoder, H, W, mean, std, pos_interp, dtype, attention="plain").eval()
     return (*_to_onnx(graph, max_batch, opset), "plain")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from siammae.device import resolve_device
-from siammae.errors import InputError, SiamMAEError
+from siammae.errors import InputError, MissingExtraError, SiamMAEError
 from siammae.export.metadata import read_info
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,28 @@ def check_frames(frames: torch.Tensor, size: tuple[int, int], path: Path) -> Non
             f"{path.name} was built for {size[1]}x{size[0]} frames but got {W}x{H} (width x height); "
             f"export it for this size: siammae-export --height {H} --width {W}"
         )
+
+
+def require_tensorrt(purpose: str = "building a TensorRT engine"):
+    """The ``tensorrt`` module, after checking that it is installed and that there is a CUDA GPU."""
+    try:
+        import tensorrt as trt
+    except ImportError as e:
+        raise MissingExtraError("tensorrt", "trt", purpose) from e
+    if not torch.cuda.is_available():
+        raise SiamMAEError(
+            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'})"
+        )
+    return trt
+
+
+def torch_dtype(trt, dtype) -> torch.dtype:
+    """The torch dtype of a TensorRT I/O tensor type (the graphs have float32 I/O; fp16 for foreign engines)."""
+    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
+    if dtype not in table:
+        raise InputError(f"engine I/O type {dtype} is not supported (expected float32 or float16)")
+    return table[dtype]
 
 
 class OnnxEncoder:
@@ -124,8 +146,6 @@ class TensorRTEncoder:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto"):
-        from siammae.export.tensorrt import require_tensorrt, torch_dtype
-
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such file")

@@ -21,37 +21,13 @@ from pathlib import Path
 
 import torch
 
-from siammae.errors import InputError, MissingExtraError, SiamMAEError
+from siammae.errors import InputError, SiamMAEError
 from siammae.export.metadata import read_info
+from siammae.export.runtime import require_tensorrt
 from siammae.export.verify import verify_engine
 from siammae.io import atomic_write, write_json
 
 log = logging.getLogger(__name__)
-
-# engine vs onnxruntime on the same graph: fp32 kernels differ in summation order (and fused attention), so the
-# bound is 10x the ONNX-vs-PyTorch one; fp16 is bounded by cosine as for ONNX
-
-
-def require_tensorrt(purpose: str = "building a TensorRT engine"):
-    """The ``tensorrt`` module, after checking that it is installed and that there is a CUDA GPU."""
-    try:
-        import tensorrt as trt
-    except ImportError as e:
-        raise MissingExtraError("tensorrt", "trt", purpose) from e
-    if not torch.cuda.is_available():
-        raise SiamMAEError(
-            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda or 'not built in'})"
-        )
-    return trt
-
-
-def torch_dtype(trt, dtype) -> torch.dtype:
-    """The torch dtype of a TensorRT I/O tensor type (the graphs have float32 I/O; fp16 for foreign engines)."""
-    table = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16}
-    if dtype not in table:
-        raise InputError(f"engine I/O type {dtype} is not supported (expected float32 or float16)")
-    return table[dtype]
 
 
 def _network_flags(trt) -> int:
@@ -91,6 +67,11 @@ def build_engine(
     trt = require_tensorrt("building a TensorRT engine")
     onnx_path = Path(onnx_path)
     info = read_info(onnx_path)
+    if info.attention == "fused":
+        raise InputError(
+            f"{onnx_path.name} holds onnxruntime's fused attention (com.microsoft ops), which TensorRT cannot read: "
+            "export it with attention='plain' (siammae-export --trt does)"
+        )
     out = Path(out) if out is not None else onnx_path.with_suffix(".engine")
     max_batch = max_batch or info.max_batch
     opt_batch = opt_batch or max_batch

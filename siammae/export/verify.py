@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # the fp32 graph must match PyTorch to 1e-4 (max abs, on unit vectors); fp16 to a per-token cosine of 0.999
 TOLERANCE = {"fp32": {"max_abs_err": 1e-4}, "fp16": {"min_cosine": 0.999}}
+# engine vs onnxruntime on the same graph: fp32 kernels differ in summation order (and fused attention), so the
+# bound is 10x the ONNX-vs-PyTorch one; fp16 is bounded by cosine as for ONNX
 ENGINE_TOLERANCE = {"fp32": {"max_abs_err": 1e-3}, "fp16": {"min_cosine": 0.999}}
 
 

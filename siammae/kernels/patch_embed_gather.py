@@ -14,6 +14,9 @@ Patches are numbered row-major over the (h, w) = (H / p, W / p) grid, ``l = row 
 Layout (Liger-Kernel): the Triton kernels (forward; weight and bias gradient), the launchers that validate
 shapes and pick block sizes, the ``autograd.Function``, the PyTorch reference ``patch_embed_gather_ref`` (the
 specification and the CPU path), and the public ``patch_embed_gather(..., backend="auto")``.
+
+Why this file is long: forward and backward kernels, the autograd.Function and the reference are one op and are
+kept together (Liger-Kernel layout), so the gradients can be checked against the reference in one reading.
 """
 
 from __future__ import annotations
@@ -397,7 +400,7 @@ class PatchEmbedGatherFunction(torch.autograd.Function):
 
         with torch.autocast(imgs.device.type, enabled=False):
             if need_pos:
-                grad_pos = _one_hot_scatter(grad.view(1, B * K, D), ids_keep.reshape(1, B * K), L)[0]  # a slice of argsort: not contiguous
+                grad_pos = _one_hot_scatter(grad.view(1, B * K, D), ids_keep.reshape(1, B * K), L)[0]
                 grad_pos = grad_pos.to(pos_dtype)
             if need_imgs:
                 # In PyTorch: dPatches = dOut @ W, scattered to their patch slots and folded onto the grid.

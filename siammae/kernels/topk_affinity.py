@@ -17,6 +17,10 @@ memory with a running top-k per query and skips key tiles wholly outside the nei
 reference ``topk_affinity_ref`` (the specification, the CPU path and the test oracle) scores tiles of queries
 against the windows of keys in their reach, so that its scores never exceed ``max(block_elems, n_context * N)``
 floats (16 MiB by default).
+
+Why this file is long: one op in one file (STYLE.md, Liger-Kernel layout): the kernel, its launcher, the tiled
+PyTorch reference that specifies it and the public dispatching function must be read side by side; splitting
+the reference from the kernel would hide the specification from the code it specifies.
 """
 
 from __future__ import annotations

@@ -5,22 +5,20 @@ Reads bottom-up: :mod:`config` -> :mod:`pos_embed`, :mod:`masking` -> :mod:`enco
 :mod:`siammae` (the model) -> :mod:`registry` (named variants) -> :mod:`checkpoint` (save / load, foreign formats).
 """
 
-from siammae.model.checkpoint import load_model, save_checkpoint
-from siammae.model.config import ModelConfig
-from siammae.model.encoder import ViTEncoder
-from siammae.model.registry import create_model, list_models, model_config, register_model
-from siammae.model.siammae import SiamMAE, patchify, unpatchify
+from siammae._lazy import lazy_exports
 
-__all__ = [
-    "ModelConfig",
-    "SiamMAE",
-    "ViTEncoder",
-    "create_model",
-    "list_models",
-    "load_model",
-    "model_config",
-    "patchify",
-    "register_model",
-    "save_checkpoint",
-    "unpatchify",
-]
+_EXPORTS = {
+    "load_model": "siammae.model.checkpoint",
+    "save_checkpoint": "siammae.model.checkpoint",
+    "ModelConfig": "siammae.model.config",
+    "ViTEncoder": "siammae.model.encoder",
+    "create_model": "siammae.model.registry",
+    "list_models": "siammae.model.registry",
+    "model_config": "siammae.model.registry",
+    "register_model": "siammae.model.registry",
+    "SiamMAE": "siammae.model.siammae",
+    "patchify": "siammae.model.siammae",
+    "unpatchify": "siammae.model.siammae",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

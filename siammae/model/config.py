@@ -13,6 +13,8 @@ ENCODER_MODES = ("siam", "joint")
 DECODERS = ("cross-self", "cross", "joint")
 MASKINGS = ("random", "grid")
 POS_EMBEDS = ("sincos", "learned")
+# position embeddings at another grid: exact sin-cos, DINO's bicubic resize, or by the table's kind
+POS_INTERP = ("auto", "sincos", "bicubic")
 
 
 @dataclass(frozen=True)

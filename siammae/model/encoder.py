@@ -16,10 +16,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from siammae.kernels.patch_embed_gather import patch_embed_gather
-from siammae.model.config import ModelConfig
+from siammae.model.config import POS_INTERP, ModelConfig
 from siammae.model.pos_embed import resize_pos_embed, sincos_2d
-
-POS_INTERP = ("auto", "sincos", "bicubic")
 
 
 class ViTEncoder(nn.Module):

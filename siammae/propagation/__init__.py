@@ -1,19 +1,19 @@
 """k-nearest-neighbour label propagation (DINO and CRW protocols): configs, label conversions, the engine."""
 
-from siammae.propagation.config import PRESETS, PropagationConfig, get_preset
-from siammae.propagation.engine import PropagationState, Propagator, propagate_labels
-from siammae.propagation.labels import labels_to_mask, mask_to_labels, norm_mask, one_hot, resize_nearest
+from siammae._lazy import lazy_exports
 
-__all__ = [
-    "PRESETS",
-    "PropagationConfig",
-    "PropagationState",
-    "Propagator",
-    "get_preset",
-    "labels_to_mask",
-    "mask_to_labels",
-    "norm_mask",
-    "one_hot",
-    "propagate_labels",
-    "resize_nearest",
-]
+_EXPORTS = {
+    "PRESETS": "siammae.propagation.config",
+    "PropagationConfig": "siammae.propagation.config",
+    "get_preset": "siammae.propagation.config",
+    "PropagationState": "siammae.propagation.engine",
+    "Propagator": "siammae.propagation.engine",
+    "propagate_labels": "siammae.propagation.engine",
+    "labels_to_mask": "siammae.propagation.labels",
+    "mask_to_labels": "siammae.propagation.labels",
+    "norm_mask": "siammae.propagation.labels",
+    "one_hot": "siammae.propagation.labels",
+    "resize_nearest": "siammae.propagation.labels",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

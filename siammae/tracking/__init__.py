@@ -1,21 +1,19 @@
 """Tracking objects (masks) and keypoints through long videos by label propagation: streamed, constant memory,
 with reports."""
 
-from siammae.data.masks import MaskResizeWarning, read_mask, write_mask
-from siammae.data.palette import davis_palette
-from siammae.tracking.overlay import draw_keypoints, overlay_masks
-from siammae.tracking.pipeline import track_keypoints_video, track_video
-from siammae.tracking.tracker import Tracked, Tracker
+from siammae._lazy import lazy_exports
 
-__all__ = [
-    "MaskResizeWarning",
-    "Tracked",
-    "Tracker",
-    "davis_palette",
-    "draw_keypoints",
-    "overlay_masks",
-    "read_mask",
-    "track_keypoints_video",
-    "track_video",
-    "write_mask",
-]
+_EXPORTS = {
+    "MaskResizeWarning": "siammae.data.masks",
+    "read_mask": "siammae.data.masks",
+    "write_mask": "siammae.data.masks",
+    "davis_palette": "siammae.data.palette",
+    "draw_keypoints": "siammae.tracking.overlay",
+    "overlay_masks": "siammae.tracking.overlay",
+    "track_keypoints_video": "siammae.tracking.pipeline",
+    "track_video": "siammae.tracking.pipeline",
+    "Tracked": "siammae.tracking.tracker",
+    "Tracker": "siammae.tracking.tracker",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -1,6 +1,12 @@
 """Pretraining: ``train(TrainConfig(...))`` on folders of videos, one GPU or many (torchrun), resumable exactly."""
 
-from siammae.train.config import TrainConfig
-from siammae.train.loop import TrainingDivergedError, TrainResult, train
+from siammae._lazy import lazy_exports
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDivergedError", "train"]
+_EXPORTS = {
+    "TrainConfig": "siammae.train.config",
+    "TrainingDivergedError": "siammae.train.loop",
+    "TrainResult": "siammae.train.loop",
+    "train": "siammae.train.loop",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from siammae.device import resolve_dtype
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
 from siammae.model.checkpoint import save_checkpoint, unwrap
@@ -350,6 +351,8 @@ def _amp_dtype(precision: str, device: torch.device):
         if device.type != "cuda":
             return None
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision == "fp16" and device.type != "cuda":
-        raise InputError("--precision fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    try:
+        dtype = resolve_dtype(precision, device)
+    except ValueError as e:
+        raise InputError(f"--precision {precision}: {e}") from None
+    return None if dtype == torch.float32 else dtype

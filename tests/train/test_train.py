@@ -20,7 +20,7 @@ from siammae.model.siammae import SiamMAE
 from siammae.train import TrainConfig, TrainingDivergedError, train
 from siammae.train.state import list_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def moving_texture(n: int, seed: int, h: int = 40, w: int = 48):

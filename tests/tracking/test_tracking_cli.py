@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import assert_one_line_error, run_until_sigint, write_with_pyav
+from helpers import assert_one_line_error, colour_encoder, iou, run_until_sigint, write_with_pyav
 from PIL import Image
-from test_tracking import colour_encoder, iou
 
 from siammae.cli.track import main
 from siammae.data.masks import write_mask
@@ -114,7 +113,7 @@ def synthetic(tmp_path_factory):
 def test_outputs_and_overwrite(ckpt, synthetic, tmp_path):
     root, masks = synthetic
     args = [root / "clip.mp4", "--mask", root / "first.png", "--ckpt", ckpt, "--size", 96, "--preset", "dino",
-            "--topk", 3, "--temperature", 0.05, "--queue", 4, "--radius", "none"]  # fmt: skip
+            "--topk", 3, "--temperature", 0.05, "--n-last", 4, "--radius", "none"]  # fmt: skip
     outs = ["--out", tmp_path / "m", "--overlay", tmp_path / "o.mp4", "--report", tmp_path / "r.json"]
     result = run(*args, *outs, "--quiet")
     assert result.output == ""  # --quiet: no progress bar, no summary
@@ -180,8 +179,8 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, synthetic, tmp_path):
     assert_one_line_error(run(video, "--mask", first, *model, "--out", tmp_path / "afile" / "masks", ok=False),
                           "afile/masks", "cannot write")  # fmt: skip
     assert_one_line_error(run(video, "--mask", first, "--size", 96, "--out", out, ok=False), "--ckpt", "--encoder")
-    usage = run(video, *model, "--out", out, ok=False)  # neither a mask nor keypoints: a usage error
-    assert usage.exit_code == 2 and "Error: give what to track in frame 0: --mask" in usage.output
+    # neither a mask nor keypoints: a usage error, also one line
+    assert_one_line_error(run(video, *model, "--out", out, ok=False), "give what to track in frame 0: --mask")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "tpu9", ok=False), "tpu9")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "cpu", "--dtype", "fp16",
                               ok=False), "fp16 needs a CUDA device")  # fmt: skip

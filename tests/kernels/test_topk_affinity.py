@@ -249,6 +249,6 @@ def test_kernel_compiles_for_real_gpus(tmp_path):
     if "constexprs" not in inspect.signature(ASTSource).parameters:
         pytest.skip("this Triton's ASTSource predates the constexprs argument (Triton < 3.2)")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp_path))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from helpers import interrupt_reading_at, write_with_pyav
+from helpers import colour_encoder, interrupt_reading_at, iou, write_with_pyav
 from PIL import Image
 
 from siammae.data.palette import davis_palette
@@ -18,34 +18,6 @@ from siammae.errors import InputError, VideoError
 from siammae.model.config import ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.tracking import Tracker, track_video
-
-
-def colour_encoder(patch: int = 4, dim: int = 16) -> ViTEncoder:
-    """A ViT whose features are the mean colour of each patch: the patch embedding averages each channel (and its
-    negative, so that the final LayerNorm only rescales), position embeddings and every residual branch are zero.
-    Cosine similarity is then colour similarity, which tells the synthetic clips' warm objects from their cool
-    background: a known-good encoder for checking the plumbing."""
-    enc = ViTEncoder(
-        ModelConfig(img_size=32, patch_size=patch, embed_dim=dim, depth=1, num_heads=2, pos_embed="learned")
-    )
-    with torch.no_grad():
-        w = torch.zeros(dim, 3, patch, patch)
-        for c in range(3):
-            w[c, c] = 1.0 / patch**2
-            w[3 + c, c] = -1.0 / patch**2
-        enc.patch_embed.proj.weight.copy_(w)
-        enc.patch_embed.proj.bias.zero_()
-        enc.pos_embed.zero_()
-        for blk in enc.blocks:
-            for lin in (blk.attn.proj, blk.mlp.fc2):
-                lin.weight.zero_()
-                lin.bias.zero_()
-    return enc.eval()
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = (a | b).sum()
-    return float((a & b).sum() / union) if union else 1.0
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from siammae.data import masks as M
 from siammae.data.palette import davis_palette, davis_palette_flat
 from siammae.errors import InputError
-from siammae.data import masks as M
 
 
 # ------------------------------------------------------------------------------------------------- palette

@@ -1,0 +1,198 @@
+"""What every command shares: one error handler and one set of options with the same names, types and help.
+
+- :func:`errors` turns a :class:`~siammae.errors.SiamMAEError` (anything a user can fix) into one line
+  ``error: ...`` and exit status 2, and Ctrl-C into one line and status 130, in every command alike.
+- The option decorators (``device_option``, ``dtype_option``, ``preset_option``, ``propagation_options``,
+  ``size_option``, ``arch_option``) give ``siammae-track``, ``siammae-eval``, ``siammae-attn`` and
+  ``siammae-export`` the same spelling (``--n-last``, not ``--queue`` in one and ``--n-last`` in another) and the same
+  validation. Old spellings stay as hidden aliases for one release (``--queue``).
+
+This module imports neither torch nor any heavy part of siammae, so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from collections.abc import Callable, Iterator
+
+import click
+
+from siammae.errors import SiamMAEError
+from siammae.model.registry import list_models
+from siammae.propagation.config import PRESETS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+DTYPE_NAMES = ("fp32", "fp16", "bf16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# ------------------------------------------------------------------------------------------------- errors
+@contextlib.contextmanager
+def errors(interrupted: str | Callable[[], str] | None = None) -> Iterator[None]:
+    """Run a command's body: a SiamMAEError is ``error: ...`` + exit 2; Ctrl-C prints ``interrupted`` (a message, or
+    a function that builds it) and exits 130."""
+    try:
+        yield
+    except SiamMAEError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        message = interrupted() if callable(interrupted) else interrupted
+        click.echo(f"interrupted{': ' + message if message else ''}", err=True)
+        sys.exit(130)
+
+
+class _OneLineErrors:
+    """Click's own usage errors (a bad option value, a missing argument) as one line ``error: ...`` and status 2,
+    like every other bad input, instead of a usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as e:  # UsageError, BadParameter, FileError
+            if type(e).__name__ == "NoArgsIsHelpError":  # a group called bare: its help, as click does
+                click.echo(e.format_message(), err=True)
+                sys.exit(2)
+            click.echo(f"error: {e.format_message()} (see --help)", err=True)
+            sys.exit(2)
+        except click.exceptions.Abort:  # Ctrl-C while click itself was running (a prompt, start-up)
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(0)
+
+
+class Command(_OneLineErrors, click.Command):
+    """A siammae command: ``@click.command(cls=Command, context_settings=CONTEXT)``."""
+
+
+class Group(_OneLineErrors, click.Group):
+    """A siammae command group (``siammae-eval``)."""
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """Whether option ``name`` was on the command line (``--radius none`` gives None, like leaving it out)."""
+    return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+
+# ---------------------------------------------------------------------------------------------- types
+class Device(click.ParamType):
+    """auto, cpu, mps, cuda or cuda:N; checked here by its form, and against the machine when the model loads."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str) or not _DEVICE.match(value.strip()):
+            self.fail(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N", param, ctx)
+        return value.strip()
+
+
+class Radius(click.ParamType):
+    """A neighbourhood radius in patches, or "none" for no restriction."""
+
+    name = "radius"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, (int, float)):
+            return value
+        if str(value).lower() in ("none", "inf", "off"):
+            return None
+        try:
+            r = float(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a number of patches or 'none'", param, ctx)
+        if not r >= 0 or r == float("inf"):
+            self.fail(f"{value!r} must be a finite number >= 0 (or 'none')", param, ctx)
+        return int(r) if r.is_integer() else r
+
+
+class Size(click.ParamType):
+    """The encoder's input size: a short side (``480``) or ``HEIGHTxWIDTH`` (``480x880``)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, (int, tuple)):
+            return value
+        text = str(value).strip().lower()
+        try:
+            parts = [int(p) for p in text.split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts) < 1:
+            self.fail(f"{value!r} is not a size: give a short side (480) or HEIGHTxWIDTH (480x880)", param, ctx)
+        return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+# -------------------------------------------------------------------------------------------- options
+def _apply(f, options):
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def device_option(default: str = "auto"):
+    return click.option(
+        "--device", type=Device(), default=default, show_default=True, help="auto, cpu, cuda or cuda:N."
+    )
+
+
+def dtype_option(help: str = "Encoder precision (fp16 needs CUDA)."):
+    return click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True, help=help)
+
+
+def arch_option():
+    return click.option(
+        "--arch",
+        type=click.Choice(list_models()),
+        help="Architecture of foreign weights (default: inferred from their shapes).",
+    )
+
+
+def size_option(help: str = "Encoder input: short side (480) or HEIGHTxWIDTH.  [default: the preset's]"):
+    return click.option("--size", type=Size(), default=None, help=help)
+
+
+def preset_option(default_help: str):
+    return click.option(
+        "--preset",
+        type=click.Choice(tuple(PRESETS)),
+        help=f"Propagation protocol constants.  [default: {default_help}]",
+    )
+
+
+def propagation_options(f):
+    """``--topk``, ``--temperature``, ``--n-last`` (hidden alias ``--queue``) and ``--radius``: overrides of the
+    preset; read them back with :func:`overrides`."""
+    return _apply(
+        f,
+        [
+            click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch."),
+            click.option(
+                "--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature."
+            ),
+            click.option("--n-last", type=click.IntRange(min=0), help="Override: preceding frames in the context."),
+            click.option("--queue", "queue_alias", type=click.IntRange(min=0), hidden=True),  # old name of --n-last
+            click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'."),
+        ],
+    )
+
+
+def overrides(ctx: click.Context, opts: dict) -> dict:
+    """The preset overrides the user gave, as ``PropagationConfig`` fields; pops them from ``opts``."""
+    queue = opts.pop("queue_alias", None)
+    if queue is not None:
+        if opts.get("n_last") is not None:
+            raise click.UsageError("give --n-last only (--queue is its old name)")
+        click.echo("warning: --queue is now --n-last; the old name goes in the next release", err=True)
+        opts["n_last"] = queue
+    out = {k: opts.pop(k) for k in ("topk", "temperature", "n_last") if opts.get(k) is not None}
+    for k in ("topk", "temperature", "n_last"):
+        opts.pop(k, None)
+    radius = opts.pop("radius", None)
+    if radius is not None or given(ctx, "radius"):
+        out["radius"] = radius
+    return out

@@ -1,0 +1,154 @@
+"""The package's shape: no import circle (module-level or deferred imports alike), no oversized module without a
+stated reason, and commands whose --help loads nothing heavy."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "siammae"
+MAX_LINES = 400
+REASON = "Why this file is long:"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """Every siammae module ``path`` imports, at module level or inside a function."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # `from pkg import submodule`
+    return {m for m in found if m in modules and m != name}
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    sys.setrecursionlimit(10_000)
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_walk_sees_imports():
+    graph = _graph()
+    # a module-level import, a deferred one inside a function, and `from package import submodule`
+    assert "siammae.model.siammae" in graph["siammae.model.checkpoint"]
+    assert "siammae.tracking.pipeline" in graph["siammae.cli.track"]
+    assert "siammae.train.distributed" in graph["siammae.train.loop"]
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_import_circle():
+    assert _cycles(_graph()) == []
+
+
+def test_lower_layers_do_not_import_upper_ones():
+    """Data flows one way: the model, data formats, kernels and propagation never import tracking, evaluation,
+    export, training or the CLI."""
+    upper = ("siammae.tracking", "siammae.evaluation", "siammae.export", "siammae.train", "siammae.cli")
+    lower = ("siammae.model", "siammae.data", "siammae.kernels", "siammae.propagation", "siammae.device", "siammae.io")
+    bad = {(m, d) for m, deps in _graph().items() if m.startswith(lower) for d in deps if d.startswith(upper)}
+    assert not bad
+
+
+def test_long_modules_say_why():
+    long = [
+        f"{p.relative_to(PACKAGE.parent)} ({n} lines)"
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+        and REASON not in (ast.get_docstring(ast.parse(p.read_text())) or "")
+    ]
+    assert not long, f"modules over {MAX_LINES} lines need '{REASON} ...' in their docstring: {long}"
+
+
+@pytest.mark.parametrize("command", ["track", "eval", "export", "attn", "train", "demo"])
+def test_help_loads_nothing_heavy(command):
+    """--help imports no third-party heavyweight and no other command's package (siammae-track --help loads
+    neither training nor evaluation nor scipy); a command may load the light config of its own package."""
+    own = {"train": "siammae.train", "export": "siammae.export", "eval": "siammae.evaluation"}.get(command)
+    heavy = ["torch", "scipy", "timm", "onnx", "onnxruntime", "av", "cv2"]
+    heavy += [p for p in ("siammae.train", "siammae.evaluation", "siammae.export", "siammae.tracking") if p != own]
+    code = (
+        "import sys\n"
+        f"from siammae.cli.{command} import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        f"heavy = {tuple(heavy)!r}\n"
+        "print(sorted(m for m in sys.modules if m in heavy or m.startswith(tuple(h + '.' for h in heavy))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "Usage" in out
+    assert out.strip().splitlines()[-1] == "[]", out.strip().splitlines()[-1]
+
+
+def test_package_names_resolve_lazily():
+    code = (
+        "import sys, siammae\n"
+        "assert 'torch' not in sys.modules\n"
+        "names = siammae.__all__\n"
+        "assert all(getattr(siammae, n) is not None for n in names)\n"
+        "print(len(names))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) >= 30
+
+
+def test_tests_mirror_the_packages_and_import_no_test_module():
+    tests = Path(__file__).resolve().parent
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    assert folders <= packages, f"test folders without a package: {folders - packages}"
+    for path in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom | ast.Import):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("test_") for n in names), f"{path.name} imports a test module"
