@@ -95,7 +95,7 @@ def markdown(meta: dict, settings: dict, rows: list[dict]) -> str:
         "- Peak host memory is the process's peak resident set, Python and PyTorch included (~0.6 GiB for the "
         "import of a CUDA build of PyTorch alone).",
         "- `plain`: attention as MatMul + Softmax + MatMul; onnxruntime holds every (tokens x tokens) matrix of the "
-        "batch (6,361^2 floats = 162 MB per head and frame at 480x848 with patch 8). `fused`: onnxruntime's "
+        "batch (6,241^2 floats = 156 MB per head and frame at 832x480 with patch 8). `fused`: onnxruntime's "
         "`com.microsoft.MultiHeadAttention` (flash attention on CPU and CUDA), the default of `siammae-export`.",
         "- Export time includes the verification against PyTorch (batches 1 and 2).",
     ]
