@@ -37,6 +37,7 @@ def test_every_stage_has_results_or_a_reason(quick):
     assert tuple(stages) == STAGES
     for name, s in stages.items():
         assert s["status"] == "ok", (name, s.get("error"))
+        assert not s["failures"], (name, s["failures"])
         assert s["results"], name  # tiny shapes: every stage measures something on the CPU
         for skip in s["skipped"]:
             assert skip["what"] and skip["reason"], skip

@@ -47,8 +47,9 @@ def run(st) -> None:
                 args = argparse.Namespace(height=H, width=W, batches=batches, backends=[backend],
                                           dtypes=dtypes, threads=None, warmup=sh.encoder_warmup,
                                           iters=sh.encoder_iters)  # fmt: skip
-                for row in bench_model(name, args, device, Path(tmp)):
-                    st.add(row)
+                with st.case(what):
+                    for row in bench_model(name, args, device, Path(tmp)):
+                        st.add(row)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     best = {}

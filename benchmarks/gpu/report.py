@@ -52,12 +52,13 @@ def markdown(meta: dict, settings: dict, stages: list[dict]) -> str:
         f"Made by `python benchmarks/gpu_check.py`: {len(stages)} stage(s) in {settings['total_s']} s "
         f"(limit {settings['time_limit_s']:.0f} s).",
         "",
-        "| stage | status | seconds | budget s | results | skipped |",
-        "|---|---|---|---|---|---|",
+        "| stage | status | seconds | budget s | results | failed | skipped |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in stages:
         lines.append(f"| {s['stage']} | {s['status']} | {s.get('wall_s', s.get('seconds', ''))} | "
-                     f"{_cell(s.get('budget_s'))} | {len(s['results'])} | {len(s['skipped'])} |")  # fmt: skip
+                     f"{_cell(s.get('budget_s'))} | {len(s['results'])} | {len(s.get('failures', []))} | "
+                     f"{len(s['skipped'])} |")  # fmt: skip
     for s in stages:
         lines += ["", f"## {s['stage']}", ""]
         if s.get("error"):
@@ -68,6 +69,8 @@ def markdown(meta: dict, settings: dict, stages: list[dict]) -> str:
             lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in s["results"]]
         for k, v in s.get("notes", {}).items():
             lines.append(f"- {k}: {_cell(v) if not isinstance(v, list) else '; '.join(_cell(x) for x in v)}")
+        for f in s.get("failures", []):
+            lines.append(f"- **FAILED** {f['what']}: {f['error']}")
         for sk in s["skipped"]:
             lines.append(f"- skipped {sk['what']}: {sk['reason']}")
     return "\n".join(lines)

@@ -40,7 +40,7 @@ def card_peaks(name: str | None) -> dict | None:
 
 def run(st) -> None:
     import benchmarks.bench_propagate as bench
-    from benchmarks.bench_propagate import dense_flops, measured_peak_tflops, run_case, triton_flops
+    from benchmarks.bench_propagate import measured_peak_tflops, run_case
 
     sh = st.shapes
     if sh.quick:  # the dry run shrinks the benchmark's constants: the Triton interpreter runs every program in Python
@@ -60,16 +60,26 @@ def run(st) -> None:
             what = f"propagate {grid[0]}x{grid[1]} {method} {dtype} chunk {chunk}"
             if not st.fits(what, 5):
                 continue
-            r = run_case(method, dev, grid, sh.prop_repeats, dtype, chunk)
-            if method == "dense":
-                dense_ms = r["ms_per_frame"]
-            r["speedup_vs_dense"] = dense_ms / r["ms_per_frame"] if dense_ms else None
-            r["dense_equivalent_tflops"] = dense_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
-            if method == "dense":
-                r["executed_tflops"] = r["dense_equivalent_tflops"]
-            elif method == "triton":
-                r["executed_tflops"] = triton_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
-            if peaks and "executed_tflops" in r:
-                peak = peaks["fp32_tflops"] if dtype == "float32" else peaks["bf16_tflops"]
-                r["fraction_of_peak"] = r["executed_tflops"] / peak
-            st.add(r)
+            with st.case(what):
+                st.add(_row(run_case(method, dev, grid, sh.prop_repeats, dtype, chunk), grid, peaks, dense_ms))
+                if method == "dense":
+                    dense_ms = st.results[-1]["ms_per_frame"]
+
+
+def _row(r: dict, grid, peaks, dense_ms) -> dict:
+    """A run_case row with its speed-up over the dense step, TFLOP/s and fraction of the card's peak."""
+    from benchmarks.bench_propagate import dense_flops, triton_flops
+
+    method, dtype = r["method"], r["dtype"]
+    if method == "dense":
+        dense_ms = r["ms_per_frame"]
+    r["speedup_vs_dense"] = dense_ms / r["ms_per_frame"] if dense_ms else None
+    r["dense_equivalent_tflops"] = dense_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
+    if method == "dense":
+        r["executed_tflops"] = r["dense_equivalent_tflops"]
+    elif method == "triton":
+        r["executed_tflops"] = triton_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
+    if peaks and "executed_tflops" in r:
+        peak = peaks["fp32_tflops"] if dtype == "float32" else peaks["bf16_tflops"]
+        r["fraction_of_peak"] = r["executed_tflops"] / peak
+    return r

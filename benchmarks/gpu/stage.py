@@ -7,9 +7,11 @@ stage's JSON file the moment it is known (atomically), so the file always holds 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,6 +98,7 @@ class Stage:
     results: list = field(default_factory=list)
     skipped: list = field(default_factory=list)
     notes: dict = field(default_factory=dict)
+    failures: list = field(default_factory=list)
     t0: float = field(default_factory=time.perf_counter)
 
     def left(self) -> float:
@@ -120,6 +123,18 @@ class Stage:
         print(f"[{self.name}] " + json.dumps(row, default=str), file=sys.stderr, flush=True)
         self.save()
 
+    @contextlib.contextmanager
+    def case(self, what: str):
+        """One sub-case: an exception in it is recorded as a failed result and the stage goes on with the next
+        (a check harness reports every failure the hardware shows, not only the first)."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - recorded with its traceback, not swallowed
+            self.failures.append({"what": what, "error": f"{type(e).__name__}: {e}"[:500],
+                                  "traceback": traceback.format_exc(limit=6)[-2000:]})  # fmt: skip
+            print(f"[{self.name}] FAILED {what}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            self.save()
+
     def note(self, **kw) -> None:
         self.notes.update(kw)
         self.save()
@@ -127,7 +142,7 @@ class Stage:
     def save(self, status: str = "running", error: str | None = None) -> None:
         record = {"stage": self.name, "status": status, "budget_s": self.budget_s,
                   "seconds": round(time.perf_counter() - self.t0, 2), "results": self.results,
-                  "skipped": self.skipped, "notes": self.notes}  # fmt: skip
+                  "skipped": self.skipped, "failures": self.failures, "notes": self.notes}  # fmt: skip
         if error:
             record["error"] = error
         write_json(self.path, record)

@@ -75,25 +75,25 @@ def run(st) -> None:
         for name in sh.track_models:
             if not st.fits(f"track {name}", 20 if not sh.quick else 10):
                 continue
-            torch.manual_seed(0)
-            model = create_model(name).encoder.eval()
-            ckpt = tmp / f"{name}.pt"
-            save_checkpoint(ckpt, model)
-            args = ("--ckpt", str(ckpt), "--size", str(sh.track_size), "--device", sh.device,
-                    "--dtype", sh.track_dtype, "--chunk", "8")  # fmt: skip
-            r = run_track(clip, tmp / f"track-{name}", *args, timeout=max(st.left() - 2, 5))
-            row = {"check": "siammae-track", "model": name, "dtype": sh.track_dtype, "frames": r["frames"],
-                   "fps": r["fps"], "seconds": r["time"]["total_seconds"],
-                   "stages_fps": {k: v["fps"] for k, v in r["time"]["stages"].items()},
-                   "stages_seconds": {k: v["seconds"] for k, v in r["time"]["stages"].items()},
-                   "peak_host_mib": r["memory"]["peak_host_mib"], "peak_gpu_mib": r["memory"]["peak_gpu_mib"],
-                   "encoded_at": f"{r['processing']['width']}x{r['processing']['height']}",
-                   "process_wall_seconds": r["process_wall_seconds"]}  # fmt: skip
-            if st.fits(f"DINO algorithm {name}", 15 if not sh.quick else 5):
-                d = dino_fps(model, clip, tmp / f"dino-{name}", sh.device, sh.track_dtype, sh.track_size)
-                row["dino"] = d
-                row["speedup_vs_dino"] = round(r["fps"] / d["fps"], 2) if d["fps"] else None
-            st.add(row)
-            del model
+            with st.case(f"track {name}"):
+                torch.manual_seed(0)
+                model = create_model(name).encoder.eval()
+                ckpt = tmp / f"{name}.pt"
+                save_checkpoint(ckpt, model)
+                args = ("--ckpt", str(ckpt), "--size", str(sh.track_size), "--device", sh.device,
+                        "--dtype", sh.track_dtype, "--chunk", "8")  # fmt: skip
+                r = run_track(clip, tmp / f"track-{name}", *args, timeout=max(st.left() - 2, 5))
+                row = {"check": "siammae-track", "model": name, "dtype": sh.track_dtype, "frames": r["frames"],
+                       "fps": r["fps"], "seconds": r["time"]["total_seconds"],
+                       "stages_fps": {k: v["fps"] for k, v in r["time"]["stages"].items()},
+                       "stages_seconds": {k: v["seconds"] for k, v in r["time"]["stages"].items()},
+                       "peak_host_mib": r["memory"]["peak_host_mib"], "peak_gpu_mib": r["memory"]["peak_gpu_mib"],
+                       "encoded_at": f"{r['processing']['width']}x{r['processing']['height']}",
+                       "process_wall_seconds": r["process_wall_seconds"]}  # fmt: skip
+                if st.fits(f"DINO algorithm {name}", 15 if not sh.quick else 5):
+                    d = dino_fps(model, clip, tmp / f"dino-{name}", sh.device, sh.track_dtype, sh.track_size)
+                    row["dino"] = d
+                    row["speedup_vs_dino"] = round(r["fps"] / d["fps"], 2) if d["fps"] else None
+                st.add(row)
             if sh.device == "cuda":
                 torch.cuda.empty_cache()

@@ -68,21 +68,23 @@ def run(st) -> None:
         batch = batches.pop(0)
         if not st.fits(f"train step batch {batch}", 20 if not sh.quick else 5):
             break
-        steps = {p: train_step(model, p, batch, dev, amp)[0] for p in paths}
-        memory = {p: step_memory_mib(fn, dev) for p, fn in steps.items()}
-        times = timed_in_turn(steps, sh.train_steps, sh.train_warmup, dev)
-        for p in paths:
-            sec = statistics.median(times[p])
-            row = {"check": "train step", "model": sh.train_model, "path": p, "batch": batch,
-                   "ms_per_step": round(1e3 * sec, 2), "pairs_per_s": round(batch / sec, 1),
-                   "step_memory_mib": memory[p], "tflops": round(per_pair * batch / sec / 1e12, 2)}  # fmt: skip
-            if peaks:
-                row["mfu"] = round(per_pair * batch / sec / 1e12 / peaks["bf16_tflops"], 4)
-            st.add(row)
-            if p == "fused-triton":
-                compute_pairs_s = max(compute_pairs_s or 0, batch / sec)
-        del steps
-        if dev.type == "cuda" and batch == sh.train_batch:
+        memory = {}
+        with st.case(f"train step batch {batch}"):
+            steps = {p: train_step(model, p, batch, dev, amp)[0] for p in paths}
+            memory = {p: step_memory_mib(fn, dev) for p, fn in steps.items()}
+            times = timed_in_turn(steps, sh.train_steps, sh.train_warmup, dev)
+            for p in paths:
+                sec = statistics.median(times[p])
+                row = {"check": "train step", "model": sh.train_model, "path": p, "batch": batch,
+                       "ms_per_step": round(1e3 * sec, 2), "pairs_per_s": round(batch / sec, 1),
+                       "step_memory_mib": memory[p], "tflops": round(per_pair * batch / sec / 1e12, 2)}  # fmt: skip
+                if peaks:
+                    row["mfu"] = round(per_pair * batch / sec / 1e12 / peaks["bf16_tflops"], 4)
+                st.add(row)
+                if p == "fused-triton":
+                    compute_pairs_s = max(compute_pairs_s or 0, batch / sec)
+        steps = None
+        if dev.type == "cuda" and batch == sh.train_batch and memory:
             total = torch.cuda.get_device_properties(dev).total_memory / 2**20
             resident = torch.cuda.memory_allocated(dev) / 2**20
             per_batch = max(memory.values()) / batch
