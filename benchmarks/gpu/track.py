@@ -36,7 +36,7 @@ def dino_fps(model, clip: Path, out: Path, device: str, dtype: str, size: int) -
     out.mkdir(parents=True, exist_ok=True)
 
     def load(path):  # (1, 3, H', W') in [0, 1] at the encoder size
-        x = torch.from_numpy(np.asarray(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
         return F.interpolate(x, size=target_size(x.shape[-2], x.shape[-1], size, p), mode="bilinear")
 
     def sync():
