@@ -12,6 +12,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# No network in tests: weights by name come from a local server that the test starts (model/test_weights.py), and
+# a command left to its default weights fails at once with the offline error instead of reaching for the internet.
+os.environ.setdefault("SIAMMAE_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, device_option, dtype_option, errors
+from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, device_option, dtype_option, errors
 from siammae.data.colormaps import CMAPS
 from siammae.errors import InputError
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
 @click.argument("input", type=click.Path(path_type=str))
-@click.option(
-    "--ckpt", required=True, type=click.Path(path_type=str), help="siammae checkpoint or DINO / MAE / timm ViT weights."
-)
+@ckpt_option()
 @arch_option()
 @click.option("--heads", default="all", show_default=True, help="Heads to show: all, mean, or indices such as 0,2,5.")
 @click.option(
@@ -44,6 +42,7 @@ def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, a
     from siammae.attention import render_attention  # deferred: --help stays fast
     from siammae.device import resolve_device
     from siammae.model.checkpoint import load_model
+    from siammae.model.weights import DEFAULT_WEIGHTS
 
     with errors():
         if size < 1 or batch_size < 1:
@@ -52,7 +51,7 @@ def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, a
             device = resolve_device(device)
         except (RuntimeError, ValueError) as e:  # an unknown device string or CUDA without a GPU
             raise InputError(f"--device {device}: {e}") from None
-        model = load_model(ckpt, arch=arch)
+        model = load_model(ckpt or DEFAULT_WEIGHTS, arch=arch, progress=not quiet)
         path = render_attention(
             model,
             input,

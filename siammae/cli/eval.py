@@ -14,6 +14,7 @@ from siammae.cli.options import (
     CONTEXT,
     Group,
     arch_option,
+    ckpt_option,
     device_option,
     dtype_option,
     errors,
@@ -28,9 +29,7 @@ def _common(f):
     """Options shared by the three benchmarks (model, propagation, output)."""
     options = [
         click.option("--root", required=True, type=click.Path(file_okay=False), help="Data set folder."),
-        click.option(
-            "--ckpt", type=click.Path(dir_okay=False), help="Checkpoint to evaluate (siammae, DINO, MAE, timm)."
-        ),
+        ckpt_option("Weights to evaluate"),
         click.option(
             "--results",
             type=click.Path(file_okay=False),
@@ -58,8 +57,12 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
     from siammae.evaluation.results import markdown_table
 
     changed = overrides(click.get_current_context(), opts)
-    if (opts["ckpt"] is None) == (opts["results"] is None):
-        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions")
+    if opts["ckpt"] is not None and opts["results"] is not None:
+        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions, not both")
+    if opts["results"] is None and opts["ckpt"] is None:
+        from siammae.model.weights import DEFAULT_WEIGHTS
+
+        opts["ckpt"] = DEFAULT_WEIGHTS
     if opts["results"] is not None:
         model_only = ("preset", "size", "arch", "max_frames")
         given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]

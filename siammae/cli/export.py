@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, errors
+from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
 
@@ -35,18 +35,14 @@ def _log_to_stderr() -> None:
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
-@click.option(
-    "--ckpt",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="siammae checkpoint, or encoder weights (DINO / MAE / timm).",
-)
+@ckpt_option("Weights to export")
 @arch_option()
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint).",
+    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint; for a weights name, "
+    "<name>_<H>x<W>.onnx in the current folder).",
 )
 @click.option(
     "--size",
@@ -100,13 +96,14 @@ def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name,
     from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
     from siammae.export.onnx import STDS, export_onnx
     from siammae.export.tensorrt import build_engine, require_tensorrt
+    from siammae.model.weights import DEFAULT_WEIGHTS
 
     _log_to_stderr()
     with errors():
         if trt:
             require_tensorrt()  # fail before the export, not after it
         path = export_onnx(
-            ckpt,
+            ckpt or DEFAULT_WEIGHTS,
             out,
             arch=arch,
             size=size,

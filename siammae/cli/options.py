@@ -152,6 +152,19 @@ def arch_option():
     )
 
 
+def ckpt_option(what: str = "Weights"):
+    """``--ckpt``: a weights name or a file; left out, the commands use :data:`~siammae.model.weights.DEFAULT_WEIGHTS`
+    (named in the help)."""
+    from siammae.model.weights import DEFAULT_WEIGHTS  # light: no torch
+
+    return click.option(
+        "--ckpt",
+        help=f"{what}: a name (dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, mae-vitb16, timm:<name>, "
+        "hf:<owner>/<repo>/<file>; downloaded once, see siammae-weights list) or a file (siammae checkpoint, DINO / "
+        f"MAE / timm ViT weights).  [default: {DEFAULT_WEIGHTS}]",
+    )
+
+
 def size_option(help: str = "Encoder input: short side (480) or HEIGHTxWIDTH.  [default: the preset's]"):
     return click.option("--size", type=Size(), default=None, help=help)
 

@@ -1,7 +1,8 @@
 """siammae-track: track the objects of a first-frame mask, or first-frame keypoints, through a video (file or frame
 folder), streamed.
 
-    siammae-track video.mp4 --mask first.png --ckpt vits8.pt --out masks/ --overlay overlay.mp4 --report run.json
+    siammae-track video.mp4 --mask first.png                 # default weights; masks in video_masks/
+    siammae-track video.mp4 --mask first.png --ckpt dino-vits8 --out masks/ --overlay overlay.mp4 --report run.json
     siammae-track video.mp4 --keypoints first.json --ckpt vits8.pt --out track/ --overlay overlay.mp4
 
 A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
@@ -22,6 +23,7 @@ from siammae.cli.options import (
     CONTEXT,
     Command,
     arch_option,
+    ckpt_option,
     device_option,
     dtype_option,
     errors,
@@ -33,17 +35,27 @@ from siammae.cli.options import (
 from siammae.errors import InputError
 
 
-def load_frame_encoder(ckpt: Path | None, encoder: Path | None, arch: str | None, device: str = "auto"):
-    """The model of ``--ckpt`` (PyTorch weights) or the runtime of ``--encoder`` (ONNX / TensorRT) on ``device``."""
-    if (ckpt is None) == (encoder is None):
-        raise InputError("give exactly one of --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine)")
-    if ckpt is not None:
+def load_frame_encoder(
+    ckpt: str | None, encoder: Path | None, arch: str | None, device: str = "auto", progress: bool = True
+):
+    """The model of ``--ckpt`` (PyTorch weights: a name or a file; none: the default weights) or the runtime of
+    ``--encoder`` (ONNX / TensorRT) on ``device``."""
+    if ckpt is not None and encoder is not None:
+        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
+    if encoder is None:
         from siammae.model.checkpoint import load_model
+        from siammae.model.weights import DEFAULT_WEIGHTS
 
-        return load_model(ckpt, arch=arch)
+        return load_model(ckpt or DEFAULT_WEIGHTS, arch=arch, progress=progress)
     from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
 
     return load_encoder(encoder, device=device)
+
+
+def default_out(video: Path, keypoints: bool) -> Path:
+    """Where the outputs go when none is given (the card's ``siammae-track video.mp4 --mask first.png``):
+    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder."""
+    return Path(f"{Path(video).stem or 'video'}_{'track' if keypoints else 'masks'}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -64,7 +76,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     help='Keypoints of frame 0 instead of a mask: JSON {"keypoints": [[x, y], null, ...]} or {"keypoints": '
     '{"name": [x, y], ...}}, 0-based pixels.',
 )
-@click.option("--ckpt", type=click.Path(path_type=Path), help="siammae checkpoint, or DINO / MAE / timm ViT weights.")
+@ckpt_option()
 @arch_option()
 @click.option(
     "--encoder",
@@ -84,7 +96,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     "--out",
     type=click.Path(path_type=Path),
     help="Folder for one indexed PNG per frame (DAVIS palette); with --keypoints for keypoints.json (the track) "
-    "and keypoints.jsonl (one line per frame, written as it goes).",
+    "and keypoints.jsonl (one line per frame, written as it goes).  [default, when no output is given: "
+    "<VIDEO name>_masks/ (_track/) in the current folder]",
 )
 @click.option(
     "--overlay", type=click.Path(path_type=Path), help="Video of the frames with the masks or keypoints drawn (h264)."
@@ -108,6 +121,8 @@ def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, siz
     if preset is None:
         preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
 
+    if out is None and overlay is None and report is None:
+        out = default_out(video, keypoints is not None)
     changed = overrides(ctx, opts)
     if size is not None:
         changed["size"] = size
@@ -117,7 +132,7 @@ def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, siz
         warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
         with errors(f"{what} so far is complete{kept}"):
-            model = load_frame_encoder(ckpt, encoder, arch, device)
+            model = load_frame_encoder(ckpt, encoder, arch, device, progress=not quiet)
             tracker = Tracker(model, preset=preset, device=device, dtype=dtype, chunk=chunk, backend=backend,
                               **changed)  # fmt: skip
             outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
@@ -131,8 +146,10 @@ def main(ctx, video, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, siz
         else:
             what = f"objects {', '.join(str(i) for i in result['objects'])}"
         where = ", ".join(str(p) for p in (out, overlay, report) if p is not None)
+        weights = result["settings"].get("weights") or {}
+        used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
         click.echo(
-            f"tracked {result['frames']} frames ({what}) in {result['time']['total_seconds']:.1f} s, "
+            f"tracked {result['frames']} frames ({what}){used} in {result['time']['total_seconds']:.1f} s, "
             f"{result['fps']} frames/s -> {where}",
             err=True,
         )

@@ -43,6 +43,11 @@ def _default(name: str):
     help="JSON or TOML file of settings (TrainConfig field names); flags given here override it.",
 )
 @click.option("--model", type=click.Choice(list_models()), default=_default("model"), help="Registered model.")
+@click.option(
+    "--init",
+    help="Start the encoder from these weights (decoder fresh, shapes must match --model): a name (dino-vits16, "
+    "mae-vitb16, timm:<name>, hf:<repo>/<file>; siammae-weights list) or a DINO / MAE / timm / siammae file.",
+)
 @click.option("--input-size", type=int, help="Crop side in pixels [default: the model's img_size, 224].")
 @click.option("--gap", type=(int, int), default=_default("gap"), help="Frame gap range MIN MAX (inclusive).")
 @click.option("--repeat", type=int, default=_default("repeat"), help="Frame pairs drawn per decoded video.")

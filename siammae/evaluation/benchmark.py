@@ -37,7 +37,7 @@ def load_runner(
     # The model side (torch, the propagation engine) loads only here: scoring predictions does not need it.
     from siammae.data.transforms import IMAGENET_MEAN
     from siammae.evaluation.runner import Runner, default_input, parse_size
-    from siammae.model.checkpoint import file_sha256, load_model
+    from siammae.model.checkpoint import load_model
     from siammae.propagation import get_preset
     from siammae.propagation.features import TorchEncoder
 
@@ -52,9 +52,11 @@ def load_runner(
         encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=inputs.std)
     except ValueError as err:
         raise InputError(str(err)) from None
+    weights = model.weights_info  # name or path, the file, its sha256 (load_model hashed it)
     checkpoint = {
-        "checkpoint": str(Path(ckpt).resolve()),
-        "checkpoint_sha256": file_sha256(ckpt),
+        "checkpoint": str(Path(weights["path"]).resolve()) if weights["path"] else weights["weights"],
+        "checkpoint_sha256": weights["sha256"],
+        "weights": weights["weights"],
         "model": model.config.to_dict(),
         "dtype": dtype,
     }
@@ -109,7 +111,9 @@ def evaluate(
     runner, checkpoint = load_runner(ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size)
     if out is None:
         tag = f"davis{year}" if benchmark == "davis" else benchmark
-        out = Path("eval") / f"{tag}-{split}-{Path(ckpt).stem}"
+        from siammae.model.weights import weights_stem
+
+        out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt)}"
     return module.evaluate_model(
         runner,
         root,

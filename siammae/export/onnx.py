@@ -48,7 +48,7 @@ from siammae.export.metadata import (
 )
 from siammae.export.verify import verify_onnx
 from siammae.io import atomic_write
-from siammae.model.checkpoint import file_sha256, load_model
+from siammae.model.checkpoint import load_model
 from siammae.model.encoder import POS_INTERP, ViTEncoder
 
 log = logging.getLogger(__name__)
@@ -163,10 +163,14 @@ def resolve_size(patch_size: int, size: int | None = None, height: int | None = 
 
 
 def default_output(ckpt: str | os.PathLike, size: tuple[int, int], dtype: str) -> Path:
-    """``<ckpt stem>_<H>x<W>[_fp16].onnx`` next to the checkpoint."""
-    ckpt = Path(ckpt)
+    """``<ckpt stem>_<H>x<W>[_fp16].onnx`` next to the checkpoint; for weights by name (``dino-vits8``) in the
+    current folder (not in the download cache)."""
+    from siammae.model.weights import is_name, weights_stem
+
     suffix = "_fp16" if dtype == "fp16" else ""
-    return ckpt.with_name(f"{ckpt.stem}_{size[0]}x{size[1]}{suffix}.onnx")
+    name = f"{weights_stem(ckpt)}_{size[0]}x{size[1]}{suffix}.onnx"
+    by_name = is_name(str(ckpt)) and not Path(ckpt).exists()
+    return Path(name) if by_name else Path(ckpt).with_name(name)
 
 
 def _export_dynamo(graph: EncoderGraph, example: torch.Tensor, max_batch: int, opset: int):
@@ -317,8 +321,11 @@ def export_onnx(
         if out is None:
             raise InputError("export_onnx needs an output path when given a model instead of a checkpoint")
     else:
-        checkpoint, model = Path(ckpt).name, load_model(ckpt, arch=arch)
-        sha = file_sha256(ckpt)
+        model = load_model(ckpt, arch=arch)
+        weights = model.weights_info  # load_model hashed the file
+        # the file's name, or the weights name (dino-vits8) when asked for by name
+        checkpoint = Path(weights["path"]).name if Path(ckpt).exists() else weights["weights"]
+        sha = weights["sha256"]
     encoder = getattr(model, "encoder", model)
     if not isinstance(encoder, ViTEncoder):
         raise TypeError(f"export_onnx takes a SiamMAE or ViTEncoder, got {type(model).__name__}")

@@ -7,12 +7,12 @@ a missing or unexpected key is an error, never a warning.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
 import warnings
 import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -22,9 +22,11 @@ from siammae.errors import CheckpointError
 from siammae.io import atomic_write
 from siammae.model.config import ModelConfig
 from siammae.model.encoder import ViTEncoder
+from siammae.model.hub import file_sha256  # noqa: F401  (re-exported: reports hash weights with it)
 from siammae.model.pos_embed import sincos_2d
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
+from siammae.model.weights import resolve_weights
 
 FORMAT = "siammae"
 VERSION = 1
@@ -67,15 +69,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     return path
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file, for tracing results back to the exact weights."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint file as a dict with ``weights_only=True``; every failure is a one-line CheckpointError."""
     path = Path(path)
@@ -115,19 +108,61 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     return obj
 
 
-def load_model(path: str | os.PathLike, arch: str | None = None, map_location="cpu") -> SiamMAE | ViTEncoder:
+def load_model(
+    path: str | os.PathLike, arch: str | None = None, map_location="cpu", progress: bool = True
+) -> SiamMAE | ViTEncoder:
     """Load a model for use: a :class:`SiamMAE` from a siammae checkpoint, a :class:`ViTEncoder` from encoder
     weights (siammae encoder export, DINO ``teacher`` / ``student``, MAE ``model``, a timm state dict as ``.pth``
     or ``.safetensors``). For foreign weights the architecture is inferred from the shapes, or taken from ``arch``
     (a registered name, see ``list_models()``). The model is returned in eval mode.
+
+    ``path`` may also be a weights name (``dino-vits16``, ``mae-vitb16``, ``timm:<name>``, ``hf:<repo>/<file>``;
+    :mod:`siammae.model.weights`), downloaded on first use (progress bar on stderr unless ``progress=False``); an
+    existing path wins over a name. ``model.weights_info`` records which weights were loaded: name or path, sha256.
     """
-    path = Path(path)
-    ckpt = read_checkpoint(path, map_location)
-    if ckpt.get("format") == FORMAT:
-        model = _load_native(path, ckpt)
+    weights = resolve_weights(path, progress)
+    if weights.state is not None:  # timm: loaded by timm, a state dict without its head
+        model = _load_foreign(Path(weights.spec), {"model": weights.state}, arch)
     else:
-        model = _load_foreign(path, ckpt, arch)
+        file = weights.path
+        ckpt = read_checkpoint(file, map_location)
+        model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
+    model.weights_info = weights.to_dict()
     return model.eval()
+
+
+@dataclass(frozen=True)
+class EncoderInit:
+    """Encoder weights to start training from (``siammae-train --init``): the ViTEncoder state dict, the kind of
+    its position table, and the record of where it came from (:meth:`Weights.to_dict`)."""
+
+    state: dict = field(repr=False)
+    pos_embed: str  # "learned" (DINO, timm) or "sincos" (MAE, siammae): the model is built to match
+    weights: dict
+
+
+def read_encoder_init(spec: str | os.PathLike, progress: bool = True) -> EncoderInit:
+    """The encoder weights of ``spec`` (a name or a path: DINO / MAE / timm / siammae, whole SiamMAE or encoder);
+    a SiamMAE checkpoint gives its encoder, its decoder is left out."""
+    weights = resolve_weights(spec, progress)
+    label = Path(weights.spec)
+    if weights.state is not None:
+        state = weights.state
+    else:
+        ckpt = read_checkpoint(weights.path)
+        if ckpt.get("format") == FORMAT:
+            model = _load_native(weights.path, ckpt)
+            encoder = model.encoder if isinstance(model, SiamMAE) else model
+            return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.to_dict())
+        state = _find_state_dict(weights.path, ckpt)
+    state = {k: v for k, v in _strip_prefixes(state).items() if not _FOREIGN_DROP.match(k)}
+    return EncoderInit(state, infer_config(label, state).pos_embed, weights.to_dict())
+
+
+def init_encoder(encoder: ViTEncoder, init: EncoderInit) -> None:
+    """Load ``init`` into ``encoder`` strictly: a missing, unexpected or differently shaped key is an error naming
+    the keys (e.g. ViT-S/8 weights into a ViT-S/16 model: ``patch_embed.proj.weight``, ``pos_embed``)."""
+    _load_strict(Path(init.weights["weights"]), encoder, init.state)
 
 
 def _load_native(path: Path, ckpt: dict) -> nn.Module:

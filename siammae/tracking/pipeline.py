@@ -324,7 +324,19 @@ def _settings(tracker: Tracker) -> dict:
         "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
         "backend": tracker.backend,
         "encoder": type(tracker.encoder).__name__,
+        "weights": _weights(tracker.encoder),
     }
+
+
+def _weights(encoder) -> dict | None:
+    """Which weights: load_model's record (name or path, sha256), or what an exported encoder's metadata says."""
+    record = getattr(getattr(encoder, "model", None), "weights_info", None)
+    if record is not None:
+        return record
+    info = getattr(encoder, "info", None)
+    if getattr(info, "checkpoint_sha256", None):
+        return {"weights": info.checkpoint, "sha256": info.checkpoint_sha256, "encoder": str(encoder.path)}
+    return None
 
 
 def _report(tracker, src, outputs, started, total, frames, summary, status, error) -> dict:

@@ -46,6 +46,7 @@ class TrainConfig:
     masking: str | None = None
     encoder_mode: str | None = None
     decoder: str | None = None
+    init: str | None = None  # encoder weights to start from: a name (dino-vits16, mae-vitb16, timm:..) or a path
     # --- optimisation
     epochs: int = 2000  # paper: 2000 for the main table, 400 for ablations
     warmup_epochs: float = 40.0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.device import resolve_dtype
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
-from siammae.model.checkpoint import save_checkpoint, unwrap
+from siammae.model.checkpoint import init_encoder, read_encoder_init, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
 from siammae.train import distributed as D
@@ -86,7 +86,15 @@ class Trainer:
         except ValueError as e:
             raise InputError(f"--model {cfg.model}: {e}") from e
         torch.manual_seed(cfg.seed)
-        self.model = SiamMAE(self.model_cfg).to(self.device)
+        # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
+        # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
+        self.init = read_encoder_init(cfg.init, progress=info.is_main) if cfg.init else None
+        if self.init is not None:
+            self.model_cfg = replace(self.model_cfg, pos_embed=self.init.pos_embed)
+        self.model = SiamMAE(self.model_cfg)
+        if self.init is not None:
+            init_encoder(self.model.encoder, self.init)
+        self.model.to(self.device)
 
         # --- data: rank 0 scans the folders once, the others get its list
         videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
@@ -163,6 +171,7 @@ class Trainer:
             {
                 "train": self.cfg.to_dict(),
                 "model": self.model_cfg.to_dict(),
+                "init": self.init.weights if self.init is not None else None,  # name / path + sha256
                 "world_size": self.info.world_size,
                 "videos": len(self.dataset),
                 "steps_per_epoch": self.steps_per_epoch,
@@ -224,7 +233,13 @@ class Trainer:
                 if step % cfg.save_every == 0 or step == self.stop_step:
                     self.save(step)
             if info.is_main:
-                model_path = save_checkpoint(self.out / "model.pt", self.model, step=step, train_config=cfg.to_dict())
+                model_path = save_checkpoint(
+                    self.out / "model.pt",
+                    self.model,
+                    step=step,
+                    train_config=cfg.to_dict(),
+                    init=self.init.weights if self.init is not None else None,
+                )
             D.barrier(info)
         finally:
             batches = None  # shuts the DataLoader workers down now, even when an error is propagating
@@ -330,6 +345,7 @@ class Trainer:
                 "steps_per_epoch": self.steps_per_epoch,
                 "epoch": step / self.steps_per_epoch,
                 "world_size": self.info.world_size,
+                "init": self.init.weights if self.init is not None else None,
             }
             self.checkpoint = save_training_checkpoint(
                 self.out, step, unwrap(self.model), self.optimizer, self.scaler, state, self.cfg.keep_last

@@ -40,7 +40,6 @@ def test_davis_results_equal_official_osvos(shared_data, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ([], "give --ckpt to run a model or --results to score"),
         (["--ckpt", "m.pth", "--results", "r"], "give --ckpt to run a model or --results to score"),
         (["--results", "r", "--preset", "dino", "--topk", "3"], "--preset, --topk only apply with --ckpt"),
     ],

@@ -178,7 +178,8 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, synthetic, tmp_path):
     (tmp_path / "afile").write_text("")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", tmp_path / "afile" / "masks", ok=False),
                           "afile/masks", "cannot write")  # fmt: skip
-    assert_one_line_error(run(video, "--mask", first, "--size", 96, "--out", out, ok=False), "--ckpt", "--encoder")
+    both = run(video, "--mask", first, *model, "--encoder", tmp_path / "m.onnx", "--out", out, ok=False)
+    assert_one_line_error(both, "--ckpt", "--encoder", "not both")  # no --ckpt at all: model/test_weights_cli.py
     # neither a mask nor keypoints: a usage error, also one line
     assert_one_line_error(run(video, *model, "--out", out, ok=False), "give what to track in frame 0: --mask")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "tpu9", ok=False), "tpu9")
