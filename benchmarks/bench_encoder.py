@@ -121,11 +121,14 @@ def bench_model(name: str, args, device: torch.device, workdir: Path) -> list[di
             if backend in ("eager", "compile"):
                 run = torch_runner(graph, dtype, device, backend == "compile")
             else:
-                onnx_path = workdir / f"{name}_{dtype}.onnx"
+                # onnxruntime runs its fused attention op; TensorRT reads the plain graph and fuses it itself
+                attention = "plain" if backend == "tensorrt" else "auto"
+                onnx_path = workdir / f"{name}_{dtype}_{attention}.onnx"
                 if not onnx_path.exists():
                     export_onnx(
-                        model, onnx_path, height=H, width=W, max_batch=max_batch, fp16=dtype == "fp16", verify=False
-                    )
+                        model, onnx_path, height=H, width=W, max_batch=max_batch, fp16=dtype == "fp16", verify=False,
+                        attention=attention,
+                    )  # fmt: skip
                 if backend == "onnxruntime":
                     enc = OnnxEncoder(onnx_path, device=device, threads=args.threads)
                 else:

@@ -48,20 +48,29 @@ GRIDS = {"30x55": (30, 55), "60x110": (60, 110)}
 # ------------------------------------------------------------------------------------------------------------
 # The dense approach: DINO's label_propagation, as written, with this benchmark's constants
 # ------------------------------------------------------------------------------------------------------------
-def circle_mask(h: int, w: int, ncontext: int, device) -> torch.Tensor:
-    """(ncontext, N, N) multiplicative mask: frame 0 unrestricted, circles elsewhere (DINO caches it)."""
+def circle_mask(h: int, w: int, ncontext: int, device, radius=RADIUS, square=False, first_free=True) -> torch.Tensor:
+    """(ncontext, N, N) multiplicative mask (DINO caches it): circles of ``radius`` (or DINO's squares,
+    |dy|, |dx| <= radius), frame 0 unrestricted when ``first_free``."""
     ys, xs = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
     ys, xs = ys.flatten(), xs.flatten()
-    near = ((ys[:, None] - ys[None]) ** 2 + (xs[:, None] - xs[None]) ** 2).float() < RADIUS**2
+    dy, dx = ys[:, None] - ys[None], xs[:, None] - xs[None]
+    near = (dy.abs() <= radius) & (dx.abs() <= radius) if square else (dy**2 + dx**2).float() < radius**2
     mask = near.float().unsqueeze(0).repeat(ncontext, 1, 1)
-    mask[0] = 1
+    if first_free:
+        mask[0] = 1
     return mask
 
 
 class DenseDINO:
     """DINO eval_video_segmentation.py: the queue of (features D x N, soft labels 1 x C x h x w), a step."""
 
-    def __init__(self, feat0, seg0, queue):
+    def __init__(
+        self, feat0, seg0, queue, topk=TOPK, temperature=TEMPERATURE, radius=RADIUS, dino_mask=False, n_last=None
+    ):
+        """``dino_mask``: DINO's own neighbourhood (squares on every frame) instead of this benchmark's circles
+        with frame 0 free; ``n_last``: queue length (default: that of ``queue``, which DINO starts empty)."""
+        self.topk, self.temperature, self.radius, self.dino_mask = topk, temperature, radius, dino_mask
+        self.n_last = len(queue) if n_last is None else n_last
         self.h, self.w = seg0.shape[-2:]
         self.first = (feat0.reshape(-1, feat0.shape[-1]).T, seg0[None])
         self.que = [(f.reshape(-1, f.shape[-1]).T, s[None]) for f, s in queue]
@@ -78,12 +87,12 @@ class DenseDINO:
         feat_tar = F.normalize(feat_tar, dim=1, p=2)
         feat_sources = F.normalize(feat_sources, dim=1, p=2)
         feat_tar = feat_tar.unsqueeze(0).repeat(ncontext, 1, 1)
-        aff = torch.exp(torch.bmm(feat_tar, feat_sources) / TEMPERATURE)  # ncontext x h*w (query) x h*w (keys)
-        if self.mask is None:
-            self.mask = circle_mask(h, w, ncontext, aff.device)
+        aff = torch.exp(torch.bmm(feat_tar, feat_sources) / self.temperature)  # ncontext x h*w (query) x h*w (keys)
+        if self.mask is None or self.mask.shape[0] != ncontext:
+            self.mask = circle_mask(h, w, ncontext, aff.device, self.radius, self.dino_mask, not self.dino_mask)
         aff *= self.mask
         aff = aff.transpose(2, 1).reshape(-1, h * w)  # ncontext*h*w (keys) x h*w (queries)
-        tk_val, _ = torch.topk(aff, dim=0, k=TOPK)
+        tk_val, _ = torch.topk(aff, dim=0, k=self.topk)
         tk_val_min, _ = torch.min(tk_val, dim=0)
         aff[aff < tk_val_min] = 0
         aff = aff / torch.sum(aff, keepdim=True, axis=0)
@@ -91,7 +100,8 @@ class DenseDINO:
         nmb_context, C, h, w = segs.shape
         segs = segs.reshape(nmb_context, C, -1).transpose(2, 1).reshape(-1, C).T  # C x nmb_context*h*w
         seg_tar = torch.mm(segs, aff).reshape(1, C, h, w)
-        self.que.pop(0)
+        if len(self.que) >= self.n_last:
+            self.que.pop(0)
         self.que.append((return_feat_tar, seg_tar))
         return seg_tar
 

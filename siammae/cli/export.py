@@ -116,6 +116,7 @@ def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name,
             std=STDS[std_name],
             pos_interp=pos_interp,
             verify=verify,
+            attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph
         )
         click.echo(path)
         if trt:

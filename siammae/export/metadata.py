@@ -17,7 +17,16 @@ DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and
 MIN_OPSET = 17
 STD_NAMES = ("imagenet", "dino")  # normalisation std of the graph: ImageNet's, or DINO's evaluation code's
 _META_PREFIX = "siammae."
-_STR_FIELDS = {"dtype", "pos_interp", "exporter", "siammae_version", "torch_version", "checkpoint", "checkpoint_sha256"}
+_STR_FIELDS = {
+    "attention",
+    "dtype",
+    "pos_interp",
+    "exporter",
+    "siammae_version",
+    "torch_version",
+    "checkpoint",
+    "checkpoint_sha256",
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class ExportInfo:
     torch_version: str
     checkpoint: str | None = None  # file name of the weights, with their SHA-256
     checkpoint_sha256: str | None = None
+    attention: str = "plain"  # "fused" (com.microsoft.MultiHeadAttention) | "plain" (MatMul, Softmax, MatMul)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -65,7 +75,7 @@ class ExportInfo:
         """Rebuild from ``metadata_props``; a graph not written by siammae is an InputError naming the file."""
         stored = {k[len(_META_PREFIX) :]: v for k, v in props.items() if k.startswith(_META_PREFIX)}
         names = set(cls.__dataclass_fields__)
-        missing = sorted(names - set(stored) - {"checkpoint", "checkpoint_sha256"})
+        missing = sorted(names - set(stored) - {"checkpoint", "checkpoint_sha256", "attention"})
         if missing:
             raise InputError(f"{path}: not an encoder exported by siammae-export (metadata lacks {', '.join(missing)})")
         try:

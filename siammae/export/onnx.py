@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, target_size
-from siammae.errors import InputError
+from siammae.errors import InputError, SiamMAEError
+from siammae.export.attention import ATTENTIONS, TRANSLATIONS, use_fused_attention
 from siammae.export.metadata import (
     _META_PREFIX,
     DEFAULT_OPSET,
@@ -102,10 +103,13 @@ class EncoderGraph(nn.Module):
         std=IMAGENET_STD,
         pos_interp: str = "auto",
         dtype: str = "fp32",
+        attention: str = "plain",
     ):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if attention not in ("fused", "plain"):
+            raise ValueError(f"attention must be 'fused' or 'plain', got {attention!r}")
         p = encoder.patch_size
         if height % p or width % p:
             raise InputError(f"input size {width}x{height} is not divisible by the patch size {p}")
@@ -117,7 +121,10 @@ class EncoderGraph(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         del enc.cls_token, enc.pos_embed  # folded into the constants above
+        if attention == "fused":
+            use_fused_attention(enc)  # one com.microsoft.MultiHeadAttention per block (siammae.export.attention)
         self.encoder = enc  # patch_embed, and forward_tokens (blocks + final LayerNorm) as the model runs them
+        self.attention = attention
         self.height, self.width, self.grid = height, width, (h, w)
         self.patch_size, self.embed_dim = p, enc.embed_dim
         if dtype == "fp16":
@@ -181,6 +188,7 @@ def _export_dynamo(graph: EncoderGraph, example: torch.Tensor, max_batch: int, o
         output_names=[OUTPUT_NAME],
         opset_version=opset,
         verbose=False,
+        custom_translation_table=TRANSLATIONS if graph.attention == "fused" else None,
     )
     return program.model_proto
 
@@ -211,16 +219,36 @@ def _export_torchscript(graph: EncoderGraph, example: torch.Tensor, opset: int):
 
 
 def _to_onnx(graph: EncoderGraph, max_batch: int, opset: int):
-    """(ModelProto, exporter name): the dynamo exporter, or the TorchScript one when dynamo fails."""
+    """(ModelProto, exporter name): the dynamo exporter, or the TorchScript one when dynamo fails (plain attention
+    only: the TorchScript exporter has no translation of the fused op)."""
     example = torch.rand(min(2, max_batch), 3, graph.height, graph.width)
+    if graph.attention == "fused":
+        return _export_dynamo(graph, example, max_batch, opset), "dynamo"
     try:
         return _export_dynamo(graph, example, max_batch, opset), "dynamo"
     except torch.onnx.errors.OnnxExporterError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        log.warning(
-            f"dynamo ONNX exporter failed ({type(e).__name__}: {first}); falling back to the TorchScript exporter"
-        )
+        log.warning(f"dynamo ONNX exporter failed ({_first_line(e)}); falling back to the TorchScript exporter")
     return _export_torchscript(graph, example, opset), "torchscript"
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _export_graph(encoder: ViTEncoder, H: int, W: int, mean, std, pos_interp, dtype, attention, max_batch, opset):
+    """(ModelProto, exporter, attention written). ``attention`` "auto" tries the fused op and falls back to the
+    plain graph, with a log line, when the exporter cannot write it; "fused" raises instead."""
+    if attention in ("auto", "fused"):
+        graph = EncoderGraph(encoder, H, W, mean, std, pos_interp, dtype, attention="fused").eval()
+        try:
+            return (*_to_onnx(graph, max_batch, opset), "fused")
+        except torch.onnx.errors.OnnxExporterError as e:
+            if attention == "fused":
+                raise SiamMAEError(f"cannot export fused attention ({_first_line(e)}); use attention 'plain'") from e
+            log.warning(f"fused attention export failed ({_first_line(e)}); exporting plain attention")
+    graph = EncoderGraph(encoder, H, W, mean, std, pos_interp, dtype, attention="plain").eval()
+    return (*_to_onnx(graph, max_batch, opset), "plain")
 
 
 def _save(proto, path: Path, external_data: bool | None) -> None:
@@ -277,6 +305,7 @@ def export_onnx(
     pos_interp: str = "auto",
     verify: bool = True,
     external_data: bool | None = None,
+    attention: str = "auto",
 ) -> Path:
     """Export the encoder of ``ckpt`` (a checkpoint path, or a SiamMAE / ViTEncoder) to ONNX; return the path.
 
@@ -284,6 +313,11 @@ def export_onnx(
     ``<ckpt>_<H>x<W>[_fp16].onnx`` beside the checkpoint. The file is checked with ``onnx.checker`` and, with
     ``verify``, run by onnxruntime against PyTorch (:func:`verify_onnx`): figures in ``<out>.verify.json``, an
     :class:`ExportVerificationError` when outside :data:`TOLERANCE`.
+
+    ``attention``: "fused" writes each block's attention as onnxruntime's ``com.microsoft.MultiHeadAttention``
+    (flash attention: memory linear in the tokens, see :mod:`siammae.export.attention`); "plain" as MatMul +
+    Softmax + MatMul, which any runtime reads and TensorRT fuses itself (build engines from it); "auto" is
+    "fused", or "plain" when the exporter cannot write the fused op.
     """
     import onnx
 
@@ -293,6 +327,8 @@ def export_onnx(
         raise InputError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
     if opset > max_opset():
         raise InputError(f"opset {opset} is newer than this PyTorch and onnx can export (at most {max_opset()})")
+    if attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if pos_interp not in POS_INTERP:
         raise InputError(f"pos_interp must be one of {POS_INTERP}, got {pos_interp!r}")
     checkpoint = sha = None
@@ -317,11 +353,10 @@ def export_onnx(
 
     import siammae
 
-    graph = EncoderGraph(encoder, H, W, mean, std, pos_interp, dtype).eval()
     log.info(
         f"exporting {dtype} encoder ({_describe(encoder)}) for {W}x{H} frames, batch 1..{max_batch}, opset {opset}"
     )
-    proto, exporter = _to_onnx(graph, max_batch, opset)
+    proto, exporter, attention = _export_graph(encoder, H, W, mean, std, pos_interp, dtype, attention, max_batch, opset)
     info = ExportInfo(
         config=encoder.config.to_dict(),
         height=H,
@@ -335,6 +370,7 @@ def export_onnx(
         pos_interp=pos_interp,
         exporter=exporter,
         opset=opset,
+        attention=attention,
         siammae_version=siammae.__version__,
         torch_version=torch.__version__,
         checkpoint=checkpoint,
@@ -345,7 +381,7 @@ def export_onnx(
     onnx.helper.set_model_props(proto, info.to_props())
     _save(proto, out, external_data)
     onnx.checker.check_model(str(out))
-    log.info(f"wrote {out} ({_file_mb(out):.1f} MB, {exporter} exporter)")
+    log.info(f"wrote {out} ({_file_mb(out):.1f} MB, {exporter} exporter, {attention} attention)")
     if verify:
         verify_onnx(out, model, info)
     return out

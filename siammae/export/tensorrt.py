@@ -67,6 +67,11 @@ def build_engine(
     trt = require_tensorrt("building a TensorRT engine")
     onnx_path = Path(onnx_path)
     info = read_info(onnx_path)
+    if info.attention == "fused":
+        raise InputError(
+            f"{onnx_path.name} holds onnxruntime's fused attention (com.microsoft ops), which TensorRT cannot read: "
+            "export it with attention='plain' (siammae-export --trt does)"
+        )
     out = Path(out) if out is not None else onnx_path.with_suffix(".engine")
     max_batch = max_batch or info.max_batch
     opt_batch = opt_batch or max_batch

@@ -400,7 +400,7 @@ class PatchEmbedGatherFunction(torch.autograd.Function):
 
         with torch.autocast(imgs.device.type, enabled=False):
             if need_pos:
-                grad_pos = _one_hot_scatter(grad.view(1, B * K, D), ids_keep.view(1, B * K), L)[0]
+                grad_pos = _one_hot_scatter(grad.view(1, B * K, D), ids_keep.reshape(1, B * K), L)[0]
                 grad_pos = grad_pos.to(pos_dtype)
             if need_imgs:
                 # In PyTorch: dPatches = dOut @ W, scattered to their patch slots and folded onto the grid.

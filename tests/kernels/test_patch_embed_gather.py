@@ -150,6 +150,26 @@ def test_repeated_indices_accumulate(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_ids_keep_slice_of_random_masking_with_learned_pos(backend):
+    """MAE's ids_keep is a column slice of an argsort (not contiguous); with a learned table the position gradient
+    must still scatter (benchmarks/gpu_check.py found the Triton backward failing on this)."""
+    from siammae.model.masking import random_masking
+
+    g = torch.Generator().manual_seed(5)
+    imgs, weight = torch.randn(3, 3, 12, 16, generator=g), torch.randn(24, 3, 4, 4, generator=g) / 48**0.5
+    pos = torch.randn(12, 24, generator=g, requires_grad=True)
+    ids, _, _ = random_masking(3, 12, 0.6, generator=g)
+    assert not ids.is_contiguous()
+    grad_out = torch.randn(3, ids.shape[1], 24, generator=g)
+    out = patch_embed_gather(imgs, ids, weight, None, pos, backend=backend)
+    (grad_pos,) = torch.autograd.grad(out, pos, grad_out)
+    exact = embed_all_then_gather(imgs, ids, weight, None, pos)
+    (exact_pos,) = torch.autograd.grad(exact, pos, grad_out)
+    torch.testing.assert_close(out, exact, **FP32_TOL)
+    torch.testing.assert_close(grad_pos, exact_pos, **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_strided_inputs_and_pos_embed_view(backend):
     """Channels-last, cropped pixels; pos_embed as the patch rows of a (1, 1 + L, D) table (timm layout)."""
     g = torch.Generator().manual_seed(3)
