@@ -168,8 +168,8 @@ def test_vip_static_video_keeps_the_parts(tmp_path, tiny_ckpt):
     ("extra", "message"),
     [
         (["--ckpt", "missing.pth"], "error: missing.pth: no such file"),
-        (["--preset", "fast"], "error: unknown propagation preset 'fast'; valid presets: dino, siammae-davis"),
-        (["--size", "0"], "error: input size '0' is not a short side"),
+        (["--preset", "fast"], "error: Invalid value for '--preset': 'fast' is not one of 'dino', 'siammae-davis'"),
+        (["--size", "0"], "error: Invalid value for '--size': '0' is not a size"),
         ([], "error: DAVIS split list"),
     ],
 )
