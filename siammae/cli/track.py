@@ -208,7 +208,7 @@ def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder,
           backend, out, overlay, report, overlays, overwrite, quiet, opts):  # fmt: skip
     """Many videos: :func:`siammae.tracking.batch.run_batch` on this process's share (torchrun) of them."""
     from siammae.tracking.batch import expand_inputs, read_manifest, run_batch
-    from siammae.tracking.shard import current_rank, init
+    from siammae.tracking.shard import current_rank, first_on_local_rank0, init
     from siammae.tracking.tracker import Tracker
 
     if out is None:
@@ -229,8 +229,10 @@ def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder,
         if preset is None:
             preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"
         init(rank)
-        # the model is loaded once per process; weights given by name are to be fetched by rank 0 alone (the
-        # weights helper's download goes here, before a barrier)
+        if encoder is None:  # weights given by name: fetched once per machine, then loaded by every rank
+            from siammae.model.weights import DEFAULT_WEIGHTS, resolve_weights
+
+            first_on_local_rank0(rank, lambda: resolve_weights(ckpt or DEFAULT_WEIGHTS, progress=not quiet))
         model = load_frame_encoder(ckpt, encoder, arch, rank.device(device))
         tracker = Tracker(model, preset=preset, device=rank.device(device), dtype=dtype, chunk=chunk, backend=backend,
                           **changed)  # fmt: skip

@@ -11,7 +11,10 @@ carries only the barrier and a few small Python objects, so it is the same on CP
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from siammae.errors import SiamMAEError
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,20 @@ def gather(rank: Rank, obj) -> list:
     got = [None] * rank.world
     dist.all_gather_object(got, obj)
     return got
+
+
+def first_on_local_rank0(rank: Rank, fetch: Callable[[], object]) -> None:
+    """Run ``fetch`` (a download into the machine's cache) on local rank 0 of each machine while the other ranks
+    wait, so that a file is fetched once per machine, not once per process; its error is raised on every rank."""
+    error = None
+    if rank.local_rank == 0:
+        try:
+            fetch()
+        except SiamMAEError as e:
+            error = str(e)
+    errors = [e for e in gather(rank, error) if e is not None]
+    if errors:
+        raise SiamMAEError(errors[0])
 
 
 def finish(rank: Rank) -> None:
