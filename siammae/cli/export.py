@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors
+from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors, preset_option, size_option
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
 
@@ -44,12 +44,8 @@ def _log_to_stderr() -> None:
     help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint; for a weights name, "
     "<name>_<H>x<W>.onnx in the current folder).",
 )
-@click.option(
-    "--size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="short side of a 854x480 (DAVIS 480p) video, as the tracker resizes it: 480 -> 480x848 [480].",
-)
+@preset_option("siammae-davis: a 854x480 video as siammae-track encodes it, 480x880")
+@size_option("as siammae-track --size: a short side (480 -> 480x848 for a 854x480 video) or HEIGHTxWIDTH.")
 @click.option("--height", type=click.IntRange(min=1), default=None, help="frame height (with --width).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="frame width (with --height).")
 @click.option(
@@ -65,9 +61,8 @@ def _log_to_stderr() -> None:
     "--std",
     "std_name",
     type=click.Choice(STD_NAMES),
-    default="imagenet",
-    show_default=True,
-    help="normalisation std: ImageNet's, or DINO's evaluation code's (0.228 for red).",
+    default=None,
+    help="normalisation std: ImageNet's, or DINO's evaluation code's (0.228 for red).  [default: the preset's]",
 )
 @click.option(
     "--pos-interp",
@@ -90,7 +85,9 @@ def _log_to_stderr() -> None:
     show_default=True,
     help="compare onnxruntime (and the engine) against PyTorch on random frames.",
 )
-def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify):
+def main(
+    ckpt, arch, out, preset, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify
+):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
     patch features, with normalisation and position embeddings inside the graph."""
     from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
@@ -107,13 +104,14 @@ def main(ckpt, arch, out, size, height, width, max_batch, fp16, opset, std_name,
             out,
             arch=arch,
             size=size,
+            preset=preset or "siammae-davis",
             height=height,
             width=width,
             max_batch=max_batch,
             fp16=fp16,
             opset=opset,
             mean=IMAGENET_MEAN,
-            std=STDS[std_name],
+            std=None if std_name is None else STDS[std_name],
             pos_interp=pos_interp,
             verify=verify,
             attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD, target_size
+from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError, SiamMAEError
 from siammae.export.attention import ATTENTIONS, TRANSLATIONS, use_fused_attention
 from siammae.export.metadata import (
@@ -51,6 +51,7 @@ from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import load_model
 from siammae.model.encoder import POS_INTERP, ViTEncoder
+from siammae.propagation.inputs import input_config
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +141,23 @@ class EncoderGraph(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------- export
-def resolve_size(patch_size: int, size: int | None = None, height: int | None = None, width: int | None = None):
-    """The (H, W) to export for: ``height`` and ``width`` as given, or from ``size``, the short side of a DAVIS 480p
-    (854x480) landscape video as the tracker resizes it (long side floored to the patch size: 480 -> 480x848).
-    Neither: ``size`` 480."""
+def resolve_size(
+    patch_size: int,
+    size: int | tuple[int, int] | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    preset: str = "siammae-davis",
+):
+    """The (H, W) to export for: ``height`` and ``width`` as given; else the size at which ``siammae-track --preset
+    preset [--size size]`` encodes a DAVIS 480p (854x480) landscape video (:func:`~siammae.propagation.inputs.
+    input_config`), so that the graph fits the tracker as it is called: siammae-davis 480x880, dino 480x832,
+    ``size`` 480 -> 480x848."""
     if (height is None) != (width is None):
         raise InputError("give both --height and --width, or --size")
     if height is not None and size is not None:
         raise InputError(f"give either --size ({size}) or --height/--width ({height}/{width}), not both")
     if height is None:
-        short = 480 if size is None else size
-        if short < patch_size:
-            raise InputError(f"size {short} is smaller than the patch size {patch_size}")
-        return target_size(480, 854, short, patch_size)
+        return input_config(preset, size).frame_size(480, 854, patch_size)
     bad = [f"{n} {v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % patch_size]
     if bad:
         fix_h, fix_w = (max(patch_size, v // patch_size * patch_size) for v in (height, width))
@@ -301,7 +306,8 @@ def export_onnx(
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
     mean=IMAGENET_MEAN,
-    std=IMAGENET_STD,
+    std=None,
+    preset: str = "siammae-davis",
     pos_interp: str = "auto",
     verify: bool = True,
     external_data: bool | None = None,
@@ -309,7 +315,8 @@ def export_onnx(
 ) -> Path:
     """Export the encoder of ``ckpt`` (a checkpoint path, or a SiamMAE / ViTEncoder) to ONNX; return the path.
 
-    Size: ``height`` x ``width``, or ``size`` (see :func:`resolve_size`). ``out`` defaults to
+    Size: ``height`` x ``width``, or ``size`` and ``preset`` (see :func:`resolve_size`); ``std`` defaults to the
+    preset's (DINO's 0.228 for ``dino``, ImageNet's otherwise). ``out`` defaults to
     ``<ckpt>_<H>x<W>[_fp16].onnx`` beside the checkpoint. The file is checked with ``onnx.checker`` and, with
     ``verify``, run by onnxruntime against PyTorch (:func:`verify_onnx`): figures in ``<out>.verify.json``, an
     :class:`ExportVerificationError` when outside :data:`TOLERANCE`.
@@ -346,7 +353,8 @@ def export_onnx(
     if not isinstance(encoder, ViTEncoder):
         raise TypeError(f"export_onnx takes a SiamMAE or ViTEncoder, got {type(model).__name__}")
     dtype = "fp16" if fp16 else "fp32"
-    H, W = resolve_size(encoder.patch_size, size, height, width)
+    H, W = resolve_size(encoder.patch_size, size, height, width, preset)
+    std = input_config(preset).std if std is None else std
     out = Path(out) if out is not None else default_output(ckpt, (H, W), dtype)
     # tracing runs a batch of 2 frames; verification runs up to max_batch through PyTorch and onnxruntime
     check_encoder_fits(encoder, H, W, max(2, max_batch if verify else 2), "cpu", f"export at {W}x{H}")

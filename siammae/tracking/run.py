@@ -19,6 +19,7 @@ the report is written with the status, and the first exception is raised again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -208,7 +209,8 @@ def settings(tracker: Tracker) -> dict:
     return {
         "preset": tracker.preset,
         "propagation": dict(vars(tracker.config)),
-        "size": tracker.size,
+        "size": tracker.size,  # the --size override, None for the preset's
+        "input": dataclasses.asdict(tracker.inputs),  # the input rule applied: size rule, std, resize
         "chunk": tracker.chunk,
         "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
         "backend": tracker.backend,

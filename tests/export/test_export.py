@@ -302,3 +302,16 @@ def test_onnxruntime_cuda_provider(tiny, tiny_onnx):
     out = enc(frames.to("cuda"))
     assert out.device.type == "cuda"
     assert (out.cpu() - _reference(model, frames)).abs().max() <= 1e-4
+
+
+def test_default_export_size_is_what_the_tracker_encodes():
+    """With no --height / --width the graph is built for a DAVIS 480p video as siammae-track encodes it under the
+    same preset and --size, so an exported encoder fits the tracker's defaults."""
+    from siammae.propagation.inputs import input_config
+
+    assert onnx_export.resolve_size(16) == (480, 880)  # siammae-davis: CropMAE's fixed 480x880
+    assert onnx_export.resolve_size(16, preset="dino") == (480, 832)  # DINO: long side floored to 64
+    assert onnx_export.resolve_size(8, 480) == (480, 848)  # a short side keeps the aspect
+    assert onnx_export.resolve_size(8, (240, 320)) == (240, 320)
+    for preset in ("siammae-davis", "dino", "siammae-vip"):
+        assert onnx_export.resolve_size(8, preset=preset) == input_config(preset).frame_size(480, 854, 8)
