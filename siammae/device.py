@@ -29,3 +29,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "fp16" and torch.device(device).type != "cuda":
         raise ValueError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
     return DTYPES[dtype]
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a mixed-precision setting on ``device``, None for fp32. "auto": bf16 on a GPU that has
+    it, else fp16 (with a loss scaler), fp32 on a CPU."""
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    dtype = resolve_dtype(precision, device)
+    return None if dtype == torch.float32 else dtype

@@ -104,3 +104,12 @@ def check_encoder_fits(encoder, height: int, width: int, batch: int, device, wha
         height, width, patch_size=patch, embed_dim=dim, num_heads=heads, batch=batch, dtype_bytes=dtype_bytes
     )
     check_fits(need, f"{what} ({batch} frames of {width}x{height} pixels per batch)", device, "use a smaller size")
+
+
+def check_pair_fits(cfg, device) -> None:
+    """Training: stop before the model exists when not even one pair of frames of ``cfg`` (a ModelConfig) fits (a
+    typo in --input-size). A floor, not a forecast of the whole batch, so a run that fits is never refused."""
+    need = vit_bytes(
+        cfg.img_size, cfg.img_size, patch_size=cfg.patch_size, embed_dim=cfg.embed_dim, num_heads=cfg.num_heads, batch=2
+    )
+    check_fits(need, f"--input-size {cfg.img_size} (one pair of frames)", device, "use a smaller --input-size")

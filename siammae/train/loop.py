@@ -20,10 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from siammae.device import resolve_dtype
+from siammae.device import autocast_dtype
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
-from siammae.memory import check_fits, vit_bytes
+from siammae.memory import check_pair_fits
 from siammae.model.checkpoint import init_encoder, read_encoder_init, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
@@ -91,7 +91,7 @@ class Trainer:
             self.model_cfg = model_config(cfg.model, **cfg.model_overrides())
         except ValueError as e:
             raise InputError(f"--model {cfg.model}: {e}") from e
-        self._check_memory()
+        check_pair_fits(self.model_cfg, self.device)  # before the model exists: a typo in --input-size
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
@@ -119,7 +119,10 @@ class Trainer:
 
         # --- optimiser and precision
         self.optimizer = build_optimizer(self.model, cfg.peak_lr, cfg.weight_decay, cfg.betas, self.device)
-        self.amp_dtype = _amp_dtype(cfg.precision, self.device)
+        try:
+            self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        except ValueError as e:
+            raise InputError(f"--precision {cfg.precision}: {e}") from None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
@@ -169,15 +172,6 @@ class Trainer:
             raise InputError("--data: a prepared data set is read on its own; pass only its folder (or URL)")
         videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
         return PairDataset(videos, *args), collate
-
-    def _check_memory(self) -> None:
-        """Stop before the model exists when not even one pair of frames fits (a typo in --input-size): a floor,
-        not a forecast of the whole batch, so a run that fits is never refused."""
-        m = self.model_cfg
-        need = vit_bytes(
-            m.img_size, m.img_size, patch_size=m.patch_size, embed_dim=m.embed_dim, num_heads=m.num_heads, batch=2
-        )
-        check_fits(need, f"--input-size {m.img_size} (one pair of frames)", self.device, "use a smaller --input-size")
 
     def _check_resume(self, path: Path, state: dict) -> None:
         saved = state["config"]
@@ -398,16 +392,3 @@ class Trainer:
             f"training stopped at step {step + 1} (epoch {step / self.steps_per_epoch:.2f}): {what}; {keep}; "
             "resume from it with a lower --blr or with --clip-grad"
         )
-
-
-def _amp_dtype(precision: str, device: torch.device):
-    """Autocast dtype for ``precision`` on ``device``; None for fp32."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    try:
-        dtype = resolve_dtype(precision, device)
-    except ValueError as e:
-        raise InputError(f"--precision {precision}: {e}") from None
-    return None if dtype == torch.float32 else dtype
