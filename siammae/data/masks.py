@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from siammae.data.palette import davis_palette, davis_palette_flat
-from siammae.data.video import IMAGE_EXTENSIONS
+from siammae.data.video import IMAGE_EXTENSIONS, images_by_stem
 from siammae.errors import InputError, cause
 from siammae.io import atomic_write
 
@@ -194,12 +194,9 @@ def list_masks(mask_dir: str | os.PathLike) -> dict[str, Path]:
     mask_dir = Path(mask_dir)
     if not mask_dir.is_dir():
         raise InputError(f"{mask_dir}: no such mask folder")
-    files = sorted(p for p in mask_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    if not files:
+    by_stem = images_by_stem(
+        mask_dir, lambda stem, a, b: InputError(f"{mask_dir}: two masks for frame {stem!r} ({a.name}, {b.name})")
+    )
+    if not by_stem:
         raise InputError(f"{mask_dir}: mask folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
-    by_stem: dict[str, Path] = {}
-    for p in files:
-        if p.stem in by_stem:
-            raise InputError(f"{mask_dir}: two masks for frame {p.stem!r} ({by_stem[p.stem].name}, {p.name})")
-        by_stem[p.stem] = p
     return by_stem

@@ -70,16 +70,27 @@ def _av():
     return av
 
 
-def list_frame_files(folder: Path) -> list[Path]:
-    """The image files of a frame folder, sorted by name; a VideoError when two share a name (``00001.jpg`` and
-    ``00001.png``: which one is frame 00001 is not for us to guess)."""
+def images_by_stem(folder: Path, duplicate) -> dict[str, Path]:
+    """The image files of ``folder`` by file stem, in name order (hidden files left out). Two files of one stem
+    (``00001.jpg`` and ``00001.png``: which one is frame 00001 is not for us to guess) raise
+    ``duplicate(stem, first, second)``, an exception naming both."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-    seen: dict[str, Path] = {}
+    by_stem: dict[str, Path] = {}
     for p in files:
-        if p.stem in seen:
-            raise VideoError(f"{folder}: two frames named {p.stem!r} ({seen[p.stem].name} and {p.name}); keep one")
-        seen[p.stem] = p
-    return files
+        if p.stem in by_stem:
+            raise duplicate(p.stem, by_stem[p.stem], p)
+        by_stem[p.stem] = p
+    return by_stem
+
+
+def list_frame_files(folder: Path) -> list[Path]:
+    """The image files of a frame folder, sorted by name; a VideoError when two share a name."""
+    return list(
+        images_by_stem(
+            folder,
+            lambda stem, a, b: VideoError(f"{folder}: two frames named {stem!r} ({a.name} and {b.name}); keep one"),
+        ).values()
+    )
 
 
 def _to_rgb(im: Image.Image) -> np.ndarray:

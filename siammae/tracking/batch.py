@@ -360,7 +360,7 @@ def run_batch(
     results: list[tuple[int, VideoResult]] = []
     runs = track_many(tracker, [items[i] for i in mine], out, overlay=overlay, overwrite=overwrite, progress=progress)
     try:
-        for i, result in zip(mine, runs, strict=False):
+        for i, result in zip(mine, runs, strict=True):  # track_many yields one result per item
             results.append((i, result))
     except KeyboardInterrupt:
         if not rank.distributed:
