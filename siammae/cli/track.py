@@ -207,8 +207,8 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
 def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
           backend, out, overlay, report, overlays, overwrite, quiet, opts):  # fmt: skip
     """Many videos: :func:`siammae.tracking.batch.run_batch` on this process's share (torchrun) of them."""
+    from siammae.distributed import current_rank, first_on_local_rank0, init
     from siammae.tracking.batch import expand_inputs, read_manifest, run_batch
-    from siammae.tracking.shard import current_rank, first_on_local_rank0, init
     from siammae.tracking.tracker import Tracker
 
     if out is None:

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames
+from siammae.distributed import Rank, current_rank, finish, gather
 from siammae.errors import InputError
 from siammae.io import write_json, write_text
 from siammae.tracking.pipeline import track_keypoints_video, track_video
 from siammae.tracking.report import now_iso
-from siammae.tracking.shard import Rank, current_rank, finish, gather, shard
+from siammae.tracking.shard import shard
 from siammae.tracking.tracker import Tracker
 
 MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")

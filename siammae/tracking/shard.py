@@ -1,50 +1,12 @@
-"""Spreading a batch of videos over processes (``torchrun``): which rank tracks which video, and meeting at the end.
+"""Spreading a batch of videos over processes (``torchrun``): which rank tracks which video.
 
 Every rank computes the same split from the same manifest (no communication): the videos sorted by frame count,
 longest first, each given to the rank with the fewest frames so far (the LPT rule, within 4/3 of the best
-balance). Each video has its own output folder, so no two ranks ever write the same file. At the end the ranks meet
-at a barrier, every rank gathers every rank's results (so all exit with the same status) and rank 0 writes the
-summary. The process group is gloo (CPU): it
-carries only the barrier and a few small Python objects, so it is the same on CPU and GPU machines.
+balance). Each video has its own output folder, so no two ranks ever write the same file. Ranks themselves
+(parsing torchrun's environment, meeting at the end) are :mod:`siammae.distributed`.
 """
 
 from __future__ import annotations
-
-import os
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from siammae.errors import SiamMAEError
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a ``torchrun`` job: ``rank`` of ``world`` processes, ``local_rank`` on its machine
-    (the GPU it uses: ``cuda:local_rank``)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-    def device(self, requested: str) -> str:
-        """The device of this rank: ``cuda:LOCAL_RANK`` for "auto" / "cuda" when several ranks share CUDA."""
-        import torch
-
-        if not self.distributed or requested not in ("auto", "cuda"):
-            return requested
-        if requested == "cuda" or torch.cuda.is_available():
-            return f"cuda:{self.local_rank}"
-        return "cpu"
-
-
-def current_rank() -> Rank:
-    """From torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process without it."""
-    env = os.environ
-    return Rank(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
 def shard(sizes: list[int], world: int) -> list[list[int]]:
@@ -60,47 +22,3 @@ def shard(sizes: list[int], world: int) -> list[list[int]]:
         parts[r].append(i)
         loads[r] += sizes[i]
     return [sorted(p) for p in parts]
-
-
-def init(rank: Rank) -> None:
-    """Join the job's gloo process group (torchrun's MASTER_ADDR / MASTER_PORT); nothing for one process."""
-    if rank.distributed:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world)
-
-
-def gather(rank: Rank, obj) -> list:
-    """Wait for every rank (a barrier), then give every rank the list of all ranks' ``obj``, by rank."""
-    if not rank.distributed:
-        return [obj]
-    import torch.distributed as dist
-
-    dist.barrier()
-    got = [None] * rank.world
-    dist.all_gather_object(got, obj)
-    return got
-
-
-def first_on_local_rank0(rank: Rank, fetch: Callable[[], object]) -> None:
-    """Run ``fetch`` (a download into the machine's cache) on local rank 0 of each machine while the other ranks
-    wait, so that a file is fetched once per machine, not once per process; its error is raised on every rank."""
-    error = None
-    if rank.local_rank == 0:
-        try:
-            fetch()
-        except SiamMAEError as e:
-            error = str(e)
-    errors = [e for e in gather(rank, error) if e is not None]
-    if errors:
-        raise SiamMAEError(errors[0])
-
-
-def finish(rank: Rank) -> None:
-    """Leave the process group once the summary is written (a second barrier, so no rank exits before it)."""
-    if rank.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-        dist.destroy_process_group()
