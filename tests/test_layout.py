@@ -82,7 +82,7 @@ def test_the_walk_sees_imports():
     graph = _graph()
     # a module-level import, a deferred one inside a function, and `from package import submodule`
     assert "siammae.model.siammae" in graph["siammae.model.checkpoint"]
-    assert "siammae.tracking.pipeline" in graph["siammae.cli.track"]
+    assert "siammae.tracking.job" in graph["siammae.cli.track"]
     assert "siammae.train.distributed" in graph["siammae.train.loop"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -7,12 +7,13 @@ folder or live stream), streamed; or through many videos in one resumable run, o
     siammae-track --manifest videos.csv --ckpt vits8.pt --out results/            # many videos
     ffmpeg ... -f mpegts - | siammae-track - --mask first.png --ckpt vits8.pt --out masks/ --realtime
 
-A thin wrapper: parse and validate, build a :class:`~siammae.tracking.Tracker`, call
-:func:`~siammae.tracking.track_video` (masks; a live source opened with :func:`~siammae.data.video.open_source`),
-:func:`~siammae.tracking.track_keypoints_video` (keypoints) or :func:`~siammae.tracking.batch.run_batch` (many
-videos; a batch that had failures exits with status 1 naming how many).
+A thin wrapper: parse, then one library call, :meth:`siammae.tracking.job.TrackJob.run`, which first checks every
+argument that can be checked without torch or a model (so a missing file or a non-empty --out fails in well under
+a second) and holds every policy (default weights, fetched once per machine; real time tracks frame by frame; the
+default output folder), so that Python callers get what the command does.
 Errors a user can fix print one line (``error: ...``) and exit with status 2; Ctrl-C keeps every mask (keypoint
-frame) written so far, marks the report as interrupted and exits with status 130.
+frame) written so far, marks the report as interrupted and exits with status 130. A batch that had failures exits
+with status 1 naming how many.
 """
 
 from __future__ import annotations
@@ -31,36 +32,11 @@ from siammae.cli.options import (
     device_option,
     dtype_option,
     errors,
-    given,
     overrides,
     preset_option,
     propagation_options,
     size_option,
 )
-from siammae.errors import InputError
-
-
-def load_frame_encoder(
-    ckpt: str | None, encoder: Path | None, arch: str | None, device: str = "auto", progress: bool = True
-):
-    """The model of ``--ckpt`` (PyTorch weights: a name or a file; none: the default weights) or the runtime of
-    ``--encoder`` (ONNX / TensorRT) on ``device``."""
-    if ckpt is not None and encoder is not None:
-        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
-    if encoder is None:
-        from siammae.model.checkpoint import load_model
-        from siammae.model.weights import DEFAULT_WEIGHTS
-
-        return load_model(ckpt or DEFAULT_WEIGHTS, arch=arch, progress=progress)
-    from siammae.export.runtime import load_encoder  # the optional runtimes load only when asked for
-
-    return load_encoder(encoder, device=device)
-
-
-def default_out(video: Path, keypoints: bool) -> Path:
-    """Where the outputs go when none is given (the card's ``siammae-track video.mp4 --mask first.png``):
-    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder."""
-    return Path(f"{Path(video).stem or 'video'}_{'track' if keypoints else 'masks'}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -98,7 +74,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 @size_option()
 @device_option()
 @dtype_option()
-@click.option("--chunk", type=click.IntRange(min=1), default=8, show_default=True, help="Frames encoded per batch.")
+@click.option("--chunk", type=click.IntRange(min=1), help="Frames encoded per batch.  [default: 8; 1 with --realtime]")
 @click.option(
     "--backend", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True, help="Top-k kernel."
 )
@@ -139,106 +115,54 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
     --out (masks/, report.json), with --mask-dir ROOT (ROOT/<video name>/ per video) or --keypoints ROOT
     (ROOT/<video name>.json) and a summary.json / summary.md; under torchrun the videos are shared out over the
     processes."""
-    from siammae.data.live import is_live, open_source
     from siammae.data.masks import MaskResizeWarning
-    from siammae.tracking.batch import is_batch_input
-    from siammae.tracking.pipeline import track_keypoints_video, track_video
-    from siammae.tracking.tracker import Tracker
+    from siammae.tracking.job import TrackJob
 
-    live = dict(realtime=realtime, max_frames=max_frames, duration=duration)
-    if manifest is not None or is_batch_input(list(videos)):
-        if any(live.values()) or input_format is not None or jsonl is not None:
-            raise click.UsageError("--format, --realtime, --max-frames, --duration and --jsonl are for one live source")
-        return _many(ctx, list(videos), manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device,
-                     dtype, chunk, backend, out, overlay, report, overlays, overwrite, quiet, opts)  # fmt: skip
-    if not videos:
-        raise click.UsageError("give a VIDEO (file, frame folder, live source), several, or --manifest FILE")
-    (video,) = videos
-    if not is_live(video, input_format) and (any(live.values()) or input_format is not None):
-        raise click.UsageError(f"--format, --realtime, --max-frames and --duration are for live sources, not {video}")
-    if overlays:
-        raise click.UsageError("--overlays is for many videos; give --overlay FILE for one")
-    if keypoints is not None and jsonl is not None:
-        raise click.UsageError("with --keypoints, --out already holds keypoints.jsonl; --jsonl is for masks")
-    if realtime and not given(ctx, "chunk"):
-        chunk = 1  # a chunk waits for its frames: real time tracks each frame as it comes
-    if keypoints is not None and (mask is not None or mask_dir is not None):
-        raise click.UsageError("give either --keypoints or --mask / --mask-dir, not both")
-    if keypoints is None and mask is None and mask_dir is None:
-        raise click.UsageError("give what to track in frame 0: --mask (or --mask-dir) or --keypoints")
-    if preset is None:
-        preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
-
-    if out is None and overlay is None and report is None:
-        out = default_out(video, keypoints is not None)
     changed = overrides(ctx, opts)
-    if size is not None:
-        changed["size"] = size
-    kept = f"; report marked interrupted: {report}" if report is not None else ""
-    what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
+    job = TrackJob(videos=tuple(videos), manifest=manifest, mask=mask, mask_dir=mask_dir, keypoints=keypoints,
+                   ckpt=ckpt, arch=arch, encoder=encoder, preset=preset, overrides=changed, size=size, device=device,
+                   dtype=dtype, chunk=chunk, backend=backend, out=out, overlay=overlay, report=report, jsonl=jsonl,
+                   overlays=overlays, format=input_format, realtime=realtime, max_frames=max_frames,
+                   duration=duration, overwrite=overwrite, progress=not quiet)  # fmt: skip
+    try:
+        batch = job.batch
+    except OSError as e:
+        raise click.UsageError(f"cannot read {videos[0]}: {e.strerror or e}") from e
+    if batch:
+        interrupted = f"finished videos are kept in {out}; run again to go on"
+    else:
+        what = "the keypoint track holds every frame" if keypoints is not None else "every mask written"
+        interrupted = f"{what} so far is complete" + (f"; report marked interrupted: {report}" if report else "")
     with warnings.catch_warnings():
         warnings.simplefilter("always", MaskResizeWarning)  # shown as one line, whatever the filters say
         warnings.showwarning = _show_warning
-        with errors(f"{what} so far is complete{kept}"):
-            model = load_frame_encoder(ckpt, encoder, arch, device, progress=not quiet)
-            tracker = Tracker(model, preset=preset, device=device, dtype=dtype, chunk=chunk, backend=backend,
-                              **changed)  # fmt: skip
-            outputs = {"out": out, "overlay": overlay, "report": report, "overwrite": overwrite, "progress": not quiet}
-            source = open_source(video, input_format, **live) if is_live(video, input_format) else video
-            if keypoints is not None:
-                result = track_keypoints_video(tracker, source, keypoints, **outputs)
-            else:
-                result = track_video(tracker, source, mask, mask_dir=mask_dir, jsonl=jsonl, **outputs)
-    if not quiet:
-        if keypoints is not None:
-            what = f"{len(result['keypoints'])} keypoints"
-        else:
-            what = f"objects {', '.join(str(i) for i in result['objects'])}"
-        where = ", ".join(str(p) for p in (out, overlay, report, jsonl) if p is not None)
-        weights = result["settings"].get("weights") or {}
-        used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
-        click.echo(
-            f"tracked {result['frames']} frames ({what}){used} in {result['time']['total_seconds']:.1f} s, "
-            f"{result['fps']} frames/s -> {where}",
-            err=True,
-        )
+        with errors(interrupted):
+            result = job.run()
+    if batch:
+        _batch_done(result, out, quiet)
+    elif not quiet:
+        _single_done(result, job)
 
 
-def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, preset, size, device, dtype, chunk,
-          backend, out, overlay, report, overlays, overwrite, quiet, opts):  # fmt: skip
-    """Many videos: :func:`siammae.tracking.batch.run_batch` on this process's share (torchrun) of them."""
-    from siammae.distributed import current_rank, first_on_local_rank0, init
-    from siammae.tracking.batch import expand_inputs, read_manifest, run_batch
-    from siammae.tracking.tracker import Tracker
+def _single_done(result: dict, job) -> None:
+    if job.keypoints is not None:
+        what = f"{len(result['keypoints'])} keypoints"
+    else:
+        what = f"objects {', '.join(str(i) for i in result['objects'])}"
+    where = ", ".join(str(p) for p in job.outputs() if p is not None)
+    weights = result["settings"].get("weights") or {}
+    used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
+    click.echo(
+        f"tracked {result['frames']} frames ({what}){used} in {result['time']['total_seconds']:.1f} s, "
+        f"{result['fps']} frames/s -> {where}",
+        err=True,
+    )
 
-    if out is None:
-        raise click.UsageError("several videos need --out (one folder per video is made under it)")
-    if mask is not None or overlay is not None or report is not None:
-        raise click.UsageError(
-            "with several videos, give masks with --mask-dir ROOT (ROOT/<video name>/) or a --manifest; overlays with "
-            "--overlays; each video's report is written in its folder"
-        )
-    if manifest is not None and inputs:
-        raise click.UsageError("give videos or --manifest, not both")
-    changed = overrides(ctx, opts)
-    if size is not None:
-        changed["size"] = size
-    rank = current_rank()
-    with errors(f"finished videos are kept in {out}; run again to go on"):
-        items = read_manifest(manifest) if manifest else expand_inputs(inputs, mask_dir, keypoints)
-        if preset is None:
-            preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"
-        init(rank)
-        if encoder is None:  # weights given by name: fetched once per machine, then loaded by every rank
-            from siammae.model.weights import DEFAULT_WEIGHTS, resolve_weights
 
-            first_on_local_rank0(rank, lambda: resolve_weights(ckpt or DEFAULT_WEIGHTS, progress=not quiet))
-        model = load_frame_encoder(ckpt, encoder, arch, rank.device(device))
-        tracker = Tracker(model, preset=preset, device=rank.device(device), dtype=dtype, chunk=chunk, backend=backend,
-                          **changed)  # fmt: skip
-        summary = run_batch(tracker, items, out, rank=rank, overlay=overlays, overwrite=overwrite,
-                            progress=not quiet and rank.rank == 0)  # fmt: skip
-    if rank.rank != 0:
+def _batch_done(summary: dict, out, quiet: bool) -> None:
+    from siammae.distributed import current_rank
+
+    if current_rank().rank != 0:
         sys.exit(1 if summary["failed"] else 0)
     if not quiet:
         click.echo(

@@ -192,9 +192,12 @@ class Driver:
                 size = self.frame_size(*frame.rgb.shape[:2])
             yield frame, resize_frame(frame.rgb, size, self.inputs.resize)
 
-    def propagate(self, source: Iterable[tuple[Frame, np.ndarray]], first_labels, references=None, times=None):
+    def propagate(
+        self, source: Iterable[tuple[Frame, np.ndarray]], first_labels, references=None, times=None, chunk=None
+    ):
         """``(frame, input)`` pairs (see :meth:`inputs_of`) -> one :class:`Tracked` per frame. ``times``: an object
-        with ``add(stage, seconds)`` and a ``frames`` count (``tracking.report.StageTimes``), or None."""
+        with ``add(stage, seconds)`` and a ``frames`` count (``tracking.report.StageTimes``), or None. ``chunk``:
+        frames per encoder call for this stream (default ``self.chunk``)."""
         references = dict(references or {})
         if 0 in references:
             raise InputError("frame 0's mask is the first mask; references are for later frames")
@@ -209,7 +212,7 @@ class Driver:
             return frame, x, None if ref is None else _load_mask(ref, frame, f"mask of frame {frame.name}")
 
         # a frame given a mask ends its chunk, so that the frames after it see it as a reference
-        for batch in chunks(map(given_mask, source), self.chunk, ends=lambda item: item[2] is not None):
+        for batch in chunks(map(given_mask, source), chunk or self.chunk, ends=lambda item: item[2] is not None):
             if grid is None:
                 grid = self.grid_size(*batch[0][0].rgb.shape[:2])
             t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Many videos in one resumable run: :func:`track_many` and its summary.
+"""Many videos in one resumable run: :func:`track_many`, :func:`run_batch` and the summary (the videos themselves
+come from :mod:`siammae.tracking.manifest`).
 
 Each video gets a folder of its own under ``out`` (its ``out`` name, else its stem)::
 
@@ -11,12 +12,19 @@ A video is tracked into a hidden ``out/.<name>.partial`` folder that replaces ``
 ended (complete, failed or interrupted), so a folder is always one run's outputs, never a mix. A video whose report
 says "complete" is skipped on the next run (``overwrite=True`` redoes it); any other is redone from the start. A
 video that fails is recorded with its error (its report says "error") and the batch goes on.
+
+The batch claims ``out`` as a single-video run claims its folder (:class:`siammae.outputs.OutputFolder`): one batch
+at a time (a second one into the same ``out`` stops with an error naming the first one's pid), no symbolic link
+anywhere inside (a planted ``out/<name>`` or ``out/.<name>.partial`` link is refused, never followed), leftovers of
+a killed run removed. A video's folder is replaced only when it holds nothing but what a batch writes
+(:data:`VIDEO_FILES`); any other file there is an error before the first video, never deleted. With ``overwrite``
+the folder ends up holding this batch's outputs only: other video folders a batch wrote are removed, any other entry
+is an error. Under ``torchrun`` rank 0 holds the claim for every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -25,32 +33,20 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames
-from siammae.distributed import Rank, current_rank, finish, gather
-from siammae.errors import InputError
+from siammae.data.video import count_frames
+from siammae.distributed import Rank, current_rank, finish, gather, init
+from siammae.errors import InputError, OutputError, SiamMAEError
 from siammae.io import write_json, write_text
-from siammae.tracking.pipeline import track_keypoints_video, track_video
+from siammae.outputs import LOCK_NAME, OutputFolder
+from siammae.tracking.manifest import BatchItem, check_items
 from siammae.tracking.report import now_iso
 from siammae.tracking.shard import shard
+from siammae.tracking.track import track_keypoints_video, track_video
 from siammae.tracking.tracker import Tracker
 
-MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
-
-
-@dataclass(frozen=True)
-class BatchItem:
-    """One video of a batch: ``video`` (file or frame folder) with ``mask`` (frame 0) and / or ``mask_dir`` (masks
-    by frame name), or ``keypoints`` (a keypoint JSON); ``out`` the name of its output folder (default: its stem)."""
-
-    video: str
-    mask: str | None = None
-    mask_dir: str | None = None
-    keypoints: str | None = None
-    out: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.out or Path(self.video).stem
+SUMMARY_FILES = ("summary.json", "summary.md")
+# what a batch writes in a video's folder: a folder holding anything else is not replaced or removed
+VIDEO_FILES = ("masks", "keypoints.json", "keypoints.jsonl", "report.json", "report.md", "overlay.mp4")
 
 
 @dataclass
@@ -85,114 +81,63 @@ class VideoResult:
         }
 
 
-# ----------------------------------------------------------------------------------------------- inputs
-def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
-    """A manifest: CSV with a header row, or JSON Lines (``.jsonl``; one object per line); columns ``video`` and
-    one of ``mask`` / ``mask_dir`` / ``keypoints``, optional ``out``. Relative paths are relative to the manifest."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the manifest ({e})") from e
-    rows: list[dict] = []
-    if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise InputError(f"{path}: line {n} is not JSON ({e.msg})") from e
-                if not isinstance(row, dict):
-                    raise InputError(f"{path}: line {n} is not a JSON object")
-                rows.append(row)
-    else:
-        reader = csv.DictReader(text.splitlines())
-        if not reader.fieldnames or "video" not in reader.fieldnames:
-            raise InputError(f"{path}: a CSV manifest needs a header row with a 'video' column")
-        rows = list(reader)
-    base = path.parent
-    items = []
-    for n, row in enumerate(rows, 1):
-        unknown = sorted(set(row) - set(MANIFEST_COLUMNS))
-        if unknown:
-            raise InputError(f"{path}: row {n} has unknown columns {unknown} (columns: {', '.join(MANIFEST_COLUMNS)})")
-        vals = {k: (str(v).strip() or None) if v is not None else None for k, v in row.items()}
-        if not vals.get("video"):
-            raise InputError(f"{path}: row {n} has no video")
-        for k in ("video", "mask", "mask_dir", "keypoints"):
-            if vals.get(k):
-                vals[k] = str(base / vals[k])
-        items.append(BatchItem(**vals))
-    if not items:
-        raise InputError(f"{path}: the manifest lists no videos")
-    return check_items(items, source=str(path))
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike], mask_root=None, keypoints_root=None) -> list[BatchItem]:
-    """Videos from the command line: video files, frame folders, and folders of videos / frame folders (a folder
-    holding images is one video). Masks come from ``mask_root/<stem>/`` (one folder of masks per video, named by
-    frame, the DAVIS ``Annotations`` layout); keypoints from ``keypoints_root/<stem>.json``."""
-    videos: list[Path] = []
-    for given in inputs:
-        p = Path(given)
-        if p.is_dir() and not _has_images(p):
-            found = sorted(c for c in p.iterdir() if not c.name.startswith(".") and _is_video(c))
-            if not found:
-                raise InputError(f"{p}: the folder holds no videos or frame folders")
-            videos += found
-        else:
-            videos.append(p)
-    items = []
-    for v in videos:
-        if keypoints_root is not None:
-            items.append(BatchItem(str(v), keypoints=str(Path(keypoints_root) / f"{v.stem}.json")))
-        elif mask_root is not None:
-            items.append(BatchItem(str(v), mask_dir=str(Path(mask_root) / v.stem)))
-        else:
-            raise InputError("several videos need one mask folder each: give --mask-dir ROOT (ROOT/<video name>/) "
-                             "or --keypoints ROOT (ROOT/<video name>.json), or a --manifest")  # fmt: skip
-    return check_items(items, source="the inputs")
-
-
-def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
-    """Every item names what to track, and no two write the same output folder."""
-    seen: dict[str, str] = {}
-    for it in items:
-        if it.keypoints is not None and (it.mask is not None or it.mask_dir is not None):
-            raise InputError(f"{source}: {it.video} has both keypoints and masks; give one")
-        if it.keypoints is None and it.mask is None and it.mask_dir is None:
-            raise InputError(f"{source}: {it.video} has no mask, mask_dir or keypoints")
-        name = it.name
-        if name in ("", ".", "..") or "/" in name or os.sep in name or name.startswith("."):
-            raise InputError(f"{source}: output name {name!r} of {it.video} is not a plain folder name")
-        if name in seen:
-            raise InputError(f"{source}: {seen[name]} and {it.video} would both write {name}/ (give 'out' names)")
-        seen[name] = it.video
-    return items
-
-
-def is_batch_input(inputs: list[str]) -> bool:
-    """Whether command-line inputs name several videos: more than one, or one folder of videos (not of frames)."""
-    if len(inputs) != 1:
-        return len(inputs) > 1
-    p = Path(inputs[0])
-    return p.is_dir() and not _has_images(p)
-
-
-def _has_images(folder: Path) -> bool:
-    return any(c.suffix.lower() in IMAGE_EXTENSIONS for c in folder.iterdir())
-
-
-def _is_video(p: Path) -> bool:
-    return p.suffix.lower() in VIDEO_EXTENSIONS if p.is_file() else p.is_dir() and _has_images(p)
-
-
 def frame_count(item: BatchItem) -> int:
     """Frames of a video, for balancing shards (0 when it cannot be read: it will fail in its run)."""
     try:
         return count_frames(item.video)
     except (InputError, OSError):
         return 0
+
+
+# ------------------------------------------------------------------------------------------- the folder
+def _is_video_folder(path: Path) -> bool:
+    """A folder a batch wrote for one video: report.json and nothing but :data:`VIDEO_FILES` (links are refused
+    before this is asked)."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = {e.name for e in path.iterdir()}
+    return "report.json" in names and names <= set(VIDEO_FILES)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a link (not its target) or a folder."""
+    if path.is_symlink() or not path.is_dir():
+        path.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(path)
+
+
+def claim_batch_folder(out, items: list[BatchItem], overwrite: bool) -> OutputFolder:
+    """Claim ``out`` for a batch (see the module docstring); checked before any video is tracked."""
+    root = Path(out)
+    folder = OutputFolder(root, overwrite=overwrite)  # lock, no links inside, leftovers of a killed run removed
+
+    def check() -> None:
+        names = {it.name for it in items}
+        mine = names | {f".{n}.partial" for n in names} | {f".{n}.old" for n in names}
+        mine |= set(SUMMARY_FILES) | {LOCK_NAME}
+        for name in sorted(names):
+            path = root / name
+            if path.exists() and not _is_video_folder(path):
+                what = "is not a folder" if not path.is_dir() else "holds files a batch does not write"
+                raise OutputError(f"--out {root}: {path} {what}; move it away or give the video another 'out' name")
+        if not overwrite:
+            return
+        stale = sorted(e for e in root.iterdir() if e.name not in mine)
+        foreign = [e.name for e in stale if not (_is_video_folder(e) or e.name.endswith((".partial", ".old")))]
+        if foreign:
+            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+            raise OutputError(f"--out {root}: holds {shown}, which this batch does not write; --overwrite only "
+                              "replaces a batch's own outputs: move them away or choose another folder")  # fmt: skip
+        for e in stale:  # other videos' folders of an earlier batch: --overwrite leaves this batch's outputs only
+            _remove(e)
+
+    try:
+        return folder.open(check)
+    except OSError as e:
+        if isinstance(e, SiamMAEError):
+            raise
+        raise OutputError(f"--out {root}: {e.strerror or e}") from e
 
 
 # ------------------------------------------------------------------------------------------------- runs
@@ -204,22 +149,21 @@ def track_many(
     overlay: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    claim: bool = True,
 ) -> Iterator[VideoResult]:
     """Track every video of ``items`` (:class:`BatchItem` or dicts with its fields) with ``tracker``, one output
     folder each under ``out`` (see the module docstring); yield one :class:`VideoResult` per video, in order.
 
     A finished video (report status "complete") is skipped unless ``overwrite``; a failing one is recorded and the
     batch goes on. Ctrl-C ends the batch after recording the video it stopped in (KeyboardInterrupt is raised).
+    claim: take the claim on ``out`` (:func:`claim_batch_folder`) for the batch; False when the caller holds it
+    (:func:`run_batch`, for every rank).
     """
     from tqdm import tqdm
 
     items = check_items([BatchItem(**i) if isinstance(i, dict) else i for i in items], source="track_many")
     root = Path(out)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{root}: cannot create the output folder ({e.strerror or e})") from e
-    # HOOK: the output-folder guard of siammae.io (lock file, no-follow writes) goes here once it lands
+    held = claim_batch_folder(root, items, overwrite) if claim else None
     bar = tqdm(total=len(items), unit="video", desc="videos", disable=not progress, dynamic_ncols=True)
     try:
         for item in items:
@@ -228,6 +172,8 @@ def track_many(
             yield result
     finally:
         bar.close()
+        if held is not None:
+            held.close()
 
 
 def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: bool, progress: bool) -> VideoResult:
@@ -236,7 +182,8 @@ def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: b
     if done is not None and done.get("status") == "complete" and not overwrite:
         return VideoResult(item, "skipped", folder, None, done)
     partial = root / f".{item.name}.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # left by a run that was killed
+    if partial.exists() or partial.is_symlink():  # left by a run that was killed (a link: removed, not followed)
+        _remove(partial)
     partial.mkdir()
     outputs = {"report": partial / "report.json", "overlay": partial / "overlay.mp4" if overlay else None,
                "overwrite": True, "progress": progress}  # fmt: skip
@@ -260,10 +207,14 @@ def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: b
 
 
 def _read_report(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
+    """A video's report, never through a link (a planted ``out/<name>`` link must not count as done)."""
+    if path.is_symlink() or path.parent.is_symlink():
         return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return report if isinstance(report, dict) else None
 
 
 def _replace(partial: Path, folder: Path, item: BatchItem, started: str, status: str, error: str | None) -> dict:
@@ -273,11 +224,13 @@ def _replace(partial: Path, folder: Path, item: BatchItem, started: str, status:
         report = {"status": status, "error": error, "started": started, "frames": 0, "video": {"path": item.video}}
         write_json(partial / "report.json", report)
     old = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists() or old.is_symlink():
+        _remove(old)
     with contextlib.suppress(FileNotFoundError):
-        os.replace(folder, old)
+        os.replace(folder, old)  # a link is moved, never followed
     os.replace(partial, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.exists() or old.is_symlink():
+        _remove(old)
     return report
 
 
@@ -333,7 +286,7 @@ def summary_markdown(s: dict) -> str:
         st = r["stage_fps"]
         size = f"{r['width']}x{r['height']}" if r["width"] else "n/a"
         stages = " | ".join(f(st.get(k)) for k in ("decode", "encode", "propagate", "write"))
-        error = (r["error"] or "").replace("|", "\\|")
+        error = " ".join((r["error"] or "").split()).replace("|", "\\|")  # one table cell: no newline, no column
         lines.append(f"| {r['name']} | {r['status']} | {r['frames']} | {size} | {f(r['fps'])} | {stages} | "
                      f"{f(r['peak_host_mib'])} | {f(r['peak_gpu_mib'])} | {error} |")  # fmt: skip
     lines += ["", "Stage columns are frames per second of each stage (decoding and writing overlap the others).", ""]
@@ -353,13 +306,39 @@ def run_batch(
     """What ``siammae-track`` runs for several videos: this rank's share of ``items`` (:mod:`siammae.tracking.shard`;
     all of them in a single process) through :func:`track_many`, then, after every rank has finished, the summary
     of the whole batch, written by rank 0 to ``out/summary.{json,md}`` and returned on every rank. On Ctrl-C the
-    summary of the videos done so far is written (single process) and KeyboardInterrupt raised."""
+    summary of the videos done so far is written (single process) and KeyboardInterrupt raised.
+
+    ``out`` is claimed before the first video (:func:`claim_batch_folder`; by rank 0 for every rank, which all stop
+    with its error if it fails). Under torchrun the process group is joined here if the caller has not
+    (:func:`siammae.distributed.init`)."""
     rank = rank or current_rank()
     items = check_items(list(items), source="the batch")
+    init(rank)
+    claim, error = None, None
+    if rank.rank == 0:
+        try:
+            claim = claim_batch_folder(out, items, overwrite)
+        except SiamMAEError as e:
+            error = e
+    errors = [e for e in gather(rank, None if error is None else str(error)) if e is not None]
+    if errors:
+        raise error if error is not None else OutputError(errors[0])
+    try:
+        summary = _run_share(tracker, items, out, rank, overlay, overwrite, progress)
+    finally:
+        if claim is not None:
+            claim.close()
+    finish(rank)
+    return summary
+
+
+def _run_share(tracker, items, out, rank: Rank, overlay: bool, overwrite: bool, progress: bool) -> dict:
+    """This rank's videos, then (after every rank is done) the summary of all, written by rank 0."""
     mine = shard([frame_count(i) for i in items], rank.world)[rank.rank] if rank.distributed else range(len(items))
     t0 = time.perf_counter()
     results: list[tuple[int, VideoResult]] = []
-    runs = track_many(tracker, [items[i] for i in mine], out, overlay=overlay, overwrite=overwrite, progress=progress)
+    runs = track_many(tracker, [items[i] for i in mine], out, overlay=overlay, overwrite=overwrite, progress=progress,
+                      claim=False)  # fmt: skip
     try:
         for i, result in zip(mine, runs, strict=True):  # track_many yields one result per item
             results.append((i, result))
@@ -372,5 +351,4 @@ def run_batch(
     summary["ranks"] = rank.world
     if rank.rank == 0:
         write_summary(out, summary)
-    finish(rank)
     return summary

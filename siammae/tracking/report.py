@@ -2,8 +2,13 @@
 
 ``report.json`` is for machines (benchmarks, CI); ``report.md`` beside it is the same content for people.
 Host memory is the process's high-water mark (``VmHWM`` in /proc/self/status, else ``getrusage``), GPU memory the
-peak ``torch.cuda.max_memory_allocated``. Stage times: decoding and writing run in their own threads, concurrently
-with encoding and propagation, so the stages add up to more than the end-to-end time when the pipeline overlaps well.
+peak ``torch.cuda.max_memory_allocated``.
+
+Stage times are busy time, each measured in the thread that runs the stage: decoding (and resizing) in the reader
+thread; encoding, propagation and, on a GPU, the read-out in the main thread; the read-out on a CPU and writing in the
+writer thread. The threads overlap, so stages of different threads may add up to more than the end-to-end time; the
+stages of one thread never do (each thread's busy time is at most the run's wall time). The report states the
+thread of each stage and each thread's total, rounded so that this holds exactly (stages down, the total up).
 """
 
 from __future__ import annotations
@@ -16,27 +21,50 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from siammae.io import write_json, write_text
 
-STAGES = ("decode", "encode", "propagate", "write")
+STAGES = ("decode", "encode", "propagate", "read_out", "write")
+STAGE_THREADS = {"decode": "reader", "encode": "main", "propagate": "main", "read_out": "main", "write": "writer"}
+
+
+def _down(x: float) -> float:
+    return math.floor(x * 1e4) / 1e4
+
+
+def _up(x: float) -> float:
+    return math.ceil(x * 1e4) / 1e4
 
 
 @dataclass
 class StageTimes:
-    """Seconds spent per pipeline stage, and the number of frames that went through."""
+    """Busy seconds per pipeline stage, the number of frames that went through, and the thread of each stage
+    (``read_out`` runs in the writer thread on a CPU; see the module docstring)."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     frames: int = 0
+    threads: dict[str, str] = field(default_factory=lambda: dict(STAGE_THREADS))
 
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
     def as_dict(self) -> dict:
         return {
-            s: {"seconds": round(t, 4), "fps": round(self.frames / t, 2) if t > 0 else None}
+            s: {"seconds": _down(t), "fps": round(self.frames / t, 2) if t > 0 else None, "thread": self.threads[s]}
             for s, t in self.seconds.items()
+        }
+
+    def report(self, total_seconds: float) -> dict:
+        """The report's ``time``: the wall time (rounded up), the busy time per stage (rounded down) and per thread."""
+        stages = self.as_dict()
+        per_thread: dict[str, float] = {}
+        for st in stages.values():
+            per_thread[st["thread"]] = round(per_thread.get(st["thread"], 0.0) + st["seconds"], 4)
+        return {
+            "total_seconds": _up(total_seconds),
+            "stages": stages,
+            "busy_seconds_per_thread": per_thread,
+            "note": "stage seconds are busy time in the stage's thread; threads overlap, so stages of different "
+            "threads may add up to more than total_seconds, the stages of one thread never do",
         }
 
 
@@ -104,16 +132,19 @@ def host_memory_mib() -> float | None:
     return None if kib is None else kib / 1024
 
 
-def peak_gpu_memory_mib(device: torch.device) -> float | None:
+def peak_gpu_memory_mib(device) -> float | None:
     """Peak memory allocated by PyTorch on a CUDA ``device`` since the last reset, MiB (None on the CPU)."""
     if device.type != "cuda":
         return None
+    import torch
+
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
 def versions() -> dict:
     import numpy
     import PIL
+    import torch
 
     import siammae
 
@@ -134,7 +165,9 @@ def versions() -> dict:
     return out
 
 
-def device_info(device: torch.device) -> dict:
+def device_info(device) -> dict:
+    import torch
+
     if device.type == "cuda":
         return {"type": "cuda", "name": torch.cuda.get_device_name(device), "index": device.index or 0}
     return {
@@ -177,7 +210,7 @@ def _fmt(x, unit: str = "") -> str:
 
 
 def to_markdown(r: dict) -> str:
-    """A report dict (see :func:`siammae.tracking.pipeline.track_video`) as a Markdown page."""
+    """A report dict (see :meth:`siammae.tracking.run.TrackingRun.report`) as a Markdown page."""
     v, p = r["video"], r["processing"]
     lines = [
         f"# siammae-track report: {Path(v['path']).name}",
@@ -194,21 +227,26 @@ def to_markdown(r: dict) -> str:
         "",
         "## Speed",
         "",
-        "| stage | seconds | frames / s |",
-        "|---|---:|---:|",
+        "| stage | thread | busy seconds | frames / busy second |",
+        "|---|---|---:|---:|",
     ]
     for stage, t in r["time"]["stages"].items():
-        lines.append(f"| {stage} | {_fmt(t['seconds'])} | {_fmt(t['fps'])} |")
+        lines.append(f"| {stage} | {t.get('thread', 'n/a')} | {_fmt(t['seconds'])} | {_fmt(t['fps'])} |")
     lines += [
-        f"| **end to end** | {_fmt(r['time']['total_seconds'])} | **{_fmt(r['fps'])}** |",
+        f"| **end to end** | | {_fmt(r['time']['total_seconds'])} (wall) | **{_fmt(r['fps'])}** |",
         "",
-        "Decoding and writing run in background threads, overlapping encoding and propagation.",
+        "Busy time per stage, in its own thread. The reader, main and writer threads overlap, so stages of different "
+        "threads may add up to more than the wall time; the stages of one thread never do.",
         "",
     ]
     lat = r.get("latency")
     if lat and lat["frames"]:
         lines += [f"Latency per frame (decoded -> written): median {_fmt(lat['median_ms'], ' ms')}, "
                   f"p95 {_fmt(lat['p95_ms'], ' ms')}, max {_fmt(lat['max_ms'], ' ms')}.", ""]  # fmt: skip
+    if r.get("gaps"):
+        g = r["gaps"]
+        lines += [f"Damaged input: {g['frames_missing']} frames missing in {g['count']} gaps, {g['corrupt_packets']} "
+                  "corrupt packets; frames keep their numbers in the source.", ""]  # fmt: skip
     if "dropped" in r:
         d = r["dropped"]
         shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in d["indices"][:20])

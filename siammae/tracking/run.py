@@ -1,19 +1,20 @@
 """One tracking run: a :class:`Tracker` streaming one source into one set of outputs.
 
-    decode thread -> bounded queue -> Tracker (chunked encode, Propagator) -> bounded queue -> writer thread
+    reader thread (decode, resize) -> bounded queue -> main thread (chunked encode, Propagator) -> bounded queue
+    -> writer thread (PNGs / keypoint track, overlay video)
 
-A :class:`TrackingRun` owns everything that belongs to one run and not to the tracker: the writer thread, the
-overlay video, the status, the stage times (:class:`~siammae.tracking.report.StageTimes`), the frame latencies
-and the report. The tracker (model, preset, device) holds no per-run state, so one tracker can serve several runs,
-one after the other or at once.
+A :class:`TrackingRun` owns everything that belongs to one run and not to the tracker: its outputs
+(:class:`RunOutputs`, checked and claimed before the first frame by :func:`claim_outputs`), the writer thread, the
+overlay video, the status, the stage times, the frame latencies and the report. The tracker (model, preset, device)
+holds no per-run state, so one tracker can serve several runs, one after the other or at once. What to make of each
+tracked frame is a sink (:class:`~siammae.tracking.track.MaskSink`, :class:`~siammae.tracking.track.KeypointSink`).
 
-What to make of each tracked frame is a :class:`Sink` (masks, keypoints). The read-out (soft labels -> id map or
-keypoints) runs where it is cheapest: on a GPU in the main thread, next to the labels; on a CPU in the writer
-thread, beside the encoder. Either way its time counts as "propagate" and the rest of the writer's time as "write".
+The read-out (soft labels -> id map or keypoints) runs where it is cheapest: on a GPU in the main thread, next to
+the labels; on a CPU in the writer thread, beside the encoder. Its time is the ``read_out`` stage of that thread.
 
 When the stream stops early (a truncated video, Ctrl-C, a full disk), every frame handed to the writer is still
 written, the overlay is closed as a valid video of those frames, the sink finishes (e.g. the keypoint track's JSON),
-the report is written with the status, and the first exception is raised again.
+the report is written with the status, the claim on ``--out`` is released, and the first exception is raised again.
 """
 
 from __future__ import annotations
@@ -21,17 +22,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from siammae.data.video import write_video
+from siammae.background import BackgroundWriter
+from siammae.data.video import check_video_output, write_video
 from siammae.errors import InputError
+from siammae.io import TMP_PREFIX
+from siammae.memory import check_encoder_fits
+from siammae.outputs import OutputFolder
 from siammae.tracking.report import (
     LatencyStats,
     StageTimes,
@@ -39,49 +45,120 @@ from siammae.tracking.report import (
     now_iso,
     peak_gpu_memory_mib,
     peak_host_memory_mib,
+    report_paths,
     versions,
     write_report,
 )
-from siammae.tracking.stream import BackgroundConsumer
 from siammae.tracking.tracker import Tracked, Tracker
 
+# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.outputs)
+OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
 
-@dataclass
-class Sink:
-    """What a run makes of each tracked frame.
 
-    read_out(item): the frame's result from its soft labels (an id map, keypoints). write(item, result): its
-    files. draw(rgb, result): the frame as the overlay shows it. summary(): what the report says about the tracked
-    things. finish(status): once at the end however the run stopped ("complete" | "interrupted" | "error").
-    """
+@dataclass(frozen=True)
+class RunOutputs:
+    """Where one run writes: ``out`` (a folder: one PNG per frame, or the keypoint track), ``overlay`` (a video),
+    ``report`` (JSON, with its Markdown twin), ``jsonl`` (one line per frame, masks only). None: not written."""
 
-    read_out: Callable[[Tracked], Any]
-    write: Callable[[Tracked, Any], None]
-    draw: Callable[[np.ndarray, Any], np.ndarray]
-    summary: Callable[[], dict]
-    finish: Callable[[str], None] = lambda status: None
+    out: Path | None = None
+    overlay: Path | None = None
+    report: Path | None = None
+    jsonl: Path | None = None
+
+    @classmethod
+    def of(cls, out=None, overlay=None, report=None, jsonl=None) -> RunOutputs:
+        path = lambda p: None if p is None else Path(p)  # noqa: E731
+        return cls(path(out), path(overlay), path(report), path(jsonl))
+
+    def any(self) -> bool:
+        return any(p is not None for p in (self.out, self.overlay, self.report, self.jsonl))
+
+    def files(self) -> list[Path]:
+        """The single files of the run (overlay, report pair, JSON Lines)."""
+        return [p for p in (self.overlay, *report_paths(self.report), self.jsonl) if p is not None]
+
+    def as_report(self) -> dict:
+        """As the report lists them (``jsonl`` only when written)."""
+        d = {k: (None if v is None else str(v)) for k, v in dataclasses.asdict(self).items()}
+        if self.jsonl is None:
+            del d["jsonl"]
+        return d
+
+
+def _check_output_files(paths: list[Path], overwrite: bool) -> None:
+    """Each path names a file (not a folder) that is free, or ``overwrite``, in a folder where files can be made."""
+    for path in paths:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected an output file name")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{TMP_PREFIX}write-test."):
+                pass
+        except OSError as e:
+            raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
+
+
+def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -> OutputFolder | None:
+    """Before the first frame: memory for a chunk of frames, a writable overlay format, free output files; then
+    the claim on ``out`` (:class:`~siammae.outputs.OutputFolder`: one writer, no planted links, ``--overwrite``
+    leaves this run's outputs only), released by :meth:`TrackingRun.run`."""
+    H, W = tracker.frame_size(src.height, src.width)
+    chunk = tracker.chunk_for(src)
+    check_encoder_fits(tracker.encoder, H, W, chunk, tracker.device, f"{src.path} at size {tracker.size}")
+    if outputs.overlay is not None:
+        check_video_output(outputs.overlay, "--overlay")
+    files = outputs.files()
+    if outputs.out is None:
+        _check_output_files(files, overwrite)
+        return None
+    # the overlay and report may sit in --out: --overwrite replaces them there too
+    inside = tuple(p.name for p in files if p.absolute().parent == outputs.out.absolute())
+    folder = OutputFolder(outputs.out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS + inside)
+    return folder.open(lambda: _check_output_files(files, overwrite))
+
+
+class Sink(Protocol):
+    """What a run makes of each tracked frame (:mod:`siammae.tracking.track` has the two: masks, keypoints)."""
+
+    def read_out(self, item: Tracked) -> Any:
+        """The frame's result from its soft labels (an id map, keypoints)."""
+
+    def write(self, item: Tracked, result: Any) -> None:
+        """The frame's files."""
+
+    def draw(self, rgb: np.ndarray, result: Any) -> np.ndarray:
+        """The frame as the overlay shows it."""
+
+    def summary(self) -> dict:
+        """What the report says about the tracked things."""
+
+    def finish(self, status: str) -> None:
+        """Once at the end, however the run stopped ("complete" | "interrupted" | "error")."""
 
 
 class TrackingRun:
     """Stream ``src`` through ``tracker`` into ``sink``, the overlay video and the report.
 
-    outputs: ``{"out": folder or None, "overlay": video path or None, "report": JSON path or None, ...}`` (checked
-    by the caller before the run; a ``"folder"`` entry with a ``close()`` is a claim on the output folder, released
-    once the report is written). ``run(first_labels, references)`` returns the report dict.
+    outputs: where (checked by :func:`claim_outputs` before the run); claim: the claim on ``outputs.out`` (an
+    :class:`~siammae.outputs.OutputFolder`), released once the report is written. ``run(first_labels, references)``
+    returns the report dict.
     """
 
-    def __init__(self, tracker: Tracker, src, sink: Sink, outputs: dict, progress: bool = True):
-        self.tracker, self.src, self.sink = tracker, src, sink
-        self.outputs = {k: v for k, v in outputs.items() if k != "folder"}
-        self._claim = outputs.get("folder")  # an output-folder claim (lock) to release when the run ends, if any
-        self.progress = progress
+    def __init__(self, tracker: Tracker, src, sink: Sink, outputs: RunOutputs, claim=None, progress: bool = True):
+        self.tracker, self.src, self.sink, self.outputs, self.progress = tracker, src, sink, outputs, progress
+        self._claim = claim
         self.times = StageTimes()
         self.latency = LatencyStats()
         self.status, self.error = "complete", None
         self.written = 0
+        self.total_s = 0.0
         self._stop: BaseException | None = None  # the first failure, raised again at the end
         self._read_out_s = 0.0
         self._read_out_in_main = tracker.device.type == "cuda"  # see the module docstring
+        if not self._read_out_in_main:
+            self.times.threads["read_out"] = "writer"
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, first_labels, references: dict) -> dict:
@@ -89,18 +166,18 @@ class TrackingRun:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         self.started, t0 = now_iso(), time.perf_counter()
-        writer = BackgroundConsumer(self._consume, maxsize=2 * self.tracker.chunk, name="siammae-write")
+        writer = BackgroundWriter(self._consume, maxsize=2 * self.tracker.chunk_for(self.src), name="siammae-write")
         self._guard(self._feed, writer, first_labels, references)
         self._guard(writer.close)  # writes every frame handed over, closes the overlay video
         self._guard(self.sink.finish, self.status)  # e.g. the keypoint track of the frames written
-        self.times.add("propagate", self._read_out_s)
+        self.times.add("read_out", self._read_out_s)
         in_writer = 0.0 if self._read_out_in_main else self._read_out_s
         self.times.add("write", max(0.0, writer.busy_s - in_writer))
         self.total_s = time.perf_counter() - t0
         report = self.report()
         try:
-            if self.outputs.get("report") is not None:
-                write_report(self.outputs["report"], report)
+            if self.outputs.report is not None:
+                write_report(self.outputs.report, report)
         finally:
             if self._claim is not None:
                 self._claim.close()
@@ -123,7 +200,7 @@ class TrackingRun:
                 self.status = "error"
                 self.error = str(e) if isinstance(e, InputError) else f"{type(e).__name__}: {e}"
 
-    def _feed(self, writer: BackgroundConsumer, first_labels, references: dict) -> None:
+    def _feed(self, writer: BackgroundWriter, first_labels, references: dict) -> None:
         """Main thread: the tracker's frames (and on a GPU their read-out) to the writer thread."""
         stream = self.tracker.stream(self.src, first_labels, references, times=self.times)
         with _progress(self.src, self.progress) as bar, contextlib.closing(stream):  # closed now: decode time counted
@@ -140,7 +217,7 @@ class TrackingRun:
     # ------------------------------------------------------------------------------------- writer thread
     def _consume(self, items: Iterator[tuple[Tracked, Any]]) -> None:
         images = self._write(items)
-        overlay = self.outputs.get("overlay")
+        overlay = self.outputs.overlay
         if overlay is None:
             for _ in images:
                 pass
@@ -155,7 +232,7 @@ class TrackingRun:
 
     def _write(self, items: Iterator[tuple[Tracked, Any]]) -> Iterator[np.ndarray]:
         """Write each frame's outputs; yield its overlay image when there is an overlay."""
-        overlay = self.outputs.get("overlay") is not None
+        overlay = self.outputs.overlay is not None
         for item, result in items:
             if result is None:
                 result = self._read_out(item)
@@ -173,9 +250,13 @@ class TrackingRun:
             H, W = tracker.frame_size(src.height, src.width)
         except InputError:  # an encoder built for another size: the run stopped on it, the report says so
             H, W = 0, 0
+        gaps = getattr(src, "gaps", None)
+        status = self.status
+        if status == "complete" and gaps:  # every frame decoded was tracked, but the input had holes
+            status = "input-gaps"
         report = {
-            "status": self.status,
-            "interrupted": self.status == "interrupted",
+            "status": status,
+            "interrupted": status == "interrupted",
             "error": self.error,
             "started": self.started,
             "frames": frames,
@@ -187,11 +268,11 @@ class TrackingRun:
                 "patch_size": tracker.patch_size,
             },
             **self.sink.summary(),
-            "settings": settings(tracker),
-            "outputs": {k: (str(v) if v is not None else None) for k, v in self.outputs.items()},
+            "settings": settings(tracker, tracker.chunk_for(src)),
+            "outputs": self.outputs.as_report(),
             "versions": versions(),
             "device": device_info(tracker.device),
-            "time": {"total_seconds": round(total, 4), "stages": self.times.as_dict()},
+            "time": self.times.report(total),
             "fps": round(frames / total, 2) if total > 0 else None,
             "latency": self.latency.as_dict(),
             "memory": {
@@ -199,19 +280,22 @@ class TrackingRun:
                 "peak_gpu_mib": _round(peak_gpu_memory_mib(tracker.device)),
             },
         }
+        if gaps is not None:  # a live source: damage found in the stream (none: zeros)
+            report["gaps"] = gaps.as_dict()
         dropped = getattr(src, "dropped", None)
         if dropped is not None:  # a live source read in real time
             report["dropped"] = {"frames": dropped.count, "indices": dropped.ranges()}
         return report
 
 
-def settings(tracker: Tracker) -> dict:
+def settings(tracker: Tracker, chunk: int | None = None) -> dict:
+    """The settings a report records: preset, propagation constants, input rule, chunk, dtype, encoder, weights."""
     return {
         "preset": tracker.preset,
         "propagation": dict(vars(tracker.config)),
         "size": tracker.size,  # the --size override, None for the preset's
         "input": dataclasses.asdict(tracker.inputs),  # the input rule applied: size rule, std, resize
-        "chunk": tracker.chunk,
+        "chunk": tracker.chunk if chunk is None else chunk,
         "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
         "backend": tracker.backend,
         "encoder": type(tracker.encoder).__name__,
@@ -251,3 +335,6 @@ def _progress(src, enabled: bool):
 
     name = Path(str(src.path)).name or str(src.path)
     return tqdm(total=src.num_frames, unit="frame", desc=name, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+__all__ = ["OWNED_OUTPUTS", "RunOutputs", "Sink", "TrackingRun", "claim_outputs", "settings"]

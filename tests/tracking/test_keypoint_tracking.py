@@ -157,7 +157,7 @@ def test_interrupt_leaves_a_valid_track_of_the_frames_before(clip, tmp_path, mon
     assert json.loads(report.read_text())["status"] == "interrupted"
 
 
-def test_api_bad_input(clip, tmp_path):
+def test_api_bad_input(clip, tmp_path, monkeypatch):
     frames, truth = clip
     folder = save_folder(frames[:2], tmp_path / "frames")
     with pytest.raises(InputError, match=r"keypoint '1' at \(130, 5\) is outside the 120x96 frame"):
@@ -166,9 +166,10 @@ def test_api_bad_input(clip, tmp_path):
         track_keypoints_video(tracker(), folder, [1.0, 2.0, 3.0], out=tmp_path / "a", progress=False)
     with pytest.raises(InputError, match="every point is null"):
         track_keypoints_video(tracker(), folder, [[np.nan, np.nan]], out=tmp_path / "a", progress=False)
-    with pytest.raises(InputError, match="nothing to write"):
-        track_keypoints_video(tracker(), folder, truth[0], progress=False)
     assert not (tmp_path / "a").exists()  # inputs are checked before any output is made
+    monkeypatch.chdir(tmp_path)  # no output given: the track goes where the command puts it
+    report = track_keypoints_video(tracker(), folder, truth[0], progress=False)
+    assert report["outputs"]["out"] == "frames_track" and (tmp_path / "frames_track" / "keypoints.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ building blocks

@@ -4,6 +4,7 @@ engine, with an encoder whose features are known to separate the object's textur
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,8 +247,9 @@ def test_track_video_writes_masks_overlay_and_report(tmp_path, video):
     assert "end to end" in md and "status: **complete**" in md
 
 
-def test_track_video_refuses_to_overwrite(tmp_path, video):
+def test_track_video_refuses_to_overwrite(tmp_path, video, monkeypatch):
     path, masks = video
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.png").write_bytes(b"x")
     with pytest.raises(InputError, match="output folder is not empty"):
@@ -255,8 +257,9 @@ def test_track_video_refuses_to_overwrite(tmp_path, video):
     (tmp_path / "r.json").write_text("{}")
     with pytest.raises(InputError, match="r.json: output file exists"):
         track_video(_tracker(), path, masks[0], report=tmp_path / "r.json", progress=False)
-    with pytest.raises(InputError, match="nothing to write"):
-        track_video(_tracker(), path, masks[0], progress=False)
+    report = track_video(_tracker(), path, masks[0], progress=False)  # no output given: where the command puts it
+    default = Path(f"{Path(path).stem}_masks")
+    assert report["outputs"]["out"] == str(default) and len(list(default.glob("0*.png"))) == 10
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="cannot write .*masks: Not a directory"):
         track_video(_tracker(), path, masks[0], out=tmp_path / "file" / "masks", progress=False)

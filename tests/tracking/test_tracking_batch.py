@@ -13,7 +13,8 @@ from siammae.data.video import write_video
 from siammae.errors import InputError
 from siammae.model.registry import create_model
 from siammae.tracking import Tracker
-from siammae.tracking.batch import BatchItem, expand_inputs, read_manifest, run_batch, track_many
+from siammae.tracking.batch import run_batch, track_many
+from siammae.tracking.manifest import BatchItem, expand_inputs, read_manifest
 from siammae.tracking.shard import shard
 
 SIZE = (32, 48)

@@ -1,0 +1,283 @@
+"""What ``siammae-track`` runs, as one library call: a :class:`TrackJob` checked up front, then run.
+
+:meth:`TrackJob.check` validates everything that can be validated without torch or a model (inputs exist, the
+first mask reads and holds an object, option combinations, outputs free or ``overwrite``) in well under a second, so
+a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then loads the model as the command does
+(:func:`load_tracker`) and calls :func:`~siammae.tracking.track.track_video`,
+:func:`~siammae.tracking.track.track_keypoints_video` or :func:`~siammae.tracking.batch.run_batch`.
+
+The policy lives in the library, not the command, so that Python callers get the same behaviour:
+:func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
+the keypoint preset), :meth:`Tracker.chunk_for <siammae.tracking.tracker.Tracker.chunk_for>` (real time tracks
+frame by frame), :func:`~siammae.tracking.track.default_out` (where outputs go when none is given).
+
+This module imports neither torch nor the model until :meth:`TrackJob.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from siammae.errors import CheckpointError, InputError, OutputError
+from siammae.outputs import LOCK_NAME
+
+LIVE_OPTIONS = ("realtime", "max_frames", "duration", "format")
+
+
+def default_preset(keypoints: bool) -> str:
+    """The preset when none is given: ``siammae-jhmdb`` for keypoints (the JHMDB protocol), else ``siammae-davis``."""
+    return "siammae-jhmdb" if keypoints else "siammae-davis"
+
+
+def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto", rank=None, progress: bool = True):
+    """The model of ``ckpt`` (PyTorch weights: a name or a file; None: the default weights,
+    :data:`~siammae.model.weights.DEFAULT_WEIGHTS`) or the runtime of ``encoder`` (``.onnx`` / ``.engine``) on
+    ``device``, as ``siammae-track`` loads it. Under torchrun (``rank``, :class:`siammae.distributed.Rank`) named
+    weights are fetched once per machine (local rank 0) while the other ranks wait, then loaded by every rank."""
+    if ckpt is not None and encoder is not None:
+        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
+    if encoder is not None:
+        from siammae.export.runtime import load_encoder as load_runtime  # optional runtimes load only when asked for
+
+        return load_runtime(encoder, device=device)
+    from siammae.model.checkpoint import load_model
+    from siammae.model.weights import DEFAULT_WEIGHTS, resolve_weights
+
+    weights = ckpt or DEFAULT_WEIGHTS
+    if rank is not None and rank.distributed:
+        from siammae.distributed import first_on_local_rank0, init
+
+        init(rank)
+        first_on_local_rank0(rank, lambda: resolve_weights(weights, progress=progress))
+    return load_model(weights, arch=arch, progress=progress)
+
+
+def load_tracker(
+    ckpt=None,
+    *,
+    encoder=None,
+    arch=None,
+    preset: str | None = None,
+    keypoints: bool = False,
+    device: str = "auto",
+    rank=None,
+    progress: bool = True,
+    **kwargs,
+):
+    """A :class:`~siammae.tracking.tracker.Tracker` as ``siammae-track`` builds it: the model of
+    :func:`load_frame_encoder` on this rank's device (``cuda:LOCAL_RANK`` under torchrun), ``preset`` or
+    :func:`default_preset`; ``kwargs`` are the Tracker's (``dtype``, ``size``, ``chunk``, ``backend``, propagation
+    overrides)."""
+    from siammae.tracking.tracker import Tracker
+
+    device = rank.device(device) if rank is not None else device
+    model = load_frame_encoder(ckpt, encoder, arch, device, rank, progress)
+    return Tracker(model, preset=preset or default_preset(keypoints), device=device, **kwargs)
+
+
+@dataclass(frozen=True)
+class TrackJob:
+    """One ``siammae-track`` command line, as data. Single video: ``videos`` holds one path (file, frame folder or
+    live source); several, a folder of videos, or ``manifest``: a batch. See ``siammae-track --help`` for each
+    field; ``overrides`` are the preset overrides (``topk``, ``temperature``, ``n_last``, ``radius``)."""
+
+    videos: tuple[str, ...] = ()
+    manifest: Path | None = None
+    mask: Path | None = None
+    mask_dir: Path | None = None
+    keypoints: Path | None = None
+    ckpt: str | None = None
+    arch: str | None = None
+    encoder: Path | None = None
+    preset: str | None = None
+    overrides: dict = field(default_factory=dict)
+    size: int | tuple[int, int] | None = None
+    device: str = "auto"
+    dtype: str = "fp32"
+    chunk: int | None = None
+    backend: str = "auto"
+    out: Path | None = None
+    overlay: Path | None = None
+    report: Path | None = None
+    jsonl: Path | None = None
+    overlays: bool = False
+    format: str | None = None
+    realtime: bool = False
+    max_frames: int | None = None
+    duration: float | None = None
+    overwrite: bool = False
+    progress: bool = True
+
+    # ---------------------------------------------------------------------------------------------- kind
+    @property
+    def batch(self) -> bool:
+        from siammae.tracking.manifest import is_batch_input
+
+        return self.manifest is not None or is_batch_input(list(self.videos))
+
+    @property
+    def live(self) -> bool:
+        from siammae.data.live import is_live
+
+        return len(self.videos) == 1 and is_live(self.videos[0], self.format)
+
+    def _live_given(self) -> bool:
+        return bool(self.realtime or self.max_frames or self.duration or self.format)
+
+    def outputs(self):
+        """The single video's :class:`~siammae.tracking.run.RunOutputs`-like paths, with the default ``out``."""
+        out = self.out
+        if out is None and self.overlay is None and self.report is None and self.jsonl is None:
+            from siammae.tracking.manifest import default_out
+
+            out = default_out(self.videos[0], self.keypoints is not None)
+        return out, self.overlay, self.report, self.jsonl
+
+    # --------------------------------------------------------------------------------------------- check
+    def check(self) -> TrackJob:
+        """Everything checkable without torch or a model (module docstring); InputError naming the problem."""
+        if self.batch:
+            self._check_batch()
+        else:
+            self._check_single()
+        self._check_model()
+        return self
+
+    def _check_single(self) -> None:
+        if not self.videos:
+            raise InputError("give a VIDEO (file, frame folder, live source), several, or --manifest FILE")
+        (video,) = self.videos
+        if not self.live and self._live_given():
+            raise InputError(f"--format, --realtime, --max-frames and --duration are for live sources, not {video}")
+        if self.overlays:
+            raise InputError("--overlays is for many videos; give --overlay FILE for one")
+        if self.keypoints is not None and self.jsonl is not None:
+            raise InputError("with --keypoints, --out already holds keypoints.jsonl; --jsonl is for masks")
+        if self.keypoints is not None and (self.mask is not None or self.mask_dir is not None):
+            raise InputError("give either --keypoints or --mask / --mask-dir, not both")
+        if self.keypoints is None and self.mask is None and self.mask_dir is None:
+            raise InputError("give what to track in frame 0: --mask (or --mask-dir) or --keypoints")
+        if not self.live:
+            from siammae.data.video import _check_source
+
+            _check_source(Path(video))  # exists, and is a frame folder or has a video extension
+        self._check_given_inputs()
+        _check_free(*self.outputs(), overwrite=self.overwrite)
+
+    def _check_given_inputs(self) -> None:
+        if self.mask is not None:
+            from siammae.data.masks import check_objects, read_mask
+
+            check_objects(read_mask(self.mask), self.mask)  # readable, a supported format, one object at least
+        if self.mask_dir is not None and not Path(self.mask_dir).is_dir():
+            raise InputError(f"--mask-dir {self.mask_dir}: no such folder")
+        if self.keypoints is not None:
+            from siammae.data.keypoints import read_keypoints
+
+            read_keypoints(self.keypoints)  # exists, JSON, the schema (the bounds need the video: checked in the run)
+
+    def _check_batch(self) -> None:
+        if self._live_given() or self.jsonl is not None:
+            raise InputError("--format, --realtime, --max-frames, --duration and --jsonl are for one live source")
+        if self.out is None:
+            raise InputError("several videos need --out (one folder per video is made under it)")
+        if self.mask is not None or self.overlay is not None or self.report is not None:
+            raise InputError(
+                "with several videos, give masks with --mask-dir ROOT (ROOT/<video name>/) or a --manifest; overlays "
+                "with --overlays; each video's report is written in its folder"
+            )
+        if self.manifest is not None and self.videos:
+            raise InputError("give videos or --manifest, not both")
+        self.items()  # the manifest or inputs read and every name checked
+        if self.out.exists() and not self.out.is_dir():
+            raise OutputError(f"--out {self.out}: exists and is not a folder")
+
+    def _check_model(self) -> None:
+        if self.ckpt is not None and self.encoder is not None:
+            raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
+        if self.encoder is not None and not Path(self.encoder).is_file():
+            raise CheckpointError(f"{self.encoder}: no such file (an exported encoder: model.onnx / model.engine)")
+        if self.ckpt is not None and not Path(self.ckpt).exists():
+            from siammae.model.weights import WEIGHTS, is_name, unknown_name_error
+
+            if not is_name(self.ckpt):
+                raise CheckpointError(f"{self.ckpt}: no such file")
+            if self.ckpt not in WEIGHTS and not self.ckpt.startswith(("timm:", "hf:")):
+                raise unknown_name_error(self.ckpt)
+
+    def items(self):
+        from siammae.tracking.manifest import expand_inputs, read_manifest
+
+        if self.manifest is not None:
+            return read_manifest(self.manifest)
+        return expand_inputs(list(self.videos), self.mask_dir, self.keypoints)
+
+    # ----------------------------------------------------------------------------------------------- run
+    def run(self) -> dict:
+        """Check, load the model, track: the report (one video) or the summary (a batch)."""
+        self.check()
+        tracker_args = dict(encoder=self.encoder, arch=self.arch, device=self.device, dtype=self.dtype,
+                            size=self.size, chunk=self.chunk, backend=self.backend, progress=self.progress,
+                            **self.overrides)  # fmt: skip
+        if self.batch:
+            return self._run_batch(tracker_args)
+        tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
+        out, overlay, report, jsonl = self.outputs()
+        common = dict(out=out, overlay=overlay, report=report, overwrite=self.overwrite, progress=self.progress)
+        source = self.videos[0]
+        if self.live:
+            from siammae.data.live import open_source
+
+            source = open_source(source, self.format, realtime=self.realtime, max_frames=self.max_frames,
+                                 duration=self.duration)  # fmt: skip
+        if self.keypoints is not None:
+            from siammae.tracking.track import track_keypoints_video
+
+            return track_keypoints_video(tracker, source, self.keypoints, **common)
+        from siammae.tracking.track import track_video
+
+        return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=jsonl, **common)
+
+    def _run_batch(self, tracker_args: dict) -> dict:
+        from siammae.distributed import current_rank
+        from siammae.tracking.batch import run_batch
+
+        rank = current_rank()
+        items = self.items()
+        keypoints = all(i.keypoints for i in items)
+        progress = self.progress and rank.rank == 0
+        tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=keypoints, rank=rank,
+                               **{**tracker_args, "progress": progress})  # fmt: skip
+        return run_batch(tracker, items, self.out, rank=rank, overlay=self.overlays, overwrite=self.overwrite,
+                         progress=progress)  # fmt: skip
+
+    def replace(self, **changes) -> TrackJob:
+        return dataclasses.replace(self, **changes)
+
+
+def _check_free(out, overlay, report, jsonl, overwrite: bool) -> None:
+    """Outputs that can be written without a model: an overlay format that can be written, output files that are
+    free (or ``overwrite``), and an ``out`` that is a folder, empty or ``overwrite`` (no lock taken here: the run
+    claims it, :func:`siammae.tracking.run.claim_outputs`)."""
+    from siammae.data.video import check_video_output
+    from siammae.tracking.report import report_paths
+
+    if overlay is not None:
+        check_video_output(overlay, "--overlay")
+    out = None if out is None else Path(out)
+    for path in [Path(p) for p in (overlay, *report_paths(report), jsonl) if p is not None]:
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, expected an output file name")
+        inside = out is not None and path.absolute().parent == out.absolute()  # replaced with --out's files
+        if path.exists() and not overwrite and not inside:
+            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
+    if out is not None and (out.exists() or out.is_symlink()):
+        if not out.is_dir():
+            raise OutputError(f"--out {out}: exists and is not a folder")
+        if not overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
+            raise OutputError(f"--out {out}: output folder is not empty (use --overwrite to replace its files)")
+
+
+__all__ = ["TrackJob", "default_preset", "load_frame_encoder", "load_tracker"]

@@ -1,0 +1,182 @@
+"""The videos of a batch: :class:`BatchItem`, read from a manifest (:func:`read_manifest`) or the command line
+(:func:`expand_inputs`), and checked (:func:`check_items`) before anything heavy is imported; and the default
+output folder of one video (:func:`default_out`).
+
+Names are data, not paths: each video's output folder name (its ``out``, else its stem) must be a plain folder name
+(no ``/``, ``..``, leading ``.``), must not be one of the batch's own files (``summary.json``, ``summary.md``), and
+must hold no control character (a newline, a NUL, ...) and no ``|`` (a column of ``summary.md``): such a name is
+rejected up front, naming the row, never silently changed. Paths in a manifest may not hold a NUL either.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from siammae.errors import InputError
+from siammae.outputs import LOCK_NAME
+
+MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
+# what the batch itself writes at the top of --out: no video may be named like it
+RESERVED_NAMES = ("summary.json", "summary.md", LOCK_NAME)
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One video of a batch: ``video`` (file or frame folder) with ``mask`` (frame 0) and / or ``mask_dir`` (masks
+    by frame name), or ``keypoints`` (a keypoint JSON); ``out`` the name of its output folder (default: its stem)."""
+
+    video: str
+    mask: str | None = None
+    mask_dir: str | None = None
+    keypoints: str | None = None
+    out: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.out or Path(self.video).stem
+
+
+def _rows_jsonl(path: Path, text: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}: line {n} is not JSON ({e.msg})") from e
+        except RecursionError as e:  # json nests by recursion: a hostile line of 100,000 brackets
+            raise InputError(f"{path}: line {n} is nested too deeply to be a manifest row") from e
+        if not isinstance(row, dict):
+            raise InputError(f"{path}: line {n} is not a JSON object")
+        for k, v in row.items():
+            if v is not None and not isinstance(v, str):
+                raise InputError(f"{path}: line {n}: {k!r} must be a string (a path or a name), got {type(v).__name__}")
+        rows.append(row)
+    return rows
+
+
+def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
+    """A manifest: CSV with a header row, or JSON Lines (``.jsonl``; one object per line); columns ``video`` and
+    one of ``mask`` / ``mask_dir`` / ``keypoints``, optional ``out``. Relative paths are relative to the manifest."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the manifest ({e})") from e
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        rows = _rows_jsonl(path, text)
+    else:
+        try:
+            reader = csv.DictReader(text.splitlines())
+            if not reader.fieldnames or "video" not in reader.fieldnames:
+                raise InputError(f"{path}: a CSV manifest needs a header row with a 'video' column")
+            rows = list(reader)
+        except csv.Error as e:
+            raise InputError(f"{path}: not a CSV manifest ({e})") from e
+    base = path.parent
+    items = []
+    for n, row in enumerate(rows, 1):
+        unknown = sorted(str(k) for k in set(row) - set(MANIFEST_COLUMNS))
+        if unknown:
+            raise InputError(f"{path}: row {n} has unknown columns {unknown} (columns: {', '.join(MANIFEST_COLUMNS)})")
+        vals = {k: (str(v).strip() or None) if v is not None else None for k, v in row.items()}
+        if not vals.get("video"):
+            raise InputError(f"{path}: row {n} has no video")
+        for k in ("video", "mask", "mask_dir", "keypoints"):
+            if vals.get(k):
+                if "\0" in vals[k]:
+                    raise InputError(f"{path}: row {n}: {k} {vals[k]!r} holds a NUL character")
+                vals[k] = str(base / vals[k])
+        items.append(BatchItem(**vals))
+    if not items:
+        raise InputError(f"{path}: the manifest lists no videos")
+    return check_items(items, source=str(path))
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], mask_root=None, keypoints_root=None) -> list[BatchItem]:
+    """Videos from the command line: video files, frame folders, and folders of videos / frame folders (a folder
+    holding images is one video). Masks come from ``mask_root/<stem>/`` (one folder of masks per video, named by
+    frame, the DAVIS ``Annotations`` layout); keypoints from ``keypoints_root/<stem>.json``."""
+    videos: list[Path] = []
+    for given in inputs:
+        p = Path(given)
+        if p.is_dir() and not _has_images(p):
+            found = sorted(c for c in p.iterdir() if not c.name.startswith(".") and _is_video(c))
+            if not found:
+                raise InputError(f"{p}: the folder holds no videos or frame folders")
+            videos += found
+        else:
+            videos.append(p)
+    items = []
+    for v in videos:
+        if keypoints_root is not None:
+            items.append(BatchItem(str(v), keypoints=str(Path(keypoints_root) / f"{v.stem}.json")))
+        elif mask_root is not None:
+            items.append(BatchItem(str(v), mask_dir=str(Path(mask_root) / v.stem)))
+        else:
+            raise InputError("several videos need one mask folder each: give --mask-dir ROOT (ROOT/<video name>/) "
+                             "or --keypoints ROOT (ROOT/<video name>.json), or a --manifest")  # fmt: skip
+    return check_items(items, source="the inputs")
+
+
+def default_out(video, keypoints: bool = False) -> Path:
+    """Where one video's outputs go when none is given (``siammae-track video.mp4 --mask first.png``):
+    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder."""
+    return Path(f"{Path(str(video)).stem or 'video'}_{'track' if keypoints else 'masks'}")
+
+
+def check_name(name: str) -> str | None:
+    """Why ``name`` cannot name a video's output folder, or None when it can (see the module docstring)."""
+    if name in ("", ".", "..") or "/" in name or os.sep in name or (os.altsep and os.altsep in name):
+        return "is not a plain folder name"
+    if name.startswith("."):
+        return "starts with '.' (hidden names are the batch's work folders)"
+    if name in RESERVED_NAMES:
+        return f"is a file the batch writes itself ({', '.join(RESERVED_NAMES[:2])})"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name) or "|" in name:
+        return "holds a control character (newline, tab, NUL) or '|'; give the row an 'out' name"
+    return None
+
+
+def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
+    """Every item names what to track, and a usable output folder name that no other item writes."""
+    seen: dict[str, str] = {}
+    for it in items:
+        if it.keypoints is not None and (it.mask is not None or it.mask_dir is not None):
+            raise InputError(f"{source}: {it.video} has both keypoints and masks; give one")
+        if it.keypoints is None and it.mask is None and it.mask_dir is None:
+            raise InputError(f"{source}: {it.video} has no mask, mask_dir or keypoints")
+        for k in ("video", "mask", "mask_dir", "keypoints"):
+            if "\0" in (getattr(it, k) or ""):
+                raise InputError(f"{source}: {k} {getattr(it, k)!r} holds a NUL character")
+        name = it.name
+        problem = check_name(name)
+        if problem is not None:
+            raise InputError(f"{source}: output name {name!r} of {it.video!r} {problem}")
+        if name in seen:
+            raise InputError(f"{source}: {seen[name]} and {it.video} would both write {name}/ (give 'out' names)")
+        seen[name] = it.video
+    return items
+
+
+def is_batch_input(inputs: list[str]) -> bool:
+    """Whether command-line inputs name several videos: more than one, or one folder of videos (not of frames)."""
+    if len(inputs) != 1:
+        return len(inputs) > 1
+    p = Path(inputs[0])
+    return p.is_dir() and not _has_images(p)
+
+
+def _has_images(folder: Path) -> bool:
+    return any(c.suffix.lower() in IMAGE_EXTENSIONS for c in folder.iterdir())
+
+
+def _is_video(p: Path) -> bool:
+    return p.suffix.lower() in VIDEO_EXTENSIONS if p.is_file() else p.is_dir() and _has_images(p)

@@ -1,0 +1,252 @@
+"""``track_video`` / ``track_keypoints_video``: what ``siammae-track`` runs for one video (file, frame folder or
+live stream), as thin constructors of one :class:`~siammae.tracking.run.TrackingRun`.
+
+Each checks its inputs (frame-0 mask read once and checked against the video, later masks, keypoints), claims its
+outputs (:func:`~siammae.tracking.run.claim_outputs`) before the first frame is decoded, and hands the run one of
+the two sinks here: :class:`MaskSink` (one indexed PNG per frame, atomically; a JSON Lines log) or
+:class:`KeypointSink` (the keypoint track). A path that names a live source (``-``, a URL, a camera) is opened with
+:func:`~siammae.data.live.open_source`; with no output given, the masks go where the command puts them
+(:func:`default_out`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
+from siammae.data.live import LiveSource, is_live, open_source
+from siammae.data.masks import check_objects, check_size, fit_mask, list_masks, mask_size, read_mask, write_mask
+from siammae.data.video import VideoSource, list_frame_files
+from siammae.errors import InputError
+from siammae.io import open_append
+from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.tracking.manifest import default_out
+from siammae.tracking.overlay import draw_keypoints, overlay_masks
+from siammae.tracking.run import RunOutputs, TrackingRun, claim_outputs, settings
+from siammae.tracking.tracker import Tracked, Tracker
+
+Source = str | os.PathLike | VideoSource | LiveSource
+
+
+def frame_objects(ids: np.ndarray) -> dict:
+    """Per object id of an (H, W) id map: its area in pixels and bounding box [x0, y0, x1, y1] (inclusive)."""
+    out = {}
+    for i in np.unique(ids):
+        if i == 0:
+            continue
+        ys, xs = np.nonzero(ids == i)
+        out[str(int(i))] = {"area": int(len(xs)), "bbox": [int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())]}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- sinks
+class MaskSink:
+    """Masks: one indexed PNG per frame in ``out`` (named like the frame), and with ``jsonl`` one line per frame
+    (index, name, time stamp, per-object area and box), flushed as it is written so that another program can follow
+    the file live; a log, appended as it goes, not an atomic file."""
+
+    def __init__(self, tracker: Tracker, out: Path | None, jsonl: Path | None):
+        self.read_out = tracker.read_out
+        self.out = out
+        self.objects: set[int] = set()
+        self._lines = open_append(jsonl, truncate=True) if jsonl is not None else None  # never through a link
+
+    def write(self, item: Tracked, ids: np.ndarray) -> None:
+        self.objects.update(int(i) for i in item.object_ids[1:])
+        if self.out is not None:
+            path = self.out / f"{item.frame.name}.png"
+            try:
+                write_mask(path, ids)
+            except OSError as e:
+                raise InputError(f"{path}: cannot write ({e.strerror or e})") from e
+        if self._lines is not None:
+            t = item.frame.time
+            line = {"index": item.frame.index, "name": item.frame.name, "time": None if t is None else round(t, 6),
+                    "objects": frame_objects(ids)}  # fmt: skip
+            self._lines.write(json.dumps(line) + "\n")
+            self._lines.flush()
+
+    draw = staticmethod(overlay_masks)
+
+    def summary(self) -> dict:
+        return {"objects": sorted(self.objects)}
+
+    def finish(self, status: str) -> None:
+        if self._lines is not None:
+            self._lines.close()
+
+
+class KeypointSink:
+    """Keypoints: read out per frame as the weighted mean of each heatmap's top 3 cells (frame 0 keeps the given
+    points), written to ``keypoints.json`` (at the end) and ``keypoints.jsonl`` (as it goes) when there is a track."""
+
+    def __init__(self, keypoints: Keypoints, size: tuple[int, int], track: KeypointTrackWriter | None):
+        self.keypoints, self.size, self.track = keypoints, size, track
+
+    def read_out(self, item: Tracked) -> np.ndarray:
+        if item.frame.index == 0:
+            return self.keypoints.xy  # the given points, not their heatmaps' cells
+        return heatmaps_to_keypoints(item.soft, self.size)[0]  # [J, 2] pixels, NaN where a heatmap vanished
+
+    def write(self, item: Tracked, xy: np.ndarray) -> None:
+        if self.track is not None:
+            self.track.add(item.frame.name, xy)
+
+    draw = staticmethod(draw_keypoints)
+
+    def summary(self) -> dict:
+        return {"keypoints": list(self.keypoints.names)}
+
+    def finish(self, status: str) -> None:
+        if self.track is not None:
+            self.track.close(status=status)
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+def open_input(video: Source) -> VideoSource | LiveSource:
+    """An open source: as given, a live source for ``-`` / a URL / a camera, else a file or frame folder."""
+    if hasattr(video, "is_folder"):
+        return video
+    return open_source(video) if is_live(video) else VideoSource(video)
+
+
+def _later_masks(mask_dir: Path, masks: dict[str, Path], src, names: list[str] | None) -> dict[str, Path]:
+    """``masks`` (``list_masks(mask_dir)``) by frame name, every file checked against the video (names, sizes)
+    before the run."""
+    if names is not None:
+        unknown = sorted(set(masks) - set(names))
+    else:
+        count = src.num_frames
+        unknown = sorted(n for n in masks if not (n.isdigit() and (count is None or int(n) < count)))
+    if unknown:
+        what = "frames of the folder" if src.is_folder else "5-digit frame indices of the video"
+        raise InputError(f"{mask_dir}: masks {', '.join(unknown[:4])} match no frame (names must be {what})")
+    for path in masks.values():
+        check_size(mask_size(path), (src.height, src.width), path)
+    if names is None:  # "00012" and "12" both name frame 12
+        masks = {f"{int(n):05d}": p for n, p in masks.items()}
+    return masks
+
+
+def _first_mask(mask, mask_dir, src) -> tuple[np.ndarray, dict]:
+    """(frame 0's id map, read once and checked against the video; the later masks by frame name)."""
+    names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
+    first_name = names[0] if names else "00000"
+    listed = list_masks(mask_dir) if mask_dir is not None else {}
+    if mask is None:
+        mask = listed.get(first_name)
+        if mask is None:
+            raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
+    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
+    references.pop(first_name, None)  # frame 0's mask is ``mask``
+    if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0; the run gets the ids, not the file
+        path = Path(mask)
+        mask = fit_mask(read_mask(path), (src.height, src.width), path)  # same aspect, another size: warned
+        check_objects(mask, path)
+    return mask, references
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def track_video(
+    tracker: Tracker,
+    video: Source,
+    mask: str | os.PathLike | np.ndarray | None = None,
+    *,
+    mask_dir: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    jsonl: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Track the objects of ``mask`` (frame 0) and ``mask_dir`` (later frames) through ``video``.
+
+    video: a video file, a frame folder, a live source (``-``, a URL, a camera) or an open source
+    (:func:`~siammae.data.live.open_source`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
+    a mask named like frame 0. out: folder for one indexed PNG per frame (named like the frame); with no output at
+    all, :func:`default_out`. overlay: an h264 video of the frames with the masks drawn on. report: a JSON report
+    (with a Markdown twin beside it). jsonl: a JSON Lines file, one line per frame written as it goes
+    (:func:`frame_objects`: area and box per object).
+    Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
+    was done.
+    """
+    outputs = RunOutputs.of(out, overlay, report, jsonl)
+    if not outputs.any():
+        outputs = RunOutputs(out=default_out(getattr(video, "path", video)))
+    src = open_input(video)
+    first, references = _first_mask(mask, mask_dir, src)
+    claim = claim_outputs(outputs, overwrite, tracker, src)
+    try:
+        sink = MaskSink(tracker, outputs.out, outputs.jsonl)
+    except BaseException:
+        if claim is not None:
+            claim.close()
+        raise
+    return TrackingRun(tracker, src, sink, outputs, claim, progress).run(first, references)
+
+
+def track_keypoints_video(
+    tracker: Tracker,
+    video: Source,
+    keypoints: str | os.PathLike | Keypoints | np.ndarray,
+    *,
+    out: str | os.PathLike | None = None,
+    overlay: str | os.PathLike | None = None,
+    report: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Track the keypoints of frame 0 through ``video``; what ``siammae-track --keypoints`` runs.
+
+    keypoints: a keypoint JSON file (:func:`siammae.data.keypoints.read_keypoints` schema), a
+        :class:`~siammae.data.keypoints.Keypoints`, or a [J, 2] array of (x, y) pixels (NaN rows: points not given).
+    The points become Gaussian heatmaps on the patch grid plus a background channel, propagate as soft labels,
+    and are read out per frame as the weighted mean of each heatmap's top 3 cells (the JHMDB protocol,
+    :mod:`siammae.data.keypoints`), in the video's own pixels; frame 0 keeps the given points.
+    out: folder for ``keypoints.json`` (the whole track; written at the end, also when the run stops early) and
+    ``keypoints.jsonl`` (one line per frame, appended as each frame is done); with no output at all,
+    :func:`default_out`. overlay: an h264 video of the frames with the points drawn on. report: a JSON report (with
+    a Markdown twin beside it).
+    Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
+    was done.
+    """
+    outputs = RunOutputs.of(out, overlay, report)
+    if not outputs.any():
+        outputs = RunOutputs(out=default_out(getattr(video, "path", video), keypoints=True))
+    src = open_input(video)
+    size = (src.height, src.width)
+    where = "first-frame keypoints"
+    if isinstance(keypoints, (str, os.PathLike)):
+        where = f"keypoint file {keypoints}"
+        keypoints = read_keypoints(keypoints, size)
+    elif not isinstance(keypoints, Keypoints):
+        xy = np.asarray(keypoints, dtype=np.float64)
+        if xy.ndim != 2 or xy.shape[1] != 2 or len(xy) == 0:
+            raise InputError(f"keypoints must be a [J, 2] array of (x, y) pixels, got shape {xy.shape}")
+        keypoints = Keypoints(xy=xy, names=tuple(str(j) for j in range(len(xy))))
+    check_inside(keypoints, size, where)
+    if np.isnan(keypoints.xy).all():
+        raise InputError(f"{where}: every point is null; give at least one [x, y]")
+    grid = tracker.grid_size(*size)  # fails here, before any output, for an encoder built for another size
+    heatmaps = keypoints_to_heatmaps(keypoints.xy, size, grid)  # (1 + J, h, w), channel 0 the background
+    claim = claim_outputs(outputs, overwrite, tracker, src)
+    track = None
+    try:
+        if outputs.out is not None:
+            info, d = {"video": str(src.path), "settings": settings(tracker, tracker.chunk_for(src))}, outputs.out
+            track = KeypointTrackWriter(d / "keypoints.json", d / "keypoints.jsonl", keypoints.names, size, info)
+    except BaseException:
+        if claim is not None:  # it failed: release --out
+            claim.close()
+        raise
+    sink = KeypointSink(keypoints, size, track)
+    return TrackingRun(tracker, src, sink, outputs, claim, progress).run(heatmaps, {})
+
+
+__all__ = ["KeypointSink", "MaskSink", "Tracked", "default_out", "frame_objects", "track_keypoints_video",
+           "track_video"]  # fmt: skip
