@@ -238,6 +238,47 @@ def _full_append(w, mp):
     mp.setattr(kp, "open_append", to_full)
 
 
+# ---------------------------------------------------------------------------------------- track: batch helpers
+def _manifest(rows: list[dict], name: str = "m.jsonl", raw: str | None = None):
+    """A manifest in the case's folder: JSON Lines rows over the shared video and mask (``video`` / ``mask`` keys
+    default to them), or ``raw`` text."""
+
+    def setup(w, mp):
+        if raw is not None:
+            text = raw
+        else:
+            text = "".join(json.dumps({"video": str(w["video"]), "mask": str(w["mask"]), **r}) + "\n" for r in rows)
+        (w["tmp"] / name).write_text(text)
+
+    return setup
+
+
+def _batch(w, *extra, manifest="m.jsonl"):
+    return ["--manifest", str(w["tmp"] / manifest), "--ckpt", str(w["ckpt"]), "--out", str(w["out"]), "--size", "64",
+            "--device", "cpu", "-q", *[str(e) for e in extra]]  # fmt: skip
+
+
+def _both(*setups):
+    def setup(w, mp):
+        for s in setups:
+            s(w, mp)
+
+    return setup
+
+
+def _done_elsewhere(name: str, partial: bool = False):
+    """``out/<name>`` (or ``out/.<name>.partial``) is a link to a folder outside --out whose report says complete."""
+
+    def setup(w, mp):
+        victim = w["tmp"] / "victim_run"
+        victim.mkdir()
+        (victim / "report.json").write_text('{"status": "complete", "frames": 3}\n')
+        w["out"].mkdir(parents=True, exist_ok=True)
+        (w["out"] / (f".{name}.partial" if partial else name)).symlink_to(victim)
+
+    return setup
+
+
 def _eval_list(text: str):
     """A DAVIS root (linking the shared frames) whose val list is ``text``."""
 
@@ -603,6 +644,84 @@ CASES = [
         lambda w: _track(w, "--out", w["out"], "--keypoints", w["keypoints"], mask=False),
         ("keypoints.jsonl", "No space left"),
         _full_append,
+    ),  # fmt: skip
+    # ------------------------------------------------------------------------------------- track: batch
+    Case(
+        "track-batch-locked",
+        "track",
+        lambda w: _batch(w),
+        ("out", "another siammae run"),
+        _both(_manifest([{}]), _locked),
+    ),  # fmt: skip
+    Case(
+        "track-batch-reserved-name",
+        "track",
+        lambda w: _batch(w),
+        ("summary.json", "the batch writes itself"),
+        _manifest([{"out": "summary.json"}]),
+    ),  # fmt: skip
+    Case(
+        "track-batch-name-newline",
+        "track",
+        lambda w: _batch(w),
+        ("control character",),
+        _manifest([{"out": "a\nb"}]),
+    ),  # fmt: skip
+    Case(
+        "track-batch-name-pipe",
+        "track",
+        lambda w: _batch(w, manifest="m.csv"),
+        ("'a|b'", "'|'"),
+        lambda w, mp: (w["tmp"] / "m.csv").write_text(f"video,mask,out\n{w['video']},{w['mask']},a|b\n"),
+    ),  # fmt: skip
+    Case(
+        "track-batch-nul-in-jsonl",
+        "track",
+        lambda w: _batch(w),
+        ("m.jsonl", "NUL"),
+        _manifest([{"video": "clip\u0000.mp4"}]),
+    ),  # fmt: skip
+    Case(
+        "track-batch-deep-jsonl",
+        "track",
+        lambda w: _batch(w),
+        ("m.jsonl", "line 1", "nested too deeply"),
+        _manifest([], raw="[" * 200_000 + "\n"),
+    ),  # fmt: skip
+    Case(
+        "track-batch-planted-link",
+        "track",
+        lambda w: _batch(w),
+        ("video", "symbolic link"),
+        _both(_manifest([{}]), _done_elsewhere("video")),
+    ),  # fmt: skip
+    Case(
+        "track-batch-planted-partial-link",
+        "track",
+        lambda w: _batch(w, "--overwrite"),
+        (".video.partial", "symbolic link"),
+        _both(_manifest([{}]), _done_elsewhere("video", partial=True)),
+    ),  # fmt: skip
+    Case(
+        "track-batch-overwrite-foreign",
+        "track",
+        lambda w: _batch(w, "--overwrite"),
+        ("out", "notes.txt", "does not write"),
+        _both(_manifest([{}]), _write("out/notes.txt", "mine")),
+    ),  # fmt: skip
+    Case(
+        "track-batch-video-folder-foreign",
+        "track",
+        lambda w: _batch(w),
+        ("video", "holds files a batch does not write"),
+        _both(_manifest([{}]), _write("out/video/notes.txt", "mine")),
+    ),  # fmt: skip
+    Case(
+        "track-batch-out-is-file",
+        "track",
+        lambda w: ["--manifest", str(w["tmp"] / "m.jsonl"), "--ckpt", str(w["ckpt"]), "--out", str(w["tmp"] / "f")],
+        ("f", "not a folder"),
+        _both(_manifest([{}]), _write("f", "x")),
     ),  # fmt: skip
     # ---------------------------------------------------------------------------------------------- eval
     Case(

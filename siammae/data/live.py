@@ -279,6 +279,8 @@ class LiveSource:
             for packet in self._container.demux(stream):
                 if packet.is_corrupt:
                     self.gaps.corrupt_packets += 1
+                    if self.gaps.corrupt_packets == 1:  # one warning: a damaged stream may flag thousands
+                        warnings.warn(f"{self.path}: corrupt data in the stream after frame {index}", stacklevel=2)
                 for vframe in packet.decode():
                     arrival = time.perf_counter()
                     index, last_pts, step = self._number(vframe.pts, index, last_pts, step)

@@ -223,15 +223,17 @@ class TrackJob:
                             **self.overrides)  # fmt: skip
         if self.batch:
             return self._run_batch(tracker_args)
-        tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
         out, overlay, report, jsonl = self.outputs()
         common = dict(out=out, overlay=overlay, report=report, overwrite=self.overwrite, progress=self.progress)
         source = self.videos[0]
-        if self.live:
-            from siammae.data.live import open_source
-
-            source = open_source(source, self.format, realtime=self.realtime, max_frames=self.max_frames,
-                                 duration=self.duration)  # fmt: skip
+        # standard input is sniffed (an MP4 with its index last) before the model loads, so that it fails at once;
+        # a camera or network stream opens after it, so that its first frames do not wait for the model
+        early = self.live and source == "-"
+        if early:
+            source = self._open_live()
+        tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
+        if self.live and not early:
+            source = self._open_live()
         if self.keypoints is not None:
             from siammae.tracking.track import track_keypoints_video
 
@@ -239,6 +241,12 @@ class TrackJob:
         from siammae.tracking.track import track_video
 
         return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=jsonl, **common)
+
+    def _open_live(self):
+        from siammae.data.live import open_source
+
+        return open_source(self.videos[0], self.format, realtime=self.realtime, max_frames=self.max_frames,
+                           duration=self.duration)  # fmt: skip
 
     def _run_batch(self, tracker_args: dict) -> dict:
         from siammae.distributed import current_rank

@@ -128,3 +128,64 @@ def test_shards_balance_frames_and_cover_every_video_once():
         loads = [sum(sizes[i] for i in p) for p in parts]
         assert max(loads) - min(loads) <= max(sizes)
     assert shard([10, 1, 1, 8], 2) == [[0], [1, 2, 3]]
+
+
+# ------------------------------------------------------------------------------------------------ hardening
+def test_a_second_batch_into_the_same_out_is_refused_and_deletes_nothing(tmp_path, tracker):
+    from siammae.errors import OutputError
+    from siammae.tracking.batch import claim_batch_folder
+
+    items = make_videos(tmp_path, 2)
+    out = tmp_path / "out"
+    first = claim_batch_folder(out, items, overwrite=False)  # another batch is running into out
+    (out / ".v0.partial").mkdir()
+    (out / ".v0.partial" / "00000.png").write_bytes(b"work in progress")
+    try:
+        with pytest.raises(OutputError, match="another siammae run"):
+            run_batch(tracker, items, out, progress=False)
+        with pytest.raises(OutputError, match="another siammae run"):
+            list(track_many(tracker, items, out, progress=False))
+        assert (out / ".v0.partial" / "00000.png").read_bytes() == b"work in progress"
+    finally:
+        first.close()
+    run_batch(tracker, items, out, progress=False)  # released: the next batch runs
+    assert not (out / ".siammae.lock").exists()
+
+
+def test_overwrite_leaves_this_batch_only(tmp_path, tracker):
+    items = make_videos(tmp_path, 3)
+    out = tmp_path / "out"
+    run_batch(tracker, items, out, overlay=True, progress=False)
+    assert (out / "v2" / "overlay.mp4").is_file()
+    summary = run_batch(tracker, items[:2], out, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json", "summary.md", "v0", "v1"]  # v2: stale, removed
+    assert not (out / "v0" / "overlay.mp4").exists()  # each folder is this run's outputs only
+    assert [r["name"] for r in summary["rows"]] == ["v0", "v1"]
+
+
+def test_names_are_checked_up_front(tmp_path):
+    from siammae.tracking.manifest import check_items
+
+    for bad, why in [("summary.json", "writes itself"), ("summary.md", "writes itself"), ("a\nb", "control"),
+                     ("a|b", "'|'"), ("a\0b", "control"), ("..", "plain"), (".hidden", "starts with '.'")]:  # fmt: skip
+        with pytest.raises(InputError, match=why):
+            check_items([BatchItem("v.mp4", mask="m.png", out=bad)], source="test")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"video": "v.mp4", "mask": {"nested": 1}}) + "\n")
+    with pytest.raises(InputError, match="'mask' must be a string"):
+        read_manifest(manifest)
+    manifest.write_text("[" * 100_000 + "\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        read_manifest(manifest)
+
+
+def test_summary_error_cells_stay_one_table_row():
+    from siammae.tracking.batch import summary_markdown
+
+    row = {"name": "v", "status": "error", "error": "line one\nline | two", "frames": 0, "width": None, "height": None,
+           "fps": None, "stage_fps": {}, "peak_host_mib": None, "peak_gpu_mib": None}  # fmt: skip
+    s = {"videos": 1, "complete": 0, "skipped": 0, "error": 1, "interrupted": 0, "frames": 0, "wall_seconds": 1.0,
+         "frames_per_second": 0.0, "videos_per_second": 1.0, "peak_host_mib": None, "peak_gpu_mib": None,
+         "rows": [row]}  # fmt: skip
+    table = [ln for ln in summary_markdown(s).splitlines() if ln.startswith("| v |")]
+    assert table == ["| v | error | 0 | n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a | line one line \\| two |"]

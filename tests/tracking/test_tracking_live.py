@@ -175,3 +175,64 @@ def test_one_tracker_runs_two_streams_at_once(tmp_path):
         assert all(s["seconds"] > 0 for s in reports[k]["time"]["stages"].values())
         for p in (tmp_path / f"alone{k}").iterdir():
             assert (tmp_path / f"both{k}" / p.name).read_bytes() == p.read_bytes()
+
+
+# ------------------------------------------------------------------------------------------- damaged streams
+def damaged_stream(tmp_path, n=60, garbage=200_000):
+    """An MPEG-TS clip with ``garbage`` random bytes spliced into the middle (on a packet boundary)."""
+    import io
+
+    frames, masks = make_synthetic_clip(n, SIZE, seed=0)
+    buf = io.BytesIO()
+    write_mpegts(buf, frames, fps=FPS)
+    data = buf.getvalue()
+    mid = len(data) // 2 // 188 * 188
+    junk = np.random.default_rng(1).integers(0, 256, garbage, dtype=np.uint8).tobytes()
+    path = tmp_path / "damaged.ts"
+    path.write_bytes(data[:mid] + junk + data[mid:])
+    return path, masks
+
+
+def test_garbage_in_a_stream_is_counted_warned_and_numbered_honestly(tmp_path):
+    path, masks = damaged_stream(tmp_path)
+    Image.fromarray(masks[0]).save(tmp_path / "first.png")
+    with pytest.warns(UserWarning, match="missing in the stream"):
+        report = track_video(tracker(), open_source(str(path), format="mpegts"),
+                             tmp_path / "first.png", out=tmp_path / "masks", progress=False)  # fmt: skip
+    gaps = report["gaps"]
+    assert report["status"] == "input-gaps" and gaps["count"] >= 1 and gaps["frames_missing"] >= 1
+    names = sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png"))
+    assert len(names) == report["frames"] == 60 - gaps["frames_missing"]  # every frame decoded, none invented
+    assert max(names) == 59  # the frames after the gap keep their numbers in the source
+    for index, missing in gaps["at"]:
+        assert all(i not in names for i in range(index - missing, index)) and index in names
+
+
+def test_a_clean_stream_reports_no_gaps(tmp_path):
+    frames, masks = make_synthetic_clip(20, SIZE, seed=0)
+    write_mpegts(tmp_path / "clean.ts", frames, fps=FPS)
+    Image.fromarray(masks[0]).save(tmp_path / "first.png")
+    report = track_video(tracker(), open_source(str(tmp_path / "clean.ts"), format="mpegts"), tmp_path / "first.png",
+                         out=tmp_path / "masks", report=tmp_path / "r.json", progress=False)  # fmt: skip
+    assert report["status"] == "complete" and report["frames"] == 20
+    assert report["gaps"] == {"count": 0, "frames_missing": 0, "corrupt_packets": 0, "at": []}
+    assert sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png")) == list(range(20))
+
+
+# ------------------------------------------------------------------------------------------- report honesty
+def test_stage_times_of_one_thread_never_exceed_the_wall_time(tmp_path):
+    frames, masks = make_synthetic_clip(24, SIZE, seed=0)
+    write_mpegts(tmp_path / "clip.ts", frames, fps=FPS)
+    Image.fromarray(masks[0]).save(tmp_path / "first.png")
+    report = track_video(tracker(delay=0.01), open_source(str(tmp_path / "clip.ts"), format="mpegts"),
+                         tmp_path / "first.png", out=tmp_path / "masks", overlay=tmp_path / "o.mp4",
+                         progress=False)  # fmt: skip
+    t = report["time"]
+    assert set(t["stages"]) == {"decode", "encode", "propagate", "read_out", "write"}
+    threads = {s["thread"] for s in t["stages"].values()}
+    assert threads == {"reader", "main", "writer"}
+    for thread in threads:
+        busy = sum(s["seconds"] for s in t["stages"].values() if s["thread"] == thread)
+        assert busy == pytest.approx(t["busy_seconds_per_thread"][thread], abs=1e-9)
+        assert busy <= t["total_seconds"], (thread, t)
+    assert t["stages"]["read_out"]["thread"] == "writer"  # on a CPU the read-out runs beside the encoder
