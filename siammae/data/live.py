@@ -107,11 +107,13 @@ class _Replay:
         self._head, self._rest = head, rest
 
     def read(self, n: int = -1) -> bytes:
-        if self._head:
-            n = len(self._head) if n is None or n < 0 else n
+        if n is None or n < 0:
+            out, self._head = self._head + self._rest.read(), b""
+            return out
+        if self._head:  # a short read is allowed: the head first, then the stream
             out, self._head = self._head[:n], self._head[n:]
             return out
-        return self._rest.read(n) if n is not None and n >= 0 else self._rest.read()
+        return self._rest.read(n)
 
 
 def _read_exact(f, n: int) -> bytes:

@@ -275,17 +275,17 @@ def _check_free(out, overlay, report, jsonl, overwrite: bool) -> None:
     if overlay is not None:
         check_video_output(overlay, "--overlay")
     out = None if out is None else Path(out)
+    if out is not None and (out.exists() or out.is_symlink()):  # the folder first, as the run claims it first
+        if not out.is_dir():
+            raise OutputError(f"--out {out}: exists and is not a folder")
+        if not overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
+            raise OutputError(f"--out {out}: output folder is not empty (use --overwrite to replace its files)")
     for path in [Path(p) for p in (overlay, *report_paths(report), jsonl) if p is not None]:
         if path.is_dir():
             raise InputError(f"{path}: is a folder, expected an output file name")
         inside = out is not None and path.absolute().parent == out.absolute()  # replaced with --out's files
         if path.exists() and not overwrite and not inside:
             raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
-    if out is not None and (out.exists() or out.is_symlink()):
-        if not out.is_dir():
-            raise OutputError(f"--out {out}: exists and is not a folder")
-        if not overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
-            raise OutputError(f"--out {out}: output folder is not empty (use --overwrite to replace its files)")
 
 
 __all__ = ["TrackJob", "default_preset", "load_frame_encoder", "load_tracker"]

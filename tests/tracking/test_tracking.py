@@ -239,8 +239,10 @@ def test_track_video_writes_masks_overlay_and_report(tmp_path, video):
     assert saved["status"] == "complete" and saved["interrupted"] is False and saved["frames"] == 10
     assert saved["objects"] == [1]
     assert saved["video"]["kind"] == "video" and saved["processing"]["grid"] == [32, 32]
-    assert set(saved["time"]["stages"]) == {"decode", "encode", "propagate", "write"}
+    assert set(saved["time"]["stages"]) == {"decode", "encode", "propagate", "read_out", "write"}
     assert all(s["seconds"] > 0 for s in saved["time"]["stages"].values())
+    for thread, busy in saved["time"]["busy_seconds_per_thread"].items():  # busy time, per thread, within the wall
+        assert busy <= saved["time"]["total_seconds"], thread
     assert saved["fps"] > 0 and saved["memory"]["peak_host_mib"] > 50
     assert saved["settings"]["propagation"]["topk"] == 5 and saved["versions"]["torch"] == torch.__version__
     md = report.with_suffix(".md").read_text()
