@@ -113,7 +113,8 @@ class _Replay:
         if self._head:  # a short read is allowed: the head first, then the stream
             out, self._head = self._head[:n], self._head[n:]
             return out
-        return self._rest.read(n)
+        # read1: what the pipe has now (read(n) would wait for n bytes: seconds of latency on a slow stream)
+        return getattr(self._rest, "read1", self._rest.read)(n)
 
 
 def _read_exact(f, n: int) -> bytes:
