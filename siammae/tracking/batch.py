@@ -289,7 +289,8 @@ def summary_markdown(s: dict) -> str:
         error = " ".join((r["error"] or "").split()).replace("|", "\\|")  # one table cell: no newline, no column
         lines.append(f"| {r['name']} | {r['status']} | {r['frames']} | {size} | {f(r['fps'])} | {stages} | "
                      f"{f(r['peak_host_mib'])} | {f(r['peak_gpu_mib'])} | {error} |")  # fmt: skip
-    lines += ["", "Stage columns are frames per second of each stage (decoding and writing overlap the others).", ""]
+    lines += ["", "Stage columns are frames per busy second of each stage, in its own thread (decoding in the reader, "
+              "writing in the writer thread, overlapping encoding and propagation).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """What ``siammae-track`` runs, as one library call: a :class:`TrackJob` checked up front, then run.
 
 :meth:`TrackJob.check` validates everything that can be validated without torch or a model (inputs exist, the
-first mask reads and holds an object, option combinations, outputs free or ``overwrite``) in well under a second, so
+first mask is an image, option combinations, outputs free or ``overwrite``) in well under a second, so
 a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then loads the model as the command does
 (:func:`load_tracker`) and calls :func:`~siammae.tracking.track.track_video`,
 :func:`~siammae.tracking.track.track_keypoints_video` or :func:`~siammae.tracking.batch.run_batch`.
@@ -168,9 +168,9 @@ class TrackJob:
 
     def _check_given_inputs(self) -> None:
         if self.mask is not None:
-            from siammae.data.masks import check_objects, read_mask
+            from siammae.data.masks import mask_size
 
-            check_objects(read_mask(self.mask), self.mask)  # readable, a supported format, one object at least
+            mask_size(self.mask)  # exists and is an image (its header: the pixels are read once, by the run)
         if self.mask_dir is not None and not Path(self.mask_dir).is_dir():
             raise InputError(f"--mask-dir {self.mask_dir}: no such folder")
         if self.keypoints is not None:

@@ -196,9 +196,12 @@ def damaged_stream(tmp_path, n=60, garbage=200_000):
 def test_garbage_in_a_stream_is_counted_warned_and_numbered_honestly(tmp_path):
     path, masks = damaged_stream(tmp_path)
     Image.fromarray(masks[0]).save(tmp_path / "first.png")
-    with pytest.warns(UserWarning, match="missing in the stream"):
+    with pytest.warns(UserWarning) as warned:
         report = track_video(tracker(), open_source(str(path), format="mpegts"),
                              tmp_path / "first.png", out=tmp_path / "masks", progress=False)  # fmt: skip
+    messages = [str(w.message) for w in warned]
+    assert any("corrupt data in the stream" in m for m in messages)
+    assert any("frame(s) missing in the stream before frame" in m for m in messages)
     gaps = report["gaps"]
     assert report["status"] == "input-gaps" and gaps["count"] >= 1 and gaps["frames_missing"] >= 1
     names = sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png"))
