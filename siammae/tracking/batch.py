@@ -17,9 +17,10 @@ The batch claims ``out`` as a single-video run claims its folder (:class:`siamma
 at a time (a second one into the same ``out`` stops with an error naming the first one's pid), no symbolic link
 anywhere inside (a planted ``out/<name>`` or ``out/.<name>.partial`` link is refused, never followed), leftovers of
 a killed run removed. A video's folder is replaced only when it holds nothing but what a batch writes
-(:data:`VIDEO_FILES`); any other file there is an error before the first video, never deleted. With ``overwrite``
-the folder ends up holding this batch's outputs only: other video folders a batch wrote are removed, any other entry
-is an error. Under ``torchrun`` rank 0 holds the claim for every rank.
+(:data:`siammae.tracking.manifest.VIDEO_FILES`); any other file there is an error before the first video, never
+deleted. With ``overwrite`` the folder ends up holding this batch's outputs only: other video folders a batch wrote
+are removed, any other entry is an error (:func:`siammae.tracking.manifest.check_batch_folder`, also asked before
+the model loads). Under ``torchrun`` rank 0 holds the claim for every rank.
 """
 
 from __future__ import annotations
@@ -37,16 +38,12 @@ from siammae.data.video import count_frames
 from siammae.distributed import Rank, current_rank, finish, gather, init
 from siammae.errors import InputError, OutputError, SiamMAEError
 from siammae.io import write_json, write_text
-from siammae.outputs import LOCK_NAME, OutputFolder
-from siammae.tracking.manifest import BatchItem, check_items
+from siammae.outputs import OutputFolder
+from siammae.tracking.manifest import BatchItem, check_batch_folder, check_items
 from siammae.tracking.report import now_iso
 from siammae.tracking.shard import shard
 from siammae.tracking.track import track_keypoints_video, track_video
 from siammae.tracking.tracker import Tracker
-
-SUMMARY_FILES = ("summary.json", "summary.md")
-# what a batch writes in a video's folder: a folder holding anything else is not replaced or removed
-VIDEO_FILES = ("masks", "keypoints.json", "keypoints.jsonl", "report.json", "report.md", "overlay.mp4")
 
 
 @dataclass
@@ -90,15 +87,6 @@ def frame_count(item: BatchItem) -> int:
 
 
 # ------------------------------------------------------------------------------------------- the folder
-def _is_video_folder(path: Path) -> bool:
-    """A folder a batch wrote for one video: report.json and nothing but :data:`VIDEO_FILES` (links are refused
-    before this is asked)."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    names = {e.name for e in path.iterdir()}
-    return "report.json" in names and names <= set(VIDEO_FILES)
-
-
 def _remove(path: Path) -> None:
     """Remove a file, a link (not its target) or a folder."""
     if path.is_symlink() or not path.is_dir():
@@ -113,23 +101,7 @@ def claim_batch_folder(out, items: list[BatchItem], overwrite: bool) -> OutputFo
     folder = OutputFolder(root, overwrite=overwrite)  # lock, no links inside, leftovers of a killed run removed
 
     def check() -> None:
-        names = {it.name for it in items}
-        mine = names | {f".{n}.partial" for n in names} | {f".{n}.old" for n in names}
-        mine |= set(SUMMARY_FILES) | {LOCK_NAME}
-        for name in sorted(names):
-            path = root / name
-            if path.exists() and not _is_video_folder(path):
-                what = "is not a folder" if not path.is_dir() else "holds files a batch does not write"
-                raise OutputError(f"--out {root}: {path} {what}; move it away or give the video another 'out' name")
-        if not overwrite:
-            return
-        stale = sorted(e for e in root.iterdir() if e.name not in mine)
-        foreign = [e.name for e in stale if not (_is_video_folder(e) or e.name.endswith((".partial", ".old")))]
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-            raise OutputError(f"--out {root}: holds {shown}, which this batch does not write; --overwrite only "
-                              "replaces a batch's own outputs: move them away or choose another folder")  # fmt: skip
-        for e in stale:  # other videos' folders of an earlier batch: --overwrite leaves this batch's outputs only
+        for e in check_batch_folder(root, items, overwrite):  # other videos' folders of an earlier batch
             _remove(e)
 
     try:

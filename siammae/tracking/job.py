@@ -190,9 +190,9 @@ class TrackJob:
             )
         if self.manifest is not None and self.videos:
             raise InputError("give videos or --manifest, not both")
-        self.items()  # the manifest or inputs read and every name checked
-        if self.out.exists() and not self.out.is_dir():
-            raise OutputError(f"--out {self.out}: exists and is not a folder")
+        from siammae.tracking.manifest import check_batch_folder
+
+        check_batch_folder(self.out, self.items(), self.overwrite)  # every name; --out usable (removes nothing)
 
     def _check_model(self) -> None:
         if self.ckpt is not None and self.encoder is not None:

@@ -18,12 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from siammae.errors import InputError
+from siammae.errors import InputError, OutputError
 from siammae.outputs import LOCK_NAME
 
 MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
+SUMMARY_FILES = ("summary.json", "summary.md")
 # what the batch itself writes at the top of --out: no video may be named like it
-RESERVED_NAMES = ("summary.json", "summary.md", LOCK_NAME)
+RESERVED_NAMES = (*SUMMARY_FILES, LOCK_NAME)
+# what a batch writes in a video's folder: a folder holding anything else is not replaced or removed
+VIDEO_FILES = ("masks", "keypoints.json", "keypoints.jsonl", "report.json", "report.md", "overlay.mp4")
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,48 @@ def check_items(items: list[BatchItem], source: str) -> list[BatchItem]:
             raise InputError(f"{source}: {seen[name]} and {it.video} would both write {name}/ (give 'out' names)")
         seen[name] = it.video
     return items
+
+
+def _is_video_folder(path: Path) -> bool:
+    """A folder a batch wrote for one video: report.json and nothing but :data:`VIDEO_FILES`."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    names = {e.name for e in path.iterdir()}
+    return "report.json" in names and names <= set(VIDEO_FILES)
+
+
+def check_batch_folder(root: Path, items: list[BatchItem], overwrite: bool) -> list[Path]:
+    """Whether a batch of ``items`` may write ``root`` (``--out``); the entries ``overwrite`` removes (other video
+    folders of an earlier batch). Errors, before anything is written: ``root`` not a folder; a symbolic link at its
+    top (``<name>``, ``.<name>.partial``: never followed); a video's folder holding a file a batch does not write;
+    with ``overwrite``, any other entry a batch does not write. (The claim, :func:`siammae.tracking.batch.
+    claim_batch_folder`, asks again under the lock, and refuses links anywhere inside.)"""
+    root = Path(root)
+    if not root.exists() and not root.is_symlink():
+        return []
+    if not root.is_dir():
+        raise OutputError(f"--out {root}: exists and is not a folder")
+    entries = sorted(root.iterdir())
+    for e in entries:
+        if e.is_symlink():
+            raise OutputError(f"{e}: is a symbolic link inside --out {root}; siammae never writes through a link it "
+                              "did not create: remove it or choose another folder")  # fmt: skip
+    names = {it.name for it in items}
+    for name in sorted(names):
+        path = root / name
+        if path.exists() and not _is_video_folder(path):
+            what = "is not a folder" if not path.is_dir() else "holds files a batch does not write"
+            raise OutputError(f"--out {root}: {path} {what}; move it away or give the video another 'out' name")
+    if not overwrite:
+        return []
+    mine = names | {f".{n}.partial" for n in names} | {f".{n}.old" for n in names} | set(RESERVED_NAMES)
+    stale = [e for e in entries if e.name not in mine and not e.name.startswith(".siammae-tmp.")]
+    foreign = [e.name for e in stale if not (_is_video_folder(e) or e.name.endswith((".partial", ".old")))]
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise OutputError(f"--out {root}: holds {shown}, which this batch does not write; --overwrite only "
+                          "replaces a batch's own outputs: move them away or choose another folder")  # fmt: skip
+    return stale
 
 
 def is_batch_input(inputs: list[str]) -> bool:
