@@ -107,11 +107,13 @@ def weights_location(spec: str) -> tuple[Path, bool]:
         file = _timm_cached_file(cfg)
         if file is not None:
             return file, True
+        if cfg.hf_hub_id:  # timm fetches from the hub when the model has a hub id, as _timm_cached_file looks
+            from huggingface_hub import constants
+
+            return Path(constants.HF_HUB_CACHE) / f"models--{cfg.hf_hub_id.split('@')[0].replace('/', '--')}", False
         if cfg.url:
             return cache_dir() / cfg.url.rsplit("/", 1)[-1], False
-        from huggingface_hub import constants
-
-        return Path(constants.HF_HUB_CACHE) / f"models--{cfg.hf_hub_id.split('@')[0].replace('/', '--')}", False
+        raise CheckpointError(f"{spec}: timm keeps these weights in no single file that could be named")
     raise unknown_name_error(spec)
 
 

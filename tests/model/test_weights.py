@@ -486,3 +486,21 @@ def test_weights_cli_path_downloads_nothing_and_import(server, dino_file, vit, t
     assert got.stdout.strip() == str(cached(tmp_path)) and got.stderr == ""
     bad = runner.invoke(main, ["import", str(tmp_path / "nope.pth"), "dino-vits16"])
     assert bad.exit_code == 2 and bad.output.startswith("error: ") and "nope.pth" in bad.output
+
+
+def test_weights_cli_path_of_hub_names_downloads_nothing(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from siammae.cli.weights import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    for name, folder in [
+        ("hf:owner/repo/w.pth", "models--owner--repo"),
+        ("timm:vit_small_patch8_224.dino", "models--timm--vit_small_patch8_224.dino"),
+    ]:
+        got = CliRunner().invoke(main, ["path", name])
+        assert got.exit_code == 0 and got.stdout.strip() == str(tmp_path / "hf" / folder)
+        assert f"{name} is not downloaded yet" in got.stderr
+    assert not (tmp_path / "hf").exists()
