@@ -286,7 +286,7 @@ def _ckpt_named(w, name="dino-vits16"):
             "--out", str(w["out"])]  # fmt: skip
 
 
-def _weights_server(fault=None, timeout="10", name="dino-vits16", loop=False, placed=None, pin=None):
+def _weights_server(fault=None, timeout="10", name="dino-vits16", loop=False, placed=None, pin=None, trickle_s=0.4):
     """Weights by name from a local server (tests/weight_server.py). The cache is under --out, whose files the table
     reads back: a refused download kept there (torn, empty, an HTML page) or a temp file left fails the case. A file
     ``placed`` by hand sits in a cache outside --out, which must stay as it was (no sha256 recorded for it)."""
@@ -295,7 +295,7 @@ def _weights_server(fault=None, timeout="10", name="dino-vits16", loop=False, pl
         from weight_server import Server, as_tiny, tiny_vit, to_bytes
 
         named = as_tiny(mp, name, **({"pin": pin} if pin is not None else {}))
-        srv = Server(trickle_s=2.0)
+        srv = Server(trickle_s=trickle_s)  # a byte every 0.4 s: no single read waits long, the total does
         w["_cleanup"].append(srv.close)
         srv.files[named.url_path] = to_bytes(tiny_vit().state_dict())
         if fault is not None:
