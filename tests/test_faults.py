@@ -31,6 +31,7 @@ from siammae.cli.track import main as track_main
 from siammae.cli.train import cli as train_main
 from siammae.data.palette import davis_palette_flat
 from siammae.model.checkpoint import read_checkpoint, save_checkpoint
+from siammae.model.named import Pin
 from siammae.outputs import OutputFolder
 
 COMMANDS = {
@@ -320,6 +321,58 @@ def _torn_log_and_symlink(w, mp):
     (w["tmp"] / "victim").write_text('{"step": 1}\n')
 
 
+# ------------------------------------------------------------------------------- weights and checkpoints (issue 19)
+def _ckpt_named(w, name="dino-vits16"):
+    return [str(w["video"]), "--mask", str(w["mask"]), "--ckpt", name, "--size", "64", "--device", "cpu", "-q",
+            "--out", str(w["out"])]  # fmt: skip
+
+
+def _weights_server(fault=None, timeout="10", name="dino-vits16", loop=False, placed=None, pin=None, trickle_s=0.4):
+    """Weights by name from a local server (tests/weight_server.py). The cache is under --out, whose files the table
+    reads back: a refused download kept there (torn, empty, an HTML page) or a temp file left fails the case. A file
+    ``placed`` by hand sits in a cache outside --out, which must stay as it was (no sha256 recorded for it)."""
+
+    def setup(w, mp):
+        from weight_server import Server, as_tiny, tiny_vit, to_bytes
+
+        named = as_tiny(mp, name, **({"pin": pin} if pin is not None else {}))
+        srv = Server(trickle_s=trickle_s)  # a byte every 0.4 s: no single read waits long, the total does
+        w["_cleanup"].append(srv.close)
+        srv.files[named.url_path] = to_bytes(tiny_vit().state_dict())
+        if fault is not None:
+            srv.faults[named.url_path] = fault
+        if loop:
+            srv.redirects[named.url_path], srv.redirects["/b"] = "/b", named.url_path
+        home = w["tmp" if placed is not None else "out"] / "torch"
+        if placed is not None:
+            (home / "hub" / "checkpoints").mkdir(parents=True)
+            (home / "hub" / "checkpoints" / named.filename).write_bytes(placed)
+        mp.setenv("TORCH_HOME", str(home))
+        mp.setenv("SIAMMAE_WEIGHTS_URL_BASE", srv.base)
+        mp.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", timeout)
+        mp.delenv("SIAMMAE_OFFLINE", raising=False)
+        mp.delenv("HF_HUB_OFFLINE", raising=False)
+
+    return setup
+
+
+def _foreign_ckpt(change):
+    """A timm ViT state dict (DINO's layout) with one fault."""
+
+    def setup(w, mp):
+        import timm
+
+        state = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, depth=1).state_dict()
+        change(state)
+        torch.save(state, w["tmp"] / "bad.pth")
+
+    return setup
+
+
+def _foreign(w):
+    return _ckpt_named(w, str(w["tmp"] / "bad.pth"))
+
+
 CASES = [
     # --------------------------------------------------------------------------------------------- track
     Case(
@@ -509,6 +562,82 @@ CASES = [
         ("bad.pt",),
         _tensor_ckpt,
     ),  # fmt: skip
+    # --------------------------------------------------------------------------- weights and checkpoints (issue 19)
+    Case(
+        "weights-download-cut",
+        "track",
+        _ckpt_named,
+        ("dino_deitsmall16_pretrain.pth", "truncated", "nothing was kept"),
+        _weights_server("cut"),
+    ),
+    Case("weights-download-empty", "track", _ckpt_named, ("empty body", "nothing was kept"), _weights_server("empty")),
+    Case("weights-download-html", "track", _ckpt_named, ("HTML page", "nothing was kept"), _weights_server("html")),
+    Case(
+        "weights-download-trickle",
+        "track",
+        _ckpt_named,
+        ("SIAMMAE_DOWNLOAD_TIMEOUT=1 s", "nothing was kept"),
+        _weights_server("trickle", timeout="1"),
+    ),
+    Case("weights-redirect-loop", "track", _ckpt_named, ("redirect loop",), _weights_server(loop=True)),
+    Case(
+        "weights-timeout-nan",
+        "track",
+        _ckpt_named,
+        ("SIAMMAE_DOWNLOAD_TIMEOUT='nan'", "finite"),
+        _weights_server(timeout="nan"),
+    ),
+    Case(
+        "weights-timeout-inf",
+        "track",
+        _ckpt_named,
+        ("SIAMMAE_DOWNLOAD_TIMEOUT='inf'", "finite"),
+        _weights_server(timeout="inf"),
+    ),
+    Case(
+        "weights-placed-html",
+        "track",
+        _ckpt_named,
+        ("HTML page", "delete {tmp}/torch/hub/checkpoints/dino_"),
+        _weights_server(placed=b"<!DOCTYPE html><html>sign in</html>"),
+    ),
+    Case(
+        "weights-pin-mismatch",
+        "track",
+        lambda w: _ckpt_named(w, "mae-vitb16"),
+        ("md5 prefix 8cad7c", "nothing"),
+        _weights_server(name="mae-vitb16", pin=Pin("md5", "8cad7c", "MAE's README")),
+    ),
+    Case(
+        "weights-train-init-cut",
+        "train",
+        lambda w: _train(w, "--init", "dino-vits16"),
+        ("nothing was kept",),
+        _weights_server("cut"),
+    ),
+    Case("ckpt-name-300-chars", "track", lambda w: _ckpt_named(w, "a" * 300), ("300 characters", "neither a file")),
+    Case(
+        "ckpt-foreign-no-mlp",
+        "track",
+        _foreign,
+        ("bad.pth", "blocks.0.mlp.fc1.weight"),
+        _foreign_ckpt(lambda s: s.pop("blocks.0.mlp.fc1.weight")),
+    ),
+    Case(
+        "ckpt-foreign-patch-1d",
+        "track",
+        _foreign,
+        ("bad.pth", "patch_embed.proj.weight has shape (384,)"),
+        _foreign_ckpt(lambda s: s.update({"patch_embed.proj.weight": torch.zeros(384)})),
+    ),
+    Case(
+        "ckpt-foreign-patch-empty",
+        "track",
+        _foreign,
+        ("bad.pth", "patch_embed.proj.weight has shape (0, 3, 16, 16)"),
+        _foreign_ckpt(lambda s: s.update({"patch_embed.proj.weight": torch.zeros(0, 3, 16, 16)})),
+    ),
+    # --------------------------------------------------------------------------------------------- (end issue 19)
     Case(
         "track-overlay-gif",
         "track",

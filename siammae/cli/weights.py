@@ -2,13 +2,16 @@
 
     siammae-weights list                          # name, architecture, size, licence, DAVIS J&F, cached or not
     siammae-weights download dino-vits16 dino-vits8
-    siammae-weights path dino-vits8               # the local file (downloaded first if needed)
+    siammae-weights path dino-vits8               # where the file is (or goes); downloads nothing
+    siammae-weights import ~/dino_deitsmall8_pretrain.pth dino-vits8   # a file fetched elsewhere, into the cache
 
 Each subcommand is one call of :mod:`siammae.model.weights`; an unknown name is one ``error:`` line suggesting the
 closest known names, exit status 2.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import click
 
@@ -28,7 +31,7 @@ def list_cmd():
     from siammae.model.weights import weights_table
 
     rows = weights_table()
-    header = ("name", "arch", "size", "licence", "DAVIS J&F", "cached")
+    header = ("name", "arch", "size", "licence", "DAVIS J&F", "hash", "cached")
     table = [
         (
             r["name"] + (" (default)" if r["default"] else ""),
@@ -36,6 +39,7 @@ def list_cmd():
             f"{r['size_mb']:.0f} MB" if r["cached"] else f"~{r['size_mb']:.0f} MB",
             r["licence"],
             f"{r['davis_jf']:.1f}" if r["davis_jf"] is not None else "-",
+            "pinned" if r["pinned"] else "unverified",
             "yes" if r["cached"] else "no",
         )
         for r in rows
@@ -50,22 +54,42 @@ def list_cmd():
 @click.argument("names", nargs=-1, required=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def download(names, quiet):
-    """Download NAMES into the cache (a cached file is checked, not fetched again); print each path."""
-    from siammae.model.weights import weights_path
+    """Download NAMES into the cache (a cached file is checked, not fetched again); print each path and whether
+    its hash was verified against a published one."""
+    from siammae.model.weights import download_weights
 
     with errors():
         for name in names:
-            click.echo(f"{name}: {weights_path(name, progress=not quiet)}")
+            prov = download_weights(name, progress=not quiet)
+            click.echo(f"{name}: {prov.path} ({prov.status}: {prov.check})")
 
 
 @main.command()
 @click.argument("name")
 def path(name):
-    """Print the local file of NAME (downloaded first if needed)."""
-    from siammae.model.weights import weights_path
+    """Print where the file of NAME is, or goes when downloaded; says on stderr when it is not there. Downloads
+    nothing."""
+    from siammae.model.weights import weights_location
 
     with errors():
-        click.echo(str(weights_path(name)))
+        where, present = weights_location(name)
+    click.echo(str(where))
+    if not present:
+        click.echo(f"{name} is not downloaded yet (siammae-weights download {name})", err=True)
+
+
+@main.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("name")
+def import_cmd(file, name):
+    """Put FILE (fetched elsewhere, e.g. for a machine without network) into the cache as NAME, where the commands
+    look for it. The file must load as NAME's architecture and match the hash its publisher states, where one is
+    stated; otherwise its sha256 is recorded and reported "unverified"."""
+    from siammae.model.weights import import_weights
+
+    with errors():
+        prov = import_weights(file, name)
+    click.echo(f"{name}: {prov.path} ({prov.status}: {prov.check})")
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def load_runner(
         from siammae.model.checkpoint import load_model
 
         model = load_model(ckpt, arch=arch)
-        weights = model.weights_info  # name or path, the file, its sha256 (load_model hashed it)
+        weights = model.provenance.to_dict()  # name or path, the file, its sha256, verified or not
         settings = {
             "checkpoint": str(Path(weights["path"]).resolve()) if weights["path"] else weights["weights"],
             "checkpoint_sha256": weights["sha256"],

@@ -348,7 +348,7 @@ def export_onnx(
             raise InputError("export_onnx needs an output path when given a model instead of a checkpoint")
     else:
         model = load_model(ckpt, arch=arch)
-        weights = model.weights_info  # load_model hashed the file
+        weights = model.provenance.to_dict()  # load_model hashed the file
         # the file's name, or the weights name (dino-vits8) when asked for by name
         checkpoint = Path(weights["path"]).name if Path(ckpt).exists() else weights["weights"]
         sha = weights["sha256"]

@@ -7,11 +7,8 @@ a missing or unexpected key is an error, never a warning.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import pickle
-import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,20 +19,18 @@ from siammae.errors import CheckpointError
 from siammae.io import atomic_write
 from siammae.model.config import LIMITS, MAX_MLP_RATIO, ModelConfig
 from siammae.model.encoder import ViTEncoder
-from siammae.model.hub import file_sha256  # noqa: F401  (re-exported: reports hash weights with it)
-from siammae.model.pos_embed import sincos_2d
+from siammae.model.hub import (
+    delete_hint,
+    file_sha256,  # noqa: F401  (re-exported: reports hash weights with it)
+)
+from siammae.model.provenance import Provenance
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
-from siammae.model.weights import resolve_weights
+from siammae.model.statedict import encoder_state, infer_config, read_checkpoint  # noqa: F401  (re-exported)
+from siammae.model.weights import Weights, resolve_weights
 
 FORMAT = "siammae"
 VERSION = 1
-
-# keys of foreign checkpoints that belong to heads / decoders, not to the encoder (dropped on load)
-_FOREIGN_DROP = re.compile(r"^(head\.|head_drop|fc_norm\.|decoder_|mask_token$|pre_logits\.)")
-# a foreign state dict may sit under one of these keys (DINO: teacher / student; MAE: model; others)
-_STATE_KEYS = ("teacher", "student", "model", "state_dict", "model_ema", "module")
-_PREFIXES = ("module.", "backbone.", "encoder.", "_orig_mod.")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -69,45 +64,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     return path
 
 
-def read_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
-    """Load a checkpoint file as a dict with ``weights_only=True``; every failure is a one-line CheckpointError."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, expected a checkpoint file")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: file is empty")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device=str(map_location))
-        except Exception as e:  # safetensors raises several unrelated types for a corrupt header
-            raise CheckpointError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e})") from e
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save writes a zip; legacy files are pickles
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
-    try:
-        with warnings.catch_warnings():  # a foreign pickle protocol: torch warns, then fails or loads; we report
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-    except (EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"{path}: file is truncated or corrupt ({e})") from e
-    except (pickle.UnpicklingError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(
-            f"{path}: not a PyTorch checkpoint, or it holds objects other than tensors ({msg})"
-        ) from e
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise CheckpointError(f"{path}: file is truncated or corrupt ({first})") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
-    return obj
-
-
 def load_model(
     path: str | os.PathLike, arch: str | None = None, map_location="cpu", progress: bool = True
 ) -> SiamMAE | ViTEncoder:
@@ -118,17 +74,30 @@ def load_model(
 
     ``path`` may also be a weights name (``dino-vits16``, ``mae-vitb16``, ``timm:<name>``, ``hf:<repo>/<file>``;
     :mod:`siammae.model.weights`), downloaded on first use (progress bar on stderr unless ``progress=False``); an
-    existing path wins over a name. ``model.weights_info`` records which weights were loaded: name or path, sha256.
+    existing path wins over a name. ``model.provenance`` is the :class:`Provenance` of the weights (name or path,
+    sha256, verified against a published hash or not, licence): what reports carry.
     """
     weights = resolve_weights(path, progress)
-    if weights.state is not None:  # timm: loaded by timm, a state dict without its head
-        model = _load_foreign(Path(weights.spec), {"model": weights.state}, arch)
-    else:
-        file = weights.path
-        ckpt = read_checkpoint(file, map_location)
-        model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
-    model.weights_info = weights.to_dict()
+    with _cache_hint(weights):
+        if weights.state is not None:  # timm: loaded by timm, a state dict without its head
+            model = _load_foreign(Path(weights.spec), {"model": weights.state}, arch)
+        else:
+            file = weights.path
+            ckpt = read_checkpoint(file, map_location)
+            model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
+    model.provenance = weights.provenance
     return model.eval()
+
+
+@contextlib.contextmanager
+def _cache_hint(weights: Weights):
+    """A load error of a cached named file says which file to delete (so that the next run fetches it again)."""
+    try:
+        yield
+    except CheckpointError as e:
+        if not weights.in_cache or "delete " in str(e):
+            raise
+        raise CheckpointError(f"{e}; {delete_hint(weights.path)}") from None
 
 
 def check_stored_config(path: Path, stored) -> ModelConfig:
@@ -164,35 +133,40 @@ def _check_shapes(path: Path, model_class: type, cfg: ModelConfig, state: dict) 
 @dataclass(frozen=True)
 class EncoderInit:
     """Encoder weights to start training from (``siammae-train --init``): the ViTEncoder state dict, the kind of
-    its position table, and the record of where it came from (:meth:`Weights.to_dict`)."""
+    its position table, and where it came from."""
 
     state: dict = field(repr=False)
     pos_embed: str  # "learned" (DINO, timm) or "sincos" (MAE, siammae): the model is built to match
-    weights: dict
+    provenance: Provenance
+
+    @property
+    def weights(self) -> dict:
+        """The record a training run's report carries (:meth:`Provenance.to_dict`)."""
+        return self.provenance.to_dict()
 
 
 def read_encoder_init(spec: str | os.PathLike, progress: bool = True) -> EncoderInit:
     """The encoder weights of ``spec`` (a name or a path: DINO / MAE / timm / siammae, whole SiamMAE or encoder);
     a SiamMAE checkpoint gives its encoder, its decoder is left out."""
     weights = resolve_weights(spec, progress)
-    label = Path(weights.spec)
-    if weights.state is not None:
-        state = weights.state
-    else:
-        ckpt = read_checkpoint(weights.path)
-        if ckpt.get("format") == FORMAT:
-            model = _load_native(weights.path, ckpt)
-            encoder = model.encoder if isinstance(model, SiamMAE) else model
-            return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.to_dict())
-        state = _find_state_dict(weights.path, ckpt)
-    state = {k: v for k, v in _strip_prefixes(state).items() if not _FOREIGN_DROP.match(k)}
-    return EncoderInit(state, infer_config(label, state).pos_embed, weights.to_dict())
+    with _cache_hint(weights):
+        if weights.state is not None:
+            state, label = weights.state, Path(weights.spec)
+        else:
+            ckpt = read_checkpoint(weights.path)
+            if ckpt.get("format") == FORMAT:
+                model = _load_native(weights.path, ckpt)
+                encoder = model.encoder if isinstance(model, SiamMAE) else model
+                return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.provenance)
+            state, label = ckpt, weights.path
+        state = encoder_state(label, state)
+        return EncoderInit(state, infer_config(label, state).pos_embed, weights.provenance)
 
 
 def init_encoder(encoder: ViTEncoder, init: EncoderInit) -> None:
     """Load ``init`` into ``encoder`` strictly: a missing, unexpected or differently shaped key is an error naming
     the keys (e.g. ViT-S/8 weights into a ViT-S/16 model: ``patch_embed.proj.weight``, ``pos_embed``)."""
-    _load_strict(Path(init.weights["weights"]), encoder, init.state)
+    _load_strict(Path(init.provenance.weights), encoder, init.state)
 
 
 def _load_native(path: Path, ckpt: dict) -> nn.Module:
@@ -210,66 +184,8 @@ def _load_native(path: Path, ckpt: dict) -> nn.Module:
     return model
 
 
-def _find_state_dict(path: Path, ckpt: dict) -> dict:
-    for key in _STATE_KEYS:
-        if key in ckpt and isinstance(ckpt[key], dict):
-            return _find_state_dict(path, ckpt[key])
-    state = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise CheckpointError(
-            f"{path}: no weights found (expected a siammae checkpoint, a state dict, or one under "
-            f"{', '.join(repr(k) for k in _STATE_KEYS)})"
-        )
-    return state
-
-
-def _strip_prefixes(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        out[k] = v
-    return out
-
-
-def infer_config(path: Path, state: dict) -> ModelConfig:
-    """Encoder architecture from the shapes of a ViT state dict (heads: 64 channels each, as every standard ViT)."""
-    try:
-        proj = state["patch_embed.proj.weight"]  # (D, C, p, p)
-        pos = state["pos_embed"]  # (1, 1 + g*g, D)
-    except KeyError as e:
-        raise CheckpointError(f"{path}: not a ViT state dict (no {e.args[0]!r})") from e
-    dim, chans, p = proj.shape[0], proj.shape[1], proj.shape[-1]
-    depth = 1 + max((int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
-    if depth == 0:
-        raise CheckpointError(f"{path}: ViT state dict has no transformer blocks")
-    g = int(round((pos.shape[1] - 1) ** 0.5))
-    if g * g != pos.shape[1] - 1:
-        raise CheckpointError(f"{path}: pos_embed of {pos.shape[1]} rows is not [CLS] + a square grid")
-    mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
-    heads = max(1, dim // 64)
-    table = pos.float().reshape(-1, dim)
-    is_sincos = dim % 4 == 0 and torch.allclose(table, sincos_2d(dim, g, g), atol=1e-5)
-    return ModelConfig(
-        img_size=g * p,
-        patch_size=p,
-        in_chans=chans,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=heads,
-        mlp_ratio=mlp_ratio,
-        qkv_bias="blocks.0.attn.qkv.bias" in state,
-        pos_embed="sincos" if is_sincos else "learned",
-    )
-
-
 def _load_foreign(path: Path, ckpt: dict, arch: str | None) -> ViTEncoder:
-    state = _strip_prefixes(_find_state_dict(path, ckpt))
-    state = {k: v for k, v in state.items() if not _FOREIGN_DROP.match(k)}
+    state = encoder_state(path, ckpt)
     cfg = infer_config(path, state)
     if arch is not None:
         try:

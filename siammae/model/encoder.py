@@ -9,6 +9,7 @@ Parameter names are those of timm's ``VisionTransformer`` and DINO's ``vision_tr
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -19,9 +20,14 @@ from siammae.kernels.patch_embed_gather import patch_embed_gather
 from siammae.model.config import POS_INTERP, ModelConfig
 from siammae.model.pos_embed import resize_pos_embed, sincos_2d
 
+if TYPE_CHECKING:
+    from siammae.model.provenance import Provenance
+
 
 class ViTEncoder(nn.Module):
     """ViT with a [CLS] token; encodes all patches of a frame, or only the kept ones (``ids_keep``)."""
+
+    provenance: Provenance | None = None  # set by load_model: where the weights came from; None when built here
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -66,7 +72,7 @@ class ViTEncoder(nn.Module):
         w = self.patch_embed.proj.weight.data
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
         nn.init.normal_(self.cls_token, std=0.02)
-        self.apply(_init_linear_and_norm)
+        self.apply(init_linear_and_norm)
 
     # ------------------------------------------------------------------------------------------------- tokens
     def grid(self, x: torch.Tensor) -> tuple[int, int]:
@@ -153,7 +159,8 @@ class ViTEncoder(nn.Module):
         return out[:, 1:].reshape(x.shape[0], h, w, self.embed_dim)  # (B, h, w, D)
 
 
-def _init_linear_and_norm(m: nn.Module):
+def init_linear_and_norm(m: nn.Module):
+    """MAE's initialisation of every linear layer and LayerNorm (the encoder's and the decoder's)."""
     if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)  # MAE follows the official JAX ViT
         if m.bias is not None:

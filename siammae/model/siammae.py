@@ -6,14 +6,19 @@ forward. Masks follow MAE: ``mask: [B, L], 0 is keep, 1 is remove``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
 from siammae.model.config import ModelConfig
 from siammae.model.decoder import Decoder
-from siammae.model.encoder import ViTEncoder
+from siammae.model.encoder import ViTEncoder, init_linear_and_norm
 from siammae.model.masking import make_mask
 from siammae.model.pos_embed import sincos_2d
+
+if TYPE_CHECKING:
+    from siammae.model.provenance import Provenance
 
 
 def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
@@ -35,6 +40,8 @@ def unpatchify(x: torch.Tensor, p: int, h: int, w: int, chans: int = 3) -> torch
 
 class SiamMAE(nn.Module):
     """Siamese masked autoencoder over a frame pair (f1 past, f2 future)."""
+
+    provenance: Provenance | None = None  # set by load_model: where the weights came from; None when built here
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -58,7 +65,7 @@ class SiamMAE(nn.Module):
         self.decoder_pos_embed.data.copy_(sincos_2d(self.config.decoder_embed_dim, g, g).unsqueeze(0))
         nn.init.normal_(self.mask_token, std=0.02)
         for m in (self.decoder_embed, self.decoder, self.decoder_norm, self.decoder_pred):
-            m.apply(_init_weights)
+            m.apply(init_linear_and_norm)  # the encoder's initialisation, one definition
 
     # ---------------------------------------------------------------------------------------------- encoder
     def features(self, x: torch.Tensor, pos_interp: str = "auto") -> torch.Tensor:
@@ -147,13 +154,3 @@ class SiamMAE(nn.Module):
         pred = self.forward_decoder(latent1, latent2, ids_keep1, ids_restore2)
         loss = self.forward_loss(f2, pred, mask2)
         return {"loss": loss, "pred": pred, "mask": mask2}
-
-
-def _init_weights(m: nn.Module):
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.constant_(m.bias, 0)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.constant_(m.bias, 0)
-        nn.init.constant_(m.weight, 1.0)

@@ -6,115 +6,51 @@
     hf:<owner>/<repo>/<file>     a ViT checkpoint on the Hugging Face hub, the Hugging Face cache
     a path                       as always; an existing path wins over a name
 
-:func:`resolve_weights` turns any of them into a :class:`Weights`: the file (or, for timm, the state dict), its
-sha256 and where it came from; the reports of tracking, evaluation and export carry that record. Official files are
-cached and checked by :mod:`siammae.model.hub`. :data:`DEFAULT_WEIGHTS` is what the commands use when given no
-``--ckpt`` (README, "Weights", says why).
+:func:`resolve_weights` turns any of them into a :class:`Weights`: the file (or, for timm, the state dict) and its
+:class:`~siammae.model.provenance.Provenance`, the record that the reports of tracking, evaluation, export and
+training carry. Official files are fetched and cached by :mod:`siammae.model.hub`; before a file enters the cache
+(downloaded, placed by hand, or :func:`import_weights`) it must load with ``weights_only=True`` as a ViT of the
+name's architecture, and match the hash its publisher states where one is stated (:data:`WEIGHTS`, ``pin``).
+:data:`DEFAULT_WEIGHTS` is what the commands use when given no ``--ckpt`` (README, "Weights", says why).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from siammae.errors import CheckpointError
-from siammae.model.hub import cache_dir, cached_download, file_sha256, offline_variable, url_base
-
-# DAVIS-2017 val J&F of frozen features with label propagation: DINO paper (Caron et al. 2021), Table 5 / App.
-_DINO = "DINO (Caron et al. 2021)"
-_APACHE = "Apache-2.0"
-_MAE_NOTICE = (
-    "note: mae-vitb16 weights are licensed CC-BY-NC 4.0 (non-commercial use only; "
-    "https://github.com/facebookresearch/mae/blob/main/LICENSE)"
+from siammae.model.hub import cache_dir, file_sha256, offline_variable
+from siammae.model.named import (  # noqa: F401  (WEIGHTS, DEFAULT_WEIGHTS, NamedWeights, import_weights: public here)
+    DEFAULT_WEIGHTS,
+    WEIGHTS,
+    NamedWeights,
+    Pin,
+    fetch_named,
+    import_weights,
+    path_exists,
+    print_notice,
+    short,
+    suggest,
+    unknown_name_error,
 )
-
-
-@dataclass(frozen=True)
-class NamedWeights:
-    """An official weight file known by name."""
-
-    name: str
-    arch: str  # "ViT-S/16"
-    url_path: str  # path under the URL base (https://dl.fbaipublicfiles.com)
-    licence: str
-    source: str
-    davis_jf: float | None = None  # DAVIS-2017 val J&F-Mean reported by the source paper
-    embed_dim: int = 384
-    patch_size: int = 16
-    notice: str | None = None  # printed (stderr) whenever the weights are used
-
-    @property
-    def filename(self) -> str:
-        return self.url_path.rsplit("/", 1)[-1]
-
-    @property
-    def url(self) -> str:
-        return url_base() + self.url_path
-
-    @property
-    def approx_mb(self) -> float:
-        """Download size from the architecture: 12-block ViT at 224 px, fp32 (the files hold nothing else)."""
-        d, p, depth = self.embed_dim, self.patch_size, 12
-        grid = (224 // p) ** 2
-        params = depth * (12 * d * d + 13 * d) + 3 * p * p * d + d + (grid + 2) * d + 2 * d
-        return params * 4 / 1e6
-
-
-def _dino(name: str, arch: str, stem: str, jf: float, d: int, p: int) -> NamedWeights:
-    return NamedWeights(name, arch, f"/dino/{stem}/{stem}.pth", _APACHE, _DINO, jf, d, p)
-
-
-WEIGHTS: dict[str, NamedWeights] = {
-    w.name: w
-    for w in (
-        _dino("dino-vits16", "ViT-S/16", "dino_deitsmall16_pretrain", 61.8, 384, 16),
-        _dino("dino-vits8", "ViT-S/8", "dino_deitsmall8_pretrain", 69.9, 384, 8),
-        _dino("dino-vitb16", "ViT-B/16", "dino_vitbase16_pretrain", 62.3, 768, 16),
-        _dino("dino-vitb8", "ViT-B/8", "dino_vitbase8_pretrain", 71.4, 768, 8),
-        NamedWeights(
-            "mae-vitb16",
-            "ViT-B/16",
-            "/mae/pretrain/mae_pretrain_vit_base.pth",
-            "CC-BY-NC-4.0",
-            "MAE (He et al. 2022)",
-            None,
-            768,
-            16,
-            _MAE_NOTICE,
-        ),
-    )
-}
-
-# The model the commands use without --ckpt: DINO ViT-S/16. At 480p it needs 1/8.8 of ViT-S/8's FLOPs and ran 7-19x
-# faster on a 2-core CPU (benchmarks/results/bench_default_weights-cpu.md, bench_encoder-cpu.md), so the card's
-# command finishes on a laptop; ViT-S/8 is +8.1 J&F on DAVIS, one flag away (--ckpt dino-vits8). README "Weights".
-DEFAULT_WEIGHTS = "dino-vits16"
+from siammae.model.provenance import Provenance
 
 
 @dataclass(frozen=True)
 class Weights:
-    """Resolved weights: a file (``path``), or for timm a state dict (``state``), with its identity."""
+    """Resolved weights: a file (``path``), or for timm a state dict (``state``), and where they came from."""
 
     spec: str  # what was asked for: a name or a path
     path: Path | None
-    sha256: str
-    name: str | None = None  # the name, when asked for by name
-    licence: str | None = None
-    url: str | None = None
+    provenance: Provenance | None  # None only for a path that does not exist or is a folder (the loader names it)
+    in_cache: bool = False  # the file is a cached named weight (its load errors say what to delete)
     state: dict | None = field(default=None, repr=False, compare=False)
 
-    def to_dict(self) -> dict:
-        """The record that reports carry: ``{"weights", "path", "sha256", "licence", "url"}``."""
-        return {
-            "weights": self.name or str(self.path),
-            "path": str(self.path) if self.path is not None else None,
-            "sha256": self.sha256,
-            "licence": self.licence,
-            "url": self.url,
-        }
+    @property
+    def sha256(self) -> str:
+        return self.provenance.sha256 if self.provenance is not None else ""
 
 
 def list_weights() -> list[str]:
@@ -127,22 +63,9 @@ def is_name(spec: str) -> bool:
     return spec.startswith(("timm:", "hf:")) or ("/" not in spec and "\\" not in spec and not Path(spec).suffix)
 
 
-def suggest(spec: str, names: list[str] | None = None) -> str:
-    """'; did you mean a, b?' for the known names closest to ``spec`` (difflib), or ''."""
-    close = difflib.get_close_matches(spec, names if names is not None else list_weights(), n=3, cutoff=0.5)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
-def unknown_name_error(spec: str) -> CheckpointError:
-    known = ", ".join(list_weights())
-    return CheckpointError(
-        f"{spec!r} is neither a file nor a known weights name{suggest(spec)} (known: {known}, timm:<name>, "
-        f"hf:<owner>/<repo>/<file>; siammae-weights list)"
-    )
-
-
 def weights_table() -> list[dict]:
-    """One row per named weight: name, architecture, size (MB; the file's once cached), licence, DAVIS J&F, cached."""
+    """One row per named weight: name, architecture, size (MB; the file's once cached), licence, DAVIS J&F, cached,
+    and whether its publisher states a hash to check it against (``pinned``)."""
     rows = []
     for w in WEIGHTS.values():
         path = cache_dir() / w.filename
@@ -155,6 +78,7 @@ def weights_table() -> list[dict]:
                 "licence": w.licence,
                 "davis_jf": w.davis_jf,
                 "cached": cached,
+                "pinned": w.pin is not None,
                 "default": w.name == DEFAULT_WEIGHTS,
                 "path": str(path),
                 "url": w.url,
@@ -163,19 +87,42 @@ def weights_table() -> list[dict]:
     return rows
 
 
-def weights_path(spec: str, progress: bool = True) -> Path:
-    """The local file of a named weight (downloaded if needed); what ``siammae-weights path`` prints."""
+def weights_location(spec: str) -> tuple[Path, bool]:
+    """(the local file of a named weight, whether it is there): what ``siammae-weights path`` prints. Nothing is
+    downloaded."""
     if spec in WEIGHTS:
-        w = WEIGHTS[spec]
-        _notice(w)
-        return cached_download(w.url, w.filename, spec, progress)[0]
+        path = cache_dir() / WEIGHTS[spec].filename
+        return path, path.is_file()
     if spec.startswith("hf:"):
-        return _hf_file(spec)
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, filename = _hf_parts(spec)
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found), True
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+        return folder, False
     if spec.startswith("timm:"):
-        weights = _timm_weights(spec)
-        if weights.path is None:
-            raise CheckpointError(f"{spec}: timm keeps these weights in no single file that could be named")
-        return weights.path
+        cfg = _timm_cfg(spec)
+        file = _timm_cached_file(cfg)
+        if file is not None:
+            return file, True
+        if cfg.hf_hub_id:  # timm fetches from the hub when the model has a hub id, as _timm_cached_file looks
+            from huggingface_hub import constants
+
+            return Path(constants.HF_HUB_CACHE) / f"models--{cfg.hf_hub_id.split('@')[0].replace('/', '--')}", False
+        if cfg.url:
+            return cache_dir() / cfg.url.rsplit("/", 1)[-1], False
+        raise CheckpointError(f"{spec}: timm keeps these weights in no single file that could be named")
+    raise unknown_name_error(spec)
+
+
+def download_weights(spec: str, progress: bool = True) -> Provenance:
+    """Fetch a name into its cache (a cached file is checked, not fetched again): ``siammae-weights download``."""
+    if spec in WEIGHTS:
+        return fetch_named(WEIGHTS[spec], progress)
+    if spec.startswith(("hf:", "timm:")):
+        return resolve_weights(spec, progress).provenance
     raise unknown_name_error(spec)
 
 
@@ -183,36 +130,36 @@ def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
     """A path or a name (module docstring) -> :class:`Weights`, downloading official files on first use."""
     text = str(spec)
     path = Path(spec)
-    if path.exists():  # an existing path always wins over a name
+    if path_exists(path):  # an existing path always wins over a name
         if path.is_file():
-            return Weights(text, path, file_sha256(path))
-        return Weights(text, path, "")  # a folder: read_checkpoint says what is wrong with it
+            prov = Provenance(text, text, file_sha256(path), check="a local file: no published hash")
+            return Weights(text, path, prov)
+        return Weights(text, path, None)  # a folder: read_checkpoint says what is wrong with it
     if text in WEIGHTS:
         w = WEIGHTS[text]
-        _notice(w)
-        file, sha = cached_download(w.url, w.filename, text, progress)
-        return Weights(text, file, sha, text, w.licence, w.url)
+        print_notice(w)
+        prov = fetch_named(w, progress)
+        return Weights(text, Path(prov.path), prov, in_cache=True)
     if text.startswith("timm:"):
         return _timm_weights(text)
     if text.startswith("hf:"):
         file = _hf_file(text)
-        return Weights(text, file, _hf_sha256(file), text, None, _hf_url(*_hf_parts(text)))
+        prov = Provenance(
+            text, str(file), _hf_sha256(file), _hf_url(*_hf_parts(text)), "the Hugging Face cache",
+            check="sha256 matches the Hugging Face hub's record of the file (not pinned by siammae)",
+        )  # fmt: skip
+        return Weights(text, file, prov)
     if is_name(text):
         raise unknown_name_error(text)
-    return Weights(text, path, "")  # a missing file: read_checkpoint names it
-
-
-def _notice(w: NamedWeights) -> None:
-    if w.notice:
-        print(w.notice, file=sys.stderr)
+    return Weights(text, path, None)  # a missing file: read_checkpoint names it
 
 
 def weights_stem(spec: str | Path) -> str:
     """A file-name-safe stem for outputs named after the weights (``dino-vits8``, ``timm-vit_small_patch8_224``)."""
     text = str(spec)
-    if Path(text).exists() or not is_name(text):
-        return Path(text).stem
-    return re.sub(r"[^\w.-]+", "-", text).strip("-.")
+    if path_exists(Path(text)) or not is_name(text):
+        return Path(text).stem[:100]
+    return re.sub(r"[^\w.-]+", "-", text).strip("-.")[:100]
 
 
 # ------------------------------------------------------------------------------------------- Hugging Face hub
@@ -258,8 +205,8 @@ def _hf_sha256(file: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- timm
-def _timm_weights(spec: str) -> Weights:
-    """timm:<name>: timm's own pretrained loading and cache; the encoder's state dict, without its head."""
+def _timm_cfg(spec: str):
+    """timm's pretrained config of ``timm:<name>``; an unknown name suggests close ones."""
     import timm
     from timm.models import get_pretrained_cfg
 
@@ -270,6 +217,15 @@ def _timm_weights(spec: str) -> Weights:
         cfg = None
     if cfg is None:
         raise CheckpointError(f"{spec}: timm has no pretrained model {name!r}{suggest(name, timm.list_pretrained())}")
+    return cfg
+
+
+def _timm_weights(spec: str) -> Weights:
+    """timm:<name>: timm's own pretrained loading and cache; the encoder's state dict, without its head."""
+    import timm
+
+    name = spec.removeprefix("timm:")
+    cfg = _timm_cfg(spec)
     file = _timm_cached_file(cfg)
     offline = offline_variable()
     if offline is not None and file is None:
@@ -289,7 +245,9 @@ def _timm_weights(spec: str) -> Weights:
     file = file or _timm_cached_file(cfg)
     sha = file_sha256(file) if file is not None else _state_sha256(state)
     url = f"https://huggingface.co/{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url
-    return Weights(spec, file, sha, spec, cfg.license, url, state)
+    prov = Provenance(spec, str(file) if file is not None else None, sha, url, "timm's cache",
+                      check="timm's pretrained loading (not pinned by siammae)", licence=cfg.license)  # fmt: skip
+    return Weights(spec, file, prov, state=state)
 
 
 def _timm_cached_file(cfg) -> Path | None:

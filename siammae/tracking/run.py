@@ -305,9 +305,10 @@ def settings(tracker: Tracker, chunk: int | None = None) -> dict:
 
 def _weights(encoder) -> dict | None:
     """Which weights: load_model's record (name or path, sha256), or what an exported encoder's metadata says."""
-    record = getattr(getattr(encoder, "model", None), "weights_info", None)
-    if record is not None:
-        return record
+    from siammae.propagation.features import TorchEncoder
+
+    if isinstance(encoder, TorchEncoder) and encoder.model.provenance is not None:
+        return encoder.model.provenance.to_dict()
     info = getattr(encoder, "info", None)
     if getattr(info, "checkpoint_sha256", None):
         return {"weights": info.checkpoint, "sha256": info.checkpoint_sha256, "encoder": str(encoder.path)}

@@ -128,3 +128,46 @@ def test_bad_checkpoints_give_one_line_errors(tmp_path):
     ck["version"] = 99
     torch.save(ck, tmp_path / "v99.pt")
     assert "version 99" in err(tmp_path / "v99.pt")
+
+
+@pytest.mark.parametrize(
+    "change, expect",
+    [
+        (lambda s: s.pop("blocks.0.mlp.fc1.weight"), "no 'blocks.0.mlp.fc1.weight'"),
+        (lambda s: s.pop("pos_embed"), "no 'pos_embed'"),
+        (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(384)}), "patch_embed.proj.weight has shape (384,)"),
+        (
+            lambda s: s.update({"patch_embed.proj.weight": torch.zeros(0, 3, 16, 16)}),
+            "patch_embed.proj.weight has shape (0, 3, 16, 16)",
+        ),
+        (lambda s: s.update({"pos_embed": torch.zeros(1, 197, 0)}), "pos_embed has shape (1, 197, 0)"),
+        (lambda s: s.update({"blocks.0.mlp.fc1.weight": torch.zeros(1536)}), "blocks.0.mlp.fc1.weight has shape"),
+        (lambda s: s.update({"patch_embed.proj.weight": torch.zeros(384, 3, 16, 8)}), "patches not square"),
+    ],
+    ids=["no-mlp", "no-pos", "proj-1d", "proj-empty", "pos-empty", "fc1-1d", "proj-not-square"],
+)
+def test_foreign_state_dict_faults_name_the_file_and_key(tmp_path, change, expect):
+    """Before: KeyError, IndexError, ZeroDivisionError. Now one CheckpointError naming the file and the key."""
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=0, depth=1)
+    state = vit.state_dict()
+    change(state)
+    torch.save(state, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError) as e:
+        load_model(tmp_path / "foreign.pth")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'foreign.pth'}: ") and expect in msg and "\n" not in msg
+
+
+def test_one_weight_initialisation():
+    """The decoder is initialised by the encoder's function (MAE's: xavier-uniform linear, zero bias, unit norms)."""
+    import siammae.model.encoder as enc
+    import siammae.model.siammae as sm
+
+    assert sm.init_linear_and_norm is enc.init_linear_and_norm and not hasattr(sm, "_init_weights")
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    lin = model.decoder_pred
+    bound = (6 / (lin.in_features + lin.out_features)) ** 0.5  # xavier-uniform's bound
+    assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+    assert torch.equal(lin.bias, torch.zeros_like(lin.bias))
+    assert torch.equal(model.decoder_norm.weight, torch.ones_like(model.decoder_norm.weight))

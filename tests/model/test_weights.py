@@ -6,92 +6,23 @@ under "model", with decoder keys) at the official paths; SIAMMAE_WEIGHTS_URL_BAS
 
 from __future__ import annotations
 
-import io
-import socketserver
-import threading
+import hashlib
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from weight_server import Server, as_tiny, tiny_vit, to_bytes
 
 from siammae.errors import CheckpointError
+from siammae.model import hub
 from siammae.model.checkpoint import load_model
 from siammae.model.hub import file_sha256
-from siammae.model.weights import WEIGHTS, resolve_weights, weights_stem
+from siammae.model.weights import WEIGHTS, import_weights, resolve_weights, weights_stem
 
 DINO_S16 = WEIGHTS["dino-vits16"]
 MAE_B16 = WEIGHTS["mae-vitb16"]
-
-
-def tiny_timm_vit(seed: int = 0):
-    torch.manual_seed(seed)
-    # heads of 64 channels, as the DINO / MAE ViTs (siammae infers heads = width / 64)
-    return timm.models.vision_transformer.VisionTransformer(
-        img_size=32, patch_size=8, embed_dim=128, depth=2, num_heads=2, num_classes=0
-    ).eval()
-
-
-def to_bytes(obj) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-class _Quick(ThreadingHTTPServer):
-    def server_bind(self):  # HTTPServer's looks the host name up (socket.getfqdn): seconds on some machines
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-
-class Server:
-    """Files by URL path; redirects; a truncating or stalling route; counts the requests per path."""
-
-    def __init__(self):
-        self.files: dict[str, bytes] = {}
-        self.redirects: dict[str, str] = {}
-        self.truncate: set[str] = set()  # send half the bytes, then close
-        self.stall: set[str] = set()  # send half the bytes, then wait
-        self.requests: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.end_headers()
-                    return
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.path in server.truncate or self.path in server.stall:
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
-                    if self.path in server.stall:
-                        time.sleep(3)
-                    return
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = _Quick(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -107,8 +38,10 @@ def server(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def vit():
-    return tiny_timm_vit()
+def vit(monkeypatch):
+    """The tiny ViT; dino-vits16 and mae-vitb16 expect its architecture (patch 8, width 128, 2 blocks)."""
+    as_tiny(monkeypatch, "dino-vits16")
+    return tiny_vit()
 
 
 @pytest.fixture
@@ -136,13 +69,13 @@ def test_first_use_downloads_second_use_makes_no_request(server, dino_file, tmp_
     assert path.is_file() and server.requests == [dino_file]
     sha = file_sha256(path)
     assert (path.parent / (path.name + ".sha256")).read_text().split() == [sha, path.name]
-    assert model.weights_info["weights"] == "dino-vits16" and model.weights_info["sha256"] == sha
-    assert model.weights_info["url"] == server.base + dino_file
+    assert model.provenance.to_dict()["weights"] == "dino-vits16" and model.provenance.to_dict()["sha256"] == sha
+    assert model.provenance.to_dict()["url"] == server.base + dino_file
 
     again = load_model("dino-vits16")
     assert server.requests == [dino_file]  # served from the cache
     assert "downloading" not in capfd.readouterr().err
-    assert again.weights_info["sha256"] == sha
+    assert again.provenance.to_dict()["sha256"] == sha
 
 
 def test_named_dino_weights_give_timm_features(server, dino_file, vit):
@@ -155,20 +88,22 @@ def test_named_dino_weights_give_timm_features(server, dino_file, vit):
 
 
 def test_truncated_download_leaves_nothing_and_next_run_retries(server, dino_file, tmp_path):
-    server.truncate.add(dino_file)
+    server.faults[dino_file] = "truncate"
     with pytest.raises(CheckpointError, match=r"stopped after \d+ of \d+ bytes.*nothing was kept"):
         resolve_weights("dino-vits16", progress=False)
     assert folder_listing(tmp_path) == []  # neither the final file nor a temp file
-    server.truncate.clear()
+    server.faults.clear()
     w = resolve_weights("dino-vits16", progress=False)
     assert w.path == cached(tmp_path) and len(server.requests) == 2
 
 
 def test_stalled_download_times_out(server, dino_file, tmp_path, monkeypatch):
     monkeypatch.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", "0.5")
-    server.stall.add(dino_file)
+    server.faults[dino_file] = "stall"
     t0 = time.perf_counter()
-    with pytest.raises(CheckpointError, match="failed after .*nothing was kept"):
+    with pytest.raises(
+        CheckpointError, match=r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=0\.5 s.*nothing was kept"
+    ):
         resolve_weights("dino-vits16", progress=False)
     assert time.perf_counter() - t0 < 2.5
     assert folder_listing(tmp_path) == []
@@ -203,16 +138,41 @@ def test_hand_placed_file_is_used_and_recorded(server, vit, tmp_path):
     path.parent.mkdir(parents=True)
     torch.save(vit.state_dict(), path)
     model = load_model("dino-vits16")
-    assert server.requests == [] and model.weights_info["sha256"] == file_sha256(path)
+    assert server.requests == [] and model.provenance.to_dict()["sha256"] == file_sha256(path)
     assert (path.parent / (path.name + ".sha256")).exists()
 
 
-def test_mae_weights_load_with_licence_notice(server, vit, capfd):
+def mae_bytes(vit) -> bytes:
+    """The tiny ViT in MAE's layout: under "model", with the decoder's keys."""
     state = {**vit.state_dict(), "decoder_embed.weight": torch.zeros(8, 128), "mask_token": torch.zeros(1, 1, 8)}
-    server.files[MAE_B16.url_path] = to_bytes({"model": state})
+    return to_bytes({"model": state})
+
+
+def test_mae_weights_load_with_licence_notice_and_verified_pin(server, vit, monkeypatch, capfd):
+    from siammae.model.weights import Pin
+
+    data = mae_bytes(vit)
+    md5 = hashlib.md5(data).hexdigest()
+    as_tiny(monkeypatch, "mae-vitb16", pin=Pin("md5", md5[:6], "the test"))  # the file's own md5 prefix, as MAE's
+    server.files[MAE_B16.url_path] = data
     model = load_model("mae-vitb16", progress=False)
     assert "CC-BY-NC 4.0" in capfd.readouterr().err
-    assert model.weights_info["licence"] == "CC-BY-NC-4.0" and model.config.embed_dim == 128
+    prov = model.provenance
+    assert prov.licence == "CC-BY-NC-4.0" and model.config.embed_dim == 128
+    assert prov.verified and prov.to_dict()["status"] == "verified"
+    assert prov.check == f"md5 prefix {md5[:6]} published at the test"
+
+
+def test_pinned_name_refuses_a_file_that_does_not_match(server, vit, monkeypatch, tmp_path):
+    """mae-vitb16 keeps MAE's published md5 prefix 8cad7c: a file served under its URL that does not match is not
+    kept, whatever its architecture."""
+    as_tiny(monkeypatch, "mae-vitb16", pin=WEIGHTS["mae-vitb16"].pin)
+    data = mae_bytes(vit)
+    assert not hashlib.md5(data).hexdigest().startswith("8cad7c")
+    server.files[MAE_B16.url_path] = data
+    with pytest.raises(CheckpointError, match=r"does not match the md5 prefix 8cad7c published at https://github"):
+        resolve_weights("mae-vitb16", progress=False)
+    assert folder_listing(tmp_path) == []
 
 
 # ----------------------------------------------------------------------------------------------------- offline
@@ -224,13 +184,14 @@ def test_offline_cold_cache_names_url_and_path(server, dino_file, tmp_path, monk
     msg = str(info.value)
     assert "\n" not in msg and f"{var}=1" in msg
     assert f"fetch {server.base}{dino_file} and put it at {cached(tmp_path)}" in msg
+    assert "or run 'siammae-weights import FILE dino-vits16' with the file" in msg
     assert server.requests == []
 
 
 def test_offline_warm_cache_works(server, dino_file, monkeypatch):
     resolve_weights("dino-vits16", progress=False)
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
-    assert load_model("dino-vits16").weights_info["weights"] == "dino-vits16"
+    assert load_model("dino-vits16").provenance.to_dict()["weights"] == "dino-vits16"
 
 
 def test_no_network_is_a_clean_error(server, tmp_path, monkeypatch):
@@ -275,8 +236,8 @@ def test_existing_path_wins_over_name(server, dino_file, vit, tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     torch.save(vit.state_dict(), tmp_path / "dino-vits16")
     model = load_model("dino-vits16")
-    assert server.requests == [] and model.weights_info["weights"] == "dino-vits16"
-    assert model.weights_info["path"] == "dino-vits16" and model.weights_info["url"] is None
+    assert server.requests == [] and model.provenance.to_dict()["weights"] == "dino-vits16"
+    assert model.provenance.to_dict()["path"] == "dino-vits16" and model.provenance.to_dict()["url"] is None
 
 
 def test_weights_stem():
@@ -334,8 +295,214 @@ def test_timm_weights_from_the_hugging_face_cache_offline(monkeypatch, tmp_path)
     save_file(ref.state_dict(), str(file))
 
     model = load_model("timm:vit_small_patch8_224.dino")
-    assert model.weights_info["sha256"] == file_sha256(file) and model.weights_info["path"] == str(file)
+    assert model.provenance.to_dict()["sha256"] == file_sha256(file) and model.provenance.to_dict()["path"] == str(file)
     x = torch.randn(1, 3, 224, 224)  # timm's ViT takes its own size only
     with torch.no_grad():
         expected = ref.forward_features(x)[:, 1:].reshape(1, 28, 28, 384)
     torch.testing.assert_close(model.features(x), expected)
+
+
+# ------------------------------------------------------------------------- nothing bad enters the cache (issue 19)
+@pytest.mark.parametrize(
+    "fault, expect",
+    [
+        ("cut", "truncated or corrupt"),  # no Content-Length: only the check of the file catches it
+        ("empty", "empty body"),
+        ("html", "HTML page"),
+    ],
+)
+def test_bad_download_is_not_kept_and_the_next_run_retries(server, dino_file, tmp_path, fault, expect):
+    server.faults[dino_file] = fault
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights("dino-vits16", progress=False)
+    msg = str(info.value)
+    assert expect in msg and f"nothing was kept at {cached(tmp_path)}" in msg and "\n" not in msg
+    assert folder_listing(tmp_path) == []  # no file, no sha256 record, no temp file
+    server.faults.clear()
+    assert load_model("dino-vits16").provenance.origin == f"downloaded from {server.base}{dino_file}"
+
+
+def test_html_page_served_as_binary_is_named(server, dino_file, tmp_path):
+    from weight_server import HTML
+
+    server.files[dino_file] = HTML  # a proxy that does not say what it sends
+    with pytest.raises(CheckpointError, match=r"an HTML page, not a PyTorch checkpoint.*nothing was kept"):
+        resolve_weights("dino-vits16", progress=False)
+    assert folder_listing(tmp_path) == []
+
+
+def test_wrong_architecture_is_not_kept(server, tmp_path, monkeypatch):
+    as_tiny(monkeypatch, "dino-vits16")  # expects patch 8, width 128, 2 blocks
+    server.files[DINO_S16.url_path] = to_bytes(tiny_vit(embed_dim=64).state_dict())
+    with pytest.raises(CheckpointError, match=r"not the dino-vits16 \(ViT-S/16\) weights: patch 8, width 64, 2 blocks"):
+        resolve_weights("dino-vits16", progress=False)
+    assert folder_listing(tmp_path) == []
+
+
+def test_trickle_past_the_total_deadline(server, dino_file, tmp_path, monkeypatch):
+    """A byte every 0.5 s never trips a per-read timeout of 1.2 s; SIAMMAE_DOWNLOAD_TIMEOUT bounds the whole
+    download (before, a 40 KB file trickled this way held the run for hours)."""
+    monkeypatch.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", "1.2")
+    server.faults[dino_file], server.trickle_s = "trickle", 0.5
+    t0 = time.perf_counter()
+    late = r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=1\.2 s \(got [1-4] bytes\).*nothing was kept"
+    with pytest.raises(CheckpointError, match=late):
+        resolve_weights("dino-vits16", progress=False)
+    assert 1.1 < time.perf_counter() - t0 < 2.5
+    assert folder_listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-3", "soon"])
+def test_download_timeout_must_be_finite_positive(server, dino_file, monkeypatch, value):
+    monkeypatch.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", value)
+    with pytest.raises(CheckpointError, match=rf"SIAMMAE_DOWNLOAD_TIMEOUT='{value}'"):
+        resolve_weights("dino-vits16", progress=False)
+    assert server.requests == []
+
+
+def test_redirect_loop_is_one_line(server, tmp_path):
+    server.redirects[DINO_S16.url_path] = "/a"
+    server.redirects["/a"] = DINO_S16.url_path
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights("dino-vits16", progress=False)
+    msg = str(info.value)
+    assert "\n" not in msg and f"cannot download {server.base}{DINO_S16.url_path}: redirect loop" in msg
+
+
+def test_hand_placed_bad_file_names_the_file_to_delete(server, dino_file, tmp_path):
+    path = cached(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<html>proxy says no</html>")
+    with pytest.raises(CheckpointError) as info:
+        load_model("dino-vits16")
+    assert f"delete {path} to fetch it again" in str(info.value) and "HTML page" in str(info.value)
+    assert folder_listing(tmp_path) == [path.name]  # not recorded: a record would make it look good
+    assert server.requests == []
+
+
+def test_bad_file_recorded_by_an_older_version_names_the_file_to_delete(server, dino_file, tmp_path):
+    """A torn file that an older siammae renamed into the cache and recorded: the load error says what to delete."""
+    path = cached(tmp_path)
+    path.parent.mkdir(parents=True)
+    data = server.files[dino_file]
+    path.write_bytes(data[: len(data) // 2])
+    hub.record_sha256(path, file_sha256(path))
+    with pytest.raises(CheckpointError, match=rf"truncated or corrupt.*; delete {path} and {path.name}\.sha256"):
+        load_model("dino-vits16")
+
+
+# ---------------------------------------------------------------------------------------- provenance (issue 20.5)
+def test_unpinned_name_is_reported_unverified_with_its_real_origin(server, dino_file, tmp_path):
+    prov = load_model("dino-vits16").provenance
+    assert not prov.verified and prov.to_dict()["status"] == "unverified"
+    assert "trust on first use" in prov.check
+    assert prov.url == f"{server.base}{dino_file}" and prov.origin == f"downloaded from {server.base}{dino_file}"
+    assert load_model("dino-vits16").provenance.origin == "in the cache"
+
+
+def test_hand_placed_file_is_not_reported_as_downloaded(server, vit, tmp_path):
+    path = cached(tmp_path)
+    path.parent.mkdir(parents=True)
+    torch.save(vit.state_dict(), path)
+    prov = load_model("dino-vits16").provenance
+    assert prov.origin == "placed in the cache by hand" and prov.status == "unverified"
+
+
+def test_weights_are_hashed_once_per_process(server, dino_file, tmp_path, monkeypatch):
+    calls = []
+    real = hub._hash_file
+    monkeypatch.setattr(hub, "_hash_file", lambda path, *a: calls.append(path) or real(path, *a))
+    resolve_weights("dino-vits16", progress=False)  # downloaded: hashed while streaming, never read back
+    load_model("dino-vits16")
+    load_model("dino-vits16")
+    assert calls == []
+    path = cached(tmp_path)
+    with open(path, "ab") as f:  # changed: hashed again (and refused)
+        f.write(b"\0")
+    with pytest.raises(CheckpointError, match="differs"):
+        resolve_weights("dino-vits16", progress=False)
+    assert calls == [path]
+
+
+def test_local_file_provenance(tmp_path, vit):
+    torch.save(vit.state_dict(), tmp_path / "w.pth")
+    prov = load_model(tmp_path / "w.pth").provenance
+    assert prov.weights == prov.path == str(tmp_path / "w.pth") and prov.url is None
+    assert prov.sha256 == hashlib.sha256((tmp_path / "w.pth").read_bytes()).hexdigest()
+    assert prov.status == "unverified"
+
+
+def test_long_ckpt_name_is_one_line(server):
+    with pytest.raises(CheckpointError, match=r"'a{60}\.\.\. \(300 characters\)' is neither a file nor"):
+        resolve_weights("a" * 300)
+    with pytest.raises(CheckpointError, match=r"\(306 characters\): no such file"):
+        load_model("d/" + "a" * 300 + ".pth")
+
+
+# ------------------------------------------------------------------------------------- import and path (issue 22)
+def test_import_places_the_file_where_the_loader_looks(server, vit, tmp_path, monkeypatch):
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    src = tmp_path / "from-a-usb-stick.pth"
+    torch.save(vit.state_dict(), src)
+    prov = import_weights(src, "dino-vits16")
+    path = cached(tmp_path)
+    assert prov.path == str(path) and path.read_bytes() == src.read_bytes()
+    assert (path.parent / (path.name + ".sha256")).read_text().split() == [file_sha256(src), path.name]
+    assert prov.status == "unverified" and prov.origin == f"imported from {src.resolve()}"
+    assert folder_listing(tmp_path) == [path.name, path.name + ".sha256"]  # no temp file
+    assert load_model("dino-vits16").provenance.sha256 == prov.sha256  # offline, from the cache
+    assert server.requests == []
+
+
+def test_import_refuses_a_wrong_file(server, vit, tmp_path, monkeypatch):
+    from siammae.model.weights import Pin
+
+    src = tmp_path / "other.pth"
+    torch.save(tiny_vit(embed_dim=64).state_dict(), src)
+    with pytest.raises(CheckpointError, match=r"other\.pth: not the dino-vits16 \(ViT-S/16\) weights"):
+        import_weights(src, "dino-vits16")
+    torch.save(vit.state_dict(), src)
+    as_tiny(monkeypatch, "mae-vitb16", pin=Pin("md5", "8cad7c", "MAE's README"))
+    if not hashlib.md5(src.read_bytes()).hexdigest().startswith("8cad7c"):
+        with pytest.raises(CheckpointError, match="does not match the md5 prefix 8cad7c published at MAE's README"):
+            import_weights(src, "mae-vitb16")
+    with pytest.raises(CheckpointError, match="did you mean dino-vits16"):
+        import_weights(src, "dino-vits61")
+    assert folder_listing(tmp_path) == []
+
+
+def test_weights_cli_path_downloads_nothing_and_import(server, dino_file, vit, tmp_path):
+    from siammae.cli.weights import main
+
+    runner = CliRunner()
+    got = runner.invoke(main, ["path", "dino-vits16"])
+    assert got.exit_code == 0 and got.stdout.strip() == str(cached(tmp_path))
+    assert "dino-vits16 is not downloaded yet" in got.stderr
+    assert server.requests == [] and folder_listing(tmp_path) == []
+
+    src = tmp_path / "w.pth"
+    torch.save(vit.state_dict(), src)
+    got = runner.invoke(main, ["import", str(src), "dino-vits16"])
+    assert got.exit_code == 0 and got.stdout.startswith(f"dino-vits16: {cached(tmp_path)} (unverified: ")
+    got = runner.invoke(main, ["path", "dino-vits16"])
+    assert got.stdout.strip() == str(cached(tmp_path)) and got.stderr == ""
+    bad = runner.invoke(main, ["import", str(tmp_path / "nope.pth"), "dino-vits16"])
+    assert bad.exit_code == 2 and bad.output.startswith("error: ") and "nope.pth" in bad.output
+
+
+def test_weights_cli_path_of_hub_names_downloads_nothing(monkeypatch, tmp_path):
+    import huggingface_hub.constants
+
+    from siammae.cli.weights import main
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    for name, folder in [
+        ("hf:owner/repo/w.pth", "models--owner--repo"),
+        ("timm:vit_small_patch8_224.dino", "models--timm--vit_small_patch8_224.dino"),
+    ]:
+        got = CliRunner().invoke(main, ["path", name])
+        assert got.exit_code == 0 and got.stdout.strip() == str(tmp_path / "hf" / folder)
+        assert f"{name} is not downloaded yet" in got.stderr
+    assert not (tmp_path / "hf").exists()

@@ -43,10 +43,15 @@ def test_track_offline_cold_cache_is_one_line_naming_url_and_path(offline):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert f"{OFFICIAL_BASE}{DEFAULT.url_path}" in lines[0] and f"put it at {offline}" in lines[0]
+    assert f"siammae-weights import FILE {DEFAULT_WEIGHTS}" in lines[0]
 
 
-def test_track_as_typed_with_the_file_placed_by_hand(offline, tmp_path):
+def test_track_as_typed_with_the_file_placed_by_hand(offline, tmp_path, monkeypatch):
+    from weight_server import as_tiny
+
     from siammae.cli.track import main
+
+    as_tiny(monkeypatch, DEFAULT_WEIGHTS, embed_dim=64, patch_size=16, depth=1)  # the file's check expects this ViT
 
     torch.manual_seed(0)  # a tiny ViT in DINO's layout stands in for the real file (same loading path)
     vit = timm.models.vision_transformer.VisionTransformer(
@@ -62,6 +67,7 @@ def test_track_as_typed_with_the_file_placed_by_hand(offline, tmp_path):
     assert CliRunner().invoke(main, args).exit_code == 0
     weights = json.loads((tmp_path / "r.json").read_text())["settings"]["weights"]
     assert weights["weights"] == DEFAULT_WEIGHTS and weights["sha256"] == file_sha256(offline)
+    assert weights["status"] == "unverified" and weights["origin"] == "in the cache"  # recorded by the first run
 
 
 @pytest.mark.parametrize("command", ["eval", "export", "attn"])
