@@ -76,5 +76,19 @@ def test_cli_init_unknown_name(data, tmp_path, monkeypatch):
     from siammae.cli.train import cli
 
     monkeypatch.delenv("SIAMMAE_OFFLINE", raising=False)
-    out = CliRunner().invoke(cli, ["--data", str(data), "--out", str(tmp_path / "r"), "--init", "dino-vit8"])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--init",
+            "dino-vit8",
+            "--model",
+            "tiny",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert out.exit_code == 2 and out.output.startswith("error: ") and "did you mean dino-vits8" in out.output
