@@ -255,7 +255,9 @@ def _parse_index(location: str, data: bytes) -> dict:
         if not 0 <= v["shard"] < n_shards:
             raise _bad(where, f"video {i}: shard {v['shard']} is not one of the {n_shards} shards")
         if v["frames"] < 1 or v["first"] < 0 or v["first"] + v["frames"] > total:
-            raise _bad(where, f"video {i}: frames {v['first']}..{v['first'] + v['frames'] - 1} are outside 0..{total}")
+            raise _bad(
+                where, f"video {i}: rows {v['first']}..{v['first'] + v['frames'] - 1} beyond the index's {total} frames"
+            )
         if v["height"] < 1 or v["width"] < 1:
             raise _bad(where, f"video {i}: frame size {v['width']}x{v['height']}")
     return index
