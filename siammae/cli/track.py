@@ -223,8 +223,8 @@ def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder,
     changed = overrides(ctx, opts)
     if size is not None:
         changed["size"] = size
-    rank = current_rank()
     with errors(f"finished videos are kept in {out}; run again to go on"):
+        rank = current_rank()  # a bad torchrun environment is one error line too
         items = read_manifest(manifest) if manifest else expand_inputs(inputs, mask_dir, keypoints)
         if preset is None:
             preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"

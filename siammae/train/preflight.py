@@ -17,8 +17,10 @@ from siammae.errors import InputError, OutputError
 
 _STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
 
-# what to suggest for a run on the CPU: the 'tiny' model at its 64-px input trains ~10 steps/s of 16 pairs on 2 cores
-CPU_SUGGESTION = "--model tiny --batch-size 16 --total-steps 200"
+# what to suggest for a run on the CPU: the 'tiny' model (64 px) at 16 pairs per step ran at ~5.5 pairs/s on the
+# 2 shared cores of the development machine from 480p JPEG folders (decoding dominates): 200 steps in ~10 minutes.
+# lr 2e-3 as siammae-demo: the MAE rule (blr x 16 / 256 = 1e-5) is far too small for a 200-step run
+CPU_SUGGESTION = "--model tiny --batch-size 16 --total-steps 200 --lr 2e-3"
 
 
 # --------------------------------------------------------------------------------------- checkpoints (no torch)
