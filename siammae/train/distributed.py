@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from siammae.device import resolve_device
-from siammae.distributed import Rank, current_rank, init
+from siammae.distributed import Rank, current_rank, first_on_local_rank0, init
 from siammae.errors import InputError
 
 
@@ -60,6 +60,22 @@ def init_distributed(device: str = "auto", rank: Rank | None = None) -> DistInfo
         torch.cuda.set_device(dev)
     init(rank, backend="nccl" if dev.type == "cuda" else "gloo", device=dev if dev.type == "cuda" else None)
     return DistInfo(rank.rank, rank.world, rank.local_rank, dev)
+
+
+def load_init(spec: str, info: DistInfo):
+    """The ``--init`` encoder weights (:class:`~siammae.model.checkpoint.EncoderInit`) on every rank. Weights given
+    by name are fetched first on local rank 0 of each machine while the other ranks wait (one download per machine
+    into the shared cache, not one per process; a failed download is the same error on every rank), then every
+    rank reads them from the cache."""
+    from pathlib import Path
+
+    from siammae.model.checkpoint import read_encoder_init
+
+    if info.distributed and not Path(spec).exists():
+        from siammae.model.weights import resolve_weights
+
+        first_on_local_rank0(info.as_rank(), lambda: resolve_weights(spec, progress=info.local_rank == 0))
+    return read_encoder_init(spec, progress=info.is_main)
 
 
 def close_distributed() -> None:

@@ -4,6 +4,7 @@ Read top to bottom: set-up (process group, model, data, optimiser, precision), r
 steps; each step runs ``accum_steps`` micro-batches (``no_sync`` on all but the last under DDP), checks the loss
 of every micro-batch (a NaN / inf stops the run with the last good checkpoint left in place), unscales and clips
 if asked, steps AdamW, then logs, draws and saves on schedule. Rank 0 logs and saves.
+Checks that need no model (data, ``--out``, the machine) are :mod:`siammae.train.preflight`'s.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from torch.nn.parallel import DistributedDataParallel
 from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.device import autocast_dtype
-from siammae.distributed import first_on_local_rank0
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
 from siammae.memory import check_pair_fits
-from siammae.model.checkpoint import init_encoder, read_encoder_init, save_checkpoint, unwrap
+from siammae.model.checkpoint import init_encoder, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
 from siammae.outputs import OutputFolder
@@ -87,17 +87,6 @@ def train(cfg: TrainConfig) -> TrainResult:
             D.close_distributed()
 
 
-def load_init(spec: str, info: D.DistInfo):
-    """The ``--init`` encoder weights on every rank. Weights given by name are fetched first on local rank 0 of
-    each machine while the other ranks wait (one download per machine into the shared cache, not one per process;
-    a failed download is the same error on every rank), then every rank reads them from the cache."""
-    if info.distributed and not Path(spec).exists():
-        from siammae.model.weights import resolve_weights
-
-        first_on_local_rank0(info.as_rank(), lambda: resolve_weights(spec, progress=info.local_rank == 0))
-    return read_encoder_init(spec, progress=info.is_main)
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, info: D.DistInfo):
         self.cfg, self.info, self.device = cfg, info, info.device
@@ -111,7 +100,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
-        self.init = load_init(cfg.init, info) if cfg.init else None
+        self.init = D.load_init(cfg.init, info) if cfg.init else None
         if self.init is not None:
             self.model_cfg = replace(self.model_cfg, pos_embed=self.init.pos_embed)
         self.model = SiamMAE(self.model_cfg)
@@ -161,23 +150,19 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))  # checked by current_rank
-        self.workers = capped_workers(cfg.workers, processes_here)
+        self.workers = capped_workers(cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
         self.monitor = None
         if info.is_main:
             self.monitor = Monitor(self.out, self.stop_step, self.start_step, cfg.quiet)
             self._write_run_info()
-            self.monitor.info(
-                f"training {cfg.model} on {self.device}: {cfg.batch_size} pairs per step, steps {self.start_step + 1}"
-                f"..{self.stop_step} of {self.total_steps}; {self.workers} data worker(s) per process "
-                f"({cfg.workers} asked, {usable_cores()} CPU cores); the first step waits for the first batch"
-            )
+            what = f"{cfg.model} on {self.device}: {cfg.batch_size} pairs per step, steps {self.start_step + 1}.."
+            workers = f"{self.workers} data worker(s) per process ({cfg.workers} asked, {usable_cores()} CPU cores)"
+            self.monitor.info(f"training {what}{self.stop_step} of {self.total_steps}; {workers}")
             if resumed is not None:
                 self.monitor.info(f"resumed from {latest} at step {self.start_step}")
             elif cfg.resume:
                 self.monitor.info(f"no checkpoint in {self.out}: starting from scratch")
-        self._pending_bad: list[tuple[str, str]] = []
-        self._pending_short = 0
+        self._pending_bad, self._pending_short = [], 0  # unreadable (path, reason) and short pairs since the last log
 
     # --------------------------------------------------------------------------------------------- set-up
     def _dataset(self):

@@ -104,8 +104,7 @@ def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
     import torch.distributed as dist
 
     import siammae.model.weights as W
-    from siammae.train.distributed import DistInfo
-    from siammae.train.loop import load_init
+    from siammae.train.distributed import DistInfo, load_init
 
     def fake_download(url, filename, what, progress=True):
         path = Path(cache) / filename
