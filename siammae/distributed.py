@@ -1,18 +1,27 @@
 """Processes under ``torchrun``: this process's rank from torchrun's environment, and the few collective steps
 every multi-process command needs (join, gather, once-per-machine, leave).
 
-``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; without them the run is one
-process and every function here is a no-op. Training (:mod:`siammae.train.distributed`) and batch tracking
-(:mod:`siammae.tracking.batch`) both read the rank here, so the environment is parsed in one place.
+``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``LOCAL_WORLD_SIZE``) and the rendezvous address
+``MASTER_ADDR`` / ``MASTER_PORT``; without them the run is one process and every function here is a no-op.
+Training (:mod:`siammae.train.distributed`) and batch tracking (:mod:`siammae.tracking.batch`) both read the rank
+here, so the environment is parsed, and checked, in one place: a malformed or inconsistent variable (``RANK=abc``,
+``RANK`` >= ``WORLD_SIZE``, which would otherwise wait forever for a peer that cannot exist, a missing
+``MASTER_PORT``) is one :class:`~siammae.errors.InputError` naming the variable and what would be valid, and
+joining the group has a timeout (:data:`TIMEOUT_ENV`), so a peer that never starts is an error, not a hang.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from siammae.errors import SiamMAEError
+from siammae.errors import InputError, SiamMAEError
+
+# seconds to wait for every process to join and for any later collective (torch's own default is 30 minutes; a
+# first_on_local_rank0 download of a large weight file must fit in it)
+TIMEOUT_ENV = "SIAMMAE_DIST_TIMEOUT"
+DEFAULT_TIMEOUT = 1800.0
 
 
 @dataclass(frozen=True)
@@ -39,19 +48,108 @@ class Rank:
         return "cpu"
 
 
-def current_rank() -> Rank:
-    """From torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); one process without it."""
-    env = os.environ
-    return Rank(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+# ------------------------------------------------------------------------------------------- the environment
+def _int(env: Mapping[str, str], name: str, default: int, valid: str) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw.strip())
+    except ValueError:
+        raise InputError(f"torchrun environment: {name}={raw!r} is not a whole number; valid: {valid}") from None
 
 
-def init(rank: Rank) -> None:
-    """Join the job's gloo process group (torchrun's MASTER_ADDR / MASTER_PORT); nothing for one process."""
-    if rank.distributed:
-        import torch.distributed as dist
+def current_rank(env: Mapping[str, str] | None = None) -> Rank:
+    """From torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``; ``os.environ`` by default), checked;
+    one process without it. An InputError names the first bad variable and what would be valid."""
+    env = os.environ if env is None else env
+    world = _int(env, "WORLD_SIZE", 1, "a number of processes >= 1")
+    if world < 1:
+        raise InputError(f"torchrun environment: WORLD_SIZE={world}; valid: a number of processes >= 1")
+    last = f"0..{world - 1} (WORLD_SIZE={world})"
+    rank = _int(env, "RANK", 0, last)
+    if not 0 <= rank < world:
+        raise InputError(f"torchrun environment: RANK={rank} is outside the job; valid: {last}")
+    local_world = _int(env, "LOCAL_WORLD_SIZE", world, f"1..{world} processes per machine")
+    if not 1 <= local_world <= world:
+        raise InputError(
+            f"torchrun environment: LOCAL_WORLD_SIZE={local_world}; valid: 1..{world} processes per machine"
+        )
+    local_valid = f"0..{local_world - 1} (LOCAL_WORLD_SIZE={local_world})"
+    local_rank = _int(env, "LOCAL_RANK", 0, local_valid)
+    if not 0 <= local_rank < local_world:
+        raise InputError(f"torchrun environment: LOCAL_RANK={local_rank} is outside this machine; valid: {local_valid}")
+    if world > 1:
+        rendezvous(env)
+    return Rank(rank, world, local_rank)
 
-        if not dist.is_initialized():
-            dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world)
+
+def rendezvous(env: Mapping[str, str] | None = None) -> tuple[str, int]:
+    """``(MASTER_ADDR, MASTER_PORT)`` of a job of several processes, checked."""
+    env = os.environ if env is None else env
+    addr = env.get("MASTER_ADDR", "").strip()
+    if not addr:
+        raise InputError(
+            "torchrun environment: WORLD_SIZE > 1 but MASTER_ADDR is not set; valid: the host name or address of "
+            "rank 0 (torchrun sets it; run the command through torchrun)"
+        )
+    port = _int(env, "MASTER_PORT", -1, "a TCP port 1..65535")
+    if port == -1:
+        raise InputError(
+            "torchrun environment: WORLD_SIZE > 1 but MASTER_PORT is not set; valid: a free TCP port 1..65535 on "
+            "rank 0's machine (torchrun sets it)"
+        )
+    if not 1 <= port <= 65535:
+        raise InputError(f"torchrun environment: MASTER_PORT={port}; valid: a TCP port 1..65535")
+    return addr, port
+
+
+def timeout_seconds(env: Mapping[str, str] | None = None) -> float:
+    """The join / collective timeout: :data:`TIMEOUT_ENV` seconds when set, else :data:`DEFAULT_TIMEOUT`."""
+    env = os.environ if env is None else env
+    raw = env.get(TIMEOUT_ENV)
+    if raw is None or raw.strip() == "":
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{TIMEOUT_ENV}={raw!r}; valid: a number of seconds > 0")
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ collectives
+def init(rank: Rank, backend: str = "gloo", device=None, timeout: float | None = None) -> None:
+    """Join the job's process group (torchrun's MASTER_ADDR / MASTER_PORT) within ``timeout`` seconds (default
+    :func:`timeout_seconds`); nothing for one process. ``device``: the CUDA device of an NCCL group.
+    Processes that do not all join in time are a SiamMAEError naming the rendezvous address, not a hang."""
+    if not rank.distributed:
+        return
+    import datetime
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    addr, port = rendezvous()
+    seconds = timeout_seconds() if timeout is None else timeout
+    kwargs = {"device_id": device} if device is not None else {}
+    try:
+        dist.init_process_group(
+            backend,
+            rank=rank.rank,
+            world_size=rank.world,
+            timeout=datetime.timedelta(seconds=seconds),
+            **kwargs,
+        )
+    except (RuntimeError, ValueError, OSError) as e:  # DistStoreError / DistNetworkError are RuntimeErrors
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SiamMAEError(
+            f"rank {rank.rank} of {rank.world}: the processes did not all join at {addr}:{port} within "
+            f"{seconds:g} s ({first}); start every rank (torchrun --nproc_per_node N), check MASTER_ADDR / "
+            f"MASTER_PORT, or raise {TIMEOUT_ENV}"
+        ) from e
 
 
 def gather(rank: Rank, obj) -> list:

@@ -27,6 +27,7 @@ from siammae.cli.attn import main as attn_main
 from siammae.cli.demo import cli as demo_main
 from siammae.cli.eval import main as eval_main
 from siammae.cli.export import main as export_main
+from siammae.cli.prepare import cli as prepare_main
 from siammae.cli.track import main as track_main
 from siammae.cli.train import cli as train_main
 from siammae.data.palette import davis_palette_flat
@@ -41,6 +42,7 @@ COMMANDS = {
     "export": export_main,
     "attn": attn_main,
     "demo": demo_main,
+    "prepare": prepare_main,
 }
 SIZE = 64  # frames are SIZE x SIZE
 FRAMES = 3
@@ -123,6 +125,64 @@ def _train(w, *extra):
     return ["--data", str(w["video"]), "--out", str(w["out"]), "--model", "tiny", "--input-size", "32",
             "--batch-size", "2", "--max-steps", "1", "--workers", "0", "--device", "cpu", "--quiet",
             "--gap", "1", "1", *[str(e) for e in extra]]  # fmt: skip
+
+
+def _env(**variables):
+    """torchrun's variables as a (bad) launcher would set them."""
+
+    def setup(w, mp):
+        for k, v in variables.items():
+            mp.setenv(k, v)
+
+    return setup
+
+
+def _prepared(damage: Callable[[Path], None]):
+    """A prepared set of the shared frame folder at w["tmp"]/set, then ``damage(folder)``."""
+
+    def setup(w, mp):
+        from siammae.train.prepare import PrepareSettings, prepare
+
+        prepare([w["video"]], w["tmp"] / "set", PrepareSettings(short_side=32), quiet=True)
+        damage(w["tmp"] / "set")
+
+    return setup
+
+
+def _shard_dotdot(folder: Path) -> None:
+    index = json.loads((folder / "index.json").read_text())
+    (folder / "index.json").write_text(json.dumps(index | {"shards": ["../../etc/passwd"]}))
+
+
+def _pickled_offsets(folder: Path) -> None:
+    np.save(folder / "offsets.npy", np.array([{"a": 1}] * FRAMES, dtype=object), allow_pickle=True)
+
+
+def _html_server(w, mp):
+    """An HTTP server on 127.0.0.1 that answers every request with a login page (a wrong URL, a proxy)."""
+    import http.server
+    import threading
+
+    class Login(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"<!DOCTYPE html><html><body>Please sign in</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Login)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    w["url"] = f"http://127.0.0.1:{server.server_address[1]}/set/"
+    w["_cleanup"] += [server.shutdown, server.server_close]
+
+
+def _prepare(w, *extra):
+    return [str(w["video"]), "--out", str(w["out"]), "--short-side", "32", "--quiet", *[str(e) for e in extra]]
 
 
 def _export(w, *extra):
@@ -954,6 +1014,75 @@ CASES = [
         _write("f", "x"),
     ),  # fmt: skip
     Case("train-disk-full-checkpoint", "train", _train, ("No space left",), _fail_replace(".pt")),
+    # ------------------------------------------------------------ train: torchrun environment, prepared data, CPU
+    Case(
+        "train-env-rank-abc",
+        "train",
+        _train,
+        ("RANK='abc'", "valid: 0..1"),
+        _env(RANK="abc", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500"),
+    ),
+    Case(
+        "train-env-rank-outside",
+        "train",
+        _train,
+        ("RANK=2", "valid: 0..1 (WORLD_SIZE=2)"),
+        _env(RANK="2", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500"),
+    ),
+    Case(
+        "train-env-local-rank-bad",
+        "train",
+        _train,
+        ("LOCAL_RANK='gpu0'",),
+        _env(RANK="0", WORLD_SIZE="2", LOCAL_RANK="gpu0", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500"),
+    ),
+    Case(
+        "train-env-no-master-port",
+        "train",
+        _train,
+        ("MASTER_PORT is not set",),
+        _env(RANK="0", WORLD_SIZE="2", MASTER_ADDR="127.0.0.1"),
+    ),
+    Case(
+        "train-prepared-shard-dotdot",
+        "train",
+        lambda w: _train(w)[2:] + ["--data", str(w["tmp"] / "set")],
+        ("index.json", "'../../etc/passwd' is not a plain file name"),
+        _prepared(_shard_dotdot),
+    ),
+    Case(
+        "train-prepared-pickle",
+        "train",
+        lambda w: _train(w)[2:] + ["--data", str(w["tmp"] / "set")],
+        ("offsets.npy", "not a numpy integer array"),
+        _prepared(_pickled_offsets),
+    ),
+    Case(
+        "train-prepared-url-html",
+        "train",
+        lambda w: _train(w)[2:] + ["--data", w["url"]],
+        ("{url}index.json", "is an HTML page"),
+        _html_server,
+    ),
+    Case(
+        "train-cpu-paper-defaults",
+        "train",
+        lambda w: ["--data", str(w["video"]), "--out", str(w["out"]), "--device", "cpu", "--quiet"],
+        ("no CUDA device", "--model tiny --batch-size 16 --total-steps 200"),
+    ),
+    # ------------------------------------------------------------------------------------------ prepare
+    Case("prepare-input-missing", "prepare", lambda w: [str(w["tmp"] / "nope"), "--out", str(w["out"])], ("nope",)),
+    Case("prepare-quality-0", "prepare", lambda w: _prepare(w, "--quality", "0"), ("--quality 0",)),
+    Case(
+        "prepare-out-is-file",
+        "prepare",
+        lambda w: _prepare(w)[:1] + ["--out", str(w["tmp"] / "f")],
+        ("f", "not a folder"),
+        _write("f", "x"),
+    ),
+    Case("prepare-out-locked", "prepare", _prepare, ("out", "another siammae run"), _locked),
+    Case("prepare-out-linked", "prepare", _prepare, ("sub", "symbolic link"), _planted_link("sub", True)),
+    Case("prepare-disk-full-index", "prepare", _prepare, ("index.json", "No space left"), _fail_replace("index.json")),
     # -------------------------------------------------------------------------------------------- export
     Case("export-opset-30", "export", lambda w: _export(w, "--opset", "30"), ("opset 30",)),
     Case(

@@ -1,5 +1,8 @@
 """``siammae-train``: pretrain SiamMAE on folders of videos; one call of :func:`siammae.train.train`.
 
+Without a GPU the paper-sized defaults (ViT-S/16, batch 2048) are refused with one line naming CPU-sized settings
+(``--model tiny --batch-size 16 --total-steps 200``); a ``--model`` / ``--batch-size`` given is run as given.
+
 Settings come from the defaults (the paper's recipe), then ``--config FILE`` (JSON / TOML, field names of
 :class:`~siammae.train.TrainConfig`), then the flags given on the command line. Several GPUs or nodes::
 
@@ -17,6 +20,7 @@ from siammae.cli.options import CONTEXT, Command, Device, errors
 from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.model.registry import list_models
 from siammae.train.config import AUGMENTATIONS, DECODES, PRECISIONS, TrainConfig
+from siammae.train.preflight import check_run
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # flag name -> TrainConfig field, where they differ
@@ -58,7 +62,12 @@ def _default(name: str):
     default=_default("augment"),
     help="spatial: crop + flip (paper); none; color: jitter; both.",
 )
-@click.option("--workers", type=int, default=_default("workers"), help="DataLoader workers per process.")
+@click.option(
+    "--workers",
+    type=int,
+    default=_default("workers"),
+    help="DataLoader workers per process (capped at the CPU cores per process less one).",
+)
 @click.option(
     "--decode",
     type=click.Choice(DECODES),
@@ -118,10 +127,11 @@ def cli(ctx: click.Context, config_file, **flags):
         for name, value in flags.items()
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
-    from siammae.train import train  # deferred: --help stays fast
-
     with errors("continue the run with --resume (from the latest checkpoint)"):
         cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given, "flags")
+        check_run(cfg)  # --data present, --out not another run's: before torch is imported (fast refusals)
+        from siammae.train import train  # deferred: --help and bad arguments stay fast
+
         result = train(cfg)
     if not cfg.quiet and result.model_path is not None:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"

@@ -18,6 +18,12 @@ A prepared folder holds::
 
 Frame ``t`` of video ``v`` is ``shard[offsets[first_v + t, 0] : +offsets[first_v + t, 1]]``. The folder can be read
 from a local or shared file system or from an HTTP(S) URL prefix (range requests; see :class:`PreparedFrames`).
+
+A reader trusts nothing it reads: shard names in the index must be plain file names (``shard-000000.tar``; never
+``../x`` or ``/abs``), every field it uses is type- and range-checked, ``offsets.npy`` is loaded with
+``allow_pickle=False`` and must be a (frames, 2) integer array, and remote bodies are read with stated bounds
+(:data:`MAX_INDEX_BYTES` for the index, the size the index implies for the offsets, :data:`MAX_FRAME_BYTES` per
+frame), so an HTML error page, a truncated or oversized answer or a damaged index is one error naming the file.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 import time
 import urllib.error
@@ -121,6 +128,14 @@ def write_index(root: Path, meta: dict, shard_parts: list[dict]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------ reading
+# Bounds on what a reader accepts, so that a wrong URL or a damaged index is an error, not gigabytes of memory.
+MAX_INDEX_BYTES = 256 * 2**20  # index.json: ~200 bytes per video, so about a million videos
+MAX_NPY_HEADER = 64 * 2**10  # offsets.npy's header (numpy writes 128 bytes); its body is 16 bytes per frame
+MAX_FRAME_BYTES = 64 * 2**20  # one JPEG frame (a 256-px frame is ~24 KB; 4K at quality 100 is ~10 MB)
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.tar")
+_VIDEO_KEYS = ("id", "source", "shard", "frames", "first", "height", "width")
+
+
 def is_url(location: str) -> bool:
     return str(location).startswith(("http://", "https://"))
 
@@ -136,7 +151,7 @@ def is_prepared(location: str | os.PathLike) -> bool:
     try:
         with open(index) as f:
             head = f.read(200)
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return False
     return f'"format": "{FORMAT}"' in head or f'"format":"{FORMAT}"' in head
 
@@ -145,15 +160,43 @@ def _join(location: str, name: str) -> str:
     return location.rstrip("/") + "/" + name if is_url(location) else str(Path(location) / name)
 
 
-def _http_get(url: str, start: int | None = None, length: int | None = None, timeout: float = 60.0) -> bytes:
-    """GET ``url`` (a byte range when ``start`` is given); retried on connection errors, a VideoError after that."""
+def _read_body(r, url: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of a response; a larger body (by its Content-Length or as it arrives) is an error."""
+    declared = r.headers.get("Content-Length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise VideoError(f"{url}: the server announces {int(declared)} bytes, more than the {limit} accepted")
+    data = r.read(limit + 1)
+    if len(data) > limit:
+        raise VideoError(f"{url}: the body is larger than the {limit} bytes accepted")
+    return data
+
+
+def _skip(r, n: int) -> None:
+    """Discard ``n`` bytes of a response in 1 MiB pieces (a server that ignores ranges sends the whole file)."""
+    while n > 0:
+        got = r.read(min(n, 2**20))
+        if not got:
+            return
+        n -= len(got)
+
+
+def _http_get(
+    url: str, start: int | None = None, length: int | None = None, timeout: float = 60.0, limit: int | None = None
+) -> bytes:
+    """GET ``url``: the whole body (at most ``limit`` bytes) or ``length`` bytes from ``start`` (a range request);
+    retried on connection errors, a VideoError after that, on an HTTP error status, or on a wrong-sized answer."""
     headers = {} if start is None else {"Range": f"bytes={start}-{start + length - 1}"}
     for attempt in range(HTTP_ATTEMPTS):
         try:
             with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as r:
-                data = r.read()
-                if start is not None and r.status == 200:  # a server that ignores ranges sends the whole file
-                    data = data[start : start + length]
+                if start is None:
+                    data = _read_body(r, url, limit if limit is not None else MAX_INDEX_BYTES)
+                elif r.status == 206:
+                    _check_content_range(r.headers.get("Content-Range"), url, start, length)
+                    data = r.read(length)
+                else:  # 200: a server that ignores ranges sends the whole file; read through to our bytes only
+                    _skip(r, start)
+                    data = r.read(length)
                 break
         except urllib.error.HTTPError as e:
             raise VideoError(f"{url}: HTTP {e.code} {e.reason}") from e
@@ -164,6 +207,89 @@ def _http_get(url: str, start: int | None = None, length: int | None = None, tim
     if length is not None and len(data) != length:
         raise VideoError(f"{url}: got {len(data)} bytes of {length} at offset {start} (shard truncated?)")
     return data
+
+
+def _check_content_range(header: str | None, url: str, start: int, length: int) -> None:
+    """A 206 must answer the range asked (``bytes START-END/SIZE``): another range would be other frames' bytes."""
+    m = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+|\*)", (header or "").strip())
+    if m is None:
+        return  # no (parsable) Content-Range: the length check after the read still applies
+    if int(m.group(1)) != start or int(m.group(2)) > start + length - 1:
+        raise VideoError(f"{url}: asked bytes {start}-{start + length - 1}, the server sent {header}")
+
+
+def _bad(location: str, what: str) -> InputError:
+    return InputError(f"{location}: not a usable prepared data set: {what} (remake it with siammae-prepare)")
+
+
+def _parse_index(location: str, data: bytes) -> dict:
+    """``index.json``'s bytes -> the index dict, every field a reader uses checked (types, shard names)."""
+    where = _join(location, INDEX)
+    try:
+        index = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        head = data[:40].decode("utf-8", "replace").strip()
+        kind = "an HTML page" if head.lower().startswith(("<!doctype", "<html")) else f"not JSON ({e})"
+        raise _bad(where, f"{INDEX} is {kind}, starting {head!r}") from None
+    if not isinstance(index, dict) or index.get("format") != FORMAT:
+        raise InputError(f"{where}: {INDEX} is not a {FORMAT} index (made by siammae-prepare)")
+    if index.get("version") != VERSION:
+        raise InputError(f"{where}: prepared format version {index.get('version')}, expected {VERSION}")
+    for key, kind in (("shards", list), ("videos", list), ("total_frames", int)):
+        if not isinstance(index.get(key), kind):
+            raise _bad(where, f"its {key!r} entry is missing or not a {kind.__name__}")
+    for name in index["shards"]:
+        # names are data, never paths: a shard outside the folder (../../etc/passwd, /abs, a URL) is refused
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise _bad(where, f"shard name {name!r} is not a plain file name ending in .tar (letters, digits, ._-)")
+    n_shards, total = len(index["shards"]), index["total_frames"]
+    for i, v in enumerate(index["videos"]):
+        missing = [k for k in _VIDEO_KEYS if not isinstance(v, dict) or k not in v]
+        if missing:
+            raise _bad(where, f"video {i} lacks {', '.join(repr(k) for k in missing)}")
+        if not isinstance(v["source"], str):
+            raise _bad(where, f"video {i}: source {v['source']!r} is not a string")
+        ints = [v[k] for k in _VIDEO_KEYS if k != "source"]
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
+            raise _bad(where, f"video {i}: {', '.join(_VIDEO_KEYS[2:])} must be whole numbers")
+        if not 0 <= v["shard"] < n_shards:
+            raise _bad(where, f"video {i}: shard {v['shard']} is not one of the {n_shards} shards")
+        if v["frames"] < 1 or v["first"] < 0 or v["first"] + v["frames"] > total:
+            raise _bad(
+                where, f"video {i}: rows {v['first']}..{v['first'] + v['frames'] - 1} beyond the index's {total} frames"
+            )
+        if v["height"] < 1 or v["width"] < 1:
+            raise _bad(where, f"video {i}: frame size {v['width']}x{v['height']}")
+    return index
+
+
+def _check_offsets(location: str, offsets, total: int):
+    where = _join(location, OFFSETS)
+    if offsets.dtype.kind not in "iu" or offsets.ndim != 2 or offsets.shape[1] != 2:
+        raise _bad(where, f"expected a (frames, 2) integer array, found {offsets.dtype} {tuple(offsets.shape)}")
+    if offsets.shape[0] != total:
+        raise _bad(where, f"{offsets.shape[0]} rows but {INDEX} counts {total} frames")
+    return offsets
+
+
+def _load_offsets_local(location: str, total: int):
+    path = Path(location) / OFFSETS
+    try:
+        # allow_pickle=False: an object array (a pickle) is refused, never unpickled
+        offsets = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _bad(str(path), f"{OFFSETS} is not a numpy integer array ({e})") from None
+    return _check_offsets(location, offsets, total)
+
+
+def _load_offsets_remote(location: str, total: int):
+    url = _join(location, OFFSETS)
+    data = _http_get(url, limit=MAX_NPY_HEADER + 16 * total)  # the exact size the index implies, plus the header
+    try:
+        offsets = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _bad(url, f"{OFFSETS} is not a numpy integer array ({e})") from None
+    return _check_offsets(location, offsets, total)
 
 
 class PreparedFrames:
@@ -177,19 +303,19 @@ class PreparedFrames:
         self.location = str(location)
         self.remote = is_url(self.location)
         if self.remote:
-            index = json.loads(_http_get(_join(self.location, INDEX)))
-            offsets = np.load(io.BytesIO(_http_get(_join(self.location, OFFSETS))))
+            index = _parse_index(self.location, _http_get(_join(self.location, INDEX), limit=MAX_INDEX_BYTES))
+            offsets = _load_offsets_remote(self.location, index["total_frames"])
         else:
             path = Path(self.location) / INDEX
             try:
-                index = json.loads(path.read_text())
-                offsets = np.load(Path(self.location) / OFFSETS, mmap_mode="r")
-            except (OSError, ValueError) as e:
-                raise InputError(f"{self.location}: not a readable prepared data set ({e})") from e
-        if index.get("format") != FORMAT:
-            raise InputError(f"{self.location}: {INDEX} is not a {FORMAT} index (made by siammae-prepare)")
-        if index.get("version") != VERSION:
-            raise InputError(f"{self.location}: prepared format version {index.get('version')}, expected {VERSION}")
+                size = path.stat().st_size
+                if size > MAX_INDEX_BYTES:
+                    raise _bad(str(path), f"{size} bytes, more than the {MAX_INDEX_BYTES} accepted")
+                data = path.read_bytes()
+            except OSError as e:
+                raise InputError(f"{self.location}: not a readable prepared data set ({e.strerror or e})") from e
+            index = _parse_index(self.location, data)
+            offsets = _load_offsets_local(self.location, index["total_frames"])
         self.index = index
         self.shards = index["shards"]
         videos = index["videos"]
@@ -231,6 +357,11 @@ class PreparedFrames:
             if not 0 <= t < n:
                 raise VideoError(f"{self.source(video)}: frame {t} asked but the prepared video has {n}")
             offset, length = (int(x) for x in self.offsets[self.first[video] + t])
+            if offset < 0 or not 0 < length <= MAX_FRAME_BYTES:
+                raise VideoError(
+                    f"{self.where(video, t)}: offsets.npy says {length} bytes at {offset} (valid: 1..{MAX_FRAME_BYTES} "
+                    "bytes at an offset >= 0; damaged index?)"
+                )
             out.append(self._read_range(int(self.shard[video]), offset, length, video, t))
         return out
 

@@ -161,6 +161,14 @@ def color_jitter(x: torch.Tensor, rng: np.random.Generator, strength=COLOR_JITTE
     return TF.adjust_hue(x, float(rng.uniform(-h, h)))
 
 
+def apply_view(pair: list, box, flip: bool, size: int) -> torch.Tensor:
+    """One pair's view on both of its frames: crop ``box`` (top, left, h, w), resize to ``size``, flip if ``flip``
+    -> (2, 3, size, size) uint8. The one crop-and-flip of training: the CPU path (:meth:`PairSampling.views`) and
+    the device path (:func:`siammae.train.prepared_data.decode_views`) both call it."""
+    x = crop_resize(pair, box, size)  # (2, 3, size, size)
+    return x.flip(-1) if flip else x
+
+
 # ---------------------------------------------------------------------------------------------------- dataset
 @dataclass(frozen=True)
 class SampleKey:
@@ -171,53 +179,39 @@ class SampleKey:
     position: int
 
 
-class PairDataset(torch.utils.data.Dataset):
-    """Map-style data set of clips; ``dataset[SampleKey]`` -> dict(f1, f2 (repeat, 3, S, S) uint8, skipped, short).
+class PairSampling(torch.utils.data.Dataset):
+    """The sampling of training pairs, whatever stores the clips; ``dataset[SampleKey]`` -> dict(f1, f2 (repeat, 3,
+    S, S) uint8, skipped, short).
 
-    ``skipped`` lists ``(path, reason)`` of the videos that failed for this sample; ``short`` counts pairs drawn
-    from videos shorter than the minimum gap, which use their largest possible gap (``num_frames - 1``) instead.
+    A subclass says what a clip is: ``__len__``, :meth:`path` (its name in messages), :meth:`num_frames` and
+    :meth:`read` (frames as (H, W, 3) arrays or (3, H, W) tensors). The draws are made here, in one order: the
+    ``repeat`` pairs (:meth:`draw_pairs`), then per pair its view (:meth:`draw_view`) and, with colour
+    augmentation, its jitter; so every subclass gives the same pairs for the same key.
+
+    ``skipped`` lists ``(path, reason)`` of the clips that failed for this sample; ``short`` counts pairs drawn
+    from clips shorter than the minimum gap, which use their largest possible gap (``num_frames - 1``) instead.
     A clip with fewer than 2 frames is skipped as unreadable.
     """
 
-    def __init__(
-        self,
-        videos: list[str],
-        size: int,
-        seed: int,
-        gap=(4, 48),
-        repeat: int = 2,
-        crop_scale=(0.5, 1.0),
-        augment: str = "spatial",
-    ):
-        if not videos:
-            raise InputError("the training data set is empty")
-        # a numpy bytes array, not a list of str: forked workers reading a Python list touch every object's
-        # refcount and so copy the list's pages, once per worker (pytorch/pytorch#13246)
-        self.videos = np.array([v.encode() for v in videos])
+    def __init__(self, size: int, seed: int, gap=(4, 48), repeat: int = 2, crop_scale=(0.5, 1.0),
+                 augment: str = "spatial"):  # fmt: skip
         self.size, self.seed, self.gap, self.repeat = size, seed, tuple(gap), repeat
         self.crop_scale, self.augment = tuple(crop_scale), augment
-        self._counts: dict[int, int] = {}  # frame counts, filled lazily (per worker process)
-        self.decoder = video_decoder()  # torchcodec where it loads, else PyAV (siammae.data.video_decoders)
 
+    # --- what a subclass provides
     def __len__(self) -> int:
-        return len(self.videos)
+        raise NotImplementedError
 
     def path(self, i: int) -> str:
-        return self.videos[i].decode()
+        raise NotImplementedError
 
     def num_frames(self, i: int) -> int:
-        n = self._counts.get(i)
-        if n is None:
-            n = self._counts[i] = count_frames(self.path(i))
-        return n
+        raise NotImplementedError
 
     def read(self, video: int, indices: list[int]) -> list:
-        """Frames ``indices`` of clip ``video``: (H, W, 3) uint8 arrays (or (3, H, W) tensors, see crop_resize)."""
-        path = self.path(video)
-        if self.decoder == "torchcodec" and not os.path.isdir(path):
-            return read_frames_torchcodec(path, indices)
-        return read_frames(path, indices)
+        raise NotImplementedError
 
+    # --- the sampling
     def __getitem__(self, key: SampleKey) -> dict:
         rng = np.random.default_rng([self.seed, key.epoch, key.position])
         skipped = []
@@ -227,7 +221,7 @@ class PairDataset(torch.utils.data.Dataset):
                 return {**self._sample(video, rng), "skipped": skipped}
             except (VideoError, OSError) as e:
                 skipped.append((self.path(video), str(e).splitlines()[0] if str(e) else type(e).__name__))
-                video = int(rng.integers(len(self.videos)))  # a replacement drawn from the same seeded stream
+                video = int(rng.integers(len(self)))  # a replacement drawn from the same seeded stream
         tried = "; ".join(f"{p}: {r}" for p, r in skipped[:3])
         raise InputError(f"{MAX_ATTEMPTS} videos in a row could not be read, is the data readable? ({tried})")
 
@@ -253,29 +247,64 @@ class PairDataset(torch.utils.data.Dataset):
             return random_resized_crop_box(rng, height, width, self.crop_scale), bool(rng.random() < 0.5)
         return center_square_box(height, width), False
 
-    def _sample(self, video: int, rng: np.random.Generator) -> dict:
-        f1, f2, short = self._pairs(video, rng)
-        return {"f1": f1, "f2": f2, "short": short}
-
-    def _pairs(self, video: int, rng: np.random.Generator):
-        """Draw ``repeat`` pairs from one video -> f1, f2 (repeat, 3, S, S) uint8 and the count of short pairs."""
-        path = self.path(video)
-        pairs, short = self.draw_pairs(video, rng)
-        frames = self.read(video, [t for pair in pairs for t in pair])
+    def views(self, frames: list, rng: np.random.Generator):
+        """Decoded frames of the pairs (f1 f2 of pair 0, f1 f2 of pair 1, ...) -> f1, f2 (repeat, 3, S, S) uint8,
+        each pair with its own view (and jitter), the same on both of its frames."""
         height, width = frame_size(frames[0])
-        if any(f.shape != frames[0].shape for f in frames):
-            raise VideoError(f"{path}: frames differ in size ({', '.join(sorted({str(f.shape) for f in frames}))})")
         f1, f2 = [], []
         for k in range(self.repeat):
             box, flip = self.draw_view(rng, height, width)
-            x = crop_resize(frames[2 * k : 2 * k + 2], box, self.size)  # (2, 3, S, S)
-            if flip:
-                x = x.flip(-1)
+            x = apply_view(frames[2 * k : 2 * k + 2], box, flip, self.size)  # (2, 3, S, S)
             if self.augment in ("color", "both"):
                 x = color_jitter(x, rng)
             f1.append(x[0])
             f2.append(x[1])
-        return torch.stack(f1), torch.stack(f2), short
+        return torch.stack(f1), torch.stack(f2)
+
+    def _sample(self, video: int, rng: np.random.Generator) -> dict:
+        """Draw ``repeat`` pairs from one clip, read and decode only their frames -> dict(f1, f2, short)."""
+        pairs, short = self.draw_pairs(video, rng)
+        frames = self.read(video, [t for pair in pairs for t in pair])
+        if any(f.shape != frames[0].shape for f in frames):
+            shapes = ", ".join(sorted({str(tuple(f.shape)) for f in frames}))
+            raise VideoError(f"{self.path(video)}: frames differ in size ({shapes})")
+        f1, f2 = self.views(frames, rng)
+        return {"f1": f1, "f2": f2, "short": short}
+
+
+class PairDataset(PairSampling):
+    """Training pairs from videos and frame folders (:func:`find_videos`); only the frames of the pairs are
+    decoded (torchcodec where it loads, else PyAV; see :mod:`siammae.data.video_decoders`)."""
+
+    def __init__(self, videos: list[str], size: int, seed: int, gap=(4, 48), repeat: int = 2, crop_scale=(0.5, 1.0),
+                 augment: str = "spatial"):  # fmt: skip
+        if not videos:
+            raise InputError("the training data set is empty")
+        super().__init__(size, seed, gap, repeat, crop_scale, augment)
+        # a numpy bytes array, not a list of str: forked workers reading a Python list touch every object's
+        # refcount and so copy the list's pages, once per worker (pytorch/pytorch#13246)
+        self.videos = np.array([v.encode() for v in videos])
+        self._counts: dict[int, int] = {}  # frame counts, filled lazily (per worker process)
+        self.decoder = video_decoder()
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def path(self, i: int) -> str:
+        return self.videos[i].decode()
+
+    def num_frames(self, i: int) -> int:
+        n = self._counts.get(i)
+        if n is None:
+            n = self._counts[i] = count_frames(self.path(i))
+        return n
+
+    def read(self, video: int, indices: list[int]) -> list:
+        """Frames ``indices`` of clip ``video``: (H, W, 3) uint8 arrays (or (3, H, W) tensors, see crop_resize)."""
+        path = self.path(video)
+        if self.decoder == "torchcodec" and not os.path.isdir(path):
+            return read_frames_torchcodec(path, indices)
+        return read_frames(path, indices)
 
 
 def collate(samples: list[dict]) -> dict:

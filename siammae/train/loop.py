@@ -4,12 +4,14 @@ Read top to bottom: set-up (process group, model, data, optimiser, precision), r
 steps; each step runs ``accum_steps`` micro-batches (``no_sync`` on all but the last under DDP), checks the loss
 of every micro-batch (a NaN / inf stops the run with the last good checkpoint left in place), unscales and clips
 if asked, steps AdamW, then logs, draws and saves on schedule. Rank 0 logs and saves.
+Checks that need no model (data, ``--out``, the machine) are :mod:`siammae.train.preflight`'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +26,7 @@ from siammae.device import autocast_dtype
 from siammae.errors import InputError, SiamMAEError
 from siammae.io import write_json
 from siammae.memory import check_pair_fits
-from siammae.model.checkpoint import init_encoder, read_encoder_init, save_checkpoint, unwrap
+from siammae.model.checkpoint import init_encoder, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
 from siammae.outputs import OutputFolder
@@ -33,6 +35,7 @@ from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
 from siammae.train.monitor import Monitor
 from siammae.train.optim import build_optimizer, cut_schedule_warning, lr_at, set_lr
+from siammae.train.preflight import capped_workers, check_machine, check_run, usable_cores
 from siammae.train.prepared_data import PreparedPairDataset, collate_jpeg, decode_views
 from siammae.train.sampler import StepSampler, shard_seed
 from siammae.train.state import latest_checkpoint, load_training_checkpoint, save_training_checkpoint, set_rng_state
@@ -71,9 +74,11 @@ class TrainResult:
 
 def train(cfg: TrainConfig) -> TrainResult:
     """Pretrain SiamMAE as ``cfg`` says; under torchrun every process calls this with the same ``cfg``."""
+    check_run(cfg)  # data present, --out not another run's: before joining a group or building a model
     owns_group = not dist.is_initialized()
     info = D.init_distributed(cfg.device)
     try:
+        check_machine(cfg, info.device.type)
         # rank 0 claims --out: one run at a time, no planted links, no temp files of a killed run
         with OutputFolder(cfg.out) if info.is_main else contextlib.nullcontext():
             return Trainer(cfg, info).run()
@@ -95,7 +100,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
-        self.init = read_encoder_init(cfg.init, progress=info.is_main) if cfg.init else None
+        self.init = D.load_init(cfg.init, info) if cfg.init else None
         if self.init is not None:
             self.model_cfg = replace(self.model_cfg, pos_embed=self.init.pos_embed)
         self.model = SiamMAE(self.model_cfg)
@@ -130,12 +135,8 @@ class Trainer:
 
         # --- resume
         self.start_step, self.checkpoint = 0, None
+        check_run(cfg)  # again, now that --out is held: another run may have written there meanwhile
         latest = latest_checkpoint(self.out)
-        if latest is not None and not cfg.resume:
-            raise InputError(
-                f"{self.out} already holds checkpoints (latest {latest.name}); pass --resume to continue that run "
-                "or choose another --out"
-            )
         resumed = None
         if latest is not None:
             resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
@@ -149,16 +150,19 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
+        self.workers = capped_workers(cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
         self.monitor = None
         if info.is_main:
             self.monitor = Monitor(self.out, self.stop_step, self.start_step, cfg.quiet)
             self._write_run_info()
+            what = f"{cfg.model} on {self.device}: {cfg.batch_size} pairs per step, steps {self.start_step + 1}.."
+            workers = f"{self.workers} data worker(s) per process ({cfg.workers} asked, {usable_cores()} CPU cores)"
+            self.monitor.info(f"training {what}{self.stop_step} of {self.total_steps}; {workers}")
             if resumed is not None:
                 self.monitor.info(f"resumed from {latest} at step {self.start_step}")
             elif cfg.resume:
                 self.monitor.info(f"no checkpoint in {self.out}: starting from scratch")
-        self._pending_bad: list[tuple[str, str]] = []
-        self._pending_short = 0
+        self._pending_bad, self._pending_short = [], 0  # unreadable (path, reason) and short pairs since the last log
 
     # --------------------------------------------------------------------------------------------- set-up
     def _dataset(self):
@@ -194,6 +198,7 @@ class Trainer:
                 "model": self.model_cfg.to_dict(),
                 "init": self.init.weights if self.init is not None else None,  # name / path + sha256
                 "world_size": self.info.world_size,
+                "workers": self.workers,
                 "videos": len(self.dataset),
                 "steps_per_epoch": self.steps_per_epoch,
                 "total_steps": self.total_steps,
@@ -210,10 +215,10 @@ class Trainer:
         return torch.utils.data.DataLoader(
             self.dataset,
             batch_sampler=self.sampler,
-            num_workers=cfg.workers,
+            num_workers=self.workers,
             collate_fn=self.collate,
             pin_memory=self.device.type == "cuda",
-            prefetch_factor=4 if cfg.workers else None,
+            prefetch_factor=4 if self.workers else None,
             # the loader draws its workers' base seed from this, not from the global RNG (we never use that seed:
             # every sample is seeded by its position, see data.py)
             generator=torch.Generator().manual_seed(cfg.seed),
@@ -236,7 +241,8 @@ class Trainer:
                 window.append(loss)
                 lr = self.optimizer.param_groups[0]["lr"]
                 if self.monitor is not None:
-                    self.monitor.progress(step, loss, lr)
+                    rate = (step - self.start_step) * pairs_per_step / max(time.perf_counter() - t0, 1e-9)
+                    self.monitor.progress(step, loss, lr, rate)
                 if step % cfg.log_every == 0 or step == self.stop_step:
                     now = time.perf_counter()
                     self._report_data()

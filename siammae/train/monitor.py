@@ -39,6 +39,7 @@ class Monitor:
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total_steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True)
+            self.bar.set_postfix_str("waiting for the first batch")
         self.bad_videos: dict[str, str] = {}  # path -> first reason
         self.skip_events = 0
         self.short_pairs = 0
@@ -85,10 +86,14 @@ class Monitor:
         if new:
             write_text(self.out / "bad_videos.txt", "".join(f"{p}\t{r}\n" for p, r in self.bad_videos.items()))
 
-    def progress(self, step: int, loss: float, lr: float) -> None:
+    def progress(self, step: int, loss: float, lr: float, pairs_per_s: float | None = None) -> None:
+        """Advance the bar to ``step``: loss, lr and frame pairs per second (all processes, since the start)."""
         if self.bar is not None:
+            post = {"loss": f"{loss:.4f}", "lr": f"{lr:.2e}"}
+            if pairs_per_s is not None:
+                post["pairs/s"] = f"{pairs_per_s:.1f}"
+            self.bar.set_postfix(post, refresh=False)
             self.bar.update(step - self.bar.n)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
 
     def log(self, record: dict) -> None:
         record = {

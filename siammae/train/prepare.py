@@ -8,7 +8,8 @@ The videos are assigned to shards up front (``videos_per_shard`` consecutive vid
 is resumable at shard granularity: a shard whose tar and ``.json`` part are both present is kept, the others are
 (re)made, in parallel over ``workers`` processes. A video that cannot be decoded is rolled back out of its shard,
 listed in ``skipped.txt`` and left out of the index. ``prepare.json`` records the inputs and settings; running again
-into the same folder with other ones is refused rather than mixing two data sets.
+into the same folder with other ones is refused rather than mixing two data sets. The output folder is held with
+:class:`~siammae.outputs.OutputFolder` (one run at a time; a killed run's temporary tar is removed on the next run).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from PIL import Image
 from siammae.data import shards as S
 from siammae.errors import InputError, SiamMAEError, VideoError
 from siammae.io import atomic_write, write_json, write_text
+from siammae.outputs import LOCK_NAME, OutputFolder
 
 MANIFEST = "prepare.json"
 
@@ -166,6 +168,13 @@ def prepare(
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
     sources = [str(Path(v).resolve()) for v in find_videos(inputs)]
+    # one writer per folder (the lock tracking and training take too); opening it also removes the temporary
+    # files of a killed run (a half-written shard tar of a kill -9), which nothing else would ever clean
+    with OutputFolder(out, what="--out"):
+        return _prepare(sources, out, settings, workers, quiet)
+
+
+def _prepare(sources: list[str], out: Path, settings: PrepareSettings, workers: int, quiet: bool) -> PrepareResult:
     _check_manifest(out, sources, settings)
     t0 = time.perf_counter()
     per = settings.videos_per_shard
@@ -257,6 +266,6 @@ def _check_manifest(out: Path, sources: list[str], settings: PrepareSettings) ->
                 "choose another --out"
             )
         return
-    if out.is_dir() and any(out.iterdir()):
+    if out.is_dir() and any(e.name != LOCK_NAME for e in out.iterdir()):
         raise InputError(f"--out {out}: folder is not empty and holds no {MANIFEST}; choose an empty or new folder")
     write_json(path, manifest)

@@ -1,9 +1,10 @@
 """Training pairs from a prepared data set (``siammae-prepare``): two JPEG reads per pair instead of a video seek.
 
-The sampling is :class:`~siammae.train.data.PairDataset`'s, draw for draw (gap, positions, crop box, flip from the
-generator of ``(seed, epoch, position)``), so a prepared set gives the pairs of its source videos (at the prepared
-short side, to JPEG precision) and a resume stays exact. Only the frames of the pairs are read, each with one
-``pread`` or one HTTP range request through the index (:class:`~siammae.data.shards.PreparedFrames`).
+The sampling is :class:`~siammae.train.data.PairSampling`'s (shared with video files), draw for draw (gap,
+positions, crop box, flip from the generator of ``(seed, epoch, position)``), so a prepared set gives the pairs of
+its source videos (at the prepared short side, to JPEG precision) and a resume stays exact. Only the frames of the
+pairs are read, each with one ``pread`` or one HTTP range request through the index
+(:class:`~siammae.data.shards.PreparedFrames`).
 
 Two places to decode:
 
@@ -22,8 +23,8 @@ import numpy as np
 import torch
 
 from siammae.data.shards import PreparedFrames
-from siammae.errors import VideoError
-from siammae.train.data import PairDataset, crop_resize
+from siammae.errors import InputError, VideoError
+from siammae.train.data import PairSampling, apply_view
 
 
 def _check_jpeg(data: bytes, where: str) -> None:
@@ -44,19 +45,26 @@ def decode_jpeg_cpu(data: bytes, where: str) -> torch.Tensor:
     return x
 
 
-class PreparedPairDataset(PairDataset):
-    """:class:`PairDataset` over a prepared data set; ``dataset[SampleKey]`` -> as PairDataset with
-    ``decode="cpu"``, or dict(jpeg (bytes) uint8, lengths (4 * repeat,) int64, views (repeat, 5) int64 = top, left,
+class PreparedPairDataset(PairSampling):
+    """Training pairs from a prepared data set; ``dataset[SampleKey]`` -> as :class:`PairDataset` with
+    ``decode="cpu"``, or dict(jpeg (bytes) uint8, lengths (2 * repeat,) int64, views (repeat, 5) int64 = top, left,
     h, w, flip, skipped, short) with ``decode="device"`` (frames in pair order: f1 f2 of pair 0, f1 f2 of pair 1)."""
 
     def __init__(self, frames: PreparedFrames, size: int, seed: int, gap=(4, 48), repeat: int = 2,
                  crop_scale=(0.5, 1.0), augment: str = "spatial", decode: str = "cpu"):  # fmt: skip
         if decode not in ("cpu", "device"):
             raise ValueError(f"decode={decode!r}: valid: cpu, device")
-        super().__init__([frames.source(0)] if len(frames) else [], size, seed, gap, repeat, crop_scale, augment)
+        if not len(frames):
+            raise InputError(f"{frames.location}: the prepared data set holds no videos")
+        super().__init__(size, seed, gap, repeat, crop_scale, augment)
         self.frames = frames
-        self.videos = frames.sources  # len() and path() of the base class
         self.decode = "cpu" if augment in ("color", "both") else decode
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def path(self, i: int) -> str:
+        return self.frames.source(i)
 
     def num_frames(self, i: int) -> int:
         return self.frames.num_frames(i)
@@ -68,6 +76,7 @@ class PreparedPairDataset(PairDataset):
     def _sample(self, video: int, rng: np.random.Generator) -> dict:
         if self.decode == "cpu":
             return super()._sample(video, rng)
+        # device: the same draws in the same order, the bytes and views handed to decode_views
         pairs, short = self.draw_pairs(video, rng)
         indices = [t for pair in pairs for t in pair]
         data = self.frames.read(video, indices)
@@ -98,7 +107,7 @@ def collate_jpeg(samples: list[dict]) -> dict:
 
 def decode_views(batch: dict, size: int, device: torch.device):
     """Decode a :func:`collate_jpeg` batch on ``device`` (nvJPEG on CUDA, batched) and crop, resize, flip there
-    -> f1, f2 (B, 3, size, size) uint8 on ``device`` (the arithmetic of ``crop_resize``) and the frames that could
+    -> f1, f2 (B, 3, size, size) uint8 on ``device`` (through ``apply_view``, as the CPU path) and the frames that could
     not be decoded as (source, reason); those are grey, so that one damaged JPEG does not stop a run (the workers
     already turned away truncated ones)."""
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -121,9 +130,7 @@ def decode_views(batch: dict, size: int, device: torch.device):
     f1, f2 = [], []
     for k, (top, left, h, w, flip) in enumerate(batch["views"].tolist()):
         pair = [img if img is not None else _grey(top + h, left + w, device) for img in images[2 * k : 2 * k + 2]]
-        x = crop_resize(pair, (top, left, h, w), size)  # (2, 3, size, size)
-        if flip:
-            x = x.flip(-1)
+        x = apply_view(pair, (top, left, h, w), bool(flip), size)  # (2, 3, size, size)
         f1.append(x[0])
         f2.append(x[1])
     return torch.stack(f1), torch.stack(f2), bad

@@ -9,7 +9,6 @@ numbers restore the run exactly. Files are written atomically and only the last 
 from __future__ import annotations
 
 import random
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,25 +16,9 @@ import torch
 
 from siammae.errors import CheckpointError
 from siammae.model.checkpoint import read_checkpoint, save_checkpoint
+from siammae.train.preflight import checkpoint_dir, latest_checkpoint, list_checkpoints
 
-_STEP_FILE = re.compile(r"^step_(\d{8})\.pt$")
-
-
-def checkpoint_dir(out: str | Path) -> Path:
-    return Path(out) / "checkpoints"
-
-
-def list_checkpoints(out: str | Path) -> list[Path]:
-    """Training checkpoints in ``out``, oldest first."""
-    folder = checkpoint_dir(out)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _STEP_FILE.match(p.name))
-
-
-def latest_checkpoint(out: str | Path) -> Path | None:
-    ckpts = list_checkpoints(out)
-    return ckpts[-1] if ckpts else None
+__all__ = ["checkpoint_dir", "latest_checkpoint", "list_checkpoints", "checkpoint_path"]
 
 
 def checkpoint_path(out: str | Path, step: int) -> Path:

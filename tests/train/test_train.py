@@ -270,3 +270,86 @@ def test_tensorboard_gets_scalars_and_pictures_when_installed(data, tmp_path, mo
     assert ("train/loss", 2) in calls and ("train/lr", 2) in calls and ("train/samples_per_s", 2) in calls
     assert ("train/reconstruction", 2, (138, 138, 3), "HWC") in calls
     assert calls[-1] == ("close",)
+
+
+def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(data, tmp_path, monkeypatch):
+    """The write of step 2's checkpoint fails (ENOSPC at its rename): one OutputError naming it; step 1's file is
+    intact and loads, and no temporary file is left."""
+    import errno
+
+    import siammae.io as sio
+    from siammae.errors import OutputError
+
+    real = os.replace
+
+    def replace(src, dst, *a, **k):
+        if str(dst).endswith("step_00000002.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(sio.os, "replace", replace)
+    with pytest.raises(OutputError, match=r"^cannot write .*step_00000002\.pt: No space left on device$"):
+        train(config(data, tmp_path, max_steps=3, save_every=1))
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000001.pt"]
+    assert read_checkpoint(tmp_path / "checkpoints" / "step_00000001.pt")["train"]["step"] == 1
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(sio.TMP_PREFIX)]
+
+
+def test_workers_are_capped_by_the_cores():
+    from siammae.train.preflight import capped_workers
+
+    assert capped_workers(8, 1, cores=2) == 1  # the issue's machine: 8 asked, 2 cores
+    assert capped_workers(8, 2, cores=2) == 0  # two processes on 2 cores: each loads in its main process
+    assert capped_workers(8, 1, cores=16) == 8 and capped_workers(10, 8, cores=16) == 1
+    assert capped_workers(0, 1, cores=64) == 0
+
+
+def test_cpu_refuses_the_paper_defaults_before_building_anything(data, tmp_path, monkeypatch):
+    """No CUDA + ViT-S/16 at batch 2048 (both defaults): one line naming CPU-sized settings, nothing written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    built = []
+    monkeypatch.setattr(SiamMAE, "__init__", lambda *a, **k: built.append(1) or None)
+    r = CliRunner().invoke(cli, ["--data", str(data), "--out", str(tmp_path / "run")])
+    assert r.exit_code == 2 and r.output.count("error:") == 1, r.output
+    assert "no CUDA device" in r.output and "--model tiny --batch-size 16 --total-steps 200" in r.output
+    assert built == [] and not (tmp_path / "run").exists()
+    # a model or batch size the user chose runs as given (stopped here right after the check, by the patch)
+    with pytest.raises(Exception) as e:
+        train(TrainConfig(data=(str(data),), out=str(tmp_path / "b"), batch_size=4, device="cpu", quiet=True))
+    assert built == [1] and "no CUDA device" not in str(e.value)
+
+
+def test_progress_bar_shows_pairs_per_second_from_the_first_step(data, tmp_path):
+    r = CliRunner().invoke(cli, ["--data", str(data), "--out", str(tmp_path / "run"), "--model", "tiny",
+                                 "--input-size", "32", "--batch-size", "4", "--max-steps", "2", "--workers", "8",
+                                 "--gap", "2", "6", "--device", "cpu", "--vis-every", "0"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "data worker(s) per process (8 asked," in r.output
+    first = next(ln for ln in r.output.replace("\r", "\n").splitlines() if " 1/" in ln and "pairs/s=" in ln)
+    assert float(first.split("pairs/s=")[1].split(",")[0].rstrip("]")) > 0
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    from siammae.train.preflight import capped_workers
+
+    assert run["workers"] == capped_workers(8, 1)
+
+
+def test_bad_arguments_are_refused_before_torch_is_imported(data, tmp_path):
+    """--data missing, --out another run's: refused by the CLI with torch never imported (fast)."""
+    code = (
+        "import sys\n"
+        "from siammae.cli.train import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    print('exit', e.code, 'torch' in sys.modules)\n"
+    )
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "step_00000005.pt").write_bytes(b"x")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, message in (
+        (["--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")], "--data"),
+        (["--data", str(data), "--out", str(tmp_path / "run")], "already holds checkpoints (latest step_00000005.pt)"),
+    ):
+        p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert p.stdout.strip() == "exit 2 False", (p.stdout, p.stderr)
+        assert p.stderr.startswith("error: ") and message in p.stderr, p.stderr

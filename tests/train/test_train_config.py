@@ -67,9 +67,10 @@ def test_files_and_overrides(tmp_path):
     "text, match",
     [
         ('{"batch": 4}', r"unknown setting 'batch'; valid: data, "),
-        ('{"epochs": "ten"}', "epochs must be int, got 'ten'"),
-        ('{"gap": [4]}', "gap must have 2 values"),
-        ('{"resume": 1}', "resume must be true or false"),
+        ('{"epochs": "ten"}', r"c\.json: epochs = 'ten': must be a whole number"),
+        ('{"gap": [4]}', r"gap = \[4\]: expected 2 values"),
+        ('{"resume": 1}', "resume = 1: must be true or false"),
+        ('{"crop_scale": [0, 1]}', r"crop_scale = \(0\.0, 1\.0\): must be in \(0, 1\]"),
         ("[1, 2]", "expected a table of settings"),
         ("{oops", "invalid JSON"),
     ],
@@ -82,8 +83,10 @@ def test_bad_files_say_what_is_wrong(tmp_path, text, match):
 
 
 def test_bad_values_are_rejected():
-    with pytest.raises(InputError, match="gap = .*needs 1 <= min <= max"):
+    with pytest.raises(InputError, match=r"gap = \(8, 4\): needs min <= max"):
         TrainConfig(gap=(8, 4))
+    with pytest.raises(InputError, match=r"gap = \(0, 4\): must be >= 1"):
+        TrainConfig(gap=(0, 4))
     with pytest.raises(InputError, match="multiple of repeat = 2"):
         TrainConfig(batch_size=7)
     with pytest.raises(InputError, match="decoder = 'self': valid: cross-self, cross, joint"):
@@ -94,6 +97,26 @@ def test_bad_values_are_rejected():
         TrainConfig.from_file("/nonexistent.toml")
     with pytest.raises(InputError, match=r"expected a \.json or \.toml"):
         read_config_file(__file__)
+
+
+def test_every_field_declares_its_rule_and_checkpoint_configs_load():
+    """Validation is declarative: every field carries a Rule (help text, range / choices), one loop checks them,
+    and a stored config (to_dict, lists for tuples, ints for floats) rebuilds the same config with TrainConfig(**d)."""
+    from dataclasses import fields
+
+    from siammae.train.config import Rule, describe
+
+    assert all(isinstance(f.metadata.get("rule"), Rule) and f.metadata["rule"].help for f in fields(TrainConfig))
+    cfg = TrainConfig(data="videos", gap=[2, 9], warmup_epochs=3, total_steps=50, warmup_frac=0.1, lr=1)
+    assert cfg.data == ("videos",) and cfg.gap == (2, 9) and cfg.warmup_epochs == 3.0 and cfg.lr == 1.0
+    assert TrainConfig(**json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert "augment (str, default 'spatial'; valid: spatial, none, color, both)" in describe()
+    with pytest.raises(InputError, match=r"^lr = 0\.0: must be > 0$"):
+        TrainConfig(lr=0.0)
+    with pytest.raises(InputError, match=r"^betas = \(0\.9, 1\.0\): must be in \[0, 1\)$"):
+        TrainConfig(betas=(0.9, 1.0))
+    with pytest.raises(InputError, match=r"^out = None: cannot be empty"):
+        TrainConfig(out=None)
 
 
 def test_param_groups_decay_only_weight_matrices():

@@ -76,5 +76,62 @@ def test_cli_init_unknown_name(data, tmp_path, monkeypatch):
     from siammae.cli.train import cli
 
     monkeypatch.delenv("SIAMMAE_OFFLINE", raising=False)
-    out = CliRunner().invoke(cli, ["--data", str(data), "--out", str(tmp_path / "r"), "--init", "dino-vit8"])
+    out = CliRunner().invoke(
+        cli,
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "r"),
+            "--init",
+            "dino-vit8",
+            "--model",
+            "tiny",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert out.exit_code == 2 and out.output.startswith("error: ") and "did you mean dino-vits8" in out.output
+
+
+def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
+    """One of 2 ranks on one machine: --init by name, the download faked (slow, so that a second fetch would
+    overlap it) and logged."""
+    import os
+    import time
+    from pathlib import Path
+
+    import torch.distributed as dist
+
+    import siammae.model.weights as W
+    from siammae.train.distributed import DistInfo, load_init
+
+    def fake_download(url, filename, what, progress=True):
+        path = Path(cache) / filename
+        if not path.is_file():
+            with open(log, "a") as f:
+                f.write(f"{rank}\n")
+            time.sleep(0.5)
+            dino_file(str(path) + ".part")
+            os.replace(str(path) + ".part", path)
+        return path, file_sha256(path)
+
+    W.cached_download = fake_download
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        init = load_init("dino-vits16", DistInfo(rank, 2, rank, torch.device("cpu")))
+        torch.save(init.state, f"{log}.{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_init_by_name_is_fetched_once_per_machine(tmp_path):
+    """--init NAME under torchrun: local rank 0 downloads, the other ranks wait and read the same cached file."""
+    import torch.multiprocessing as mp
+
+    (tmp_path / "cache").mkdir()
+    log = tmp_path / "fetches"
+    mp.spawn(_init_worker, args=(str(tmp_path / "store"), str(tmp_path / "cache"), str(log)), nprocs=2, join=True)
+    assert log.read_text().split() == ["0"]  # one download, by local rank 0
+    a, b = (torch.load(f"{log}.{r}.pt") for r in range(2))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
