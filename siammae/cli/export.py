@@ -9,29 +9,22 @@ The command parses and validates, then calls :func:`siammae.export.export_onnx` 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors, preset_option, size_option
+from siammae.cli.options import (
+    CONTEXT,
+    Command,
+    arch_option,
+    ckpt_option,
+    errors,
+    log_to_stderr,
+    preset_option,
+    size_option,
+)
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
-
-
-class _EchoHandler(logging.Handler):
-    """Log records as plain lines on the stderr of the moment (click.echo looks it up at each call)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
-
-
-def _log_to_stderr() -> None:
-    """Progress and verification figures of the library (logger "siammae") on stderr."""
-    logger = logging.getLogger("siammae")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-    logger.setLevel(logging.INFO)
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -95,7 +88,7 @@ def main(
     from siammae.export.tensorrt import build_engine, require_tensorrt
     from siammae.model.weights import DEFAULT_WEIGHTS
 
-    _log_to_stderr()
+    log_to_stderr()
     with errors():
         if trt:
             require_tensorrt()  # fail before the export, not after it
