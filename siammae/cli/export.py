@@ -34,8 +34,8 @@ from siammae.model.config import POS_INTERP
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint; for a weights name, "
-    "<name>_<H>x<W>.onnx in the current folder).",
+    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint, H x W the frame size as in "
+    "--size; for a weights name, <name>_<H>x<W>.onnx in the current folder). Not overwritten without --overwrite.",
 )
 @preset_option("siammae-davis: a 854x480 video as siammae-track encodes it, 480x880")
 @size_option("as siammae-track --size: a short side (480 -> 480x848 for a 854x480 video) or HEIGHTxWIDTH.")
@@ -72,6 +72,7 @@ from siammae.model.config import POS_INTERP
     show_default=True,
     help="TensorRT scratch memory, GB.",
 )
+@click.option("--overwrite", is_flag=True, help="replace an existing output file (.onnx, and .engine with --trt).")
 @click.option(
     "--verify/--no-verify",
     default=True,
@@ -79,17 +80,38 @@ from siammae.model.config import POS_INTERP
     help="compare onnxruntime (and the engine) against PyTorch on random frames.",
 )
 def main(
-    ckpt, arch, out, preset, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify
+    ckpt,
+    arch,
+    out,
+    preset,
+    size,
+    height,
+    width,
+    max_batch,
+    fp16,
+    opset,
+    std_name,
+    pos_interp,
+    trt,
+    workspace,
+    overwrite,
+    verify,
 ):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
     patch features, with normalisation and position embeddings inside the graph."""
-    from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
-    from siammae.export.onnx import STDS, export_onnx
-    from siammae.export.tensorrt import build_engine, require_tensorrt
-    from siammae.model.weights import DEFAULT_WEIGHTS
+    from siammae.export.outputs import check_outputs
+    from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     log_to_stderr()
     with errors():
+        # what needs no torch first: a missing checkpoint or an existing output fails in a fraction of a second
+        check_spec(ckpt or DEFAULT_WEIGHTS)
+        if out is not None:
+            check_outputs(out, trt, overwrite)
+        from siammae.data.transforms import IMAGENET_MEAN  # deferred: torch, onnx
+        from siammae.export.onnx import STDS, export_onnx
+        from siammae.export.tensorrt import build_engine, require_tensorrt
+
         if trt:
             require_tensorrt()  # fail before the export, not after it
         path = export_onnx(
@@ -108,6 +130,7 @@ def main(
             pos_interp=pos_interp,
             verify=verify,
             attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph
+            overwrite=overwrite,
         )
         click.echo(path)
         if trt:

@@ -45,7 +45,7 @@ def check_outputs(out, overlay, report, overwrite: bool, tracker: Tracker, src: 
     """Before the first frame: memory for a batch of frames, a writable overlay format, free output files; then
     claim ``out`` (:class:`~siammae.outputs.OutputFolder`, released by ``pipeline._run``, under "folder")."""
     H, W = tracker.frame_size(src.height, src.width)
-    check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at size {tracker.size}")
+    check_encoder_fits(tracker.encoder, H, W, tracker.chunk, tracker.device, f"{src.path} at {H}x{W} (height x width)")
     if overlay is not None:
         check_video_output(overlay, "--overlay")
     files = [Path(p) for p in (overlay, *report_paths(report), jsonl) if p is not None]
