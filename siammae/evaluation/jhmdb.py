@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import scipy.io
 
 from siammae.data.images import open_image
 from siammae.data.keypoints import write_keypoint_track
@@ -79,6 +78,8 @@ def load_video(root: str | Path, name: str) -> JhmdbVideo:
     if not mat.is_file():
         raise InputError(f"JHMDB video {name}: joint file {mat} does not exist")
     try:
+        import scipy.io  # deferred, as scipy.ndimage in the DAVIS metrics
+
         pos = scipy.io.loadmat(str(mat))["pos_img"]
     except KeyError:
         raise InputError(f"{mat} has no 'pos_img' entry") from None
