@@ -150,7 +150,7 @@ def test_the_readme_describes_the_example_files():
 
 
 @pytest.mark.parametrize("code", PYTHON_BLOCKS, ids=[c.strip().splitlines()[0][:60] for c in PYTHON_BLOCKS])
-def test_python_blocks_run_as_written(code, example_files, tmp_path, monkeypatch):
+def test_python_blocks_run_as_written(code, example_files, tmp_path, monkeypatch, capsys):
     for f in example_files.iterdir():
         shutil.copy(f, tmp_path / f.name)
     monkeypatch.chdir(tmp_path)
@@ -158,3 +158,6 @@ def test_python_blocks_run_as_written(code, example_files, tmp_path, monkeypatch
     before = set(os.listdir(tmp_path))
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102
     assert {f.name for f in example_files.iterdir()} <= before and before <= set(os.listdir(tmp_path))
+    printed = capsys.readouterr().out
+    if 'print(report["status"], report["frames"])  # complete 20' in code:  # what the README says it prints
+        assert printed.splitlines()[-1] == "complete 20"
