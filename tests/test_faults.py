@@ -279,6 +279,19 @@ def _torn_log_and_symlink(w, mp):
     (w["tmp"] / "victim").write_text('{"step": 1}\n')
 
 
+def _eval_binary_masks(w, mp):
+    """A DAVIS-2017 layout whose annotations are DAVIS-2016 masks (mode L, values {0, 255})."""
+    root = w["tmp"] / "D"
+    for i in range(FRAMES):
+        (root / "JPEGImages/480p/alpha").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations/480p/alpha").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_frame(i)).save(root / f"JPEGImages/480p/alpha/{i:05d}.jpg", quality=95)
+        Image.fromarray(_ids(i) * 255, mode="L").save(root / f"Annotations/480p/alpha/{i:05d}.png")
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("alpha\n")
+    w["davis"] = root
+
+
 def _bomb(rel: str):
     """A PNG at ``rel`` whose header claims 60000x60000 pixels (valid signature and IHDR, no pixel data): Pillow's
     decompression-bomb check refuses it before decoding."""
@@ -702,6 +715,13 @@ CASES = [
         "eval",
         lambda w: ["jhmdb", "--root", str(w["tmp"] / "J"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
         ("J",),
+    ),  # fmt: skip
+    Case(
+        "eval-2016-mask-as-2017",
+        "eval",
+        lambda w: _eval(w, "--year", "2017"),
+        ("alpha/00000.png", "DAVIS sequence alpha", "--year 2016"),
+        _eval_binary_masks,
     ),  # fmt: skip
     # --------------------------------------------------------------------------------------------- train
     Case("train-lr-nan", "train", lambda w: _train(w, "--lr", "nan"), ("lr", "finite")),
