@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-from PIL import Image
 
 from siammae.data.images import open_image
 from siammae.errors import InputError
@@ -234,7 +233,7 @@ def _check_first(seq: DavisSequence, first: np.ndarray, year: str) -> None:
     if first.any():
         return
     path = seq.annotations[0]
-    with Image.open(path) as im:
+    with open_image(path, InputError) as im:
         mode, values = im.mode, sorted(int(v) for v in np.unique(np.asarray(im)))
     hint = (
         f"; it holds values {values} (mode {mode}), a DAVIS-2016 mask: pass --year 2016"
