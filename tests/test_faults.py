@@ -433,6 +433,48 @@ def _foreign(w):
     return _ckpt_named(w, str(w["tmp"] / "bad.pth"))
 
 
+def _eval_binary_masks(w, mp):
+    """A DAVIS-2017 layout whose annotations are DAVIS-2016 masks (mode L, values {0, 255})."""
+    root = w["tmp"] / "D"
+    for i in range(FRAMES):
+        (root / "JPEGImages/480p/alpha").mkdir(parents=True, exist_ok=True)
+        (root / "Annotations/480p/alpha").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_frame(i)).save(root / f"JPEGImages/480p/alpha/{i:05d}.jpg", quality=95)
+        Image.fromarray(_ids(i) * 255, mode="L").save(root / f"Annotations/480p/alpha/{i:05d}.png")
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("alpha\n")
+    w["davis"] = root
+
+
+def _bomb(rel: str):
+    """A PNG at ``rel`` whose header claims 60000x60000 pixels (valid signature and IHDR, no pixel data): Pillow's
+    decompression-bomb check refuses it before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", 60000, 60000, 8, 2, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
+    return _write(rel, png)
+
+
+def _eval_bomb_annotation(w, mp):
+    """A DAVIS root whose sequence alpha has a 60000x60000 first annotation."""
+    root = w["tmp"] / "D"
+    for part in ("JPEGImages", "Annotations"):
+        src = w["davis"] / part / "480p" / "alpha"
+        dst = root / part / "480p" / "alpha"
+        dst.mkdir(parents=True)
+        for f in sorted(src.iterdir()):
+            (dst / f.name).write_bytes(f.read_bytes())
+    (root / "ImageSets/2017").mkdir(parents=True)
+    (root / "ImageSets/2017/val.txt").write_text("alpha\n")
+    _bomb("D/Annotations/480p/alpha/00000.png")(w, mp)
+    w["davis"] = root
+
+
 CASES = [
     # --------------------------------------------------------------------------------------------- track
     Case(
@@ -982,6 +1024,13 @@ CASES = [
         lambda w: ["jhmdb", "--root", str(w["tmp"] / "J"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
         ("J",),
     ),  # fmt: skip
+    Case(
+        "eval-2016-mask-as-2017",
+        "eval",
+        lambda w: _eval(w, "--year", "2017"),
+        ("alpha/00000.png", "DAVIS sequence alpha", "--year 2016"),
+        _eval_binary_masks,
+    ),  # fmt: skip
     # --------------------------------------------------------------------------------------------- train
     Case("train-lr-nan", "train", lambda w: _train(w, "--lr", "nan"), ("lr", "finite")),
     Case("train-blr-inf", "train", lambda w: _train(w, "--blr", "inf"), ("blr", "finite")),
@@ -1142,6 +1191,35 @@ CASES = [
     ),  # fmt: skip
     Case(
         "demo-out-locked", "demo", lambda w: ["--out", str(w["out"]), "--quiet"], ("another siammae run",), _locked
+    ),  # fmt: skip
+    # -------------------------------------------------------------------------- images: frames and masks (data)
+    Case(
+        "image-frame-bomb",
+        "track",
+        lambda w: [str(w["tmp"] / "v"), "--mask", str(w["mask"]), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("v/00000.png", "60000x60000 pixels", "megapixel limit"),
+        _bomb("v/00000.png"),
+    ),  # fmt: skip
+    Case(
+        "image-mask-bomb",
+        "track",
+        lambda w: _track(w, "--out", w["out"], mask=False) + ["--mask", str(w["tmp"] / "m.png")],
+        ("m.png", "60000x60000 pixels", "megapixel limit"),
+        _bomb("m.png"),
+    ),  # fmt: skip
+    Case(
+        "image-mask-dir-bomb",
+        "track",
+        lambda w: _track(w, "--out", w["out"]) + ["--mask-dir", str(w["tmp"] / "md")],
+        ("md/00001.png", "60000x60000 pixels"),
+        _bomb("md/00001.png"),
+    ),  # fmt: skip
+    Case(
+        "eval-annotation-bomb",
+        "eval",
+        _eval,
+        ("alpha", "00000.png", "60000x60000 pixels"),
+        _eval_bomb_annotation,
     ),  # fmt: skip
 ]
 

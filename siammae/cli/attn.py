@@ -39,14 +39,21 @@ from siammae.errors import InputError
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
-    from siammae.attention import render_attention  # deferred: --help stays fast
-    from siammae.device import resolve_device
-    from siammae.model.checkpoint import load_model
-    from siammae.model.weights import DEFAULT_WEIGHTS
+    from pathlib import Path
+
+    from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     with errors():
         if size < 1 or batch_size < 1:
             raise InputError(f"--size {size} and --batch-size {batch_size} must be positive")
+        # the paths before torch loads (seconds): a typo fails at once
+        if not Path(input).exists():
+            raise InputError(f"{input}: no such file or folder")
+        check_spec(ckpt or DEFAULT_WEIGHTS)
+        from siammae.attention import render_attention  # deferred: torch
+        from siammae.device import resolve_device
+        from siammae.model.checkpoint import load_model
+
         try:
             device = resolve_device(device)
         except (RuntimeError, ValueError) as e:  # an unknown device string or CUDA without a GPU

@@ -1,6 +1,6 @@
 """``siammae-eval``: the paper's benchmarks (DAVIS J&F, JHMDB PCK, VIP mIoU) in one command each.
 
-    siammae-eval davis --root DAVIS --year 2017 --ckpt model.pth [--preset dino] [--out DIR]
+    siammae-eval davis --root DAVIS --ckpt model.pth [--year 2017] [--preset dino] [--out DIR]
     siammae-eval davis --root DAVIS --year 2017 --results osvos/      # score predictions, no model
     siammae-eval jhmdb --root JHMDB --ckpt model.pth
     siammae-eval vip --root VIP_Fine --ckpt model.pth
@@ -19,6 +19,7 @@ from siammae.cli.options import (
     device_option,
     dtype_option,
     errors,
+    log_to_stderr,
     overrides,
     preset_option,
     propagation_options,
@@ -58,7 +59,7 @@ def _common(f):
     return f
 
 
-def _run(benchmark: str, split, year: str = "2017", **opts):
+def _run(benchmark: str, split, year: str | None = None, **opts):
     from siammae.evaluation.benchmark import evaluate  # deferred: --help stays fast
     from siammae.evaluation.results import markdown_table
 
@@ -76,6 +77,7 @@ def _run(benchmark: str, split, year: str = "2017", **opts):
         given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]
         if given:
             raise click.UsageError(f"{', '.join(given)} only apply with --ckpt, not with --results")
+    log_to_stderr()  # the DAVIS year detected, when --year is not given
     with errors():
         doc = evaluate(
             benchmark,
@@ -107,7 +109,13 @@ def main():
 
 
 @main.command()
-@click.option("--year", type=click.Choice(["2016", "2017"]), default="2017", show_default=True)
+@click.option(
+    "--year",
+    type=click.Choice(["2016", "2017"]),
+    default=None,
+    help="DAVIS release.  [default: detected from --root: mode L {0, 255} annotations are 2016, ImageSets/2017 and "
+    "indexed masks 2017; the choice is printed]",
+)
 @click.option("--split", default="val", show_default=True, help="ImageSets/<year>/<split>.txt")
 @_common
 def davis(year, split, **opts):

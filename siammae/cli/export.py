@@ -9,29 +9,22 @@ The command parses and validates, then calls :func:`siammae.export.export_onnx` 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors, preset_option, size_option
+from siammae.cli.options import (
+    CONTEXT,
+    Command,
+    arch_option,
+    ckpt_option,
+    errors,
+    log_to_stderr,
+    preset_option,
+    size_option,
+)
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
-
-
-class _EchoHandler(logging.Handler):
-    """Log records as plain lines on the stderr of the moment (click.echo looks it up at each call)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        click.echo(self.format(record), err=True)
-
-
-def _log_to_stderr() -> None:
-    """Progress and verification figures of the library (logger "siammae") on stderr."""
-    logger = logging.getLogger("siammae")
-    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
-        logger.addHandler(_EchoHandler())
-    logger.setLevel(logging.INFO)
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -41,8 +34,8 @@ def _log_to_stderr() -> None:
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint; for a weights name, "
-    "<name>_<H>x<W>.onnx in the current folder).",
+    help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint, H x W the frame size as in "
+    "--size; for a weights name, <name>_<H>x<W>.onnx in the current folder). Not overwritten without --overwrite.",
 )
 @preset_option("siammae-davis: a 854x480 video as siammae-track encodes it, 480x880")
 @size_option("as siammae-track --size: a short side (480 -> 480x848 for a 854x480 video) or HEIGHTxWIDTH.")
@@ -79,6 +72,7 @@ def _log_to_stderr() -> None:
     show_default=True,
     help="TensorRT scratch memory, GB.",
 )
+@click.option("--overwrite", is_flag=True, help="replace an existing output file (.onnx, and .engine with --trt).")
 @click.option(
     "--verify/--no-verify",
     default=True,
@@ -86,17 +80,38 @@ def _log_to_stderr() -> None:
     help="compare onnxruntime (and the engine) against PyTorch on random frames.",
 )
 def main(
-    ckpt, arch, out, preset, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify
+    ckpt,
+    arch,
+    out,
+    preset,
+    size,
+    height,
+    width,
+    max_batch,
+    fp16,
+    opset,
+    std_name,
+    pos_interp,
+    trt,
+    workspace,
+    overwrite,
+    verify,
 ):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
     patch features, with normalisation and position embeddings inside the graph."""
-    from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
-    from siammae.export.onnx import STDS, export_onnx
-    from siammae.export.tensorrt import build_engine, require_tensorrt
-    from siammae.model.weights import DEFAULT_WEIGHTS
+    from siammae.export.outputs import check_outputs
+    from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
-    _log_to_stderr()
+    log_to_stderr()
     with errors():
+        # what needs no torch first: a missing checkpoint or an existing output fails in a fraction of a second
+        check_spec(ckpt or DEFAULT_WEIGHTS)
+        if out is not None:
+            check_outputs(out, trt, overwrite)
+        from siammae.data.transforms import IMAGENET_MEAN  # deferred: torch, onnx
+        from siammae.export.onnx import STDS, export_onnx
+        from siammae.export.tensorrt import build_engine, require_tensorrt
+
         if trt:
             require_tensorrt()  # fail before the export, not after it
         path = export_onnx(
@@ -115,6 +130,7 @@ def main(
             pos_interp=pos_interp,
             verify=verify,
             attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph
+            overwrite=overwrite,
         )
         click.echo(path)
         if trt:

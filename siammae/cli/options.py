@@ -13,6 +13,7 @@ This module imports neither torch nor any heavy part of siammae, so that ``--hel
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -209,3 +210,19 @@ def overrides(ctx: click.Context, opts: dict) -> dict:
     if radius is not None or given(ctx, "radius"):
         out["radius"] = radius
     return out
+
+
+# ------------------------------------------------------------------------------------------------ logging
+class _EchoHandler(logging.Handler):
+    """Log records as plain lines on the stderr of the moment (click.echo looks it up at each call)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(self.format(record), err=True)
+
+
+def log_to_stderr() -> None:
+    """Progress lines of the library (logger "siammae", level INFO) on stderr, once per process."""
+    logger = logging.getLogger("siammae")
+    if not any(isinstance(h, _EchoHandler) for h in logger.handlers):
+        logger.addHandler(_EchoHandler())
+    logger.setLevel(logging.INFO)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siammae.data.images import open_image, upright, upright_size
 from siammae.data.palette import davis_palette, davis_palette_flat
 from siammae.data.video import IMAGE_EXTENSIONS, images_by_stem
 from siammae.errors import InputError, cause
@@ -121,9 +122,9 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a mask image")
     try:
-        with Image.open(path) as im:
+        with open_image(path, InputError) as im:
             im.load()
-            return image_to_ids(im, path)
+            return image_to_ids(upright(im), path)  # as displayed, like the frames (siammae.data.images)
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, InputError):
             raise
@@ -133,9 +134,11 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 def mask_size(path: str | os.PathLike) -> tuple[int, int]:
     """(H, W) of a mask file from its header alone (for checking a folder of masks before a run)."""
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
+        with open_image(path, InputError) as im:
+            return upright_size(im)
     except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise InputError(f"{path}: cannot read mask image ({cause(e, path)})") from e
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from siammae.data.images import open_image, upright
 from siammae.errors import VideoError, cause
 from siammae.io import atomic_write
 
@@ -106,11 +107,14 @@ def _to_rgb(im: Image.Image) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file -> (H, W, 3) uint8 RGB; a VideoError that names the file when it cannot be decoded."""
+    """An image file -> (H, W, 3) uint8 RGB as displayed (its EXIF orientation applied, as ``cv2.imread`` does; see
+    :mod:`siammae.data.images`); a VideoError that names the file when it cannot be decoded or is too large."""
     try:
-        with Image.open(path) as im:
-            return _to_rgb(im)
+        with open_image(path, VideoError) as im:
+            return _to_rgb(upright(im))
     except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, VideoError):
+            raise
         raise VideoError(f"{path}: cannot decode image ({cause(e, path)})") from e
 
 

@@ -10,11 +10,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 from siammae.errors import InputError
-from siammae.evaluation import davis, jhmdb, vip
+from siammae.evaluation.davis import Davis, detect_year
+from siammae.evaluation.jhmdb import Jhmdb
+from siammae.evaluation.protocol import Benchmark
+from siammae.evaluation.vip import Vip
 from siammae.outputs import OutputFolder, check_name
+
+log = logging.getLogger(__name__)
 
 BENCHMARKS = ("davis", "jhmdb", "vip")
 DEFAULT_PRESETS = {"davis": "siammae-davis", "jhmdb": "siammae-jhmdb", "vip": "siammae-vip"}
@@ -76,6 +82,26 @@ def load_runner(
     return Runner(driver), settings
 
 
+def get_benchmark(
+    benchmark: str, root: str | Path, split: str | int | None = None, year: str | None = None
+) -> Benchmark:
+    """The :class:`~siammae.evaluation.protocol.Benchmark` for a name, a split (default: the benchmark's) and, for
+    DAVIS, a year; ``year`` None is detected from ``root`` (:func:`~siammae.evaluation.davis.detect_year`) and
+    logged with the reason."""
+    if benchmark not in BENCHMARKS:
+        raise InputError(f"benchmark {benchmark!r} is not one of {', '.join(BENCHMARKS)}")
+    split = DEFAULT_SPLITS[benchmark] if split is None else split
+    if benchmark != "davis":
+        if year is not None:
+            raise InputError(f"a year applies to DAVIS only, not {benchmark}")
+        return Jhmdb(split) if benchmark == "jhmdb" else Vip(str(split))
+    if year is None:
+        year, why = detect_year(root)
+        if why is not None:
+            log.info(f"DAVIS-{year} detected in {root}: {why} (pass --year to choose)")
+    return Davis(str(year), str(split))  # 2016 and "2016" are the same year
+
+
 def evaluate(
     benchmark: str,
     root: str | Path,
@@ -85,7 +111,7 @@ def evaluate(
     results: str | Path | None = None,
     out: str | Path | None = None,
     split: str | int | None = None,
-    year: str = "2017",
+    year: str | None = None,
     preset: str | None = None,
     overrides: dict | None = None,
     size=None,
@@ -101,88 +127,61 @@ def evaluate(
     """Evaluate a checkpoint (``ckpt``), an exported encoder (``encoder``: ``model.onnx`` / ``model.engine``, any
     :func:`~siammae.export.runtime.load_encoder` runtime) or existing predictions (``results``) on ``benchmark``.
 
-    benchmark: "davis" (``year`` "2016" or "2017", split "val"), "jhmdb" (split 1, 2 or 3) or "vip"
-    (split "val"). With ``ckpt`` the model propagates the first frame's labels through every sequence; the
-    predictions, per-sequence scores and tables go to ``out`` (default ``eval/<benchmark>...-<ckpt name>``);
-    the run resumes where it stopped unless ``overwrite``. ``size`` overrides the preset's input size: a short
-    side (``480``) or a fixed size (``"480x880"``), as ``siammae-track --size``. With ``results`` the predictions
-    there are scored (tables to ``out``, default the results folder). Returns the results document
-    (``doc["global"]``: the benchmark's table, official column order).
+    benchmark: "davis" (``year`` "2016" or "2017", None: detected from ``root``; split "val"), "jhmdb" (split 1,
+    2 or 3) or "vip" (split "val"). With ``ckpt`` the model propagates the first frame's labels through every
+    sequence; the predictions, per-sequence scores and tables go to ``out`` (default
+    ``eval/<benchmark>...-<ckpt name>``); the run resumes where it stopped unless ``overwrite``. ``size`` overrides
+    the preset's input size: a short side (``480``) or a fixed size (``"480x880"``), as ``siammae-track --size``.
+    With ``results`` the predictions there are scored (tables to ``out``, default the results folder). Returns the
+    results document (``doc["global"]``: the benchmark's table, official column order).
+
+    Everything that can be checked without the model is checked before it loads (and before torch is imported):
+    the data set's lists, ``sequences``, the checkpoint or encoder file, the results and output folders.
     """
-    if benchmark not in BENCHMARKS:
-        raise InputError(f"benchmark {benchmark!r} is not one of {', '.join(BENCHMARKS)}")
     if sum(x is not None for x in (ckpt, encoder, results)) != 1:
         raise InputError(
             "give one of a checkpoint or an exported encoder (to run the model) or a results folder (to score it)"
         )
     if max_frames is not None and max_frames < 2:
         raise InputError(f"max_frames must be at least 2, got {max_frames}")
-    split = DEFAULT_SPLITS[benchmark] if split is None else split
-    module = {"davis": davis, "jhmdb": jhmdb, "vip": vip}[benchmark]
-    year = str(year)  # 2016 and "2016" are the same year
-    if benchmark == "davis" and year not in davis.YEARS:
-        raise InputError(f"DAVIS year {year!r} is not one of {', '.join(davis.YEARS)}")
-    data = {"year": year} if benchmark == "davis" else {}
-    if benchmark == "jhmdb":
-        split = _jhmdb_split(split)
+    if ckpt is not None:
+        from siammae.model.weights import check_spec
+
+        check_spec(ckpt)
+    elif encoder is not None and not Path(encoder).is_file():
+        raise InputError(f"{encoder}: no such file")
+    bench = get_benchmark(benchmark, root, split, year)
+    names = bench.names(root)  # a missing root or list fails here, before any model
     if sequences is not None:
-        sequences = _check_sequences(benchmark, module, root, split, sequences, data)
+        names = _check_sequences(bench, names, sequences)
     if results is not None:
         with OutputFolder(out) if out is not None else contextlib.nullcontext():
-            return module.evaluate_results(
-                root, results, split=split, out=out, sequences=sequences, progress=progress, **data
-            )
-    runner, checkpoint = load_runner(
-        ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder=encoder
-    )
+            return bench.score_results(root, results, out=out, sequences=names, progress=progress)
     if out is None:
-        tag = f"davis{year}" if benchmark == "davis" else benchmark
         from siammae.model.weights import weights_stem
 
-        out = Path("eval") / f"{tag}-{split}-{weights_stem(ckpt) if ckpt is not None else Path(encoder).stem}"
+        tag = f"davis{bench.year}" if isinstance(bench, Davis) else benchmark
+        out = Path("eval") / f"{tag}-{bench.split}-{weights_stem(ckpt) if ckpt is not None else Path(encoder).stem}"
     with OutputFolder(out):  # one run at a time, no planted links, no temp files of a killed run
-        return _evaluate_model(module, runner, root, out, split, sequences, max_frames, checkpoint, overwrite,
-                               progress, data)  # fmt: skip
+        runner, settings = load_runner(
+            ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder=encoder
+        )
+        return bench.run_model(runner, root, out, names, max_frames, settings, overwrite, progress)
 
 
-def _check_sequences(benchmark: str, module, root, split, sequences: list[str], data: dict) -> list[str]:
+def _check_sequences(bench: Benchmark, listed: list[str], sequences: list[str]) -> list[str]:
     """``sequences`` when each is a plain name listed in the split (``--sequences`` of another year or split
     would be run and scored against the wrong protocol); an InputError naming the first that is not."""
     for name in sequences:  # JHMDB names are "<action>/<video>"
-        parts = name.split("/") if benchmark == "jhmdb" else [name]
-        if benchmark == "jhmdb" and len(parts) != 2:
+        parts = name.split("/") if isinstance(bench, Jhmdb) else [name]
+        if isinstance(bench, Jhmdb) and len(parts) != 2:
             raise InputError(f"--sequences: {name!r} is not '<action>/<video>'")
         for part in parts:
             check_name(part, f"--sequences {name!r}")
-    listed = (
-        module.list_sequences(root, data["year"], split) if benchmark == "davis" else module.list_videos(root, split)
-    )
     unknown = [s for s in sequences if s not in set(listed)]
     if unknown:
-        where = f"DAVIS-{data['year']} {split}" if benchmark == "davis" else f"{benchmark} split {split}"
         raise InputError(
-            f"--sequences: {', '.join(unknown[:4])} not in the {where} list ({len(listed)} sequences, e.g. "
+            f"--sequences: {', '.join(unknown[:4])} not in the {bench.title} list ({len(listed)} sequences, e.g. "
             f"{', '.join(listed[:3])})"
         )
     return list(sequences)
-
-
-def _evaluate_model(module, runner, root, out, split, sequences, max_frames, checkpoint, overwrite, progress, data):
-    return module.evaluate_model(
-        runner,
-        root,
-        out,
-        split=split,
-        sequences=sequences,
-        max_frames=max_frames,
-        settings=checkpoint,
-        overwrite=overwrite,
-        progress=progress,
-        **data,
-    )
-
-
-def _jhmdb_split(split) -> int:
-    if str(split) not in ("1", "2", "3"):
-        raise InputError(f"JHMDB split {split!r} is not 1, 2 or 3")
-    return int(split)

@@ -19,15 +19,15 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import scipy.io
-from PIL import Image
 
+from siammae.data.images import open_image
 from siammae.data.keypoints import write_keypoint_track
 from siammae.errors import InputError
 from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
+from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.results import ResultsDir
 from siammae.outputs import check_name
 
@@ -78,6 +78,8 @@ def load_video(root: str | Path, name: str) -> JhmdbVideo:
     if not mat.is_file():
         raise InputError(f"JHMDB video {name}: joint file {mat} does not exist")
     try:
+        import scipy.io  # deferred, as scipy.ndimage in the DAVIS metrics
+
         pos = scipy.io.loadmat(str(mat))["pos_img"]
     except KeyError:
         raise InputError(f"{mat} has no 'pos_img' entry") from None
@@ -122,57 +124,31 @@ def score_prediction(video: JhmdbVideo, pred: np.ndarray, visible: np.ndarray) -
     return {"name": video.name, "frames": len(video.frames), "distances": dist.tolist()}
 
 
-def write_tables(results: ResultsDir, split: int, records: list[dict]) -> dict:
-    rows, all_dist = [], []
-    for record in records:
-        dist = np.array(record["distances"], dtype=np.float64).reshape(-1, len(JOINT_NAMES))  # None -> NaN
-        all_dist.append(dist)
-        scores = pck(dist) if np.any(~np.isnan(dist)) else dict.fromkeys(PCK_THRESHOLDS, float("nan"))
-        rows.append({"Sequence": record["name"], **{f"PCK@{a}": v for a, v in scores.items()}})
-    table = {f"PCK@{a}": v for a, v in pck(np.concatenate(all_dist)).items()}
-    return results.write_tables(f"split{split}", f"JHMDB split {split}", rows, table)
+@dataclass(frozen=True)
+class Jhmdb(Benchmark):
+    """JHMDB at ``split`` 1, 2 or 3 (the test videos of ``splits/*_test_split<split>.txt``)."""
 
+    split: int = 1
+    name: ClassVar[str] = "jhmdb"
+    label: ClassVar[str] = "JHMDB"
 
-def evaluate_results(
-    root: str | Path,
-    results_dir: str | Path,
-    split: int = 1,
-    out: str | Path | None = None,
-    sequences: list[str] | None = None,
-    progress: bool = True,
-) -> dict:
-    """Score existing keypoint predictions ``<results_dir>/<action>/<video>.json``."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise InputError(f"results folder {results_dir} does not exist")
-    names = sequences or list_videos(root, split)
-    settings = {"benchmark": "jhmdb", "split": split, "results": str(results_dir)}
-    results = ResultsDir(out or results_dir, settings, cache=False)
+    def __post_init__(self):
+        if str(self.split) not in ("1", "2", "3"):
+            raise InputError(f"JHMDB split {self.split!r} is not 1, 2 or 3")
+        object.__setattr__(self, "split", int(self.split))
 
-    def score(name: str) -> dict:
+    @property
+    def title(self) -> str:
+        return f"JHMDB split {self.split}"
+
+    def names(self, root) -> list[str]:
+        return list_videos(root, self.split)
+
+    def score(self, root: Path, name: str, results_dir: Path) -> dict:
         video = load_video(root, name)
         return score_prediction(video, *read_prediction(results_dir / f"{name}.json", len(video.frames)))
 
-    return write_tables(results, split, results.collect(names, score, progress))
-
-
-def evaluate_model(
-    runner: Runner,
-    root: str | Path,
-    out: str | Path,
-    split: int = 1,
-    sequences: list[str] | None = None,
-    max_frames: int | None = None,
-    settings: dict | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Propagate the first frame's joints through every test video, write and score them (resumable)."""
-    names = sequences or list_videos(root, split)
-    settings = runner.run_settings("jhmdb", root, max_frames, settings, split=split)
-    results = ResultsDir(out, settings, overwrite=overwrite)
-
-    def run(name: str) -> dict:
+    def predict(self, runner: Runner, root: Path, name: str, results: ResultsDir, max_frames: int | None) -> dict:
         video = load_video(root, name)
         if max_frames is not None:
             video = dataclasses.replace(video, frames=video.frames[:max_frames], joints=video.joints[:max_frames])
@@ -180,12 +156,19 @@ def evaluate_model(
         for xy, _ in runner.propagate_keypoints(list(video.frames), video.joints[0]):
             pred.append(xy)
         pred = np.stack(pred)  # [T, 15, 2], NaN where a joint vanished
-        with Image.open(video.frames[0]) as im:
+        with open_image(video.frames[0], InputError) as im:
             size = (im.height, im.width)
         track = [(p.stem, xy) for p, xy in zip(video.frames, pred, strict=True)]
         path = results.root / "predictions" / f"{name}.json"
         write_keypoint_track(path, JOINT_NAMES, track, size)
-        # Scored from the file, so that scoring it again with ``--results`` gives the same numbers.
         return score_prediction(video, *read_prediction(path, len(video.frames)))
 
-    return write_tables(results, split, results.collect(names, run, progress))
+    def tables(self, results: ResultsDir, records: list[dict]) -> dict:
+        rows, all_dist = [], []
+        for record in records:
+            dist = np.array(record["distances"], dtype=np.float64).reshape(-1, len(JOINT_NAMES))  # None -> NaN
+            all_dist.append(dist)
+            scores = pck(dist) if np.any(~np.isnan(dist)) else dict.fromkeys(PCK_THRESHOLDS, float("nan"))
+            rows.append({"Sequence": record["name"], **{f"PCK@{a}": v for a, v in scores.items()}})
+        table = {f"PCK@{a}": v for a, v in pck(np.concatenate(all_dist)).items()}
+        return results.write_tables(f"split{self.split}", self.title, rows, table)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -26,6 +26,7 @@ from siammae.errors import InputError
 from siammae.evaluation.layout import annotated_frames, read_names
 from siammae.evaluation.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from siammae.evaluation.png import read_index_png
+from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.results import ResultsDir
 
 if TYPE_CHECKING:
@@ -98,64 +99,42 @@ def score_predictions(video: VipVideo, pred_dir: Path) -> dict:
     return {"name": video.name, "frames": len(video.frames), "hist": hist.tolist()}
 
 
-def write_tables(results: ResultsDir, split: str, records: list[dict]) -> dict:
-    rows = []
-    total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
-    for record in records:
-        hist = np.asarray(record["hist"], dtype=np.int64)
-        total += hist
-        rows.append({"Sequence": record["name"], "mIoU": mean_iou(hist), "Pixel-Acc": pixel_accuracy(hist)})
-    per_class = {c: float(v) for c, v in zip(CLASSES, per_class_iou(total), strict=True)}  # NaN: absent
-    table = {"mIoU": mean_iou(total), "Pixel-Acc": pixel_accuracy(total)}
-    return results.write_tables(split, f"VIP {split}", rows, table, extra={"per_class_iou": per_class})
+@dataclass(frozen=True)
+class Vip(Benchmark):
+    """VIP at ``split`` (``lists/<split>_videos.txt``)."""
 
+    split: str = "val"
+    name: ClassVar[str] = "vip"
+    label: ClassVar[str] = "VIP"
 
-def evaluate_results(
-    root: str | Path,
-    results_dir: str | Path,
-    split: str = "val",
-    out: str | Path | None = None,
-    sequences: list[str] | None = None,
-    progress: bool = True,
-) -> dict:
-    """Score existing part predictions ``<results_dir>/<video>/<frame>.png``; returns the results document."""
-    results_dir = Path(results_dir)
-    if not results_dir.is_dir():
-        raise InputError(f"results folder {results_dir} does not exist")
-    names = sequences or list_videos(root, split)
-    settings = {"benchmark": "vip", "split": split, "results": str(results_dir)}
-    results = ResultsDir(out or results_dir, settings, cache=False)
-    records = results.collect(names, lambda n: score_predictions(load_video(root, n), results_dir / n), progress)
-    return write_tables(results, split, records)
+    def names(self, root) -> list[str]:
+        return list_videos(root, self.split)
 
+    def score(self, root: Path, name: str, results_dir: Path) -> dict:
+        return score_predictions(load_video(root, name), results_dir / name)
 
-def evaluate_model(
-    runner: Runner,
-    root: str | Path,
-    out: str | Path,
-    split: str = "val",
-    sequences: list[str] | None = None,
-    max_frames: int | None = None,
-    settings: dict | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Propagate the first frame's parts through every video, write and score the predictions (resumable)."""
-    names = sequences or list_videos(root, split)
-    settings = runner.run_settings("vip", root, max_frames, settings, split=split)
-    results = ResultsDir(out, settings, overwrite=overwrite)
-
-    def run(name: str) -> dict:
+    def predict(self, runner: Runner, root: Path, name: str, results: ResultsDir, max_frames: int | None) -> dict:
         video = load_video(root, name)
         if max_frames is not None:
             video = dataclasses.replace(
                 video, frames=video.frames[:max_frames], annotations=video.annotations[:max_frames]
             )
-        pred_dir = results.prediction_dir(name)
         first = read_index_png(video.annotations[0])
         if first.max() >= NUM_CLASSES:
-            raise InputError(f"{video.annotations[0]} holds class {int(first.max())}; VIP classes are 0..19")
+            raise InputError(
+                f"{video.annotations[0]} holds class {int(first.max())}; VIP classes are 0..{NUM_CLASSES - 1}"
+            )
+        pred_dir = results.prediction_dir(name)
         runner.write_masks(pred_dir, list(video.frames), first)
         return score_predictions(video, pred_dir)
 
-    return write_tables(results, split, results.collect(names, run, progress))
+    def tables(self, results: ResultsDir, records: list[dict]) -> dict:
+        rows = []
+        total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
+        for record in records:
+            hist = np.asarray(record["hist"], dtype=np.int64)
+            total += hist
+            rows.append({"Sequence": record["name"], "mIoU": mean_iou(hist), "Pixel-Acc": pixel_accuracy(hist)})
+        per_class = {c: float(v) for c, v in zip(CLASSES, per_class_iou(total), strict=True)}  # NaN: absent
+        table = {"mIoU": mean_iou(total), "Pixel-Acc": pixel_accuracy(total)}
+        return results.write_tables(self.split, self.title, rows, table, extra={"per_class_iou": per_class})

@@ -49,6 +49,7 @@ from siammae.export.metadata import (
     STD_NAMES,
     ExportInfo,
 )
+from siammae.export.outputs import check_outputs, default_output, size_text
 from siammae.export.verify import verify_onnx
 from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
 from siammae.memory import check_encoder_fits
@@ -116,7 +117,9 @@ class EncoderGraph(nn.Module):
             raise ValueError(f"attention must be 'fused' or 'plain', got {attention!r}")
         p = encoder.patch_size
         if height % p or width % p:
-            raise InputError(f"input size {width}x{height} is not divisible by the patch size {p}")
+            raise InputError(
+                f"input size {size_text(height, width)} (height x width) is not divisible by the patch size {p}"
+            )
         h, w = height // p, width // p
         enc = copy.deepcopy(encoder).to("cpu", torch.float32).eval().requires_grad_(False)  # exported on the CPU
         pos = enc.pos_embed_for(h, w, pos_interp).detach().float()  # (1, 1 + h*w, D)
@@ -169,17 +172,6 @@ def resolve_size(
             f"{patch_size}: use e.g. --height {fix_h} --width {fix_w}"
         )
     return height, width
-
-
-def default_output(ckpt: str | os.PathLike, size: tuple[int, int], dtype: str) -> Path:
-    """``<ckpt stem>_<H>x<W>[_fp16].onnx`` next to the checkpoint; for weights by name (``dino-vits8``) in the
-    current folder (not in the download cache)."""
-    from siammae.model.weights import is_name, weights_stem
-
-    suffix = "_fp16" if dtype == "fp16" else ""
-    name = f"{weights_stem(ckpt)}_{size[0]}x{size[1]}{suffix}.onnx"
-    by_name = is_name(str(ckpt)) and not Path(ckpt).exists()
-    return Path(name) if by_name else Path(ckpt).with_name(name)
 
 
 def _export_dynamo(graph: EncoderGraph, example: torch.Tensor, max_batch: int, opset: int):
@@ -315,12 +307,14 @@ def export_onnx(
     verify: bool = True,
     external_data: bool | None = None,
     attention: str = "auto",
+    overwrite: bool = False,
 ) -> Path:
     """Export the encoder of ``ckpt`` (a checkpoint path, or a SiamMAE / ViTEncoder) to ONNX; return the path.
 
     Size: ``height`` x ``width``, or ``size`` and ``preset`` (see :func:`resolve_size`); ``std`` defaults to the
     preset's (DINO's 0.228 for ``dino``, ImageNet's otherwise). ``out`` defaults to
-    ``<ckpt>_<H>x<W>[_fp16].onnx`` beside the checkpoint. The file is checked with ``onnx.checker`` and, with
+    ``<ckpt>_<H>x<W>[_fp16].onnx`` beside the checkpoint (sizes are height x width everywhere); an existing file
+    is an :class:`~siammae.errors.OutputError` unless ``overwrite``. The file is checked with ``onnx.checker`` and, with
     ``verify``, run by onnxruntime against PyTorch (:func:`verify_onnx`): figures in ``<out>.verify.json``, an
     :class:`ExportVerificationError` when outside :data:`TOLERANCE`.
 
@@ -331,6 +325,8 @@ def export_onnx(
     """
     import onnx
 
+    if out is not None:
+        check_outputs(out, overwrite=overwrite)  # before the checkpoint loads
     if max_batch < 1:
         raise InputError(f"max batch must be at least 1, got {max_batch}")
     if opset < MIN_OPSET:
@@ -358,14 +354,15 @@ def export_onnx(
     dtype = "fp16" if fp16 else "fp32"
     H, W = resolve_size(encoder.patch_size, size, height, width, preset)
     std = input_config(preset).std if std is None else std
-    out = Path(out) if out is not None else default_output(ckpt, (H, W), dtype)
+    out = check_outputs(out if out is not None else default_output(ckpt, (H, W), dtype), overwrite=overwrite)
     # tracing runs a batch of 2 frames; verification runs up to max_batch through PyTorch and onnxruntime
-    check_encoder_fits(encoder, H, W, max(2, max_batch if verify else 2), "cpu", f"export at {W}x{H}")
+    check_encoder_fits(encoder, H, W, max(2, max_batch if verify else 2), "cpu", f"export at {size_text(H, W)}")
 
     import siammae
 
     log.info(
-        f"exporting {dtype} encoder ({_describe(encoder)}) for {W}x{H} frames, batch 1..{max_batch}, opset {opset}"
+        f"exporting {dtype} encoder ({_describe(encoder)}) for {size_text(H, W)} frames (height x width), "
+        f"batch 1..{max_batch}, opset {opset}"
     )
     proto, exporter, attention = _export_graph(encoder, H, W, mean, std, pos_interp, dtype, attention, max_batch, opset)
     info = ExportInfo(

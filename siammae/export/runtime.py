@@ -35,7 +35,7 @@ def check_frames(frames: torch.Tensor, size: tuple[int, int], path: Path) -> Non
     H, W = frames.shape[-2:]
     if tuple(size) != (H, W):
         raise InputError(
-            f"{path.name} was built for {size[1]}x{size[0]} frames but got {W}x{H} (width x height); "
+            f"{path.name} was built for {size[0]}x{size[1]} frames but got {H}x{W} (height x width); "
             f"export it for this size: siammae-export --height {H} --width {W}"
         )
 

@@ -99,7 +99,10 @@ def build_engine(
     _timing_cache(trt, config, cache_path)
 
     gpu = torch.cuda.get_device_name()
-    log.info(f"building a TensorRT {trt.__version__} {info.dtype} engine for {W}x{H}, batch 1..{max_batch} on {gpu}")
+    log.info(
+        f"building a TensorRT {trt.__version__} {info.dtype} engine for {H}x{W} (height x width), "
+        f"batch 1..{max_batch} on {gpu}"
+    )
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -277,3 +277,14 @@ def _state_sha256(state: dict) -> str:
         h.update(key.encode())
         h.update(state[key].detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def check_spec(spec: str | Path) -> None:
+    """Raise the error :func:`resolve_weights` would for a missing file or an unknown name, without downloading,
+    hashing or importing torch: commands call it first, so that a typo fails in a fraction of a second."""
+    text = str(spec)
+    if Path(spec).exists() or text in WEIGHTS or text.startswith(("timm:", "hf:")):
+        return
+    if is_name(text):
+        raise unknown_name_error(text)
+    raise CheckpointError(f"{spec}: no such file")

@@ -118,10 +118,13 @@ class Driver:
         hw = self.inputs.frame_size(height, width, self.patch_size)
         fixed = self.encoder.fixed_size
         if fixed is not None and tuple(fixed) != tuple(hw):
+            # sizes as HEIGHTxWIDTH, as --size and the exported file names spell them
+            name = getattr(self.encoder, "path", None)
+            asked = f"preset {self.preset}" + (f" at --size {_size_text(self.size)}" if self.size is not None else "")
             raise InputError(
-                f"the encoder was built for {fixed[1]}x{fixed[0]} input but this {width}x{height} video is encoded "
-                f"at {hw[1]}x{hw[0]} (preset {self.preset}, size {self.size}); export it for this size: "
-                f"siammae-export --height {hw[0]} --width {hw[1]}"
+                f"{name.name if name is not None else 'the encoder'} was built for {fixed[0]}x{fixed[1]} frames "
+                f"(height x width) but {asked} encodes this {height}x{width} video at {hw[0]}x{hw[1]}; export one "
+                f"for that size: siammae-export --height {hw[0]} --width {hw[1]}"
             )
         return hw
 
@@ -320,3 +323,8 @@ def _frames(frames) -> Iterator[Frame]:
         elif f.rgb.shape != shape:
             raise InputError(f"{label} is {f.rgb.shape[1]}x{f.rgb.shape[0]} but {first} is {shape[1]}x{shape[0]}")
         yield f
+
+
+def _size_text(size) -> str:
+    """``--size`` as given: ``480`` or ``480x880`` (height x width)."""
+    return f"{size[0]}x{size[1]}" if isinstance(size, (tuple, list)) else str(size)

@@ -58,7 +58,7 @@ def copy_predictions(root, out, names=("seq-a", "seq-b"), frames=5):
 def test_davis_perfect_and_shifted(tmp_path):
     root = make_davis(tmp_path / "DAVIS")
     results = copy_predictions(root, tmp_path / "perfect")
-    doc = davis.evaluate_results(root, results, out=tmp_path / "out-perfect", progress=False)
+    doc = davis.Davis().score_results(root, results, out=tmp_path / "out-perfect", progress=False)
     assert tuple(doc["global"]) == GLOBAL_COLUMNS
     assert doc["global"]["J&F-Mean"] == doc["global"]["J-Recall"] == doc["global"]["F-Mean"] == 1.0
     assert doc["global"]["J-Decay"] == 0.0
@@ -69,7 +69,7 @@ def test_davis_perfect_and_shifted(tmp_path):
         ids[5:15, 8:18] = 1
         write_index_png(results / "seq-a" / f"{t:05d}.png", ids)
     out = tmp_path / "out-shifted"
-    doc = davis.evaluate_results(root, results, out=out, progress=False)
+    doc = davis.Davis().score_results(root, results, out=out, progress=False)
     j_mean = (7 / 13 + 3) / 4  # four objects, one at 7/13
     f_mean = (0.5 + 3) / 4
     assert doc["global"]["J-Mean"] == pytest.approx(j_mean)
@@ -98,7 +98,7 @@ def test_davis_2016_merges_ids(tmp_path):
         for t in range(5):
             ids = _davis_frame()
             write_index_png(tmp_path / "res" / name / f"{t:05d}.png", np.where(ids > 0, 3 - ids, 0))
-    doc = davis.evaluate_results(root, tmp_path / "res", year="2016", out=tmp_path / "out", progress=False)
+    doc = davis.Davis(year="2016").score_results(root, tmp_path / "res", out=tmp_path / "out", progress=False)
     assert doc["global"]["J&F-Mean"] == 1.0
     assert len(doc["per_sequence"]) == 2  # one object per sequence
 
@@ -107,30 +107,30 @@ def test_davis_bad_layouts(tmp_path):
     root = make_davis(tmp_path / "DAVIS")
     results = copy_predictions(root, tmp_path / "res")
     with pytest.raises(InputError, match=r"split list .*ImageSets/2017/test-dev.txt does not exist \(found: val\)"):
-        davis.evaluate_results(root, results, split="test-dev", progress=False)
+        davis.Davis(split="test-dev").score_results(root, results, progress=False)
     with pytest.raises(InputError, match="DAVIS year '2018'"):
         davis.list_sequences(root, "2018", "val")
     (root / "Annotations/480p/seq-b/00002.png").unlink()
     with pytest.raises(InputError, match=r"seq-b: frame 00002.jpg has no annotation .*\(1 of 5 frames"):
-        davis.evaluate_results(root, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(root, results, out=tmp_path / "o", progress=False)
     write_index_png(root / "Annotations/480p/seq-b/00002.png", _davis_frame())
     ids = _davis_frame()
     ids[0, 0] = 3
     write_index_png(results / "seq-a/00002.png", ids)
     with pytest.raises(InputError, match=r"seq-a/00002.png holds object id 3 but the ground truth .* ids 1..2"):
-        davis.evaluate_results(root, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(root, results, out=tmp_path / "o", progress=False)
     Image.fromarray(np.zeros((H, W, 3), dtype=np.uint8)).save(results / "seq-a/00002.png")
     with pytest.raises(InputError, match="mode RGB image"):
-        davis.evaluate_results(root, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(root, results, out=tmp_path / "o", progress=False)
     write_index_png(results / "seq-a/00002.png", np.zeros((H, W + 1), dtype=np.uint8))
     with pytest.raises(InputError, match="is 49x40 but the ground truth is 48x40"):
-        davis.evaluate_results(root, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(root, results, out=tmp_path / "o", progress=False)
     (results / "seq-a/00002.png").unlink()
     with pytest.raises(InputError, match=r"prediction .*seq-a/00002.png is missing"):
-        davis.evaluate_results(root, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(root, results, out=tmp_path / "o", progress=False)
     other = make_davis(tmp_path / "D2", names=("seq-c",))
     with pytest.raises(InputError, match="has no predictions for sequence seq-c"):
-        davis.evaluate_results(other, results, out=tmp_path / "o", progress=False)
+        davis.Davis().score_results(other, results, out=tmp_path / "o", progress=False)
 
 
 def test_png_palette_and_modes(tmp_path):
@@ -189,21 +189,21 @@ def test_vip_perfect_and_wrong_part(tmp_path):
     for t in range(3):
         # Predictions at half resolution: nearest resizing gives back the 2x2-blocky ground truth.
         write_index_png(tmp_path / "res/videos7" / f"{t:012d}.png", gt[::2, ::2])
-    doc = vip.evaluate_results(root, tmp_path / "res", out=tmp_path / "o1", progress=False)
+    doc = vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o1", progress=False)
     assert doc["global"]["mIoU"] == 1.0 and doc["global"]["Pixel-Acc"] == 1.0
     assert doc["per_class_iou"]["hair"] == 1.0 and doc["per_class_iou"]["hat"] is None  # absent class
     wrong = gt.copy()
     wrong[gt == 4] = 5  # clothes predicted as dress in one of three frames
     write_index_png(tmp_path / "res/videos7/000000000001.png", wrong)
-    doc = vip.evaluate_results(root, tmp_path / "res", out=tmp_path / "o2", progress=False)
+    doc = vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o2", progress=False)
     # Summed over frames: clothes 96 px/frame, tp 2 * 96, union 3 * 96 -> 2/3; dress 0/96 -> 0; bg, hair 1.
     assert doc["global"]["mIoU"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
     (tmp_path / "res/videos7/000000000002.png").unlink()
     with pytest.raises(InputError, match=r"000000000002.png is missing"):
-        vip.evaluate_results(root, tmp_path / "res", out=tmp_path / "o3", progress=False)
+        vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o3", progress=False)
     write_index_png(tmp_path / "res/videos7/000000000002.png", np.full((16, 16), 20, dtype=np.uint8))
     with pytest.raises(InputError, match=r"holds class 20; VIP classes are 0..19"):
-        vip.evaluate_results(root, tmp_path / "res", out=tmp_path / "o3", progress=False)
+        vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o3", progress=False)
     with pytest.raises(InputError, match=r"lists/test_videos.txt does not exist"):
         vip.list_videos(root, "test")
 
@@ -235,24 +235,24 @@ def test_jhmdb_perfect_and_shifted(tmp_path):
     path = tmp_path / "res/wave/clip_a.json"
     track = lambda xy: [(f"{t + 1:05d}", p) for t, p in enumerate(xy)]
     write_keypoint_track(path, ("j",) * 15, track(joints), (240, 320))
-    doc = jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
+    doc = jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     assert doc["global"] == {"PCK@0.1": 1.0, "PCK@0.2": 1.0}
     pred = joints.copy()
     pred[:, 2] += [3.0, 4.0]  # 5 px = 1/6 of the scale: wrong at 0.1, right at 0.2
     pred[1:, 3] = np.nan  # joint 3 vanished: not scored
     pred[0] = 0.0  # frame 0 is never scored
     write_keypoint_track(path, ("j",) * 15, track(pred), (240, 320))
-    doc = jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
+    doc = jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     assert doc["global"]["PCK@0.1"] == pytest.approx(13 / 14)
     assert doc["global"]["PCK@0.2"] == 1.0
     data = json.loads(path.read_text())
     data["frames"][2]["keypoints"][4] = "here"
     path.write_text(json.dumps(data))
     with pytest.raises(InputError, match=r'frame 2 keypoint 4 is "here", not \[x, y\] or null'):
-        jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
+        jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     write_keypoint_track(path, ("j",) * 15, track(pred[:3]), (240, 320))
     with pytest.raises(InputError, match="has 3 frames, the video has 4"):
-        jhmdb.evaluate_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
+        jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
     (root / "Rename_Images/wave/clip_a/00004.png").unlink()
     with pytest.raises(InputError, match="has 4 frames of joints, .* has 3"):
         jhmdb.load_video(root, "wave/clip_a")

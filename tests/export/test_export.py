@@ -233,7 +233,8 @@ def test_size_is_the_short_side_of_a_480p_video(tiny, tmp_path):
 def test_runtime_rejects_frames_of_another_size(tiny_onnx):
     enc = load_encoder(tiny_onnx)
     with pytest.raises(
-        InputError, match=r"tiny.onnx was built for 96x64 frames but got 80x48 .*--height 48 --width 80"
+        InputError,
+        match=r"tiny.onnx was built for 64x96 frames but got 48x80 \(height x width\).*--height 48 --width 80",
     ):
         enc(_frames(1, 48, 80))
     with pytest.raises(InputError, match=r"tiny.onnx: expected frames of shape \(B, 3, H, W\), got \(1, 1, 64, 96\)"):

@@ -1,6 +1,8 @@
 """``siammae-export`` through Click's CliRunner: a real export, and one-line errors with exit status 2."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -40,7 +42,8 @@ def test_default_output_name_and_no_verify(ckpt):
     assert r.exit_code == 0, r.output
     out = ckpt.with_name("tiny_64x112_fp16.onnx")
     assert r.stdout.strip() == str(out) and out.is_file()
-    assert "exporting fp16 encoder" in r.stderr and "wrote" in r.stderr  # progress lines
+    # one size convention: the log line and the file name both say height x width (64x112, as --size 64x112)
+    assert "for 64x112 frames (height x width)" in r.stderr and "wrote" in r.stderr  # progress lines
     assert not out.with_name(out.name + ".verify.json").exists() and "verify" not in r.stderr
     assert read_info(out).dtype == "fp16"
 
@@ -77,3 +80,39 @@ def test_bad_option_values_are_usage_errors(ckpt):
     assert r.exit_code == 2 and "--max-batch" in r.stderr
     r = _run("--ckpt", ckpt, "--arch", "vitx99")
     assert r.exit_code == 2 and "vitx99" in r.stderr
+
+
+def test_existing_output_is_refused_unless_overwrite(ckpt, tmp_path):
+    out = tmp_path / "enc.onnx"
+    out.write_bytes(b"mine")
+    r = _run("--ckpt", ckpt, "--out", out, "--height", 64, "--width", 96, "--no-verify")
+    assert r.exit_code == 2
+    assert r.stderr == f"error: {out}: output file exists (use --overwrite to replace it)\n"
+    assert out.read_bytes() == b"mine"
+    r = _run("--ckpt", ckpt, "--out", out, "--height", 64, "--width", 96, "--no-verify", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert read_info(out).size == (64, 96)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--ckpt", "missing.pt"], "error: missing.pt: no such file"),
+        (["--ckpt", "dino-vit16"], "did you mean dino-vits16"),
+        (["--out", "{tmp}/exists.onnx"], "exists.onnx: output file exists"),
+        (["--out", "{tmp}/model.pt"], "model.pt: the output must be an .onnx file"),
+    ],
+)
+def test_argument_errors_come_before_torch_is_imported(ckpt, tmp_path, args, message):
+    """A missing checkpoint or an existing output is refused before torch (seconds to import) loads."""
+    (tmp_path / "exists.onnx").write_bytes(b"")
+    args = [a.format(tmp=tmp_path) for a in args]
+    if "--ckpt" not in args:
+        args = ["--ckpt", str(ckpt), *args]
+    code = (
+        "import sys\nfrom siammae.cli.export import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    print('torch' in sys.modules, e.code)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "2"], (r.stdout, r.stderr)
+    assert message in r.stderr

@@ -51,7 +51,7 @@ def test_engine_matches_pytorch_and_splits_batches(model, tmp_path, fp16):
         assert F.cosine_similarity(out.cpu(), ref, dim=-1).min() >= 0.999
     else:
         assert (out.cpu() - ref).abs().max() <= 1e-3
-    with pytest.raises(InputError, match=r"tiny.engine was built for 96x64 frames but got 80x48"):
+    with pytest.raises(InputError, match=r"tiny.engine was built for 64x96 frames but got 48x80"):
         enc(torch.rand(1, 3, 48, 80))
 
 

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 # Official column order of the global results table (davis2017-evaluation evaluation_method.py).
 GLOBAL_COLUMNS = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
@@ -90,6 +89,8 @@ def dilate_disk(bmap: np.ndarray, radius: int) -> np.ndarray:
     y0, y1 = max(ys.min() - radius, 0), min(ys.max() + radius + 1, bmap.shape[0])
     x0, x1 = max(xs.min() - radius, 0), min(xs.max() + radius + 1, bmap.shape[1])
     crop = bmap[y0:y1, x0:x1].astype(bool)
+    from scipy import ndimage  # deferred: 0.4 s to import, and only scoring needs it (errors come first)
+
     out[y0:y1, x0:x1] = ndimage.distance_transform_edt(~crop) <= radius
     return out
 
