@@ -283,8 +283,8 @@ def check_spec(spec: str | Path) -> None:
     """Raise the error :func:`resolve_weights` would for a missing file or an unknown name, without downloading,
     hashing or importing torch: commands call it first, so that a typo fails in a fraction of a second."""
     text = str(spec)
-    if Path(spec).exists() or text in WEIGHTS or text.startswith(("timm:", "hf:")):
+    if path_exists(Path(spec)) or text in WEIGHTS or text.startswith(("timm:", "hf:")):
         return
     if is_name(text):
         raise unknown_name_error(text)
-    raise CheckpointError(f"{spec}: no such file")
+    raise CheckpointError(f"{short(text)}: no such file")

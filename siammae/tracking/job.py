@@ -199,13 +199,10 @@ class TrackJob:
             raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
         if self.encoder is not None and not Path(self.encoder).is_file():
             raise CheckpointError(f"{self.encoder}: no such file (an exported encoder: model.onnx / model.engine)")
-        if self.ckpt is not None and not Path(self.ckpt).exists():
-            from siammae.model.weights import WEIGHTS, is_name, unknown_name_error
+        if self.ckpt is not None:
+            from siammae.model.weights import check_spec
 
-            if not is_name(self.ckpt):
-                raise CheckpointError(f"{self.ckpt}: no such file")
-            if self.ckpt not in WEIGHTS and not self.ckpt.startswith(("timm:", "hf:")):
-                raise unknown_name_error(self.ckpt)
+            check_spec(self.ckpt)  # a missing file or an unknown name, without downloading or importing torch
 
     def items(self):
         from siammae.tracking.manifest import expand_inputs, read_manifest
