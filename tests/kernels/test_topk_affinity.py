@@ -288,15 +288,22 @@ def build(dtype, K, shape, restrict_ref, gather, capability):
     src = ASTSource(fn=_topk_affinity_kernel, signature=sig, constexprs=consts)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=dict(num_warps=4))
 
-build("fp16", 7, 2, False, False, 90)  # siammae-davis on an H100 / H200
-build("bf16", 10, 1, True, True, 80)  # fused gather, square, on an A100
-build("fp32", 5, 1, True, False, 80)  # fp32 "ieee" dot
+import sys
+dtype, K, shape, restrict_ref, gather, capability = sys.argv[1:]
+build(dtype, int(K), int(shape), restrict_ref == "1", gather == "1", int(capability))
 print("compiled")
 """
 
+BUILDS = [
+    pytest.param(("fp16", 7, 2, 0, 0, 90), id="fp16-circle-sm90"),  # siammae-davis on an H100 / H200
+    pytest.param(("bf16", 10, 1, 1, 1, 80), marks=pytest.mark.slow, id="bf16-gather-sm80"),  # fused gather, square
+    pytest.param(("fp32", 5, 1, 1, 0, 80), marks=pytest.mark.slow, id="fp32-sm80"),  # fp32 "ieee" dot
+]
+
 
 @needs_triton
-def test_kernel_compiles_for_real_gpus(tmp_path):
+@pytest.mark.parametrize("build", BUILDS)
+def test_kernel_compiles_for_real_gpus(build, tmp_path):
     """The interpreter does not type-check like the compiler does: compile to cubin (ptxas ships with Triton)
     for sm_80 and sm_90, in a process that does not interpret, without needing a GPU."""
     import inspect
@@ -310,5 +317,6 @@ def test_kernel_compiles_for_real_gpus(tmp_path):
         pytest.skip("this Triton's ASTSource predates the constexprs argument (Triton < 3.2)")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp_path))
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
+    args = [str(a) for a in build]
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
