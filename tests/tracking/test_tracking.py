@@ -175,7 +175,7 @@ class _FixedSizeEncoder:
 def test_frame_encoder_objects_are_used_as_they_are(clip):
     frames, masks = clip
     encoder = _FixedSizeEncoder((128, 160))
-    tracker = Tracker(encoder, preset="siammae-davis", size=128, chunk=8)
+    tracker = Tracker(encoder, preset="siammae-davis", size=128, chunk=8, n_last=4)  # the plumbing, not the preset
     assert tracker.encoder is encoder
     out = [ids for _, ids in tracker.track(frames[:9], masks[0])]
     assert encoder.calls == 2 and iou(out[-1] == 1, masks[8] == 1) > 0.9
