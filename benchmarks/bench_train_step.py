@@ -1,6 +1,6 @@
 """SiamMAE training step with the fused masked-patch gather versus MAE's embed-all-then-gather.
 
-With 95 % of f2 masked (PAPER.md), MAE's recipe embeds all L patches of f2 and keeps K of them. Three paths for
+With 95 % of f2 masked (docs/PAPER.md), MAE's recipe embeds all L patches of f2 and keeps K of them. Three paths for
 the patch embedding of a masked frame:
 
     embed-all     timm / MAE: Conv2d over all L patches, + pos_embed, gather K tokens (B, L, D) -> (B, K, D)
@@ -127,7 +127,7 @@ def op_step(model, path, batch, device, amp_dtype):
 
 
 def train_step(model, path, batch, device, amp_dtype):
-    """One SiamMAE optimisation step (MAE's AdamW settings, PAPER.md Table 4a) on a fixed frame-pair batch.
+    """One SiamMAE optimisation step (MAE's AdamW settings, docs/PAPER.md Table 4a) on a fixed frame-pair batch.
     Returns the step and the list its losses go to; call k of every path draws the same masks."""
     model = copy.deepcopy(model)
     use_path(model.encoder, path)

@@ -17,6 +17,7 @@ if not torch.cuda.is_available():
 os.environ.setdefault("SIAMMAE_OFFLINE", "1")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +26,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fixture_data() -> Path:
+    """Real data that ships with the tests (tests/fixtures/README.md), laid out as in ../shared/data: the first 6
+    frames of DAVIS-2016 blackswan with their annotations, so that the decisive tests on real frames (tracking
+    equals evaluation, the presets' inputs bit for bit, DINO's script end to end) never skip."""
+    return FIXTURES
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,6 +32,7 @@ def quick(tmp_path_factory):
     return out, data, {s["stage"]: s for s in data["rows"]}
 
 
+@pytest.mark.slow  # a dry run of a benchmark script, ~4 min of interpreted Triton
 def test_every_stage_has_results_or_a_reason(quick):
     out, data, stages = quick
     assert tuple(stages) == STAGES
@@ -47,6 +48,7 @@ def test_every_stage_has_results_or_a_reason(quick):
     assert not list(out.glob(".*")), "per-stage records are removed once the results are written"
 
 
+@pytest.mark.slow  # a dry run of a benchmark script, ~4 min of interpreted Triton
 def test_kernels_checked_against_reference_and_oracle(quick):
     _, _, stages = quick
     rows = stages["correctness"]["results"]
@@ -62,6 +64,7 @@ def test_kernels_checked_against_reference_and_oracle(quick):
     assert all(r["d_weight_max_err_vs_fp64"] < 1e-3 for r in gather if r["precision"] == "fp32")
 
 
+@pytest.mark.slow  # a dry run of a benchmark script, ~4 min of interpreted Triton
 def test_speed_encoder_track_train_rows(quick):
     _, _, stages = quick
     speed = stages["speed"]["results"]

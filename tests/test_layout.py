@@ -1,16 +1,41 @@
-"""The package's shape: no import circle (module-level or deferred imports alike), no oversized module without a
-stated reason, and commands whose --help loads nothing heavy."""
+"""The package's shape: no import circle (module-level or deferred imports alike), data flowing one way through the
+layers of ARCHITECTURE.md, commands whose --help loads nothing heavy, tests that mirror the packages, and
+citations of the specification that resolve inside the repository."""
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "siammae"
-MAX_LINES = 400
-REASON = "Why this file is long:"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "siammae"
+
+# ARCHITECTURE.md, "Who owns what", as ranks: a module imports only modules of a lower rank or of its own unit.
+# Units of one rank never import each other (tracking, train and export are independent of one another).
+LAYERS = {
+    "siammae.errors": 0,
+    "siammae.io": 1,
+    "siammae.device": 1,
+    "siammae.distributed": 1,
+    "siammae.memory": 1,
+    "siammae.kernels": 2,
+    "siammae.data": 2,
+    "siammae.outputs": 2,
+    "siammae.model": 3,
+    "siammae.propagation": 4,
+    "siammae.tracking": 5,
+    "siammae.train": 5,
+    "siammae.export": 5,
+    "siammae.evaluation": 6,  # runs exported encoders too (export.runtime)
+    "siammae.attention": 7,
+    "siammae.demo": 7,
+    "siammae.cli": 8,
+}
+# The package root re-exports the public names lazily (PEP 562, siammae/_lazy.py): any module may use it.
+FACADE = ("siammae", "siammae._lazy")
 
 
 def _module_name(path: Path) -> str:
@@ -91,31 +116,42 @@ def test_no_import_circle():
     assert _cycles(_graph()) == []
 
 
-def test_lower_layers_do_not_import_upper_ones():
-    """Data flows one way: the model, data formats, kernels and propagation never import tracking, evaluation,
-    export, training or the CLI."""
-    upper = ("siammae.tracking", "siammae.evaluation", "siammae.export", "siammae.train", "siammae.cli")
-    lower = (
-        "siammae.model",
-        "siammae.data",
-        "siammae.kernels",
-        "siammae.propagation",
-        "siammae.device",
-        "siammae.io",
-        "siammae.distributed",
-    )
-    bad = {(m, d) for m, deps in _graph().items() if m.startswith(lower) for d in deps if d.startswith(upper)}
-    assert not bad
+def _unit(module: str) -> str:
+    """The layer unit of a module: its subpackage or top-level module (``siammae.model.encoder`` -> model)."""
+    return ".".join(module.split(".")[:2])
 
 
-def test_long_modules_say_why():
-    long = [
-        f"{p.relative_to(PACKAGE.parent)} ({n} lines)"
-        for p in PACKAGE.rglob("*.py")
-        if (n := len(p.read_text().splitlines())) > MAX_LINES
-        and REASON not in (ast.get_docstring(ast.parse(p.read_text())) or "")
+def _layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    bad = []
+    for module, deps in graph.items():
+        if module in FACADE:
+            continue
+        unit = _unit(module)
+        assert unit in LAYERS, f"{unit} has no layer: add it to LAYERS and to ARCHITECTURE.md"
+        for dep in deps:
+            if dep in FACADE or _unit(dep) == unit:
+                continue
+            if LAYERS[_unit(dep)] >= LAYERS[unit]:
+                bad.append(f"{module} (rank {LAYERS[unit]}) imports {dep} (rank {LAYERS[_unit(dep)]})")
+    return sorted(bad)
+
+
+def test_data_flows_one_way():
+    """Every import points down the layers: the model, data formats, kernels and propagation never import tracking,
+    evaluation, export, training or the CLI; tracking, training and export never import each other."""
+    assert _layering_violations(_graph()) == []
+
+
+def test_the_layering_check_catches_an_upward_or_sideways_import():
+    graph = {
+        "siammae.model.encoder": {"siammae.kernels.dispatch", "siammae.errors", "siammae"},  # down, the facade
+        "siammae.propagation.engine": {"siammae.tracking.tracker"},  # up
+        "siammae.train.loop": {"siammae.export.onnx"},  # sideways, same rank
+    }
+    assert _layering_violations(graph) == [
+        "siammae.propagation.engine (rank 4) imports siammae.tracking.tracker (rank 5)",
+        "siammae.train.loop (rank 5) imports siammae.export.onnx (rank 5)",
     ]
-    assert not long, f"modules over {MAX_LINES} lines need '{REASON} ...' in their docstring: {long}"
 
 
 @pytest.mark.parametrize("command", ["track", "eval", "export", "attn", "train", "demo", "prepare"])
@@ -160,9 +196,29 @@ def test_tests_mirror_the_packages_and_import_no_test_module():
     tests = Path(__file__).resolve().parent
     packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
     folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))}
+    folders.discard("fixtures")  # data, not tests (tests/fixtures/README.md)
     assert folders <= packages, f"test folders without a package: {folders - packages}"
     for path in tests.rglob("test_*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom | ast.Import):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.startswith("test_") for n in names), f"{path.name} imports a test module"
+
+
+def test_the_specification_is_cited_inside_the_repository():
+    """Code, tests, benchmarks and the READMEs cite the specification in docs/ (a fresh clone has it), and every
+    ``docs/NAME.md`` they cite exists."""
+    sources = [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]
+    sources += [ROOT / "README.md", ROOT / "ARCHITECTURE.md"]
+    outside, missing = [], []
+    for path in sources:
+        if path == Path(__file__).resolve():
+            continue  # this test names the old place
+        text = path.read_text()
+        if "shared/docs" in text:
+            outside.append(str(path.relative_to(ROOT)))
+        for name in re.findall(r"\bdocs/([\w-]+\.md)", text):
+            if not (ROOT / "docs" / name).is_file():
+                missing.append(f"{path.relative_to(ROOT)}: docs/{name}")
+    assert not outside, f"cite docs/ instead of ../shared/docs: {outside}"
+    assert not missing, missing

@@ -1,7 +1,7 @@
 """Image normalisation and resizing shared by tracking, evaluation, export and training.
 
 Constants are ImageNet's; DINO's evaluation code uses std 0.228 for the red channel (a typo of 0.229 that its
-published numbers depend on, see shared PROTOCOL.md), so it is kept as a separate, named constant.
+published numbers depend on, see docs/PROTOCOL.md), so it is kept as a separate, named constant.
 """
 
 from __future__ import annotations

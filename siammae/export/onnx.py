@@ -19,9 +19,6 @@ TensorRT fp16 engine gets its precision.
 
 The exporter is ``torch.onnx.export(..., dynamo=True)``; if it fails, the TorchScript exporter is used instead,
 with a log line saying so, and the metadata records which one produced the file.
-
-Why this file is long: the graph module, its size rules and the export entry point with its two exporters are one
-path from a checkpoint to a file; metadata, verification and the fused attention already live in their own modules.
 """
 
 from __future__ import annotations

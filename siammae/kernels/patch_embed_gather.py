@@ -1,6 +1,6 @@
 """Fused masked-patch gather: embed only the patches that the encoder keeps.
 
-SiamMAE masks 95 % of the future frame f2 (PAPER.md), so the MAE recipe -- embed all L patches with the
+SiamMAE masks 95 % of the future frame f2 (docs/PAPER.md), so the MAE recipe -- embed all L patches with the
 ``patch_embed.proj`` Conv2d, add the position embedding, then gather the visible ``K`` tokens -- throws away
 95 % of the embedding work and writes a (B, L, D) tensor that is read once. This op does the three steps in
 one pass over the kept patches only::
@@ -14,9 +14,6 @@ Patches are numbered row-major over the (h, w) = (H / p, W / p) grid, ``l = row 
 Layout (Liger-Kernel): the Triton kernels (forward; weight and bias gradient), the launchers that validate
 shapes and pick block sizes, the ``autograd.Function``, the PyTorch reference ``patch_embed_gather_ref`` (the
 specification and the CPU path), and the public ``patch_embed_gather(..., backend="auto")``.
-
-Why this file is long: forward and backward kernels, the autograd.Function and the reference are one op and are
-kept together (Liger-Kernel layout), so the gradients can be checked against the reference in one reading.
 """
 
 from __future__ import annotations

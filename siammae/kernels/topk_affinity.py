@@ -1,6 +1,6 @@
 """Top-k affinity: for every query patch, the k most similar keys of its context frames, and their weights.
 
-This is the expensive half of label propagation (../shared/docs/PROTOCOL.md, "One propagation step"). For
+This is the expensive half of label propagation (docs/PROTOCOL.md, "One propagation step"). For
 query frame t with features q (N, D) and a bank of context frames (F, N, D), the context of t is the reference
 frames ``0 .. n_ref-1`` plus the short-term frames ``ctx_start[t] .. ctx_stop[t]-1``. For every query patch i
 it returns the top-k keys j over all context frames jointly, among the keys inside the neighbourhood of i
@@ -13,14 +13,11 @@ With ``labels`` (F, N, C) the op also gathers and sums the labels, returning sum
 (N, C) per query frame, which is one whole propagation step when the labels of every context frame are known.
 
 Neither path materialises the N x (F N) affinity matrix. The Triton kernel streams key tiles through on-chip
-memory with a running top-k per query and skips key tiles wholly outside the neighbourhood; the PyTorch
-reference ``topk_affinity_ref`` (the specification, the CPU path and the test oracle) scores tiles of queries
-against the windows of keys in their reach, so that its scores never exceed ``max(block_elems, n_context * N)``
-floats (16 MiB by default).
-
-Why this file is long: one op in one file (STYLE.md, Liger-Kernel layout): the kernel, its launcher, the tiled
-PyTorch reference that specifies it and the public dispatching function must be read side by side; splitting
-the reference from the kernel would hide the specification from the code it specifies.
+memory with a running top-k per query and skips key tiles wholly outside the neighbourhood; the tiled PyTorch
+reference ``topk_affinity_ref`` (the CPU path) scores tiles of queries against the windows of keys in their
+reach, so that its scores never exceed ``max(block_elems, n_context * N)`` floats (16 MiB by default). Both are
+optimised algorithms; the plain statement of what they compute is :mod:`siammae.kernels.topk_spec`, which builds
+the whole matrix on tiny inputs, and the tests check both paths against it.
 """
 
 from __future__ import annotations

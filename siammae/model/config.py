@@ -1,6 +1,6 @@
 """The model configuration: one typed, frozen dataclass that checkpoints store as a plain dict.
 
-Defaults are the paper's (shared PAPER.md): ViT-S/16 encoder, asymmetric masking (f1 0.0, f2 0.95, random),
+Defaults are the paper's (docs/PAPER.md): ViT-S/16 encoder, asymmetric masking (f1 0.0, f2 0.95, random),
 siamese encoder, cross-self decoder at MAE's decoder defaults (512 wide, 8 blocks, 16 heads), loss on per-patch
 normalised pixels.
 """

@@ -1,4 +1,4 @@
-"""SiamMAE's three decoders (shared PAPER.md): ``cross-self`` (the paper's), ``cross`` and ``joint``.
+"""SiamMAE's three decoders (docs/PAPER.md): ``cross-self`` (the paper's), ``cross`` and ``joint``.
 
 All three take the encoder outputs of f1 and f2 (already projected to the decoder width, with [MASK] tokens and
 position embeddings in place for f2) and return the decoded f2 tokens:

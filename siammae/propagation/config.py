@@ -1,6 +1,6 @@
 """Label-propagation constants as a frozen dataclass, and the named presets of the public protocols.
 
-Every constant of ../shared/docs/PROTOCOL.md is a field. ``dino`` reproduces facebookresearch/dino
+Every constant of docs/PROTOCOL.md is a field. ``dino`` reproduces facebookresearch/dino
 ``eval_video_segmentation.py``; the ``siammae-*`` presets reproduce the CRW test code (ajabri/videowalk
 ``code/test.py``) that CropMAE and SiamMAE evaluate with, at SiamMAE's constants (paper, DAVIS table: top-k 7,
 queue 20, neighbourhood 20).
@@ -103,8 +103,8 @@ _CRW = PropagationConfig(
 PRESETS: dict[str, PropagationConfig] = {
     "dino": _DINO,
     "siammae-davis": _CRW,
-    "siammae-vip": dataclasses.replace(_CRW, topk=10),  # PROTOCOL.md: top-k 10 on VIP
-    "siammae-jhmdb": _CRW,  # PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise
+    "siammae-vip": dataclasses.replace(_CRW, topk=10),  # docs/PROTOCOL.md: top-k 10 on VIP
+    "siammae-jhmdb": _CRW,  # docs/PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise
 }
 
 

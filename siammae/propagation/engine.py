@@ -1,7 +1,7 @@
 """Streaming label propagation: reference frames + a queue of the last n frames, chunked, bounded memory.
 
 The context of frame t is the reference frames (frame 0 with its given labels, plus any frame given a mask
-later) and the last n frames with their propagated soft labels (../shared/docs/PROTOCOL.md). The top-k keys
+later) and the last n frames with their propagated soft labels (docs/PROTOCOL.md). The top-k keys
 and weights of a frame depend only on features, so ``Propagator.step`` computes them for a whole chunk of
 frames in one ``topk_affinity`` call (frames inside the chunk see the earlier frames of the chunk: their
 features are known), and only the gather-and-sum of labels, N x k x C per frame, runs frame after frame. The

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-# CRW / JHMDB protocol constants (PROTOCOL.md, "Keypoints").
+# CRW / JHMDB protocol constants (docs/PROTOCOL.md, "Keypoints").
 SIGMA = 0.5
 TOPK = 3
 

@@ -2,7 +2,7 @@
 
 Going down (``mask_to_labels``) follows DINO's ``read_seg``: a nearest-neighbour resize with PIL's rule, then
 a one-hot over the ids. Coming back up (``labels_to_mask``) follows either protocol's output rule
-(../shared/docs/PROTOCOL.md, "output" row): DINO upsamples bilinearly by the patch size, min-max normalises
+(docs/PROTOCOL.md, "read-out" row): DINO upsamples bilinearly by the patch size, min-max normalises
 each class (``norm_mask``), takes the argmax and resizes by nearest neighbour to the original size; CRW
 resizes bilinearly to the image size and takes the argmax. Ids are channel indices throughout, so id 7 stays 7
 even when ids 2..6 are absent.

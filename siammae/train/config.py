@@ -1,6 +1,6 @@
 """The training configuration: one typed, frozen dataclass, filled from defaults, a JSON / TOML file and flags.
 
-Defaults are the paper's recipe (Appendix A, Table 4a; shared PAPER.md): frame pairs with a gap drawn uniformly in
+Defaults are the paper's recipe (Appendix A, Table 4a; docs/PAPER.md): frame pairs with a gap drawn uniformly in
 4..48, the same random-resized crop (scale 0.5-1) and flip on both frames, two pairs per decoded video, AdamW with
 betas (0.9, 0.95) and weight decay 0.05, base lr 1.5e-4 scaled by batch / 256, 40 warm-up epochs then half-cycle
 cosine, batch 2048, 2000 epochs. The model's own fields (masking, encoder and decoder types) default to the
@@ -23,7 +23,7 @@ from pathlib import Path
 from siammae.errors import InputError
 from siammae.model.config import DECODERS, ENCODER_MODES, LIMITS, MASKINGS
 
-AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (PAPER.md)
+AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (docs/PAPER.md)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DECODES = ("auto", "cpu", "device")  # where JPEGs of a prepared data set are decoded
 

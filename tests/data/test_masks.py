@@ -25,8 +25,8 @@ def test_palette_known_entries():
     assert davis_palette_flat()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]
 
 
-def test_palette_equals_the_davis_files(shared_data):
-    with Image.open(shared_data / "davis2016/osvos_predictions/soapbox/00000.png") as im:
+def test_palette_equals_the_davis_files(fixture_data):
+    with Image.open(fixture_data / "davis2016/osvos_predictions/blackswan/00000.png") as im:  # all 256 colours
         theirs = np.array(im.getpalette(), dtype=np.uint8).reshape(-1, 3)
     np.testing.assert_array_equal(davis_palette()[: len(theirs)], theirs)
 

@@ -16,7 +16,9 @@ def _osvos_layout(shared_data, tmp_path):
     return davis_2016_layout(shared_data, tmp_path / "DAVIS", official["sequences"]), official
 
 
-def test_davis_results_equal_official_osvos(shared_data, tmp_path):
+@pytest.mark.parametrize("data", ["fixture_data", "shared_data"])  # 6 frames that ship, all of DAVIS-2016 val
+def test_davis_results_equal_official_osvos(data, request, tmp_path):
+    shared_data = request.getfixturevalue(data)
     root, official = _osvos_layout(shared_data, tmp_path)
     out = tmp_path / "out"
     args = ["davis", "--root", str(root), "--year", "2016", "--out", str(out)]

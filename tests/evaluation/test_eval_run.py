@@ -15,6 +15,7 @@ from PIL import Image
 from siammae.cli.eval import main
 from siammae.data.transforms import DINO_STD, IMAGENET_STD
 from siammae.errors import InputError
+from siammae.evaluation.metrics.davis import db_eval_iou
 from siammae.evaluation.png import read_index_png, write_index_png
 from siammae.model.checkpoint import file_sha256, save_checkpoint
 from siammae.model.registry import create_model
@@ -60,7 +61,12 @@ def test_davis_real_sequences_end_to_end_and_resume(shared_data, tmp_path, tiny_
     assert settings["preset"] == "siammae-davis" and settings["propagation"]["topk"] == 7
     assert settings["input"]["short_side"] == 64 and settings["max_frames"] == 5
     assert [row["Sequence"] for row in doc["per_sequence"]] == ["blackswan_1", "car-shadow_1", "soapbox_1"]
-    assert 0.0 <= doc["global"]["J-Mean"] <= 1.0 and 0.0 <= doc["global"]["F-Mean"] <= 1.0
+    for row in doc["per_sequence"]:  # each score is the J of the masks written, frames 1-3 (first and last left out)
+        seq, names = row["Sequence"].removesuffix("_1"), [f"{t:05d}.png" for t in range(1, 4)]
+        gt = np.stack([np.asarray(Image.open(root / "Annotations/480p" / seq / n)) > 0 for n in names])
+        pred = np.stack([read_index_png(out / "predictions" / seq / n) == 1 for n in names])
+        assert row["J-Mean"] == pytest.approx(db_eval_iou(gt, pred).mean(), abs=1e-9)
+    assert doc["global"]["J-Mean"] == pytest.approx(np.mean([r["J-Mean"] for r in doc["per_sequence"]]), abs=1e-9)
     assert doc["global"]["J&F-Mean"] == pytest.approx((doc["global"]["J-Mean"] + doc["global"]["F-Mean"]) / 2)
     pred_dir = out / "predictions/soapbox"
     assert sorted(p.name for p in pred_dir.iterdir()) == [f"{t:05d}.png" for t in range(5)]

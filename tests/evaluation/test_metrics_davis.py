@@ -29,9 +29,10 @@ def _square(size=40, top=5, left=5, side=10):
     return mask
 
 
-def test_official_osvos_scores_per_frame(shared_data):
+@pytest.mark.parametrize("data", ["fixture_data", "shared_data"])  # 6 frames that ship, all of DAVIS-2016 val
+def test_official_osvos_scores_per_frame(data, request):
     """Every per-frame J and F equals the official code's (OSVOS on DAVIS-2016 val, ids > 0 merged)."""
-    root = shared_data / "davis2016"
+    root = request.getfixturevalue(data) / "davis2016"
     official = json.loads((root / "osvos_official_scores.json").read_text())
     for seq, ref in official["sequences"].items():
         frames = sorted(ref["per_frame"])

@@ -21,14 +21,14 @@ def _masks(folder):
 
 
 @pytest.fixture(scope="module")
-def blackswan(shared_data, tmp_path_factory):
+def blackswan(fixture_data, tmp_path_factory):
     """The first 6 frames of DAVIS blackswan as a frame folder, and the mask of frame 0 (mode L, {0, 255})."""
-    seq = shared_data / "davis2016/JPEGImages/480p/blackswan"
+    seq = fixture_data / "davis2016/JPEGImages/480p/blackswan"
     folder = tmp_path_factory.mktemp("blackswan") / "frames"
     folder.mkdir()
     for f in sorted(seq.glob("*.jpg"))[:6]:
         shutil.copy(f, folder / f.name)
-    return folder, shared_data / "davis2016/Annotations/480p/blackswan/00000.png"
+    return folder, fixture_data / "davis2016/Annotations/480p/blackswan/00000.png"
 
 
 @pytest.fixture(scope="module")

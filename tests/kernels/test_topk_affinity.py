@@ -1,5 +1,6 @@
-"""The top-k affinity op: the PyTorch reference against a dense brute force, the Triton kernel (interpreted on
-CPU) against the reference, on awkward grids, tiny and empty neighbourhoods, both shapes, fp32 and fp16."""
+"""The top-k affinity op against its specification (siammae/kernels/topk_spec.py, the whole affinity matrix in
+float64): the tiled PyTorch reference and the Triton kernel (interpreted on CPU) on awkward grids, tiny and empty
+neighbourhoods, both shapes, fp32 / fp16 / bf16, and inputs full of exact ties."""
 
 from pathlib import Path
 
@@ -9,8 +10,10 @@ import torch.nn.functional as F
 
 from siammae.kernels.dispatch import triton_available
 from siammae.kernels.topk_affinity import neighbourhood_reach, topk_affinity, topk_affinity_ref
+from siammae.kernels.topk_spec import context_scores, neighbourhood_mask, topk_affinity_spec
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
+BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
 
 
 def _inputs(grid, D, T, F_, seed=0, dtype=torch.float32):
@@ -21,34 +24,40 @@ def _inputs(grid, D, T, F_, seed=0, dtype=torch.float32):
     return q, k
 
 
-def _dense(query, keys, grid, start, stop, n_ref, topk, temperature, radius, shape, restrict_ref):
-    """Brute force in float64 with the protocols' own neighbourhood rules: the whole (N, M) score matrix."""
-    T, N, D = query.shape
-    h, w = grid
-    ys, xs = torch.arange(N) // w, torch.arange(N) % w
-    dy, dx = ys[None] - ys[:, None], xs[None] - xs[:, None]  # (N query, N key)
-    if radius is None:
-        near = torch.ones(N, N, dtype=torch.bool)
-    elif shape == "square":  # DINO restrict_neighborhood
-        near = (dy.abs() <= radius) & (dx.abs() <= radius)
-    else:  # CRW MaskedAttention: float distance < radius
-        near = (dy * dy + dx * dx).float() ** 0.5 < radius
-    W_, I_ = torch.zeros(T, N, topk), torch.full((T, N, topk), -1)
-    for t in range(T):
-        frames = list(range(n_ref)) + list(range(start[t], stop[t]))
-        s = query[t].double() @ keys[frames].double().reshape(-1, D).T  # (N, M)
-        s = s.view(N, len(frames), N)
-        for c, f in enumerate(frames):
-            if f >= n_ref or restrict_ref:
-                s[:, c].masked_fill_(~near, float("-inf"))
-        s = s.reshape(N, -1)
-        v, i = s.topk(min(topk, s.shape[1]), dim=1)
-        kept = v > float("-inf")
-        e = torch.where(kept, torch.exp((v - v[:, :1]) / temperature), 0.0)
-        W_[t, :, : v.shape[1]] = (e / e.sum(1, keepdim=True)).float()
-        flat = torch.tensor(frames)[i // N] * N + i % N
-        I_[t, :, : v.shape[1]] = torch.where(kept, flat, -1)
-    return torch.nan_to_num(W_), I_
+def _tied_inputs(grid, D, T, F_, seed=0, dtype=torch.float32, directions=3):
+    """Every feature is one of ``directions`` unit axes, so every similarity is exactly 0 or 1: ties everywhere."""
+    g = torch.Generator().manual_seed(seed)
+    N = grid[0] * grid[1]
+    axes = torch.eye(D)
+    q = axes[torch.randint(0, directions, (T, N), generator=g)].to(dtype)
+    k = axes[torch.randint(0, directions, (F_, N), generator=g)].to(dtype)
+    return q, k
+
+
+def _assert_equals_spec(w, i, q, k, grid, start, stop, **kw):
+    """Weights and indices equal the specification's exactly (indices) and to fp32 rounding (weights)."""
+    w_spec, i_spec = topk_affinity_spec(q, k, grid, start, stop, **kw)
+    assert w.dtype == torch.float32 and i.dtype == torch.int64 and w.shape == w_spec.shape
+    assert torch.equal(i, i_spec)
+    torch.testing.assert_close(w, w_spec, atol=1e-6, rtol=1e-5)
+
+
+def _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw):
+    """As the specification, except which of several keys tied at the k-th similarity are kept (and their order):
+    as many keys, each a candidate of its query (in context, in reach), none twice, of exactly the specified
+    similarities in descending order, with the specified weights."""
+    w_spec, i_spec = topk_affinity_spec(q, k, grid, start, stop, **kw)
+    kw.pop("topk"), kw.pop("temperature")
+    scores = context_scores(q, k, grid, start, stop, **kw)  # (T, N, F N), -inf for a non-candidate
+    kept = i >= 0
+    assert torch.equal(kept, i_spec >= 0)
+    got = scores.gather(2, i.clamp_min(0)).masked_fill(~kept, float("-inf"))
+    want = scores.gather(2, i_spec.clamp_min(0)).masked_fill(~kept, float("-inf"))
+    assert torch.all(got[kept] > float("-inf"))  # only candidates
+    assert torch.equal(got, want)
+    s = i.sort(-1).values
+    assert not ((s[..., 1:] == s[..., :-1]) & (s[..., 1:] >= 0)).any()  # no key twice
+    torch.testing.assert_close(w, w_spec, atol=1e-6, rtol=1e-5)
 
 
 CASES = [
@@ -56,21 +65,87 @@ CASES = [
     ((3, 5), 16, 2, 1, [(1, 3), (2, 4)], 5, 1.5, "square", True),
     ((7, 4), 32, 3, 1, [(1, 2), (1, 3), (2, 4)], 4, 2.5, "circle", False),
     ((7, 4), 20, 1, 2, [(2, 5)], 7, 2, "circle", True),
-    ((3, 5), 16, 2, 1, [(1, 1), (1, 2)], 3, None, "square", True),
+    ((3, 5), 16, 2, 1, [(1, 1), (1, 2)], 3, None, "square", True),  # an empty short-term context
+    ((1, 7), 3, 2, 1, [(1, 2), (1, 3)], 4, 2, "square", False),  # one row, 3 channels
+    ((5, 1), 5, 1, 2, [(2, 3)], 9, 1, "circle", True),  # one column; k beyond the keys in reach
 ]
 
 
-@pytest.mark.parametrize("grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref", CASES)
-def test_reference_equals_dense_brute_force(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref):
-    F_ = max(b for _, b in ranges)
-    q, k = _inputs(grid, D, T, F_)
+def _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref):
+    F_ = max([b for _, b in ranges] + [n_ref])
     start, stop = [a for a, _ in ranges], [b for _, b in ranges]
     kw = dict(n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
-    W_, I_ = _dense(q, k, grid, start, stop, n_ref, topk, 0.1, radius, shape, restrict_ref)
+    return F_, start, stop, kw
+
+
+def test_the_specification_states_the_rules():
+    """The specification on a case small enough to check by hand: a 1 x 3 grid, one reference frame."""
+    q = torch.tensor([[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]])  # (T=1, N=3, D=2)
+    k = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]])  # (F=1, N=3, D=2)
+    kw = dict(n_ref=1, topk=2, temperature=0.5, neighbourhood="square")
+    w, i = topk_affinity_spec(q, k, (1, 3), [1], [1], radius=None, **kw)
+    # query 0 scores (1, 0, 0.6): keys 0 and 2; query 1 (0.6, 0.8, 1.0): keys 2 and 1; query 2 (0, 1, 0.8): 1, 2
+    assert i.tolist() == [[[0, 2], [2, 1], [1, 2]]]
+    e = torch.exp(torch.tensor([0.0, -0.4 / 0.5]))
+    torch.testing.assert_close(w[0, 0], e / e.sum())
+    w, i = topk_affinity_spec(q, k, (1, 3), [1], [1], radius=0, **kw)  # each query reaches its own key only
+    assert i.tolist() == [[[0, -1], [1, -1], [2, -1]]] and w[0, :, 1].eq(0).all() and w[0, :, 0].eq(1).all()
+    w, i = topk_affinity_spec(q, k, (1, 3), [1], [1], radius=0, **{**kw, "neighbourhood": "circle"})
+    assert i.eq(-1).all() and w.eq(0).all()  # distance < 0: nothing in reach
+    tied = torch.tensor([[[1.0, 0.0]] * 3])  # every key of the query ties: the lowest indices are kept
+    assert topk_affinity_spec(tied, tied, (1, 3), [1], [1], radius=None, **kw)[1].tolist() == [[[0, 1]] * 3]
+    labels = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]])
+    y = topk_affinity_spec(q, k, (1, 3), [1], [1], radius=None, labels=labels, **kw)
+    w, i = topk_affinity_spec(q, k, (1, 3), [1], [1], radius=None, **kw)
+    torch.testing.assert_close(y[0, 0], w[0, 0, 0] * labels[0, 0] + w[0, 0, 1] * labels[0, 2])
+
+
+def test_the_specifications_neighbourhoods_are_the_protocols():
+    near = neighbourhood_mask((5, 5), 1.5, "square")
+    assert near[12].reshape(5, 5).int().tolist() == [
+        [0] * 5,
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0] * 5,
+    ]
+    near = neighbourhood_mask((5, 5), 2, "circle")  # distance < 2: the centre and its 4 neighbours... and the
+    assert near[12].reshape(5, 5).int().tolist() == [  # diagonals at sqrt(2)
+        [0, 0, 0, 0, 0],
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0, 1, 1, 1, 0],
+        [0, 0, 0, 0, 0],
+    ]
+    assert neighbourhood_mask((2, 3), None, "circle").all()
+
+
+@pytest.mark.parametrize("grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref", CASES)
+def test_tiled_reference_equals_the_specification(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref):
+    F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
+    q, k = _inputs(grid, D, T, F_)
     for block_elems in (1, 97, 1 << 22):  # one query per block, ragged blocks, one block
         w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
-        assert torch.equal(i, I_)
-        torch.testing.assert_close(w, W_, atol=1e-6, rtol=1e-5)
+        _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
+    labels = torch.rand(F_, grid[0] * grid[1], 3, generator=torch.Generator().manual_seed(1))
+    y = topk_affinity_ref(q, k, grid, start, stop, labels=labels, block_elems=97, **kw)
+    torch.testing.assert_close(y, topk_affinity_spec(q, k, grid, start, stop, labels=labels, **kw))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", [0, 1, 4, 5])
+def test_ties_keep_keys_of_the_specified_similarities(backend, case):
+    """Every similarity is 0 or 1: which tied keys are kept is free, their similarities and weights are not."""
+    grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref = CASES[case]
+    F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
+    q, k = _tied_inputs(grid, max(D, 3), T, F_, seed=case)
+    if backend == "torch":
+        for block_elems in (1, 97, 1 << 22):
+            w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
+            _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
+    else:
+        w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
+        _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
 
 
 def test_neighbourhood_integer_form_matches_the_protocols():
@@ -90,18 +165,7 @@ def test_neighbourhood_integer_form_matches_the_protocols():
 
 TRITON_CASES = [
     # grid, D, T, n_ref, short ranges, topk, radius, shape, restrict_ref, dtype
-    (
-        (3, 5),
-        16,
-        2,
-        1,
-        [(1, 3), (2, 4)],
-        5,
-        1.5,
-        "square",
-        True,
-        torch.float32,
-    ),  # 3x5: not a multiple of tiles
+    ((3, 5), 16, 2, 1, [(1, 3), (2, 4)], 5, 1.5, "square", True, torch.float32),  # 3x5: not a multiple of tiles
     ((7, 4), 32, 3, 1, [(1, 2), (1, 3), (2, 4)], 4, 2.5, "circle", False, torch.float32),
     ((7, 4), 20, 2, 2, [(2, 4), (3, 5)], 3, 3, "circle", True, torch.float16),  # D not a multiple of 16
     ((3, 5), 16, 1, 1, [(1, 3)], 7, 0, "square", True, torch.float32),  # radius 0: 1 key per frame < k
@@ -110,51 +174,47 @@ TRITON_CASES = [
     # 3x3 tiles of 4x4: key tiles out of the bounding box (square) and corner tiles of the circle are skipped
     ((9, 10), 16, 1, 1, [(1, 2)], 3, 1.2, "circle", True, torch.float32),
     ((9, 10), 16, 1, 1, [(1, 2)], 6, 1, "square", False, torch.float32),
+    ((1, 7), 3, 2, 1, [(1, 2), (1, 3)], 4, 2, "square", False, torch.float32),  # one row, 3 channels
 ]
 
 
 @needs_triton
 @pytest.mark.parametrize("grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref, dtype", TRITON_CASES)
-def test_triton_equals_reference(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref, dtype):
+def test_triton_equals_the_specification(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref, dtype):
     F_ = max(b for _, b in ranges)
     q, k = _inputs(grid, D, T, F_, seed=1, dtype=dtype)
     start, stop = [a for a, _ in ranges], [b for _, b in ranges]
     kw = dict(n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
-    w_ref, i_ref = topk_affinity(q, k, grid, start, stop, backend="torch", **kw)
     w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
-    assert w.dtype == torch.float32 and i.dtype == torch.int64 and w.shape == (T, grid[0] * grid[1], topk)
-    assert torch.equal(i, i_ref)
-    torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+    _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
     assert torch.all((i >= 0) | (w == 0))  # empty slots weigh nothing
     torch.testing.assert_close(w.sum(-1), torch.ones(T, grid[0] * grid[1]))
 
 
 @needs_triton
 @pytest.mark.parametrize("shape, radius, restrict_ref", [("square", 1, True), ("circle", 2.5, False)])
-def test_triton_fused_gather_equals_reference(shape, radius, restrict_ref):
+def test_triton_fused_gather_equals_the_specification(shape, radius, restrict_ref):
     grid, T, F_ = (7, 4), 2, 4
     q, k = _inputs(grid, 32, T, F_, seed=2)
     labels = torch.rand(F_, 28, 3, generator=torch.Generator().manual_seed(3))
     kw = dict(n_ref=1, topk=5, temperature=0.7, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
-    ref = topk_affinity(q, k, grid, [1, 2], [3, 4], labels=labels, backend="torch", **kw)
+    spec = topk_affinity_spec(q, k, grid, [1, 2], [3, 4], labels=labels, **kw)
     out = topk_affinity(q, k, grid, [1, 2], [3, 4], labels=labels, backend="triton", **kw)
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
-    w, i = topk_affinity(q, k, grid, [1, 2], [3, 4], backend="torch", **kw)  # the unfused op, gathered by hand
+    torch.testing.assert_close(out, spec, atol=1e-6, rtol=1e-5)
+    w, i = topk_affinity(q, k, grid, [1, 2], [3, 4], backend="triton", **kw)  # the unfused op, gathered by hand
     manual = (labels.reshape(-1, 3)[i.clamp_min(0)] * w[..., None]).sum(2)
-    torch.testing.assert_close(ref, manual, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out, manual, atol=1e-6, rtol=1e-5)
 
 
 @needs_triton
 def test_bf16_inputs_are_accumulated_in_fp32():
     q, k = _inputs((3, 5), 32, 1, 2, seed=4, dtype=torch.bfloat16)
     kw = dict(n_ref=1, topk=4, temperature=0.1, radius=2, neighbourhood="square", restrict_ref=True)
-    w_ref, i_ref = topk_affinity(q, k, (3, 5), [1], [2], backend="torch", **kw)
     w, i = topk_affinity(q, k, (3, 5), [1], [2], backend="triton", **kw)
-    assert torch.equal(i, i_ref)
-    torch.testing.assert_close(w, w_ref, atol=1e-6, rtol=1e-5)
+    _assert_equals_spec(w, i, q, k, (3, 5), [1], [2], **kw)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_neighbourhood_and_k_beyond_it(backend):
     """Radius 0: a square keeps the key under the query, a circle keeps nothing (distance < 0)."""
     q, k = _inputs((3, 5), 16, 1, 3, seed=5)
@@ -171,7 +231,7 @@ def test_empty_neighbourhood_and_k_beyond_it(backend):
     assert torch.all(i == -1) and torch.all(w == 0)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("triton", marks=needs_triton)])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_duplicate_context_frames_give_the_same_labels(backend):
     """CRW prefills the queue with copies of frame 0: ties between copies must not change the result."""
     q, k = _inputs((3, 5), 16, 1, 1, seed=6)
@@ -228,15 +288,22 @@ def build(dtype, K, shape, restrict_ref, gather, capability):
     src = ASTSource(fn=_topk_affinity_kernel, signature=sig, constexprs=consts)
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=dict(num_warps=4))
 
-build("fp16", 7, 2, False, False, 90)  # siammae-davis on an H100 / H200
-build("bf16", 10, 1, True, True, 80)  # fused gather, square, on an A100
-build("fp32", 5, 1, True, False, 80)  # fp32 "ieee" dot
+import sys
+dtype, K, shape, restrict_ref, gather, capability = sys.argv[1:]
+build(dtype, int(K), int(shape), restrict_ref == "1", gather == "1", int(capability))
 print("compiled")
 """
 
+BUILDS = [
+    pytest.param(("fp16", 7, 2, 0, 0, 90), id="fp16-circle-sm90"),  # siammae-davis on an H100 / H200
+    pytest.param(("bf16", 10, 1, 1, 1, 80), marks=pytest.mark.slow, id="bf16-gather-sm80"),  # fused gather, square
+    pytest.param(("fp32", 5, 1, 1, 0, 80), marks=pytest.mark.slow, id="fp32-sm80"),  # fp32 "ieee" dot
+]
+
 
 @needs_triton
-def test_kernel_compiles_for_real_gpus(tmp_path):
+@pytest.mark.parametrize("build", BUILDS)
+def test_kernel_compiles_for_real_gpus(build, tmp_path):
     """The interpreter does not type-check like the compiler does: compile to cubin (ptxas ships with Triton)
     for sm_80 and sm_90, in a process that does not interpret, without needing a GPU."""
     import inspect
@@ -250,5 +317,6 @@ def test_kernel_compiles_for_real_gpus(tmp_path):
         pytest.skip("this Triton's ASTSource predates the constexprs argument (Triton < 3.2)")
     env = dict(os.environ, TRITON_INTERPRET="0", TRITON_DEFAULT_FP_FUSION="1", TRITON_CACHE_DIR=str(tmp_path))
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH", "")])
-    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT], env=env, capture_output=True, text=True)
+    args = [str(a) for a in build]
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -1,5 +1,5 @@
 """Label propagation: a hand-computed case, equality with direct dense implementations of DINO's and CRW's
-algorithms (written here from ../shared/docs/PROTOCOL.md), objects that appear later, bounded memory, the
+algorithms (written here from docs/PROTOCOL.md), objects that appear later, bounded memory, the
 label conversions against PIL, the presets, and a run on real frames and masks."""
 
 import dataclasses

@@ -75,7 +75,8 @@ def track_xy(track) -> np.ndarray:
 
 
 def tracker(chunk: int = 4):
-    return Tracker(colour_encoder(patch=PATCH), preset="siammae-jhmdb", device="cpu", size=128, chunk=chunk)
+    # a queue of 4 frames, not 20: the read-out is under test here, not the preset (5x less affinity to compute)
+    return Tracker(colour_encoder(patch=PATCH), preset="siammae-jhmdb", device="cpu", size=128, chunk=chunk, n_last=4)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +241,7 @@ def video(tmp_path_factory, clip):
 def test_cli_writes_the_track_overlay_and_report(ckpt, video, tmp_path):
     root, truth = video
     out, overlay, report = tmp_path / "out", tmp_path / "o.mp4", tmp_path / "r.json"
-    result = run(root / "clip.mp4", "--keypoints", root / "first.json", "--ckpt", ckpt, "--size", 128,
+    result = run(root / "clip.mp4", "--keypoints", root / "first.json", "--ckpt", ckpt, "--size", 128, "--n-last", 4,
                  "--out", out, "--overlay", overlay, "--report", report)  # fmt: skip
     assert result.exit_code == 0, (result.output, result.exception)
     assert "tracked 10 frames (5 keypoints)" in result.output

@@ -46,15 +46,15 @@ def read_pngs(folder: Path) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------ real data
-def test_davis_folder_and_mp4_give_near_identical_masks(shared_data, ckpt, tmp_path):
-    seq = shared_data / "davis2016/JPEGImages/480p/blackswan"
+def test_davis_folder_and_mp4_give_near_identical_masks(fixture_data, ckpt, tmp_path):
+    seq = fixture_data / "davis2016/JPEGImages/480p/blackswan"
     frames = sorted(seq.glob("*.jpg"))[:6]
     folder = tmp_path / "blackswan"
     folder.mkdir()
     for f in frames:
         shutil.copy(f, folder / f.name)
     write_video(tmp_path / "blackswan.mp4", (np.asarray(Image.open(f).convert("RGB")) for f in frames), fps=24)
-    mask = shared_data / "davis2016/Annotations/480p/blackswan/00000.png"  # mode L, {0, 255}
+    mask = fixture_data / "davis2016/Annotations/480p/blackswan/00000.png"  # mode L, {0, 255}
     common = ["--mask", mask, "--ckpt", ckpt, "--size", 160, "--preset", "dino", "--quiet"]
     run(folder, *common, "--out", tmp_path / "a")
     run(tmp_path / "blackswan.mp4", *common, "--out", tmp_path / "b")
