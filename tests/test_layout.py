@@ -21,6 +21,7 @@ LAYERS = {
     "siammae.device": 1,
     "siammae.distributed": 1,
     "siammae.memory": 1,
+    "siammae.background": 1,
     "siammae.kernels": 2,
     "siammae.data": 2,
     "siammae.outputs": 2,
