@@ -17,6 +17,7 @@ import click
 from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, errors, preset_option, size_option
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
+from siammae.propagation.config import default_preset
 
 
 class _EchoHandler(logging.Handler):
@@ -44,7 +45,7 @@ def _log_to_stderr() -> None:
     help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint; for a weights name, "
     "<name>_<H>x<W>.onnx in the current folder).",
 )
-@preset_option("siammae-davis: a 854x480 video as siammae-track encodes it, 480x880")
+@preset_option(f"{default_preset()}: a 854x480 video as siammae-track encodes it")
 @size_option("as siammae-track --size: a short side (480 -> 480x848 for a 854x480 video) or HEIGHTxWIDTH.")
 @click.option("--height", type=click.IntRange(min=1), default=None, help="frame height (with --width).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="frame width (with --height).")
@@ -88,9 +89,8 @@ def _log_to_stderr() -> None:
 def main(
     ckpt, arch, out, preset, size, height, width, max_batch, fp16, opset, std_name, pos_interp, trt, workspace, verify
 ):
-    """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
-    patch features, with normalisation and position embeddings inside the graph."""
-    from siammae.data.transforms import IMAGENET_MEAN  # deferred: --help stays fast
+    """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) patch
+    features (L2-normalised by the tracker), with normalisation and position embeddings inside the graph."""
     from siammae.export.onnx import STDS, export_onnx
     from siammae.export.tensorrt import build_engine, require_tensorrt
     from siammae.model.weights import DEFAULT_WEIGHTS
@@ -104,13 +104,12 @@ def main(
             out,
             arch=arch,
             size=size,
-            preset=preset or "siammae-davis",
+            preset=preset,
             height=height,
             width=width,
             max_batch=max_batch,
             fp16=fp16,
             opset=opset,
-            mean=IMAGENET_MEAN,
             std=None if std_name is None else STDS[std_name],
             pos_interp=pos_interp,
             verify=verify,

@@ -38,6 +38,7 @@ from siammae.cli.options import (
     size_option,
 )
 from siammae.errors import InputError
+from siammae.propagation.config import default_preset
 
 
 def load_frame_encoder(
@@ -93,7 +94,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     type=click.Path(path_type=Path),
     help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
 )
-@preset_option("siammae-davis; siammae-jhmdb with --keypoints")
+@preset_option(f"{default_preset('masks')}; {default_preset('keypoints')} with --keypoints")
 @propagation_options
 @size_option()
 @device_option()
@@ -167,7 +168,7 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
     if keypoints is None and mask is None and mask_dir is None:
         raise click.UsageError("give what to track in frame 0: --mask (or --mask-dir) or --keypoints")
     if preset is None:
-        preset = "siammae-jhmdb" if keypoints is not None else "siammae-davis"
+        preset = default_preset("keypoints" if keypoints is not None else "masks")
 
     if out is None and overlay is None and report is None:
         out = default_out(video, keypoints is not None)
@@ -227,7 +228,7 @@ def _many(ctx, inputs, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder,
     with errors(f"finished videos are kept in {out}; run again to go on"):
         items = read_manifest(manifest) if manifest else expand_inputs(inputs, mask_dir, keypoints)
         if preset is None:
-            preset = "siammae-jhmdb" if all(i.keypoints for i in items) else "siammae-davis"
+            preset = default_preset("keypoints" if all(i.keypoints for i in items) else "masks")
         init(rank)
         if encoder is None:  # weights given by name: fetched once per machine, then loaded by every rank
             from siammae.model.weights import DEFAULT_WEIGHTS, resolve_weights

@@ -101,7 +101,7 @@ class Propagator:
     """
 
     def __init__(self, config: PropagationConfig | str = "dino", backend: str = "auto"):
-        self.config = get_preset(config) if isinstance(config, str) else config
+        self.config = get_preset(config).propagation if isinstance(config, str) else config
         if not isinstance(self.config, PropagationConfig):
             raise InputError(f"config must be a PropagationConfig or a preset name, got {type(config).__name__}")
         self.backend = backend
@@ -237,7 +237,10 @@ def propagate_labels(
     preset: a preset name or a config; ``overrides`` replace any of its fields (``topk=7``).
     chunk_size: frames that share one top-k call; the results do not depend on it.
     """
-    config = preset.replace(**overrides) if isinstance(preset, PropagationConfig) else get_preset(preset, **overrides)
+    if isinstance(preset, PropagationConfig):
+        config = preset.replace(**overrides)
+    else:
+        config = get_preset(preset, **overrides).propagation
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     frames = iter(features)

@@ -19,7 +19,6 @@ the report is written with the status, and the first exception is raised again.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -206,17 +205,7 @@ class TrackingRun:
 
 
 def settings(tracker: Tracker) -> dict:
-    return {
-        "preset": tracker.preset,
-        "propagation": dict(vars(tracker.config)),
-        "size": tracker.size,  # the --size override, None for the preset's
-        "input": dataclasses.asdict(tracker.inputs),  # the input rule applied: size rule, std, resize
-        "chunk": tracker.chunk,
-        "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
-        "backend": tracker.backend,
-        "encoder": type(tracker.encoder).__name__,
-        "weights": _weights(tracker.encoder),
-    }
+    return {**tracker.settings(), "weights": _weights(tracker.encoder)}  # Driver.settings: preset + run options
 
 
 def _weights(encoder) -> dict | None:

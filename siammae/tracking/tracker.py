@@ -35,7 +35,7 @@ class Tracker(Driver):
     ``times`` holds the stage timings of the last stream run without its own ``times`` (``track``, ``track_soft``).
     """
 
-    def __init__(self, model, preset: str = "siammae-davis", **kwargs):
+    def __init__(self, model, preset=None, **kwargs):  # a name, a Preset, or None: the default preset of masks
         super().__init__(model, preset, **kwargs)
         self.times = StageTimes()
 
