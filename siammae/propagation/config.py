@@ -129,7 +129,7 @@ class Preset:
         unknown = sorted(set(overrides) - set(_PROPAGATION_FIELDS))
         if unknown:
             raise InputError(
-                f"unknown preset setting(s) {', '.join(unknown)}; valid settings: "
+                f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: "
                 f"{', '.join(_PROPAGATION_FIELDS)}, size"
             )
         changes = {"propagation": dataclasses.replace(self.propagation, **overrides)} if overrides else {}

@@ -336,7 +336,7 @@ def test_presets_follow_the_protocols():
         dino.topk = 3
     with pytest.raises(ValueError, match="valid presets: dino, siammae-davis"):
         get_preset("davis")
-    with pytest.raises(ValueError, match="unknown preset setting\\(s\\) k; valid settings: topk, .*, size"):
+    with pytest.raises(ValueError, match="unknown propagation setting\\(s\\) k; valid settings: topk, .*, size"):
         get_preset("dino", k=3)
     with pytest.raises(ValueError, match="valid settings: topk, temperature"):
         list(propagate_labels([torch.zeros(2, 2, 4)] * 2, _ids(2, 2), dino, tau=0.1))
