@@ -380,6 +380,12 @@ def test_one_preset_holds_constants_input_rule_and_task():
     with pytest.raises(InputError, match="input size '480x' is not a short side"):
         dino.replace(size="480x")
 
+    # the engine takes a name, a Preset or its constants alike
+    assert Propagator(dino).config == Propagator("dino").config == dino.propagation
+    assert Propagator().config == crw["siammae-davis"].propagation
+    with pytest.raises(InputError, match="config must be a PropagationConfig, a Preset or a preset name, got int"):
+        Propagator(3)
+
     # the record stored with results: every constant, the input rule, the size override
     record = get_preset("siammae-davis", topk=3, size="96").record()
     assert record == {
