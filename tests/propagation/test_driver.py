@@ -3,6 +3,7 @@ encoders); each preset's input is its reference script's, bit for bit; and the `
 DINO's ``eval_video_segmentation.py`` written out here (its ``read_frame``, ``extract_feature`` and propagation)."""
 
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -16,7 +17,7 @@ from siammae.cli.eval import main as eval_main
 from siammae.cli.track import main as track_main
 from siammae.errors import InputError
 from siammae.evaluation.benchmark import load_runner
-from siammae.export import export_onnx
+from siammae.export import export_onnx, load_encoder
 from siammae.model.checkpoint import load_model, save_checkpoint
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import create_model, model_config
@@ -157,6 +158,16 @@ def test_track_and_eval_give_the_same_masks(shared_data, tmp_path, tiny, weights
     for name in list(tracked)[1:]:
         np.testing.assert_array_equal(tracked[name], evaluated[name], err_msg=name)
         assert 0 < (tracked[name] == 1).sum() < tracked[name].size  # the swan is tracked, not lost or everywhere
+
+
+def test_an_exported_encoder_of_another_normalisation_warns(tiny):
+    """The graph carries its mean / std; a preset that normalises otherwise (dino: std 0.228) says how to export."""
+    _, onnx_path = tiny  # exported for the default preset: ImageNet mean / std
+    with pytest.warns(UserWarning, match=r"std \(0\.229, 0\.224, 0\.225\) but preset dino expects .*--preset dino"):
+        Driver(load_encoder(onnx_path), "dino", size=96)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Driver(load_encoder(onnx_path), size=96)  # the preset it was exported for: no warning
 
 
 def test_track_and_eval_default_to_the_presets_input(tiny):
