@@ -120,6 +120,8 @@ class Preset:
             raise InputError(f"preset task must be one of {TASKS}, got {self.task!r}")
         if not isinstance(self.propagation, PropagationConfig) or not isinstance(self.inputs, InputConfig):
             raise InputError("a preset holds a PropagationConfig and an InputConfig")
+        if self.size is not None and parse_size(self.size) != self.size:
+            raise InputError(f"preset size must be a short side or a (short, long) pair, got {self.size!r}")
 
     def replace(self, size=None, **overrides) -> Preset:
         """A copy with propagation constants and / or the input size replaced, all validated here:
@@ -157,6 +159,8 @@ _DEFAULTS: dict[str, str] = {}  # task -> the name of its default preset
 
 def register_preset(preset: Preset, default: bool = False) -> Preset:
     """Add ``preset`` to the registry under its name; ``default``: it is the default of its task (one per task)."""
+    if not isinstance(preset, Preset):
+        raise TypeError(f"register_preset takes a Preset, got {type(preset).__name__}")
     if preset.name in _PRESETS:
         raise ValueError(f"preset {preset.name!r} is already registered")
     if default and preset.task in _DEFAULTS:
