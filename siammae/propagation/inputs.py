@@ -23,7 +23,8 @@ siammae-vip    long side 880, short side floored to 64          float / 255, the
 
 Both resizes run here with OpenCV itself, so the input is bit-exact (OpenCV's float bilinear differs from
 ``torch.nn.functional.interpolate`` by up to 1.5e-5). Frames are decoded with PIL, which equals ``cv2.imread`` on
-the DAVIS JPEGs (tests/test_driver.py checks it); videos decode to RGB uint8 with PyAV and are resized the same way.
+the DAVIS JPEGs (tests/propagation/test_driver.py checks it); videos decode to RGB uint8 with PyAV and are resized
+the same way.
 Deviations, for inputs the references never see: a fixed size is transposed for portrait frames, and a side that
 is not a multiple of the patch size is floored to one (after the floor to 64).
 
