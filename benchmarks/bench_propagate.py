@@ -154,7 +154,7 @@ def run_case(method: str, device: str, grid: tuple[int, int], repeats: int, dtyp
             n_last=N_LAST,
             radius=RADIUS,
             prefill_queue=False,
-        )
+        ).propagation
         prop = Propagator(cfg, backend=method)
         prop.reset(feat0, seg0)
         st = prop.state  # the steady state: n distinct propagated frames in the queue

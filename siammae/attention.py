@@ -9,6 +9,10 @@ The blocks run attention through ``F.scaled_dot_product_attention`` (fused kerne
 weights. So ``blocks[:-1]`` run as usual and only the last block's attention of the [CLS] query is computed
 explicitly from its ``norm1`` and ``attn.qkv``: a (B, nh, 1, L) product, negligible next to the encoder.
 
+Input: frames become encoder input exactly as ``siammae-track`` makes it for the same preset and ``size`` (the
+preset's input rule, :mod:`siammae.propagation.inputs`: size rule, OpenCV resize, mean / std), so the maps show
+what the tracker's encoder sees.
+
 Normalisation: DINO plots row 0 of the softmax over all 1 + L keys with the [CLS] column dropped, which sums to
 1 - a_cls, a mass that differs per head and per frame. Here each map is the softmax of the [CLS] query over the L
 patch keys only, i.e. DINO's row renormalised over the patches (a softmax restricted to a subset of keys and
@@ -31,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from siammae.data.colormaps import _CMAP_POLY, CMAPS
-from siammae.data.transforms import frames_to_batch, normalize, target_size
+from siammae.data.transforms import normalize
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
 from siammae.device import resolve_device, resolve_dtype
 from siammae.errors import InputError
@@ -40,7 +44,8 @@ from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
 from siammae.outputs import OutputFolder
-from siammae.propagation.inputs import chunks
+from siammae.propagation.config import Preset, get_preset
+from siammae.propagation.inputs import chunks, resize_frame, to_batch
 
 HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
 
@@ -220,16 +225,20 @@ def iter_attention(
     model,
     frames: Iterable[Frame],
     heads=None,
-    size: int = 480,
+    size=None,
     batch_size: int = 4,
     dtype: str = "fp32",
     cmap: str = "inferno",
     alpha: float = 0.6,
     labels: bool = True,
     pos_interp: str = "auto",
+    preset: str | Preset | None = None,
 ) -> Iterator[tuple[Frame, np.ndarray]]:
     """Stream frames through :func:`attention_maps`; yields ``(frame, rendered)`` in order, rendered an RGB uint8
-    grid of the chosen heads over the frame resized to short side ``size`` (see :func:`overlay`).
+    grid of the chosen heads over the encoder's input frame (see :func:`overlay`).
+
+    ``preset`` and ``size`` choose the input as for the tracker (``Driver(model, preset, size=size)``): the preset's
+    input rule (None: the default preset), ``size`` a short side (``480``) or a fixed size (``"480x880"``).
 
     The model runs on the device its parameters are on, ``batch_size`` frames at a time; only one batch is held.
     ``dtype`` "fp16" / "bf16" runs the encoder under autocast (the last block's softmax stays fp32).
@@ -238,6 +247,8 @@ def iter_attention(
     selected = resolve_heads(heads, encoder.num_heads)
     names = (["mean of heads"] if selected == "mean" else [f"head {i}" for i in selected]) if labels else None
     device = encoder.cls_token.device
+    chosen = get_preset(preset, size=size)  # the tracker's input rule; a bad preset or size fails here
+    rule, what = chosen.inputs, f"size {size}" if size is not None else f"preset {chosen.name}"
     try:
         amp = resolve_dtype(dtype, device)
     except ValueError as e:
@@ -248,9 +259,9 @@ def iter_attention(
 
     def run(batch: list[Frame]) -> Iterator[tuple[Frame, np.ndarray]]:
         with torch.inference_mode():
-            x = frames_to_batch([f.rgb for f in batch], resized, device)  # (B, 3, H, W) in [0, 1]
+            x = to_batch([resize_frame(f.rgb, resized, rule.resize) for f in batch], device)  # (B, 3, H, W) in [0, 1]
             with autocast:
-                maps = attention_maps(encoder, normalize(x), selected, pos_interp)  # (B, n, h, w)
+                maps = attention_maps(encoder, normalize(x, rule.mean, rule.std), selected, pos_interp)  # (B, n, h, w)
             shown = (x.permute(0, 2, 3, 1) * 255).round().byte()  # (B, H, W, 3): the model input
             tiles = _blend(shown, maps, lut, alpha).cpu().numpy()  # (B, n, H, W, 3), one copy to the host
         for f, t in zip(batch, tiles, strict=True):  # outside inference mode: the caller runs in between
@@ -258,12 +269,8 @@ def iter_attention(
 
     for batch in chunks(frames, batch_size):
         if resized is None:
-            H0, W0 = batch[0].rgb.shape[:2]
-            try:
-                resized = target_size(H0, W0, size, encoder.patch_size)
-            except ValueError as e:
-                raise InputError(f"size {size}: {e}") from None
-            check_encoder_fits(encoder, *resized, batch_size, device, f"size {size}")
+            resized = rule.frame_size(*batch[0].rgb.shape[:2], encoder.patch_size)  # (H, W), as the tracker's
+            check_encoder_fits(encoder, *resized, batch_size, device, what)
         yield from run(batch)
 
 
@@ -285,7 +292,7 @@ def render_attention(
     input: str | os.PathLike,
     out: str | os.PathLike | None = None,
     heads=None,
-    size: int = 480,
+    size=None,
     batch_size: int = 4,
     device: str = "auto",
     dtype: str = "fp32",
@@ -293,14 +300,17 @@ def render_attention(
     alpha: float = 0.6,
     labels: bool = True,
     progress: bool = False,
+    preset: str | Preset | None = None,
 ) -> Path:
     """Write the attention maps of ``model`` (a SiamMAE or ViTEncoder) over ``input`` to ``out``; returns ``out``.
 
     ``input``: a video file, a frame folder, or an image (jpg / png / ...). ``out`` (default
     :func:`default_output`): for an image, an image file (.png / .jpg); for a video or frame folder, a video file
     (.mp4 / ...) or a folder (an existing one, or a path without suffix) that receives one PNG per frame, named as
-    the frame. Everything is streamed (constant memory) and every file is written atomically.
+    the frame. ``preset`` / ``size``: the encoder input, as ``siammae-track --preset --size`` makes it (see
+    :func:`iter_attention`). Everything is streamed (constant memory) and every file is written atomically.
     """
+    get_preset(preset, size=size)  # a bad preset or size fails before the input is opened
     input = Path(input)
     out = Path(out) if out is not None else default_output(input)
     suffix = out.suffix.lower()
@@ -321,7 +331,7 @@ def render_attention(
         video = open_video(input)
         source, total, fps = video, video.num_frames, video.fps or 25.0  # frame folders have no rate: 25 fps
     model = unwrap(model).to(resolve_device(device)).eval()
-    rendered = iter_attention(model, source, heads, size, batch_size, dtype, cmap, alpha, labels)
+    rendered = iter_attention(model, source, heads, size, batch_size, dtype, cmap, alpha, labels, preset=preset)
     if progress:
         from tqdm import tqdm
 

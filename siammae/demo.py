@@ -56,7 +56,7 @@ class DemoSettings:
     seed: int = 0
     workers: int = 1
     # tracking
-    preset: str = "siammae-davis"
+    preset: str | None = None  # None: the default preset of the masks task
 
 
 @dataclass(frozen=True)

@@ -242,7 +242,7 @@ def dino_script(model, frame_paths, seg_path, scale_size, patch):
         feats = [model.features(f[None])[0] for f in frames]  # get_intermediate_layers(n=1), [CLS] dropped
     seg = Image.open(seg_path)
     small = np.array(seg.resize((tw // patch, th // patch), 0)) > 0  # read_seg: PIL NEAREST; DAVIS-2016 0/255 -> 1
-    cfg = get_preset("dino")
+    cfg = get_preset("dino").propagation
     consts = dict(topk=cfg.topk, temperature=cfg.temperature, n_last=cfg.n_last, radius=cfg.radius)
     soft = dino_dense(feats, torch.from_numpy(small.astype(np.int64)), **consts)
     return [dino_output(s.clone(), patch, np.asarray(seg).shape) for s in soft]

@@ -20,11 +20,14 @@ from siammae.attention import (
     resolve_heads,
 )
 from siammae.cli.attn import main
-from siammae.data.transforms import normalize, target_size
+from siammae.data.transforms import normalize
 from siammae.data.video import Frame, open_video, read_image, write_video
 from siammae.errors import InputError
 from siammae.model.checkpoint import save_checkpoint
 from siammae.model.registry import create_model
+from siammae.propagation.config import get_preset
+from siammae.propagation.driver import Driver
+from siammae.propagation.inputs import resize_frame, to_batch
 
 
 def _model(seed=0, **overrides):
@@ -213,7 +216,7 @@ def test_iter_attention_streams_one_batch_at_a_time():
     stream = iter_attention(model, source(), heads="mean", size=24, batch_size=3, labels=False)
     first, rgb = next(stream)
     assert first.index == 0 and len(pulled) == 3  # one batch decoded, not the video
-    assert rgb.shape == (24, 32, 3)  # target_size(30, 40, 24, 8)
+    assert rgb.shape == (24, 32, 3)  # 40x30 at short side 24, the long side floored to the patch size 8
     rest = list(stream)
     assert [f.index for f, _ in rest] == list(range(1, 7)) and len(pulled) == 7
 
@@ -242,13 +245,41 @@ def _run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def _expected_tiles(model, rgb, size, heads, alpha=1.0):
-    """What the command should draw for one frame, from the Python API."""
-    H, W = target_size(*rgb.shape[:2], size, model.patch_size)
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    x = F.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+def _expected_tiles(model, rgb, size, heads, alpha=1.0, preset=None):
+    """What the command should draw for one frame, from the Python API: the preset's input rule, then the maps."""
+    rule = get_preset(preset, size=size).inputs
+    x = to_batch([resize_frame(rgb, rule.frame_size(*rgb.shape[:2], model.patch_size), rule.resize)], "cpu")
     shown = (x[0].permute(1, 2, 0) * 255).round().byte().numpy()
-    return overlay(shown, attention_maps(model, normalize(x), heads)[0], alpha=alpha)
+    return overlay(shown, attention_maps(model, normalize(x, rule.mean, rule.std), heads)[0], alpha=alpha)
+
+
+@pytest.mark.parametrize(("preset", "size"), [("dino", 64), ("siammae-davis", "48x80"), ("siammae-jhmdb", None)])
+def test_attention_sees_the_trackers_encoder_input(preset, size):
+    """siammae-attn and siammae-track encode a frame alike for the same preset and size: the tensor that reaches
+    the encoder is the same, bit for bit (uint8 resize and DINO's std for dino, float resize for siammae-*)."""
+    model = _model()
+    rgb = np.random.default_rng(5).integers(0, 256, (75, 131, 3), dtype=np.uint8)  # sizes the presets must resize
+    seen = {}
+    features, prepare = model.features, model.encoder.prepare_tokens
+
+    def spy(name, fn):
+        def wrapped(x, *args, **kwargs):
+            seen[name] = x.detach().clone()
+            return fn(x, *args, **kwargs)
+
+        return wrapped
+
+    model.features = spy("track", features)
+    model.encoder.prepare_tokens = spy("attn", prepare)
+    try:
+        list(Driver(model, preset, device="cpu", size=size).masks([rgb], np.ones(rgb.shape[:2], np.uint8)))
+        seen.pop("attn")  # the driver's own call of the encoder
+        list(iter_attention(model, [Frame(0, "f", rgb)], heads="mean", size=size, preset=preset))
+    finally:
+        del model.features, model.encoder.prepare_tokens
+    rule = get_preset(preset, size=size).inputs
+    assert seen["attn"].shape[-2:] == rule.frame_size(75, 131, 8) and seen["attn"].dtype == torch.float32
+    assert torch.equal(seen["attn"], seen["track"])
 
 
 def _assert_same_picture(got, expected):
@@ -295,6 +326,30 @@ def test_cli_image_mean_of_heads_equals_the_api(ckpt, tmp_path):
     expected = _expected_tiles(load_model(ckpt), rgb, 40, "mean")
     assert expected.shape == (40, 56, 3)
     _assert_same_picture(read_image(out), expected)
+
+
+def test_cli_preset_and_size_as_siammae_track(video, ckpt, tmp_path):
+    """--preset / --size choose the frame size as siammae-track does: dino floors the long side to 64, a pair is
+    a fixed size; the picture is the API's for that preset."""
+    from siammae.model.checkpoint import load_model
+
+    model = load_model(ckpt)
+    rgb = next(iter(open_video(video))).rgb
+    for args, preset, size, hw in (
+        (["--preset", "dino", "--size", 32], "dino", 32, (32, 64)),  # 64x48 -> 42 wide, floored to 64 (at least one)
+        (["--size", 32], None, 32, (32, 40)),  # the default preset: the long side floored to the patch size
+        (["--size", "32x48"], None, "32x48", (32, 48)),
+    ):
+        out = tmp_path / f"{preset}-{size}"
+        res = _run(video, "--ckpt", ckpt, *args, "--heads", "0", "--alpha", 1, "--no-labels", "--out", out, "-q")
+        assert res.exit_code == 0, res.output
+        got = read_image(out / "00000.png")
+        assert got.shape[:2] == hw
+        _assert_same_picture(got, _expected_tiles(model, rgb, size, [0], preset=preset))
+    res = _run(video, "--ckpt", ckpt, "--size", "32x", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "'32x' is not a size" in res.stderr
+    res = _run(video, "--ckpt", ckpt, "--preset", "fast", "--out", tmp_path / "bad")
+    assert res.exit_code == 2 and "'fast' is not one of 'dino', 'siammae-davis'" in res.stderr
 
 
 def test_cli_default_output_name(ckpt, tmp_path, monkeypatch, shared_data):

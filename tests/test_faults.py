@@ -1180,6 +1180,26 @@ CASES = [
         ("bad.pt", "depth"),
         _hostile_ckpt,
     ),  # fmt: skip
+    # --------------------------------------------------------------- preset / size: one registry, one size parser
+    Case(
+        "attn-size-malformed",
+        "attn",
+        lambda w: _attn(w)[:3] + ["--size", "64x", "--device", "cpu", "--out", str(w["out"]), "-q"],
+        ("'64x' is not a size",),
+    ),  # fmt: skip
+    Case(
+        "attn-size-not-patch-multiple",
+        "attn",
+        lambda w: _attn(w)[:3] + ["--size", "60x100", "--device", "cpu", "--out", str(w["out"]), "-q"],
+        ("input size 60x100 is not a multiple of the patch size 8",),
+    ),  # fmt: skip
+    Case("attn-preset-unknown", "attn", lambda w: _attn(w, "--out", w["out"], "--preset", "davis"), ("'davis'",)),
+    Case(
+        "export-size-malformed",
+        "export",
+        lambda w: ["--ckpt", str(w["ckpt"]), "--out", str(w["out"] / "m.onnx"), "--size", "0x64", "--no-verify"],
+        ("'0x64' is not a size",),
+    ),  # fmt: skip
     # ---------------------------------------------------------------------------------------------- demo
     Case("demo-out-is-file", "demo", lambda w: ["--out", str(w["tmp"] / "f"), "--quiet"], ("f",), _write("f", "x")),
     Case(

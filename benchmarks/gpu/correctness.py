@@ -47,17 +47,17 @@ def gpu_tests(st) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ top-k affinity
-TOPK_CASES = {
-    # name: (topk, n_last, radius, neighbourhood, restrict_ref, temperature)
-    "siammae-davis": (7, 20, 20, "circle", False, 0.7),
-    "dino": (5, 7, 12, "square", True, 0.1),
-}
+TOPK_CASES = ("siammae-davis", "dino")  # presets whose constants (siammae.propagation.get_preset) the kernel runs
 
 
 def topk_case(grid, dim, dtype, case, seed=0, device="cuda", quick=False):
     """Random L2-normalised bank and queries in ``dtype``, soft labels; -> (query, keys, labels fp32, kwargs).
     ``quick``: 2 short-term frames and radius 2 (the Triton interpreter runs every program in Python)."""
-    topk, n_last, radius, neighbourhood, restrict_ref, temperature = TOPK_CASES[case]
+    from siammae.propagation import get_preset
+
+    p = get_preset(case).propagation
+    topk, n_last, radius, temperature = p.topk, p.n_last, p.radius, p.temperature
+    neighbourhood, restrict_ref = p.neighbourhood, p.restrict_reference
     if quick:
         topk, n_last, radius = min(topk, 3), 2, 2
     h, w = grid

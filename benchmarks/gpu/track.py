@@ -25,11 +25,11 @@ def dino_fps(model, clip: Path, out: Path, device: str, dtype: str, size: int) -
     """Frames/s of DINO's algorithm over ``clip/frames`` (see the module docstring)."""
     from benchmarks.bench_propagate import DenseDINO
     from siammae.data.masks import read_mask
-    from siammae.data.transforms import target_size
     from siammae.propagation import get_preset
     from siammae.propagation.features import TorchEncoder
+    from siammae.propagation.inputs import InputConfig
 
-    cfg = get_preset("dino")
+    cfg = get_preset("dino").propagation
     enc = TorchEncoder(model, device=device, dtype=dtype)
     p = enc.patch_size
     paths = sorted((clip / "frames").glob("*.jpg"))
@@ -37,7 +37,8 @@ def dino_fps(model, clip: Path, out: Path, device: str, dtype: str, size: int) -
 
     def load(path):  # (1, 3, H', W') in [0, 1] at the encoder size
         x = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)[None].float() / 255
-        return F.interpolate(x, size=target_size(x.shape[-2], x.shape[-1], size, p), mode="bilinear")
+        hw = InputConfig(short_side=size).frame_size(x.shape[-2], x.shape[-1], p)  # short side, long floored to p
+        return F.interpolate(x, size=hw, mode="bilinear")
 
     def sync():
         if enc.device.type == "cuda":

@@ -2,7 +2,9 @@
 
     siammae-attn clip.mp4 --ckpt siammae.pt                      # clip_attn.mp4, a grid of every head
     siammae-attn frames/ --ckpt dino.pth --heads 0,2,5 --out maps/  # one PNG per frame
-    siammae-attn photo.jpg --ckpt siammae.pt --heads mean --out photo_attn.png
+    siammae-attn photo.jpg --ckpt siammae.pt --heads mean --out photo_attn.png --size 480
+
+The frames reach the encoder as ``siammae-track`` gives them for the same ``--preset`` / ``--size``.
 
 Everything is one call of :func:`siammae.attention.render_attention`; bad input exits with status 2 and a one-line
 ``error: ...``.
@@ -12,9 +14,20 @@ from __future__ import annotations
 
 import click
 
-from siammae.cli.options import CONTEXT, Command, arch_option, ckpt_option, device_option, dtype_option, errors
+from siammae.cli.options import (
+    CONTEXT,
+    Command,
+    arch_option,
+    ckpt_option,
+    device_option,
+    dtype_option,
+    errors,
+    preset_option,
+    size_option,
+)
 from siammae.data.colormaps import CMAPS
 from siammae.errors import InputError
+from siammae.propagation.config import default_preset, get_preset
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -29,23 +42,23 @@ from siammae.errors import InputError
     help="Output: .png / .jpg for an image; .mp4 or a folder (one PNG per frame) for a video or frame "
     "folder. Default: <INPUT name>_attn.png / .mp4 in the current folder.",
 )
-@click.option("--size", default=480, show_default=True, help="Short side of the frames fed to the model (pixels).")
-@click.option("--batch-size", default=4, show_default=True, help="Frames per forward pass.")
+@preset_option(f"{default_preset()}, as siammae-track: the frames are encoded as the tracker encodes them")
+@size_option()
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Frames per forward pass.")
 @device_option()
 @dtype_option()
 @click.option("--cmap", type=click.Choice(CMAPS), default="inferno", show_default=True, help="Heat-map colours.")
 @click.option("--alpha", default=0.6, show_default=True, help="Heat-map opacity over the frame, in [0, 1].")
 @click.option("--no-labels", is_flag=True, help="Do not write the head number on each tile.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
+def main(input, ckpt, arch, heads, out, preset, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
     from pathlib import Path
 
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     with errors():
-        if size < 1 or batch_size < 1:
-            raise InputError(f"--size {size} and --batch-size {batch_size} must be positive")
+        get_preset(preset, size=size)  # a bad --preset / --size fails before the model loads
         # the paths before torch loads (seconds): a typo fails at once
         if not Path(input).exists():
             raise InputError(f"{input}: no such file or folder")
@@ -65,6 +78,7 @@ def main(input, ckpt, arch, heads, out, size, batch_size, device, dtype, cmap, a
             out,
             heads=heads,
             size=size,
+            preset=preset,
             batch_size=batch_size,
             device=device,
             dtype=dtype,

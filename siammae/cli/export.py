@@ -25,6 +25,7 @@ from siammae.cli.options import (
 )
 from siammae.export.metadata import DEFAULT_OPSET, MIN_OPSET, STD_NAMES
 from siammae.model.config import POS_INTERP
+from siammae.propagation.config import default_preset
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -37,7 +38,7 @@ from siammae.model.config import POS_INTERP
     help="output .onnx (default: <ckpt>_<H>x<W>[_fp16].onnx beside the checkpoint, H x W the frame size as in "
     "--size; for a weights name, <name>_<H>x<W>.onnx in the current folder). Not overwritten without --overwrite.",
 )
-@preset_option("siammae-davis: a 854x480 video as siammae-track encodes it, 480x880")
+@preset_option(f"{default_preset()}: a 854x480 video as siammae-track encodes it")
 @size_option("as siammae-track --size: a short side (480 -> 480x848 for a 854x480 video) or HEIGHTxWIDTH.")
 @click.option("--height", type=click.IntRange(min=1), default=None, help="frame height (with --width).")
 @click.option("--width", type=click.IntRange(min=1), default=None, help="frame width (with --height).")
@@ -97,8 +98,8 @@ def main(
     overwrite,
     verify,
 ):
-    """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) L2-normalised
-    patch features, with normalisation and position embeddings inside the graph."""
+    """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) patch
+    features (L2-normalised by the tracker), with normalisation and position embeddings inside the graph."""
     from siammae.export.outputs import check_outputs
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
@@ -108,8 +109,7 @@ def main(
         check_spec(ckpt or DEFAULT_WEIGHTS)
         if out is not None:
             check_outputs(out, trt, overwrite)
-        from siammae.data.transforms import IMAGENET_MEAN  # deferred: torch, onnx
-        from siammae.export.onnx import STDS, export_onnx
+        from siammae.export.onnx import STDS, export_onnx  # deferred: torch, onnx
         from siammae.export.tensorrt import build_engine, require_tensorrt
 
         if trt:
@@ -119,13 +119,12 @@ def main(
             out,
             arch=arch,
             size=size,
-            preset=preset or "siammae-davis",
+            preset=preset,
             height=height,
             width=width,
             max_batch=max_batch,
             fp16=fp16,
             opset=opset,
-            mean=IMAGENET_MEAN,
             std=None if std_name is None else STDS[std_name],
             pos_interp=pos_interp,
             verify=verify,

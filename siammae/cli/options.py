@@ -20,9 +20,10 @@ from collections.abc import Callable, Iterator
 
 import click
 
-from siammae.errors import SiamMAEError
+from siammae.errors import InputError, SiamMAEError
 from siammae.model.registry import list_models
-from siammae.propagation.config import PRESETS
+from siammae.propagation.config import preset_names
+from siammae.propagation.inputs import parse_size
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 DTYPE_NAMES = ("fp32", "fp16", "bf16")
@@ -111,21 +112,18 @@ class Radius(click.ParamType):
 
 
 class Size(click.ParamType):
-    """The encoder's input size: a short side (``480``) or ``HEIGHTxWIDTH`` (``480x880``)."""
+    """The encoder's input size: a short side (``480``) or ``HEIGHTxWIDTH`` (``480x880``), parsed by the one parser
+    of the size grammar (:func:`~siammae.propagation.inputs.parse_size`): an int, or (short, long)."""
 
     name = "size"
 
     def convert(self, value, param, ctx):
-        if value is None or isinstance(value, (int, tuple)):
+        if value is None:
             return value
-        text = str(value).strip().lower()
         try:
-            parts = [int(p) for p in text.split("x")]
-        except ValueError:
-            parts = []
-        if len(parts) not in (1, 2) or min(parts) < 1:
+            return parse_size(value)
+        except InputError:
             self.fail(f"{value!r} is not a size: give a short side (480) or HEIGHTxWIDTH (480x880)", param, ctx)
-        return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
 # -------------------------------------------------------------------------------------------- options
@@ -173,7 +171,7 @@ def size_option(help: str = "Encoder input: short side (480) or HEIGHTxWIDTH.  [
 def preset_option(default_help: str):
     return click.option(
         "--preset",
-        type=click.Choice(tuple(PRESETS)),
+        type=click.Choice(preset_names()),
         help=f"Propagation protocol constants.  [default: {default_help}]",
     )
 
@@ -196,7 +194,8 @@ def propagation_options(f):
 
 
 def overrides(ctx: click.Context, opts: dict) -> dict:
-    """The preset overrides the user gave, as ``PropagationConfig`` fields; pops them from ``opts``."""
+    """The preset overrides the user gave, as ``Preset.replace`` arguments (``PropagationConfig`` fields); pops them
+    from ``opts``."""
     queue = opts.pop("queue_alias", None)
     if queue is not None:
         if opts.get("n_last") is not None:

@@ -37,6 +37,7 @@ from siammae.cli.options import (
     propagation_options,
     size_option,
 )
+from siammae.propagation.config import default_preset
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None):
@@ -69,7 +70,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     type=click.Path(path_type=Path),
     help="Exported encoder (model.onnx / model.engine) instead of --ckpt; its frame size must match --size.",
 )
-@preset_option("siammae-davis; siammae-jhmdb with --keypoints")
+@preset_option(f"{default_preset('masks')}; {default_preset('keypoints')} with --keypoints")
 @propagation_options
 @size_option()
 @device_option()

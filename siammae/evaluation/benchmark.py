@@ -23,7 +23,7 @@ from siammae.outputs import OutputFolder, check_name
 log = logging.getLogger(__name__)
 
 BENCHMARKS = ("davis", "jhmdb", "vip")
-DEFAULT_PRESETS = {"davis": "siammae-davis", "jhmdb": "siammae-jhmdb", "vip": "siammae-vip"}
+BENCHMARK_TASKS = {"davis": "masks", "jhmdb": "keypoints", "vip": "parts"}  # each runs its task's default preset
 DEFAULT_SPLITS = {"davis": "val", "jhmdb": 1, "vip": "val"}
 
 
@@ -41,7 +41,8 @@ def load_runner(
 ):
     """(Runner, model settings) for a checkpoint (``ckpt``) or an exported encoder (``encoder``: ``model.onnx`` /
     ``model.engine``): the model with the preset's propagation and input settings (``size`` overrides the input
-    size, see :func:`siammae.propagation.inputs.parse_size`).
+    size, see :func:`siammae.propagation.inputs.parse_size`). ``preset`` None: the default preset of the
+    benchmark's task (:func:`siammae.propagation.config.default_preset`).
 
     The model settings hold the file's path, sha256 and model configuration, so that a table can be traced back
     to the exact weights.
@@ -49,16 +50,14 @@ def load_runner(
     # The model side (torch, the propagation engine) loads only here: scoring predictions does not need it.
     from siammae.evaluation.runner import Runner
     from siammae.model.checkpoint import file_sha256
-    from siammae.propagation.config import get_preset
+    from siammae.propagation.config import default_preset, get_preset
     from siammae.propagation.driver import Driver
-    from siammae.propagation.inputs import input_config
 
     if (ckpt is None) == (encoder is None):
         raise InputError("give exactly one of a checkpoint (ckpt) or an exported encoder (model.onnx / model.engine)")
-    preset = preset or DEFAULT_PRESETS[benchmark]
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    get_preset(preset, **overrides)  # unknown preset or bad value: fail before loading the model
-    input_config(preset, size)  # a bad size, too
+    # unknown preset, bad value or bad size: fail before loading the model
+    preset = get_preset(preset or default_preset(BENCHMARK_TASKS[benchmark]), size=size, **overrides)
     if ckpt is not None:
         from siammae.model.checkpoint import load_model
 
@@ -78,7 +77,7 @@ def load_runner(
         info = getattr(model, "info", None)
         settings["model"] = info.config if info is not None else None
     settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
-    driver = Driver(model, preset, device=device, dtype=dtype, size=size, chunk=batch_size, **overrides)
+    driver = Driver(model, preset, device=device, dtype=dtype, chunk=batch_size)
     return Runner(driver), settings
 
 

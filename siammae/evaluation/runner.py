@@ -1,13 +1,12 @@
 """Running a frame encoder plus label propagation over the sequences of a benchmark.
 
 A :class:`Runner` is a :class:`~siammae.propagation.driver.Driver` (the path ``siammae-track`` runs too, so a
-score describes what tracking does) plus the settings stored with the results. The input side of each preset
-(size, resize, normalisation) is in :mod:`siammae.propagation.inputs`: ``dino`` DINO's ``read_frame``; the
-``siammae-*`` presets CropMAE's test code (DAVIS 480x880, JHMDB 320x320, VIP long side 880), with one override,
-``size``, that lands in the results' settings.
+score describes what tracking does) plus the settings stored with the results. Each preset
+(:mod:`siammae.propagation.config`) holds its input rule (size, resize, normalisation; ``dino`` DINO's
+``read_frame``, the ``siammae-*`` presets CropMAE's test code), with one override, ``size``, that lands in the
+results' settings with the rest of :meth:`~siammae.propagation.config.Preset.record`.
 """
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +28,9 @@ class Runner:
         return self.driver.config
 
     def settings(self) -> dict:
-        d = self.driver
-        return {
-            "preset": d.preset,
-            "propagation": dataclasses.asdict(d.config),
-            "input": dataclasses.asdict(d.inputs),
-        }
+        """The preset's record (name, propagation constants, size override, input rule): what decides the
+        scores, so a resumed run must match it; the batch size does not and may change."""
+        return self.driver.preset.record()
 
     def run_settings(self, benchmark: str, root, max_frames: int | None, extra: dict | None = None, **split) -> dict:
         """The settings stored with a benchmark's results: the benchmark and its split, the data root, the frame

@@ -1,7 +1,7 @@
 """Deployment of the frame encoder: ONNX graphs and TensorRT engines, and runtimes that run them in the tracker.
 
-``export_onnx`` writes the graph (normalisation, position embeddings for the target grid and L2 normalisation
-inside, metadata with everything a runtime needs); ``build_engine`` compiles it with TensorRT (extra ``trt``);
+``export_onnx`` writes the graph (input normalisation and position embeddings for the target grid inside,
+metadata with everything a runtime needs); ``build_engine`` compiles it with TensorRT (extra ``trt``);
 ``load_encoder`` opens either as a :class:`~siammae.propagation.features.FrameEncoder`.
 """
 

@@ -67,7 +67,7 @@ class ExportInfo:
         }
         h, w = self.grid
         props[_META_PREFIX + "input"] = f"{INPUT_NAME}: (B, 3, {self.height}, {self.width}) float32 RGB in [0, 1]"
-        props[_META_PREFIX + "output"] = f"{OUTPUT_NAME}: (B, {h}*{w}, {self.embed_dim}) float32, L2-normalised"
+        props[_META_PREFIX + "output"] = f"{OUTPUT_NAME}: (B, {h}*{w}, {self.embed_dim}) float32 features"
         return props
 
     @classmethod

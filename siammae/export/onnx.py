@@ -1,7 +1,8 @@
 """ONNX export of the frame encoder: one graph from RGB frames to the features label propagation consumes.
 
 The exported function is :class:`EncoderGraph`: frames (B, 3, H, W) float32 RGB in [0, 1] -> (B, h*w, D) float32
-patch features, L2-normalised over channels. Everything a runtime needs is inside the graph or its metadata:
+patch features after the final LayerNorm, as ``model.features`` gives them (the propagation engine L2-normalises
+them, in one place for every encoder). Everything a runtime needs is inside the graph or its metadata:
 
 - input normalisation (mean / std) is the graph's first op;
 - the [CLS] and position embeddings for the target grid are computed here, at export time, and stored as
@@ -12,7 +13,7 @@ patch features, L2-normalised over channels. Everything a runtime needs is insid
   (read back with :func:`read_info`).
 
 fp16 graphs keep float32 input and output: the frames are normalised in fp32 and cast inside the graph; weights and
-matrix products are fp16; LayerNorm and the final L2 normalisation run in fp32, as under ``torch.autocast`` (a
+matrix products are fp16; LayerNorm runs in fp32, as under ``torch.autocast`` (a
 variance computed in fp16 can overflow on the high-norm tokens of trained ViTs, Darcet et al. 2024, "Vision
 Transformers Need Registers"). TensorRT 11 builds only strongly typed networks, so this graph is also how a
 TensorRT fp16 engine gets its precision.
@@ -52,7 +53,7 @@ from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import load_model
 from siammae.model.encoder import POS_INTERP, ViTEncoder
-from siammae.propagation.inputs import input_config
+from siammae.propagation.config import get_preset
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +90,11 @@ def _to_half(module: nn.Module) -> None:
 
 
 class EncoderGraph(nn.Module):
-    """The exported function: frames (B, 3, H, W) float32 RGB in [0, 1] -> (B, h*w, D) L2-normalised features.
+    """The exported function: frames (B, 3, H, W) float32 RGB in [0, 1] -> (B, h*w, D) features.
 
-    Equal to ``F.normalize(encoder.features(normalize(frames, mean, std), pos_interp), dim=-1)`` flattened over
-    the grid, with the [CLS] and position embeddings of the (h, w) grid precomputed as constant buffers.
+    Equal to ``encoder.features(normalize(frames, mean, std), pos_interp)`` flattened over the grid (not
+    L2-normalised: :class:`~siammae.propagation.engine.Propagator` does that for every encoder alike), with the
+    [CLS] and position embeddings of the (h, w) grid precomputed as constant buffers.
     The encoder is copied: the caller's model is not changed.
     """
 
@@ -139,8 +141,7 @@ class EncoderGraph(nn.Module):
         x = ((frames - self.mean) / self.std).to(self.cls_pos.dtype)  # (B, 3, H, W), normalised in fp32
         tokens = self.encoder.patch_embed(x) + self.patch_pos  # (B, h*w, D)
         tokens = torch.cat([self.cls_pos.expand(x.shape[0], -1, -1), tokens], dim=1)  # (B, 1 + h*w, D)
-        feats = self.encoder.forward_tokens(tokens)[:, 1:].float()  # (B, h*w, D), [CLS] dropped
-        return F.normalize(feats, dim=-1)
+        return self.encoder.forward_tokens(tokens)[:, 1:].float()  # (B, h*w, D), [CLS] dropped
 
 
 # ------------------------------------------------------------------------------------------------- export
@@ -149,18 +150,18 @@ def resolve_size(
     size: int | tuple[int, int] | None = None,
     height: int | None = None,
     width: int | None = None,
-    preset: str = "siammae-davis",
+    preset: str | None = None,
 ):
     """The (H, W) to export for: ``height`` and ``width`` as given; else the size at which ``siammae-track --preset
-    preset [--size size]`` encodes a DAVIS 480p (854x480) landscape video (:func:`~siammae.propagation.inputs.
-    input_config`), so that the graph fits the tracker as it is called: siammae-davis 480x880, dino 480x832,
-    ``size`` 480 -> 480x848."""
+    preset [--size size]`` encodes a DAVIS 480p (854x480) landscape video (the preset's input rule,
+    :func:`~siammae.propagation.config.get_preset`; None: the default preset), so that the graph fits the tracker
+    as it is called: siammae-davis 480x880, dino 480x832, ``size`` 480 -> 480x848."""
     if (height is None) != (width is None):
         raise InputError("give both --height and --width, or --size")
     if height is not None and size is not None:
         raise InputError(f"give either --size ({size}) or --height/--width ({height}/{width}), not both")
     if height is None:
-        return input_config(preset, size).frame_size(480, 854, patch_size)
+        return get_preset(preset, size=size).inputs.frame_size(480, 854, patch_size)
     bad = [f"{n} {v}" for n, v in (("height", height), ("width", width)) if v <= 0 or v % patch_size]
     if bad:
         fix_h, fix_w = (max(patch_size, v // patch_size * patch_size) for v in (height, width))
@@ -297,9 +298,9 @@ def export_onnx(
     max_batch: int = 8,
     fp16: bool = False,
     opset: int = DEFAULT_OPSET,
-    mean=IMAGENET_MEAN,
+    mean=None,
     std=None,
-    preset: str = "siammae-davis",
+    preset: str | None = None,
     pos_interp: str = "auto",
     verify: bool = True,
     external_data: bool | None = None,
@@ -308,8 +309,8 @@ def export_onnx(
 ) -> Path:
     """Export the encoder of ``ckpt`` (a checkpoint path, or a SiamMAE / ViTEncoder) to ONNX; return the path.
 
-    Size: ``height`` x ``width``, or ``size`` and ``preset`` (see :func:`resolve_size`); ``std`` defaults to the
-    preset's (DINO's 0.228 for ``dino``, ImageNet's otherwise). ``out`` defaults to
+    Size: ``height`` x ``width``, or ``size`` and ``preset`` (see :func:`resolve_size`); ``mean`` and ``std``
+    default to the preset's input rule (DINO's std 0.228 for ``dino``, ImageNet's otherwise). ``out`` defaults to
     ``<ckpt>_<H>x<W>[_fp16].onnx`` beside the checkpoint (sizes are height x width everywhere); an existing file
     is an :class:`~siammae.errors.OutputError` unless ``overwrite``. The file is checked with ``onnx.checker`` and, with
     ``verify``, run by onnxruntime against PyTorch (:func:`verify_onnx`): figures in ``<out>.verify.json``, an
@@ -350,7 +351,8 @@ def export_onnx(
         raise TypeError(f"export_onnx takes a SiamMAE or ViTEncoder, got {type(model).__name__}")
     dtype = "fp16" if fp16 else "fp32"
     H, W = resolve_size(encoder.patch_size, size, height, width, preset)
-    std = input_config(preset).std if std is None else std
+    rule = get_preset(preset).inputs
+    mean, std = rule.mean if mean is None else mean, rule.std if std is None else std
     out = check_outputs(out if out is not None else default_output(ckpt, (H, W), dtype), overwrite=overwrite)
     # tracing runs a batch of 2 frames; verification runs up to max_batch through PyTorch and onnxruntime
     check_encoder_fits(encoder, H, W, max(2, max_batch if verify else 2), "cpu", f"export at {size_text(H, W)}")

@@ -2,9 +2,9 @@
 of the PyTorch model, so that the tracker, evaluation and attention maps run on them unchanged.
 
 Both take frames (B, 3, H, W) float RGB in [0, 1] (normalisation is inside the graph) and return (B, h, w, D)
-float32 features, L2-normalised over D. A graph is built for one frame size (``fixed_size``); another size is an
-:class:`~siammae.errors.InputError` naming the file and both sizes. Batches larger than the graph's ``max_batch``
-are run in chunks.
+float32 features (the propagation L2-normalises them). A graph is built for one frame size (``fixed_size``);
+another size is an :class:`~siammae.errors.InputError` naming the file and both sizes. Batches larger than the
+graph's ``max_batch`` are run in chunks.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Works with TensorRT 10 and 11. The network is always strongly typed: TensorRT 11 has only strongly typed networks
 (its precision builder flags are gone; the ``STRONGLY_TYPED`` creation flag is accepted and ignored), and on 10 the
 flag makes it behave the same. The precision therefore comes from the graph: an fp16 graph
-(``siammae-export --fp16``) gives an fp16 engine, with LayerNorm and the final L2 normalisation in fp32 as the
+(``siammae-export --fp16``) gives an fp16 engine, with LayerNorm in fp32 as the
 graph says. fp32 engines are built without TF32, so that they match the fp32 graph.
 
 The engine has one optimisation profile, batch 1 .. ``max_batch`` (tuned for ``opt_batch``). A timing cache is kept

@@ -1,11 +1,16 @@
-"""k-nearest-neighbour label propagation (DINO and CRW protocols): configs, label conversions, the engine."""
+"""k-nearest-neighbour label propagation (DINO and CRW protocols): presets, label conversions, the engine."""
 
 from siammae._lazy import lazy_exports
 
 _EXPORTS = {
-    "PRESETS": "siammae.propagation.config",
+    "InputConfig": "siammae.propagation.inputs",
+    "Preset": "siammae.propagation.config",
     "PropagationConfig": "siammae.propagation.config",
+    "default_preset": "siammae.propagation.config",
     "get_preset": "siammae.propagation.config",
+    "parse_size": "siammae.propagation.inputs",
+    "preset_names": "siammae.propagation.config",
+    "register_preset": "siammae.propagation.config",
     "PropagationState": "siammae.propagation.engine",
     "Propagator": "siammae.propagation.engine",
     "propagate_labels": "siammae.propagation.engine",

@@ -1,9 +1,18 @@
-"""Label-propagation constants as a frozen dataclass, and the named presets of the public protocols.
+"""The named presets of the public protocols: one :class:`Preset` per protocol, in one registry.
 
-Every constant of docs/PROTOCOL.md is a field. ``dino`` reproduces facebookresearch/dino
-``eval_video_segmentation.py``; the ``siammae-*`` presets reproduce the CRW test code (ajabri/videowalk
-``code/test.py``) that CropMAE and SiamMAE evaluate with, at SiamMAE's constants (paper, DAVIS table: top-k 7,
-queue 20, neighbourhood 20).
+A preset is everything that makes a run follow a reference script: the propagation constants
+(:class:`PropagationConfig`, every constant of docs/PROTOCOL.md), the input rule
+(:class:`~siammae.propagation.inputs.InputConfig`: size rule, resize, mean / std) and the task it is the protocol
+of (masks, keypoints, parts). ``dino`` reproduces facebookresearch/dino ``eval_video_segmentation.py``; the
+``siammae-*`` presets reproduce the CRW test code (ajabri/videowalk ``code/test.py``) that CropMAE and SiamMAE
+evaluate with, at SiamMAE's constants (paper, DAVIS table: top-k 7, queue 20, neighbourhood 20).
+
+    preset = get_preset("dino").replace(topk=7, size="480x880")   # overrides, validated here
+    preset_names()                                                # ('dino', 'siammae-davis', ...)
+    default_preset("keypoints")                                   # 'siammae-jhmdb'
+
+The names are written only here (and in docs and tests); everything else asks the registry, the way timm's
+``register_model`` / ``create_model`` work. This module loads no torch: ``--help`` lists the names from it.
 """
 
 from __future__ import annotations
@@ -12,7 +21,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from siammae.data.transforms import DINO_STD
 from siammae.errors import InputError
+from siammae.propagation.inputs import InputConfig, parse_size
 
 NEIGHBOURHOODS = ("square", "circle")
 UPSAMPLINGS = ("patch", "image")
@@ -82,12 +93,125 @@ class PropagationConfig:
         return dataclasses.replace(self, **overrides)
 
 
-# DINO eval_video_segmentation.py defaults: --topk 5, temperature 0.1 (hard-coded), --n_last_frames 7,
-# --size_mask_neighborhood 12 (square, every context frame), norm_mask on the upsampled output.
-_DINO = PropagationConfig()
+TASKS = ("masks", "keypoints", "parts")  # what a preset propagates: object masks, JHMDB joints, VIP part labels
+_PROPAGATION_FIELDS = tuple(f.name for f in dataclasses.fields(PropagationConfig))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named protocol: propagation constants, input rule and task, as one frozen value.
+
+    name: the registry name (``siammae-track --preset``). task: one of :data:`TASKS`, the task whose default
+    this preset may be. propagation: the k-NN constants. inputs: the input rule (size rule, resize, mean / std).
+    size: the ``size`` override applied by :meth:`replace` (parsed: a short side or (short, long)), None when the
+    input rule is the preset's own.
+    """
+
+    name: str
+    task: str
+    propagation: PropagationConfig
+    inputs: InputConfig
+    size: int | tuple[int, int] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise InputError(f"preset name must be a non-empty string, got {self.name!r}")
+        if self.task not in TASKS:
+            raise InputError(f"preset task must be one of {TASKS}, got {self.task!r}")
+        if not isinstance(self.propagation, PropagationConfig) or not isinstance(self.inputs, InputConfig):
+            raise InputError("a preset holds a PropagationConfig and an InputConfig")
+        if self.size is not None and parse_size(self.size) != self.size:
+            raise InputError(f"preset size must be a short side or a (short, long) pair, got {self.size!r}")
+
+    def replace(self, size=None, **overrides) -> Preset:
+        """A copy with propagation constants and / or the input size replaced, all validated here:
+        ``preset.replace(topk=7, radius=None, size="480x880")``. ``size``: a short side (``480``, ``"480"``) or a
+        fixed size (``(480, 880)``, ``"480x880"``), see :func:`~siammae.propagation.inputs.parse_size`; None keeps
+        the current one. Unknown names are an :class:`InputError` listing the valid ones."""
+        unknown = sorted(set(overrides) - set(_PROPAGATION_FIELDS))
+        if unknown:
+            raise InputError(
+                f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: "
+                f"{', '.join(_PROPAGATION_FIELDS)}, size"
+            )
+        changes = {"propagation": dataclasses.replace(self.propagation, **overrides)} if overrides else {}
+        if size is not None:
+            parsed = parse_size(size)
+            changes.update(inputs=self.inputs.with_size(parsed), size=parsed)
+        return dataclasses.replace(self, **changes) if changes else self
+
+    def record(self) -> dict:
+        """What decides a run's numbers, as stored with its results (``siammae-track`` reports, ``siammae-eval``
+        ``settings.json``): the preset's name, every propagation constant, the ``size`` override (None for the
+        preset's own) and the input rule it resolved to. JSON-serialisable."""
+        return {
+            "preset": self.name,
+            "propagation": dataclasses.asdict(self.propagation),
+            "size": list(self.size) if isinstance(self.size, tuple) else self.size,
+            "input": dataclasses.asdict(self.inputs),
+        }
+
+
+# ------------------------------------------------------------------------------------------------ registry
+_PRESETS: dict[str, Preset] = {}
+_DEFAULTS: dict[str, str] = {}  # task -> the name of its default preset
+
+
+def register_preset(preset: Preset, default: bool = False) -> Preset:
+    """Add ``preset`` to the registry under its name; ``default``: it is the default of its task (one per task)."""
+    if not isinstance(preset, Preset):
+        raise TypeError(f"register_preset takes a Preset, got {type(preset).__name__}")
+    if preset.name in _PRESETS:
+        raise ValueError(f"preset {preset.name!r} is already registered")
+    if default and preset.task in _DEFAULTS:
+        raise ValueError(f"task {preset.task!r} already has a default preset, {_DEFAULTS[preset.task]!r}")
+    _PRESETS[preset.name] = preset
+    if default:
+        _DEFAULTS[preset.task] = preset.name
+    return preset
+
+
+def preset_names() -> tuple[str, ...]:
+    """The registered preset names, in registration order."""
+    return tuple(_PRESETS)
+
+
+def default_preset(task: str = "masks") -> str:
+    """The name of the default preset of ``task`` (one of :data:`TASKS`)."""
+    if task not in _DEFAULTS:
+        raise InputError(f"task {task!r} has no default preset; tasks: {', '.join(_DEFAULTS)}")
+    return _DEFAULTS[task]
+
+
+def get_preset(name: str | Preset | None = None, size=None, **overrides) -> Preset:
+    """The preset ``name`` (a registered name, a :class:`Preset`, or None for the default of "masks") with the
+    given overrides (see :meth:`Preset.replace`), e.g. ``get_preset("dino", topk=7, size=240)``."""
+    if name is None:
+        name = default_preset("masks")
+    if isinstance(name, Preset):
+        preset = name
+    elif isinstance(name, str) and name in _PRESETS:
+        preset = _PRESETS[name]
+    else:
+        raise InputError(f"unknown propagation preset {name!r}; valid presets: {', '.join(_PRESETS)}")
+    return preset.replace(size=size, **overrides)
+
+
+# DINO eval_video_segmentation.py: --topk 5, temperature 0.1 (hard-coded), --n_last_frames 7,
+# --size_mask_neighborhood 12 (square, every context frame), norm_mask on the upsampled output; read_frame resizes
+# the uint8 frame to short side 480, the long side floored to 64, and normalises with std (0.228, 0.224, 0.225).
+register_preset(
+    Preset(
+        name="dino",
+        task="masks",
+        propagation=PropagationConfig(),
+        inputs=InputConfig(short_side=480, multiple=64, std=DINO_STD, resize="uint8"),
+    )
+)
 
 # CRW test.py as used by CropMAE / SiamMAE: SiamMAE's table gives top-k 7, queue 20, neighbourhood 20;
-# CropMAE's temperature 0.7; MaskedAttention circle (distance < radius) on the short-term frames only.
+# CropMAE's temperature 0.7; MaskedAttention circle (distance < radius) on the short-term frames only. Input: CropMAE's
+# crop_size per benchmark (DAVIS [480, 880], JHMDB [320, 320], VIP [880]), float resize, ImageNet normalisation.
 _CRW = PropagationConfig(
     topk=7,
     temperature=0.7,
@@ -99,17 +223,11 @@ _CRW = PropagationConfig(
     norm_mask=False,
     upsample="image",
 )
-
-PRESETS: dict[str, PropagationConfig] = {
-    "dino": _DINO,
-    "siammae-davis": _CRW,
-    "siammae-vip": dataclasses.replace(_CRW, topk=10),  # docs/PROTOCOL.md: top-k 10 on VIP
-    "siammae-jhmdb": _CRW,  # docs/PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise
-}
-
-
-def get_preset(name: str = "dino", **overrides) -> PropagationConfig:
-    """Return the preset ``name`` with the given fields replaced, e.g. ``get_preset("dino", topk=7)``."""
-    if name not in PRESETS:
-        raise InputError(f"unknown propagation preset {name!r}; valid presets: {', '.join(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
+register_preset(Preset("siammae-davis", "masks", _CRW, InputConfig(size=(480, 880))), default=True)
+register_preset(  # docs/PROTOCOL.md: top-k 10 on VIP
+    Preset("siammae-vip", "parts", _CRW.replace(topk=10), InputConfig(short_side=None, long_side=880, multiple=64)),
+    default=True,
+)
+register_preset(  # docs/PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise
+    Preset("siammae-jhmdb", "keypoints", _CRW, InputConfig(size=(320, 320))), default=True
+)

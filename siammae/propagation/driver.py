@@ -28,13 +28,12 @@ import torch
 import torch.nn as nn
 
 from siammae.data.masks import check_objects, fit_mask, read_mask
-from siammae.data.transforms import IMAGENET_MEAN
 from siammae.data.video import Frame, VideoSource, open_video, read_image
 from siammae.errors import InputError
-from siammae.propagation.config import get_preset
+from siammae.propagation.config import Preset, get_preset
 from siammae.propagation.engine import Propagator
 from siammae.propagation.features import FrameEncoder, TorchEncoder
-from siammae.propagation.inputs import chunks, input_config, resize_frame, to_batch
+from siammae.propagation.inputs import chunks, resize_frame, to_batch
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.propagation.labels import labels_to_mask, mask_to_labels, one_hot
 
@@ -62,10 +61,13 @@ class Driver:
     model: a SiamMAE / ViTEncoder (wrapped in a :class:`~siammae.propagation.features.TorchEncoder` that normalises
         as the preset does), or any :class:`~siammae.propagation.features.FrameEncoder` (ONNX / TensorRT runtimes),
         used as is.
-    preset: propagation preset (``siammae.propagation.PRESETS``); it fixes the propagation constants and the input
-        convention (:mod:`siammae.propagation.inputs`). ``overrides`` replace propagation fields (``topk=7``, ...).
+    preset: a preset name (``siammae.propagation.preset_names()``) or a :class:`~siammae.propagation.config.Preset`;
+        None: the default of the "masks" task. It fixes the propagation constants and the input rule
+        (:mod:`siammae.propagation.inputs`). ``overrides`` replace propagation fields (``topk=7``, ...).
     size: the one input override: a short side (int, ``"480"``) or a fixed size (``(480, 880)``, ``"480x880"``);
         None keeps the preset's.
+    ``self.preset`` is the resolved :class:`~siammae.propagation.config.Preset` (overrides and size applied);
+    ``self.config`` and ``self.inputs`` are its propagation constants and input rule.
     device, dtype: for a PyTorch model ("auto" | "cpu" | "cuda"; "fp32" | "fp16" | "bf16").
     chunk: frames encoded together, and propagated with one top-k call (no effect on the results).
     backend: kernel backend of the propagation engine ("auto" | "triton" | "torch").
@@ -74,7 +76,7 @@ class Driver:
     def __init__(
         self,
         model,
-        preset: str = "siammae-davis",
+        preset: str | Preset | None = None,
         device: str | torch.device = "auto",
         dtype: str = "fp32",
         size=None,
@@ -82,30 +84,30 @@ class Driver:
         backend: str = "auto",
         **overrides,
     ):
-        self.preset = preset
-        self.config = get_preset(preset, **overrides)
-        self.inputs = input_config(preset, size)
+        self.preset = get_preset(preset, size=size, **overrides)
+        self.config = self.preset.propagation
+        self.inputs = self.preset.inputs
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise InputError(f"chunk must be an integer >= 1, got {chunk!r}")
-        std = self.inputs.std
+        mean, std = self.inputs.mean, self.inputs.std
         if isinstance(model, nn.Module):
             try:
-                self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=IMAGENET_MEAN, std=std)
+                self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=mean, std=std)
             except (ValueError, RuntimeError) as e:  # an unknown device, CUDA without a GPU, fp16 on a CPU
                 raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
         elif isinstance(model, FrameEncoder):
             self.encoder = model
             info = getattr(model, "info", None)  # exported graphs carry their normalisation inside
-            if info is not None and tuple(info.std) != tuple(std):
+            if info is not None and (tuple(info.mean), tuple(info.std)) != (tuple(mean), tuple(std)):
                 warnings.warn(
-                    f"{getattr(model, 'path', 'the encoder')} normalises with std {tuple(info.std)} but preset "
-                    f"{preset} expects {tuple(std)}; export with --std {'dino' if preset == 'dino' else 'imagenet'} "
-                    "to follow the protocol exactly",
+                    f"{getattr(model, 'path', 'the encoder')} normalises with mean {tuple(info.mean)}, std "
+                    f"{tuple(info.std)} but preset {self.preset.name} expects {tuple(mean)}, {tuple(std)}; export "
+                    f"with siammae-export --preset {self.preset.name} to follow the protocol exactly",
                     stacklevel=2,
                 )
         else:
             raise TypeError(f"model must be a SiamMAE, a ViTEncoder or a FrameEncoder, got {type(model).__name__}")
-        self.size = size
+        self.size = self.preset.size  # the size override, parsed (None: the preset's own)
         self.chunk = chunk
         self.backend = backend
         self.patch_size = self.encoder.patch_size
@@ -120,7 +122,9 @@ class Driver:
         if fixed is not None and tuple(fixed) != tuple(hw):
             # sizes as HEIGHTxWIDTH, as --size and the exported file names spell them
             name = getattr(self.encoder, "path", None)
-            asked = f"preset {self.preset}" + (f" at --size {_size_text(self.size)}" if self.size is not None else "")
+            asked = f"preset {self.preset.name}"
+            if self.size is not None:
+                asked += f" at --size {_size_text(self.size)}"
             raise InputError(
                 f"{name.name if name is not None else 'the encoder'} was built for {fixed[0]}x{fixed[1]} frames "
                 f"(height x width) but {asked} encodes this {height}x{width} video at {hw[0]}x{hw[1]}; export one "
@@ -132,6 +136,18 @@ class Driver:
         """(h, w) patch grid of a ``height`` x ``width`` video, the shape of the soft labels."""
         H, W = self.frame_size(height, width)
         return H // self.patch_size, W // self.patch_size
+
+    def settings(self) -> dict:
+        """The settings record of a run: the preset's :meth:`~siammae.propagation.config.Preset.record` (name,
+        propagation constants, size override, input rule) and the run options (chunk, dtype, kernel backend,
+        encoder type). ``siammae-track`` reports it; ``siammae-eval`` stores the preset's record."""
+        return {
+            **self.preset.record(),
+            "chunk": self.chunk,
+            "dtype": str(getattr(self.encoder, "dtype", "n/a")).replace("torch.", ""),
+            "backend": self.backend,
+            "encoder": type(self.encoder).__name__,
+        }
 
     # ----------------------------------------------------------------------------------------------- public
     def masks(

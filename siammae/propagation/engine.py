@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from siammae.errors import InputError
 from siammae.kernels.topk_affinity import topk_affinity
-from siammae.propagation.config import PropagationConfig, get_preset
+from siammae.propagation.config import Preset, PropagationConfig, get_preset
 from siammae.propagation.inputs import chunks
 from siammae.propagation.labels import one_hot
 
@@ -84,14 +84,16 @@ class PropagationState:
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
-    """L2-normalise over channels in fp32 (as DINO and CRW), stored back in the input dtype."""
+    """L2-normalise over channels in fp32 (as DINO and CRW), stored back in the input dtype. The one place features
+    are normalised, for every encoder (PyTorch, ONNX and TensorRT encoders return them unnormalised)."""
     return F.normalize(features.float(), dim=-1, p=2).to(features.dtype)
 
 
 class Propagator:
     """k-NN label propagation through a video, a chunk of frames at a time.
 
-    config: a :class:`PropagationConfig` or a preset name ("dino", "siammae-davis", ...).
+    config: a :class:`PropagationConfig`, a :class:`~siammae.propagation.config.Preset` or a preset name
+        (``preset_names()``); None: the default preset of the masks task.
     backend: "auto" (Triton on CUDA, PyTorch otherwise), "triton" or "torch"; ``SIAMMAE_KERNEL_BACKEND``
         overrides "auto".
 
@@ -100,10 +102,12 @@ class Propagator:
     of the sort (Triton).
     """
 
-    def __init__(self, config: PropagationConfig | str = "dino", backend: str = "auto"):
-        self.config = get_preset(config) if isinstance(config, str) else config
-        if not isinstance(self.config, PropagationConfig):
-            raise InputError(f"config must be a PropagationConfig or a preset name, got {type(config).__name__}")
+    def __init__(self, config: PropagationConfig | Preset | str | None = None, backend: str = "auto"):
+        if not isinstance(config, (PropagationConfig, Preset, str, type(None))):
+            raise InputError(
+                f"config must be a PropagationConfig, a Preset or a preset name, got {type(config).__name__}"
+            )
+        self.config = config if isinstance(config, PropagationConfig) else get_preset(config).propagation
         self.backend = backend
         self.state: PropagationState | None = None
 
@@ -224,7 +228,7 @@ class Propagator:
 def propagate_labels(
     features: Iterable[torch.Tensor],
     first_labels: torch.Tensor,
-    preset: PropagationConfig | str = "dino",
+    preset: PropagationConfig | Preset | str | None = None,
     *,
     chunk_size: int = 8,
     backend: str = "auto",
@@ -234,10 +238,14 @@ def propagate_labels(
 
     features: iterable of (h, w, D) features, frame 0 first, not L2-normalised.
     first_labels: (h, w) integer id map (or (C, h, w) soft labels) at patch resolution.
-    preset: a preset name or a config; ``overrides`` replace any of its fields (``topk=7``).
+    preset: a preset name, a Preset or a PropagationConfig (None: the default preset of the masks task);
+        ``overrides`` replace any of its propagation constants (``topk=7``).
     chunk_size: frames that share one top-k call; the results do not depend on it.
     """
-    config = preset.replace(**overrides) if isinstance(preset, PropagationConfig) else get_preset(preset, **overrides)
+    if isinstance(preset, PropagationConfig):
+        config = preset.replace(**overrides)
+    else:
+        config = get_preset(preset, **overrides).propagation
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     frames = iter(features)

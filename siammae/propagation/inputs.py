@@ -1,6 +1,8 @@
-"""How frames become encoder input, per preset: size, resize and normalisation, as the reference code does it.
+"""How frames become encoder input: the input rule of a preset (size rule, resize, mean / std) and the one
+parser of the size grammar (``480`` / ``480x880``).
 
-Each preset follows a reference script, and its input side is part of that protocol (docs/PROTOCOL.md, "Input"):
+Each preset (:mod:`siammae.propagation.config`) follows a reference script, and its input side is part of that
+protocol (docs/PROTOCOL.md, "Input"):
 
 ============== ================================================ ===================== ======= ==========
 preset         size (H x W the encoder sees)                    resize                mean    std
@@ -26,36 +28,73 @@ the same way.
 Deviations, for inputs the references never see: a fixed size is transposed for portrait frames, and a side that
 is not a multiple of the patch size is floored to one (after the floor to 64).
 
-One override, ``size``: an int is a short side with the aspect kept (the free side floored as the preset floors
-it), a pair / ``"480x880"`` a fixed size (short x long). ``siammae-track --size`` and ``siammae-eval --size``
-mean the same thing, and with the same preset both encode the same frames to the same tensors.
+One override, ``size`` (:func:`parse_size`): an int / ``"480"`` is a short side with the aspect kept (the free side
+floored as the preset floors it), a pair / ``"480x880"`` a fixed size (short x long). ``siammae-track``,
+``siammae-eval``, ``siammae-attn`` and ``siammae-export`` read ``--size`` with this parser, and with the same preset
+they encode the same frames to the same tensors.
+
+This module loads neither torch nor OpenCV until a frame is resized or batched (``--help`` reads the presets).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from siammae.data.transforms import DINO_STD, IMAGENET_STD
+from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 RESIZES = ("uint8", "float")
+SIZE_GRAMMAR = "a short side (480) or a short x long size (480x880)"
+
+
+def parse_size(size) -> int | tuple[int, int]:
+    """The size grammar, parsed in this one place: an int / ``"480"`` is a short side (-> 480); a pair /
+    ``"480x880"`` / ``"880x480"`` a fixed size (-> (short, long) = (480, 880), transposed for portrait frames
+    when applied). Anything else is an :class:`InputError` naming the value."""
+    parts = size if isinstance(size, (list, tuple)) and len(size) == 2 else None  # a pair, as given
+    if isinstance(size, str):
+        try:
+            parts = [int(v) for v in size.strip().lower().split("x")]
+        except ValueError:
+            parts = []
+    elif isinstance(size, int) and not isinstance(size, bool):
+        parts = [size]
+    if isinstance(parts, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in parts):
+        if len(parts) == 1 and parts[0] > 0:
+            return parts[0]
+        if len(parts) == 2 and min(parts) > 0:
+            return min(parts), max(parts)
+    raise InputError(f"input size {size!r} is not {SIZE_GRAMMAR}")
+
+
+def _check_rgb(name: str, v) -> None:
+    if (
+        not isinstance(v, tuple)
+        or len(v) != 3
+        or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c) for c in v)
+    ):
+        raise InputError(f"input {name} must be a tuple of 3 finite numbers (R, G, B), got {v!r}")
 
 
 @dataclass(frozen=True)
 class InputConfig:
-    """How frames are resized before the encoder (which normalises with ``std`` and ImageNet's mean).
+    """The input rule of a preset: how frames are resized and normalised before the encoder.
 
     short_side: the short side becomes this (aspect kept), unless ``long_side`` or ``size`` is set.
     long_side: the long side becomes this (aspect kept); CropMAE's one-value ``crop_size``.
     multiple: the side that keeps the aspect is floored to a multiple of this (DINO and CropMAE: 64; None: the
         patch size), then to a multiple of the patch size.
     size: (short, long) fixed size, transposed for portrait frames; overrides the two above.
-    std: normalisation std (the mean is ImageNet's).
+    mean, std: the normalisation ``(x - mean) / std`` of RGB in [0, 1] (the encoder applies it).
     resize: "uint8": ``cv2.resize`` of the uint8 frame, then / 255 (DINO); "float": / 255, then ``cv2.resize`` of
         the float32 frame (CRW / CropMAE).
     """
@@ -64,6 +103,7 @@ class InputConfig:
     long_side: int | None = None
     multiple: int | None = None
     size: tuple[int, int] | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resize: str = "float"
 
@@ -74,11 +114,25 @@ class InputConfig:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise InputError(f"input {name} must be a positive integer, got {v!r}")
+        if self.size is not None and parse_size(tuple(self.size)) != self.size:
+            raise InputError(f"input size must be a (short, long) pair of positive integers, got {self.size!r}")
         if self.size is None and (self.short_side is None) == (self.long_side is None):
             raise InputError("give exactly one of short_side, long_side or a fixed size")
+        _check_rgb("mean", self.mean)
+        _check_rgb("std", self.std)
+        if min(self.std) <= 0:
+            raise InputError(f"input std must be > 0, got {self.std!r}")
+
+    def with_size(self, size) -> InputConfig:
+        """This rule with the ``size`` override (see :func:`parse_size`): a short side keeps the aspect, the free
+        side floored as this rule floors it (``multiple``); a pair is a fixed size."""
+        parsed = parse_size(size)
+        if isinstance(parsed, int):
+            return dataclasses.replace(self, short_side=parsed, long_side=None, size=None)
+        return dataclasses.replace(self, size=parsed)
 
     def frame_size(self, height: int, width: int, patch_size: int) -> tuple[int, int]:
-        """(H, W) the encoder sees for a ``height`` x ``width`` frame."""
+        """(H, W) the encoder sees for a ``height`` x ``width`` frame: the size rule, applied in this one place."""
         p = patch_size
         if self.size is not None:
             short, long = self.size
@@ -97,42 +151,6 @@ class InputConfig:
         return (short, long) if height <= width else (long, short)
 
 
-# The presets' input conventions; see the module docstring for the reference of each.
-PRESET_INPUTS: dict[str, InputConfig] = {
-    "dino": InputConfig(short_side=480, multiple=64, std=DINO_STD, resize="uint8"),
-    "siammae-davis": InputConfig(size=(480, 880)),
-    "siammae-jhmdb": InputConfig(size=(320, 320)),
-    "siammae-vip": InputConfig(short_side=None, long_side=880, multiple=64),
-}
-
-
-def parse_size(size, base: InputConfig) -> InputConfig:
-    """``base`` with the ``size`` override: an int / ``"480"`` is a short side (aspect kept, the free side floored
-    as ``base`` floors it), a pair / ``"480x880"`` a fixed size (short x long, transposed for portrait frames)."""
-    parts = size
-    if isinstance(size, str):
-        try:
-            parts = [int(v) for v in size.lower().split("x")]
-        except ValueError:
-            parts = []
-    elif isinstance(size, int) and not isinstance(size, bool):
-        parts = [size]
-    if isinstance(parts, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in parts):
-        if len(parts) == 1 and parts[0] > 0:
-            return dataclasses.replace(base, short_side=parts[0], long_side=None, size=None)
-        if len(parts) == 2 and min(parts) > 0:
-            return dataclasses.replace(base, size=(min(parts), max(parts)))
-    raise InputError(f"input size {size!r} is not a short side (480) or a short x long size (480x880)")
-
-
-def input_config(preset: str, size=None) -> InputConfig:
-    """The input convention of ``preset``, with the ``size`` override (see :func:`parse_size`) when given."""
-    if preset not in PRESET_INPUTS:
-        raise InputError(f"unknown propagation preset {preset!r}; valid presets: {', '.join(PRESET_INPUTS)}")
-    base = PRESET_INPUTS[preset]
-    return base if size is None else parse_size(size, base)
-
-
 def resize_frame(rgb: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarray:
     """(H0, W0, 3) uint8 RGB -> (H, W, 3) at ``size`` = (H, W): uint8 for "uint8" (DINO), float32 in [0, 1] for
     "float" (CRW / CropMAE), both bilinear by ``cv2.resize`` exactly as the reference scripts call it."""
@@ -148,6 +166,8 @@ def resize_frame(rgb: np.ndarray, size: tuple[int, int], resize: str) -> np.ndar
 def to_batch(frames: list[np.ndarray], device) -> torch.Tensor:
     """Frames of :func:`resize_frame` -> (B, 3, H, W) float32 in [0, 1] on ``device``. uint8 frames travel as
     uint8 (a quarter of the bytes) and are divided by 255 there."""
+    import torch
+
     x = torch.from_numpy(np.stack(frames)).to(device, non_blocking=True)  # (B, H, W, 3)
     x = x.permute(0, 3, 1, 2)  # (B, 3, H, W)
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.contiguous()

@@ -27,8 +27,10 @@ LIVE_OPTIONS = ("realtime", "max_frames", "duration", "format")
 
 
 def default_preset(keypoints: bool) -> str:
-    """The preset when none is given: ``siammae-jhmdb`` for keypoints (the JHMDB protocol), else ``siammae-davis``."""
-    return "siammae-jhmdb" if keypoints else "siammae-davis"
+    """The preset when none is given: the registry's default for the task (keypoints or masks)."""
+    from siammae.propagation.config import default_preset as for_task
+
+    return for_task("keypoints" if keypoints else "masks")
 
 
 def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto", rank=None, progress: bool = True):

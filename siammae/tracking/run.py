@@ -289,18 +289,11 @@ class TrackingRun:
 
 
 def settings(tracker: Tracker, chunk: int | None = None) -> dict:
-    """The settings a report records: preset, propagation constants, input rule, chunk, dtype, encoder, weights."""
-    return {
-        "preset": tracker.preset,
-        "propagation": dict(vars(tracker.config)),
-        "size": tracker.size,  # the --size override, None for the preset's
-        "input": dataclasses.asdict(tracker.inputs),  # the input rule applied: size rule, std, resize
-        "chunk": tracker.chunk if chunk is None else chunk,
-        "dtype": str(getattr(tracker.encoder, "dtype", "n/a")).replace("torch.", ""),
-        "backend": tracker.backend,
-        "encoder": type(tracker.encoder).__name__,
-        "weights": _weights(tracker.encoder),
-    }
+    """The settings a report records: :meth:`Driver.settings` (preset record + run options) and the weights."""
+    record = {**tracker.settings(), "weights": _weights(tracker.encoder)}
+    if chunk is not None:  # this stream's own chunk (a real-time live source encodes frame by frame)
+        record["chunk"] = chunk
+    return record
 
 
 def _weights(encoder) -> dict | None:

@@ -43,7 +43,8 @@ class Tracker(Driver):
     ``times`` holds the stage timings of the last stream run without its own ``times`` (``track``, ``track_soft``).
     """
 
-    def __init__(self, model, preset: str = "siammae-davis", *, chunk: int | None = None, **kwargs):
+    def __init__(self, model, preset=None, *, chunk: int | None = None, **kwargs):
+        # preset: a name, a Preset, or None (the default preset of masks)
         super().__init__(model, preset, chunk=DEFAULT_CHUNK if chunk is None else chunk, **kwargs)
         self.chunk_given = chunk is not None
         self.times = StageTimes()

@@ -19,7 +19,8 @@ from siammae.evaluation.metrics.davis import db_eval_iou
 from siammae.evaluation.png import read_index_png, write_index_png
 from siammae.model.checkpoint import file_sha256, save_checkpoint
 from siammae.model.registry import create_model
-from siammae.propagation.inputs import InputConfig, input_config, parse_size
+from siammae.propagation.config import get_preset
+from siammae.propagation.inputs import InputConfig
 
 
 @pytest.fixture(scope="module")
@@ -31,19 +32,19 @@ def tiny_ckpt(tmp_path_factory):
 
 
 def test_input_sizes():
-    dino = input_config("dino")
+    dino = get_preset("dino").inputs
     assert dino.frame_size(480, 854, 16) == (480, 832) and dino.std == DINO_STD  # DINO: long side // 64
     assert dino.frame_size(854, 480, 8) == (832, 480)
-    crw = input_config("siammae-davis")
+    crw = get_preset("siammae-davis").inputs
     assert crw.frame_size(480, 854, 16) == (480, 880) and crw.std == IMAGENET_STD
     assert crw.frame_size(854, 480, 8) == (880, 480)  # portrait: transposed
-    assert input_config("siammae-jhmdb").frame_size(240, 320, 16) == (320, 320)
+    assert get_preset("siammae-jhmdb").inputs.frame_size(240, 320, 16) == (320, 320)
     # CropMAE's VIP crop_size [880]: the long side 880, the short side floored to 64 (was short side 560 here)
-    assert input_config("siammae-vip").frame_size(720, 1280, 8) == (448, 880)
-    assert parse_size("64", crw) == InputConfig(short_side=64, size=None)
-    assert parse_size("112x64", dino).size == (64, 112)
+    assert get_preset("siammae-vip").inputs.frame_size(720, 1280, 8) == (448, 880)
+    assert crw.with_size("64") == InputConfig(short_side=64, size=None)
+    assert dino.with_size("112x64").size == (64, 112)
     with pytest.raises(InputError, match="is not a short side"):
-        parse_size("big", crw)
+        crw.with_size("big")
     with pytest.raises(InputError, match="not a multiple of the patch size 16"):
         InputConfig(size=(60, 100)).frame_size(480, 854, 16)
 
@@ -59,7 +60,9 @@ def test_davis_real_sequences_end_to_end_and_resume(shared_data, tmp_path, tiny_
     settings = doc["settings"]
     assert settings["checkpoint_sha256"] == file_sha256(tiny_ckpt)
     assert settings["preset"] == "siammae-davis" and settings["propagation"]["topk"] == 7
-    assert settings["input"]["short_side"] == 64 and settings["max_frames"] == 5
+    assert settings["input"]["short_side"] == 64 and settings["max_frames"] == 5 and settings["size"] == 64
+    record = json.loads(json.dumps(get_preset("siammae-davis", size=64).record()))  # the propagation layer's record
+    assert {k: settings[k] for k in record} == record
     assert [row["Sequence"] for row in doc["per_sequence"]] == ["blackswan_1", "car-shadow_1", "soapbox_1"]
     for row in doc["per_sequence"]:  # each score is the J of the masks written, frames 1-3 (first and last left out)
         seq, names = row["Sequence"].removesuffix("_1"), [f"{t:05d}.png" for t in range(1, 4)]

@@ -3,6 +3,7 @@ encoders); each preset's input is its reference script's, bit for bit; and the `
 DINO's ``eval_video_segmentation.py`` written out here (its ``read_frame``, ``extract_feature`` and propagation)."""
 
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -16,12 +17,13 @@ from siammae.cli.eval import main as eval_main
 from siammae.cli.track import main as track_main
 from siammae.errors import InputError
 from siammae.evaluation.benchmark import load_runner
-from siammae.export import export_onnx
+from siammae.export import export_onnx, load_encoder
 from siammae.model.checkpoint import load_model, save_checkpoint
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import create_model, model_config
+from siammae.propagation.config import get_preset
 from siammae.propagation.driver import Driver
-from siammae.propagation.inputs import InputConfig, chunks, input_config, parse_size
+from siammae.propagation.inputs import InputConfig, chunks, parse_size
 from siammae.tracking.tracker import Tracker
 
 
@@ -85,19 +87,26 @@ def test_crw_style_input_is_cropmaes_loader(fixture_data, preset, hw):
 
 
 def test_input_rules():
-    vip = input_config("siammae-vip")
+    vip = get_preset("siammae-vip").inputs
     assert vip.frame_size(480, 854, 16) == (448, 880)  # CropMAE: int(480 * 880 / 854) = 494, floored to 64
-    assert input_config("dino").frame_size(480, 854, 14) == (476, 826)  # floored to 64, then to the patch size
-    assert input_config("dino", 32).frame_size(480, 854, 8) == (32, 64)  # at least one multiple of 64
-    assert parse_size(96, vip) == parse_size("96", vip) == InputConfig(short_side=96, multiple=64)
-    assert parse_size((880, 480), vip).size == parse_size("480x880", vip).size == (480, 880)
-    for bad in ("0", "1x2x3", True, 2.5):
+    assert get_preset("dino").inputs.frame_size(480, 854, 14) == (476, 826)  # floored to 64, then to the patch size
+    assert get_preset("dino", size=32).inputs.frame_size(480, 854, 8) == (32, 64)  # at least one multiple of 64
+    assert parse_size(96) == parse_size("96") == parse_size(" 96 ") == 96  # the one parser of the size grammar
+    assert parse_size((880, 480)) == parse_size("480x880") == parse_size("880X480") == (480, 880)  # (short, long)
+    assert vip.with_size(96) == vip.with_size("96") == InputConfig(short_side=96, multiple=64)
+    fixed = vip.with_size("480x880")
+    assert fixed.size == (480, 880) and fixed.frame_size(854, 480, 16) == (880, 480)  # transposed for portrait
+    for bad in ("0", "1x2x3", "x", "480x0", True, 2.5, (480,), None):
         with pytest.raises(InputError, match="is not a short side"):
-            parse_size(bad, vip)
+            parse_size(bad)
     with pytest.raises(InputError, match="resize must be one of"):
         InputConfig(resize="bicubic")
+    with pytest.raises(InputError, match="std must be > 0"):
+        InputConfig(std=(0.2, 0.0, 0.2))
+    with pytest.raises(InputError, match="size must be a \\(short, long\\) pair"):
+        InputConfig(size=(880, 480))
     with pytest.raises(InputError, match="is not a multiple of the patch size 14"):
-        input_config("siammae-davis").frame_size(480, 854, 14)
+        get_preset("siammae-davis").inputs.frame_size(480, 854, 14)
 
 
 def test_one_chunking_loop():
@@ -151,6 +160,16 @@ def test_track_and_eval_give_the_same_masks(fixture_data, tmp_path, tiny, weight
         assert 0 < (tracked[name] == 1).sum() < tracked[name].size  # the swan is tracked, not lost or everywhere
 
 
+def test_an_exported_encoder_of_another_normalisation_warns(tiny):
+    """The graph carries its mean / std; a preset that normalises otherwise (dino: std 0.228) says how to export."""
+    _, onnx_path = tiny  # exported for the default preset: ImageNet mean / std
+    with pytest.warns(UserWarning, match=r"std \(0\.229, 0\.224, 0\.225\) but preset dino expects .*--preset dino"):
+        Driver(load_encoder(onnx_path), "dino", size=96)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Driver(load_encoder(onnx_path), size=96)  # the preset it was exported for: no warning
+
+
 def test_track_and_eval_default_to_the_presets_input(tiny):
     """Without --size both commands leave the size to the preset, so they encode alike by default too."""
     for command, args in ((track_main, ["v.mp4", "--mask", "m.png"]), (eval_main.commands["davis"], ["--root", "D"])):
@@ -159,7 +178,8 @@ def test_track_and_eval_default_to_the_presets_input(tiny):
     for preset in ("dino", "siammae-davis"):
         runner, _ = load_runner(ckpt, "davis", preset, device="cpu")  # what siammae-eval runs
         tracker = Tracker(load_model(ckpt), preset, device="cpu")  # what siammae-track runs
-        assert runner.driver.inputs == tracker.inputs == input_config(preset)
+        assert runner.driver.inputs == tracker.inputs == get_preset(preset).inputs
+        assert runner.driver.preset == tracker.preset == get_preset(preset)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -12,16 +12,21 @@ import torch.nn.functional as F
 from helpers import dino_dense, dino_output
 from PIL import Image
 
+from siammae.data.transforms import DINO_STD, IMAGENET_MEAN, IMAGENET_STD
 from siammae.errors import InputError
 from siammae.kernels.dispatch import triton_available
 from siammae.propagation import (
-    PRESETS,
+    InputConfig,
+    Preset,
     PropagationConfig,
     Propagator,
+    default_preset,
     get_preset,
     labels_to_mask,
     mask_to_labels,
+    preset_names,
     propagate_labels,
+    register_preset,
 )
 
 BACKENDS = [
@@ -106,7 +111,7 @@ def test_dino_preset_equals_dense_dino(backend):
     dense = dino_dense(feats, first, **consts)
     out = list(propagate_labels(feats, first, "dino", chunk_size=4, backend=backend, **consts))  # 4 + 2
     assert len(out) == T - 1 and out[0].shape == (6, h, w)
-    cfg = get_preset("dino", **consts)
+    cfg = get_preset("dino", **consts).propagation
     out_hw = (h * patch + 3, w * patch - 5)  # the original size is not a multiple of the patch
     for ours, ref in zip(out, dense, strict=True):
         torch.testing.assert_close(ours, ref, atol=1e-5, rtol=0)
@@ -143,7 +148,7 @@ def test_ids_are_preserved_and_soft_labels_propagate():
     h, w, D, patch = 4, 6, 8, 4
     feat = torch.randn(h, w, D, generator=torch.Generator().manual_seed(4))
     first = _ids(h, w, seed=4, ids=(0, 7))
-    cfg = get_preset("dino", topk=1)
+    cfg = get_preset("dino", topk=1).propagation
     out = list(propagate_labels([feat] * 4, first, cfg, backend="torch"))
     assert out[-1].shape[0] == 8
     mask = labels_to_mask(out[-1], (h * patch, w * patch), patch, cfg)
@@ -201,7 +206,7 @@ def test_objects_that_appear_later(backend):
     new4 = torch.zeros(h, w, dtype=torch.long)
     new4[3:, :2] = 4  # id 3 never given
     given = {3: new2, 5: new4}  # frame 3 leaves the short-term queue: frame 6 sees frames 2 and 4
-    cfg = get_preset("siammae-davis", topk=4, n_last=2, radius=2.5, prefill_queue=False)
+    cfg = get_preset("siammae-davis", topk=4, n_last=2, radius=2.5, prefill_queue=False).propagation
     dense, dense_labels = dense_with_references(feats, first, given, cfg)
     prop = Propagator(cfg, backend=backend)
     prop.reset(feats[0], first)
@@ -223,7 +228,7 @@ def test_objects_that_appear_later(backend):
 def test_memory_does_not_grow_with_the_video():
     h, w, D = 3, 4, 8
     g = torch.Generator().manual_seed(7)
-    prop = Propagator(get_preset("dino", n_last=3, radius=1), backend="torch")
+    prop = Propagator(get_preset("dino", n_last=3, radius=1).propagation, backend="torch")
     prop.reset(torch.randn(h, w, D, generator=g), _ids(h, w))
     banks = set()
     for i in range(12):
@@ -300,20 +305,20 @@ def test_labels_to_mask_follows_both_output_rules():
     g = torch.Generator().manual_seed(8)
     soft = torch.rand(4, 5, 7, generator=g)
     soft[3] = 0  # a class with max 0 is left alone by norm_mask
-    dino = get_preset("dino")
+    dino = get_preset("dino").propagation
     out = labels_to_mask(soft, (43, 61), 8, dino)
     assert out.dtype == torch.int64
     assert np.array_equal(out.numpy(), dino_output(soft.clone(), 8, (43, 61)))
     # CRW: bilinear to the image size, then argmax. Class 1 on the right patch of a 1x2 grid, 4 pixels wide:
     # pixel centres sample the source at -0.25 (clamped), 0.25, 0.75 and 1.25 (clamped) -> 0, 0.25, 0.75, 1.
     soft = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
-    out = labels_to_mask(soft, (1, 4), 2, get_preset("siammae-davis"))
+    out = labels_to_mask(soft, (1, 4), 2, get_preset("siammae-davis").propagation)
     assert out.tolist() == [[0, 0, 1, 1]]
 
 
 def test_presets_follow_the_protocols():
-    assert set(PRESETS) == {"dino", "siammae-davis", "siammae-vip", "siammae-jhmdb"}
-    dino = get_preset("dino")
+    assert preset_names() == ("dino", "siammae-davis", "siammae-vip", "siammae-jhmdb")
+    dino = get_preset("dino").propagation
     assert (dino.topk, dino.temperature, dino.n_last, dino.radius, dino.neighbourhood) == (
         5,
         0.1,
@@ -322,16 +327,16 @@ def test_presets_follow_the_protocols():
         "square",
     )
     assert dino.restrict_reference and dino.norm_mask and dino.upsample == "patch" and not dino.prefill_queue
-    davis = get_preset("siammae-davis")
+    davis = get_preset("siammae-davis").propagation
     assert (davis.topk, davis.temperature, davis.n_last, davis.radius) == (7, 0.7, 20, 20)
     assert davis.neighbourhood == "circle" and not davis.restrict_reference and davis.upsample == "image"
-    assert get_preset("siammae-vip").topk == 10 and get_preset("siammae-jhmdb").topk == 7
-    assert get_preset("dino", topk=7, radius=None) == dataclasses.replace(dino, topk=7, radius=None)
+    assert get_preset("siammae-vip").propagation.topk == 10 and get_preset("siammae-jhmdb").propagation.topk == 7
+    assert get_preset("dino", topk=7, radius=None).propagation == dataclasses.replace(dino, topk=7, radius=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dino.topk = 3
     with pytest.raises(ValueError, match="valid presets: dino, siammae-davis"):
         get_preset("davis")
-    with pytest.raises(ValueError, match="unknown propagation setting\\(s\\) k;"):
+    with pytest.raises(ValueError, match="unknown propagation setting\\(s\\) k; valid settings: topk, .*, size"):
         get_preset("dino", k=3)
     with pytest.raises(ValueError, match="valid settings: topk, temperature"):
         list(propagate_labels([torch.zeros(2, 2, 4)] * 2, _ids(2, 2), dino, tau=0.1))
@@ -341,6 +346,64 @@ def test_presets_follow_the_protocols():
             get_preset("dino", **bad)
     with pytest.raises(ValueError, match="\\('square', 'circle'\\)"):
         get_preset("dino", neighbourhood="diamond")
+
+
+def test_one_preset_holds_constants_input_rule_and_task():
+    """Each preset is one frozen value: its propagation constants, its input rule (PROTOCOL.md, "Features") and its
+    task; each task has one default preset; overrides of either part go through Preset.replace."""
+    dino = get_preset("dino")
+    assert isinstance(dino, Preset) and dino.name == "dino" and dino.task == "masks" and dino.size is None
+    assert dino.inputs == InputConfig(short_side=480, multiple=64, mean=IMAGENET_MEAN, std=DINO_STD, resize="uint8")
+    crw = {name: get_preset(name) for name in ("siammae-davis", "siammae-vip", "siammae-jhmdb")}
+    assert [p.task for p in crw.values()] == ["masks", "parts", "keypoints"]
+    assert crw["siammae-davis"].inputs == InputConfig(size=(480, 880))  # CropMAE crop_size [480, 880]
+    assert crw["siammae-jhmdb"].inputs == InputConfig(size=(320, 320))
+    assert crw["siammae-vip"].inputs == InputConfig(short_side=None, long_side=880, multiple=64)
+    assert all(p.inputs.std == IMAGENET_STD and p.inputs.resize == "float" for p in crw.values())
+    assert [default_preset(t) for t in ("masks", "keypoints", "parts")] == [
+        "siammae-davis",
+        "siammae-jhmdb",
+        "siammae-vip",
+    ]
+    assert get_preset() == get_preset(None) == crw["siammae-davis"]
+    with pytest.raises(InputError, match="task 'faces' has no default preset"):
+        default_preset("faces")
+
+    # overrides: propagation constants and the size, validated, the registered preset unchanged
+    small = dino.replace(topk=7, size="96")
+    assert small.propagation == dataclasses.replace(dino.propagation, topk=7) and small.size == 96
+    assert small.inputs == dataclasses.replace(dino.inputs, short_side=96)  # DINO's floor to 64 is kept
+    assert get_preset("dino") == dino and get_preset(dino) is dino and dino.replace() is dino
+    fixed = get_preset("dino", size="880x480")
+    assert fixed.size == (480, 880) and fixed.inputs.size == (480, 880) and fixed.inputs.resize == "uint8"
+    assert get_preset("siammae-vip", size=(880, 480)) == get_preset("siammae-vip", size="480x880")
+    with pytest.raises(InputError, match="input size '480x' is not a short side"):
+        dino.replace(size="480x")
+
+    # the engine takes a name, a Preset or its constants alike
+    assert Propagator(dino).config == Propagator("dino").config == dino.propagation
+    assert Propagator().config == crw["siammae-davis"].propagation
+    with pytest.raises(InputError, match="config must be a PropagationConfig, a Preset or a preset name, got int"):
+        Propagator(3)
+
+    # the record stored with results: every constant, the input rule, the size override
+    record = get_preset("siammae-davis", topk=3, size="96").record()
+    assert record == {
+        "preset": "siammae-davis",
+        "propagation": {**dataclasses.asdict(crw["siammae-davis"].propagation), "topk": 3},
+        "size": 96,
+        "input": {**dataclasses.asdict(crw["siammae-davis"].inputs), "short_side": 96, "size": None},
+    }
+    assert get_preset("dino", size=(64, 96)).record()["size"] == [64, 96]  # JSON-ready
+
+    # the registry refuses a second preset of the same name or a second default for a task
+    with pytest.raises(ValueError, match="'dino' is already registered"):
+        register_preset(dino)
+    with pytest.raises(ValueError, match="task 'masks' already has a default preset, 'siammae-davis'"):
+        register_preset(dataclasses.replace(dino, name="another"), default=True)
+    assert "another" not in preset_names()
+    with pytest.raises(InputError, match="task must be one of"):
+        Preset("x", "faces", dino.propagation, dino.inputs)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -363,7 +426,7 @@ def test_real_clip_with_objects_that_appear_later(shared_data):
     feats = [_patch_features(f, patch) for f in frames]
     h, w = feats[0].shape[:2]
     labels = {i: mask_to_labels(m, (h, w)) for i, m in masks.items()}
-    cfg = get_preset("dino")
+    cfg = get_preset("dino").propagation
     prop = Propagator(cfg, backend="torch")
     prop.reset(feats[0], labels[0])
     for a, b in ((1, 6), (6, 9), (9, 10)):  # chunks end at the annotated frames 5 and 8
