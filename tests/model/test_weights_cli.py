@@ -7,11 +7,13 @@ a file put there by hand it runs offline, and the report names the weights and t
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import timm
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from siammae.data.masks import write_mask
 from siammae.data.synthetic import make_synthetic_clip
@@ -77,6 +79,15 @@ def test_other_commands_default_to_the_same_weights(offline, command):
     main = importlib.import_module(f"siammae.cli.{command}").main
     help_args = ["davis", "--help"] if command == "eval" else ["--help"]
     assert f"[default: {DEFAULT_WEIGHTS}]" in " ".join(CliRunner().invoke(main, help_args).output.split())
+    if command == "eval":  # a DAVIS-2017 layout of one sequence: the arguments pass, the weights are next
+        frames, masks = make_synthetic_clip(2, (48, 64), seed=3)
+        for i, (rgb, ids) in enumerate(zip(frames, masks, strict=True)):
+            Path("JPEGImages/480p/a").mkdir(parents=True, exist_ok=True)
+            Path("Annotations/480p/a").mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgb).save(f"JPEGImages/480p/a/{i:05d}.jpg")
+            write_mask(Path(f"Annotations/480p/a/{i:05d}.png"), ids)
+        Path("ImageSets/2017").mkdir(parents=True)
+        Path("ImageSets/2017/val.txt").write_text("a\n")
     args = {"eval": ["davis", "--root", "."], "export": [], "attn": ["video.mp4"]}[command]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and f"put it at {offline}" in result.stderr

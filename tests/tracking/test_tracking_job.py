@@ -88,7 +88,7 @@ def test_the_library_does_what_the_command_does(tmp_path, monkeypatch):
     assert default_preset(True) == "siammae-jhmdb" and default_preset(False) == "siammae-davis"
     ckpt = save_checkpoint(tmp_path / "tiny.pt", create_model("tiny"))
     tracker = load_tracker(ckpt, keypoints=True, device="cpu", size=32)
-    assert isinstance(tracker, Tracker) and tracker.preset == "siammae-jhmdb" and tracker.chunk == 8
+    assert isinstance(tracker, Tracker) and tracker.preset.name == "siammae-jhmdb" and tracker.chunk == 8
 
     class Live:
         realtime = True

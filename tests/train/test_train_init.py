@@ -96,27 +96,35 @@ def test_cli_init_unknown_name(data, tmp_path, monkeypatch):
 
 def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
     """One of 2 ranks on one machine: --init by name, the download faked (slow, so that a second fetch would
-    overlap it) and logged."""
+    overlap it) and logged; the name expects the tiny ViT's shapes, so the file is checked as a real one is."""
+    import dataclasses
     import os
     import time
     from pathlib import Path
 
     import torch.distributed as dist
 
-    import siammae.model.weights as W
+    import siammae.model.named as N
+    from siammae.model.hub import file_digests
     from siammae.train.distributed import DistInfo, load_init
 
-    def fake_download(url, filename, what, progress=True):
-        path = Path(cache) / filename
-        if not path.is_file():
-            with open(log, "a") as f:
-                f.write(f"{rank}\n")
-            time.sleep(0.5)
-            dino_file(str(path) + ".part")
-            os.replace(str(path) + ".part", path)
-        return path, file_sha256(path)
+    os.environ.pop("SIAMMAE_OFFLINE", None)
+    os.environ["TORCH_HOME"] = cache
+    N.WEIGHTS["dino-vits16"] = dataclasses.replace(N.WEIGHTS["dino-vits16"], embed_dim=64, patch_size=8, depth=2)
 
-    W.cached_download = fake_download
+    def fake_download(url, dest, progress=True, validate=None):
+        with open(log, "a") as f:
+            f.write(f"{rank}\n")
+        time.sleep(0.5)
+        tmp = Path(str(dest) + ".part")
+        tmp.parent.mkdir(parents=True, exist_ok=True)  # as the real download makes the cache folder
+        dino_file(tmp)
+        if validate is not None:
+            validate(tmp, url)
+        os.replace(tmp, dest)
+        return file_digests(dest)
+
+    N.download = fake_download
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
         init = load_init("dino-vits16", DistInfo(rank, 2, rank, torch.device("cpu")))
