@@ -1305,5 +1305,5 @@ def test_fault(case: Case, inputs, tmp_path, monkeypatch):
 
 
 def test_table_is_large_enough():
-    assert len(CASES) >= 60 and len({c.id for c in CASES}) == len(CASES)
+    assert len(CASES) >= 127 and len({c.id for c in CASES}) == len(CASES)
     assert {c.command for c in CASES} == set(COMMANDS)

@@ -224,8 +224,13 @@ _CRW = PropagationConfig(
     upsample="image",
 )
 register_preset(Preset("siammae-davis", "masks", _CRW, InputConfig(size=(480, 880))), default=True)
-register_preset(  # docs/PROTOCOL.md: top-k 10 on VIP
-    Preset("siammae-vip", "parts", _CRW.replace(topk=10), InputConfig(short_side=None, long_side=880, multiple=64)),
+register_preset(  # docs/PROTOCOL.md: top-k 10, queue 20, neighbourhood 8 on VIP (SiamMAE Table 4b)
+    Preset(
+        "siammae-vip",
+        "parts",
+        _CRW.replace(topk=10, radius=8),
+        InputConfig(short_side=None, long_side=880, multiple=64),
+    ),
     default=True,
 )
 register_preset(  # docs/PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise

@@ -330,7 +330,9 @@ def test_presets_follow_the_protocols():
     davis = get_preset("siammae-davis").propagation
     assert (davis.topk, davis.temperature, davis.n_last, davis.radius) == (7, 0.7, 20, 20)
     assert davis.neighbourhood == "circle" and not davis.restrict_reference and davis.upsample == "image"
-    assert get_preset("siammae-vip").propagation.topk == 10 and get_preset("siammae-jhmdb").propagation.topk == 7
+    vip = get_preset("siammae-vip").propagation
+    assert (vip.topk, vip.n_last, vip.radius) == (10, 20, 8)  # SiamMAE Table 4b, VIP
+    assert get_preset("siammae-jhmdb").propagation.topk == 7
     assert get_preset("dino", topk=7, radius=None).propagation == dataclasses.replace(dino, topk=7, radius=None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         dino.topk = 3
