@@ -37,6 +37,8 @@ class PropagationConfig:
     norm_mask: before the argmax, min-max normalise each class map whose maximum is > 0 (DINO ``norm_mask``).
     upsample: "patch": bilinear upsampling by the patch size, then a nearest resize to the output size (DINO);
         "image": bilinear resize straight to the output size (CRW ``dump_predictions``).
+    keep_ties: DINO's weights: exp(s / T) in fp32 divided by their sum, every key tied with the k-th weight kept
+        (``aff[aff < tk_val_min] = 0``); False: exactly k keys, softmax (CRW). Bit for bit on the CPU path.
     """
 
     topk: int = 5
@@ -48,6 +50,7 @@ class PropagationConfig:
     prefill_queue: bool = False
     norm_mask: bool = True
     upsample: str = "patch"
+    keep_ties: bool = True
 
     def __post_init__(self):
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
@@ -67,7 +70,7 @@ class PropagationConfig:
             raise InputError(f"neighbourhood must be one of {NEIGHBOURHOODS}, got {self.neighbourhood!r}")
         if self.upsample not in UPSAMPLINGS:
             raise InputError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
-        for name in ("restrict_reference", "prefill_queue", "norm_mask"):
+        for name in ("restrict_reference", "prefill_queue", "norm_mask", "keep_ties"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -98,6 +101,7 @@ _CRW = PropagationConfig(
     prefill_queue=True,
     norm_mask=False,
     upsample="image",
+    keep_ties=False,
 )
 
 PRESETS: dict[str, PropagationConfig] = {
