@@ -176,7 +176,9 @@ class ViTEncoder(nn.Module):
         if attention not in ATTENTIONS:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         h, w = self.grid(x)
-        tokens = self.prepare_tokens(x, pos_interp)  # (B, 1 + h*w, D)
+        # NCHW: the patch convolution rounds differently on a channels-last batch (what decoded frames give),
+        # and DINO's read_frame tensor goes through as contiguous.
+        tokens = self.prepare_tokens(x.contiguous(), pos_interp)  # (B, 1 + h*w, D)
         if attention == "auto":
             cpu_fp32 = tokens.device.type == "cpu" and tokens.dtype == torch.float32
             attention = "exact" if cpu_fp32 and not torch.is_autocast_enabled("cpu") else "sdpa"
