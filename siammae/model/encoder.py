@@ -14,6 +14,7 @@ forward through the queue; benchmarks/results/dino_agreement-cpu.md), and it is 
 
 from __future__ import annotations
 
+import math
 from functools import partial
 
 import torch
@@ -187,16 +188,28 @@ class ViTEncoder(nn.Module):
 
 
 def _attention_exact(attn: nn.Module, x: torch.Tensor, query_block: int) -> torch.Tensor:
-    """DINO ``Attention.forward`` (eval) on x (B, N, C), queries in blocks of ``query_block`` rows."""
+    """DINO ``Attention.forward`` (eval) on x (B, N, C), queries in blocks of ``query_block`` rows.
+
+    Two rewrites that change no bit: k^T and v are made contiguous once per layer (matmul would copy the strided
+    views for every block), and a power-of-two scale (head_dim 64: 1/8) multiplies q before the product instead of
+    the (B, heads, n, N) scores after it; a power of two scales exactly (no rounding, fp32 has the exponent range), so
+    ``(q * s) @ k^T == (q @ k^T) * s`` bit for bit. Any other scale is applied to the scores, as DINO does.
+    """
     B, N, C = x.shape
     heads = attn.num_heads
     qkv = attn.qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, C / heads)
     q, k, v = qkv[0], qkv[1], qkv[2]
-    kt = k.transpose(-2, -1)  # (B, heads, C / heads, N)
+    kt = k.transpose(-2, -1).contiguous()  # (B, heads, C / heads, N)
+    v = v.contiguous()
     out = x.new_empty(B, N, heads, C // heads)
     scale = (C // heads) ** -0.5  # DINO: qk_scale or head_dim ** -0.5 (timm's attn.scale is the same number)
+    exact_power = math.frexp(scale)[0] == 0.5
+    if exact_power:
+        q = q * scale
     for i in range(0, N, query_block):
-        a = (q[:, :, i : i + query_block] @ kt) * scale  # (B, heads, n, N)
+        a = q[:, :, i : i + query_block] @ kt  # (B, heads, n, N)
+        if not exact_power:
+            a = a * scale
         a = a.softmax(dim=-1)
         out[:, i : i + query_block] = (a @ v).transpose(1, 2)  # (B, heads, n, C / heads) -> (B, n, heads, ...)
     return attn.proj(out.reshape(B, N, C))
