@@ -109,22 +109,27 @@ def main() -> None:
     load1 = os.getloadavg()
     meta = environment()
     meta.update(load_average_start=list(load0), load_average_end=list(load1), threads=args.threads)
+    rate = {m: rates["bf16" if m == "bf16" else "fp32"] for m in modes}
     rows = [
-        dict(mode=m, ms=1e3 * s, gflops=flops / s / 1e9, floor_ms=1e3 * flops / (rates["bf16" if m == "bf16" else "fp32"] * 1e9))
+        dict(mode=m, ms=1e3 * s, gflops=flops / s / 1e9, floor_ms=1e3 * flops / (rate[m] * 1e9))
         for m, s in modes.items()
-    ]  # fmt: skip
+    ]
     md = [
-        f"# Encoder on the CPU: ViT-S/16, one {args.width}x{args.height} frame ({h}x{w} patches), {args.threads} threads",
+        f"# Encoder on the CPU: ViT-S/16, one {args.width}x{args.height} frame ({h}x{w} patches), "
+        f"{args.threads} threads",
         "",
-        f"`python benchmarks/profile_encoder_cpu.py --threads {args.threads}`. Matrix products: {flops / 1e9:.1f} GFLOP "
-        f"per frame. Measured gemm rate ((1536 x 384) @ (384 x 1536)): fp32 {rates['fp32']:.0f} GFLOP/s, bf16 "
+        f"`python benchmarks/profile_encoder_cpu.py --threads {args.threads}`. Matrix products: "
+        f"{flops / 1e9:.1f} GFLOP per frame. Measured gemm rate ((1536 x 384) @ (384 x 1536)): "
+        f"fp32 {rates['fp32']:.0f} GFLOP/s, bf16 "
         f"{rates['bf16']:.0f} GFLOP/s. Load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
         "(a shared machine: ratios mean more than absolute times).",
         "",
         "| mode | ms / frame | GFLOP/s | floor at the gemm rate (ms) | time / floor |",
         "|---|---:|---:|---:|---:|",
-        *[f"| {r['mode']} | {r['ms']:.0f} | {r['gflops']:.0f} | {r['floor_ms']:.0f} | {r['ms'] / r['floor_ms']:.2f} |"
-          for r in rows],  # fmt: skip
+        *[
+            f"| {r['mode']} | {r['ms']:.0f} | {r['gflops']:.0f} | {r['floor_ms']:.0f} | {r['ms'] / r['floor_ms']:.2f} |"
+            for r in rows
+        ],  # fmt: skip
         "",
         "Exact mode under torch.profiler (self CPU time):",
         "",
