@@ -201,3 +201,15 @@ def test_exact_features_are_dinos_bit_for_bit(shared_data):
         sdpa = model.features(x, attention="sdpa")
     assert torch.equal(ours, theirs)
     torch.testing.assert_close(sdpa, theirs, atol=1e-4, rtol=0)
+
+
+def test_exact_features_with_a_scale_that_is_not_a_power_of_two(shared_data):
+    """head_dim 48: the scale 48^-0.5 is applied to the scores after q k^T, as DINO does (only a power of two may be
+    folded into q); still DINO's features bit for bit."""
+    frames, _ = _seq(shared_data)
+    torch.manual_seed(0)
+    model = ViTEncoder(model_config("vits16", depth=2, embed_dim=96, num_heads=2, pos_embed="learned")).eval()
+    torch.nn.init.trunc_normal_(model.pos_embed, std=0.02)
+    x = torch.stack([dino_read_frame(f, 160) for f in frames[:2]])
+    with torch.inference_mode():
+        assert torch.equal(model.features(x), torch.stack([dino_vit_features(model, f[None]) for f in x]))
