@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _meta import environment, environment_markdown, write_results  # noqa: E402
 
-MODES = ("track", "eval", "track-bf16")
+MODES = ("track", "eval", "track-bf16", "track-sdpa")
 
 
 def load_dino(repo: Path):
@@ -92,6 +92,8 @@ def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, k
 def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size: int, threads: int) -> float:
     """One siammae process on one sequence, as a user runs it; -> wall seconds (process start included)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), SIAMMAE_OFFLINE="1")
+    if mode.endswith("sdpa"):
+        env["SIAMMAE_CPU_ATTENTION"] = "sdpa"  # fp32, timm's fused attention instead of DINO's order
     bindir = Path(sys.executable).parent
     common = ["--ckpt", str(weights), "--preset", "dino", "--device", "cpu", "--size", str(size)]
     if mode.startswith("track"):
