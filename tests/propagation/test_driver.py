@@ -213,3 +213,14 @@ def test_exact_features_with_a_scale_that_is_not_a_power_of_two(shared_data):
     x = torch.stack([dino_read_frame(f, 160) for f in frames[:2]])
     with torch.inference_mode():
         assert torch.equal(model.features(x), torch.stack([dino_vit_features(model, f[None]) for f in x]))
+
+
+def test_cpu_attention_environment_override(monkeypatch):
+    """SIAMMAE_CPU_ATTENTION=sdpa switches the CPU fp32 default from DINO's order to the fused attention."""
+    model = _dino_format_vit(depth=1)
+    x = torch.randn(1, 3, 64, 96)
+    with torch.inference_mode():
+        exact, sdpa = model.features(x, attention="exact"), model.features(x, attention="sdpa")
+        assert torch.equal(model.features(x), exact)
+        monkeypatch.setenv("SIAMMAE_CPU_ATTENTION", "sdpa")
+        assert torch.equal(model.features(x), sdpa)
