@@ -1,100 +1,202 @@
-"""The ``dino`` preset against DINO's own ``eval_video_segmentation.py``: mask pixels that agree, per frame.
+"""The ``dino`` preset against DINO's own ``eval_video_segmentation.py``: mask pixels that agree, and time, per frame.
 
-The same random ViT-S/16 (DINO's parameter names, seed 0) runs DINO's evaluation loop as written (tests/helpers.py:
-``read_frame`` with cv2, one frame at a time through the model, the dense ``label_propagation``, its output rule)
-and siammae's :class:`~siammae.propagation.driver.Driver` with the ``dino`` preset, on a real DAVIS sequence.
+DINO's script runs from a checkout of facebookresearch/dino (``--dino-repo``; nothing of it is copied here): its
+``eval_video_segmentation.py`` is loaded with ``.cuda()`` removed, the only change, and its
+``eval_video_tracking_davis`` runs each whole sequence as its ``__main__`` would (``read_frame``, ``read_seg``,
+its ``vision_transformer.vit_small``, ``label_propagation``, the output rule, the PNGs). Its ``__main__`` itself
+is not run because it downloads a palette and needs DAVIS-2017's ImageSets; the palette only colours the PNGs.
 
-- ``after``: the driver as it is (cv2 resize of the uint8 frame, as DINO's ``read_frame``).
-- ``before``: the driver with the earlier input rule (frames divided by 255, then resized bilinearly in float
-  with ``torch.nn.functional.interpolate``), to show what the input convention is worth.
+The same weights on both sides: DINO's ``vit_small(patch_size=16)`` built with seed 0 (random, DINO's own
+initialisation), saved as a DINO ``state_dict`` that siammae loads as foreign weights. siammae runs as a user does,
+one process per sequence and mode: ``siammae-track --preset dino`` and ``siammae-eval davis --preset dino``, fp32
+(the default) and ``--dtype bf16`` (the fast mode). DINO's script and siammae run back to back in the same run, on
+the same threads, and the load average is recorded: the machine may be shared.
 
-    python benchmarks/dino_agreement.py                       # blackswan, 50 frames, short side 480
-    python benchmarks/dino_agreement.py --frames 20 --size 240
+    python benchmarks/dino_agreement.py --dino-repo /path/to/dino                       # 3 sequences, 480p
+    python benchmarks/dino_agreement.py --dino-repo ... --sequences blackswan --size 240 --modes track
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
 import time
+import types
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))  # the reference loop is written out once, in the test helpers
-
 from _meta import environment, environment_markdown, write_results  # noqa: E402
-from helpers import dino_script  # noqa: E402
 
-from siammae.data.transforms import frames_to_batch  # noqa: E402
-from siammae.model.encoder import ViTEncoder  # noqa: E402
-from siammae.model.registry import model_config  # noqa: E402
-from siammae.propagation.driver import Driver, _frames  # noqa: E402
+MODES = ("track", "eval", "track-bf16", "track-sdpa")
 
 
-class FloatResizeDriver(Driver):
-    """The input rule before: / 255 first, then bilinear in float (torch), no rounding back to uint8."""
+def load_dino(repo: Path):
+    """DINO's eval_video_segmentation.py as a module, ``.cuda()`` removed; and its vision_transformer."""
+    sys.path.insert(0, str(repo))
+    import vision_transformer as vits  # DINO's, from the checkout
 
-    def inputs_of(self, frames):
-        size = None
-        for frame in _frames(frames):
-            size = size or self.frame_size(*frame.rgb.shape[:2])
-            yield frame, frames_to_batch([frame.rgb], size)[0].permute(1, 2, 0).contiguous().numpy()  # (H, W, 3)
+    path = repo / "eval_video_segmentation.py"
+    src = path.read_text().replace(".cuda(non_blocking=True)", "").replace(".cuda()", "")
+    mod = types.ModuleType("dino_eval_video_segmentation")
+    mod.__file__ = str(path)
+    exec(compile(src, str(path), "exec"), mod.__dict__)
+    return mod, vits
 
 
-def agreement(theirs: list[np.ndarray], ours: list[np.ndarray]) -> np.ndarray:
-    return np.array([np.mean(a == (b > 0)) for a, b in zip(theirs, ours, strict=True)])
+def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, keep: Path | None = None) -> float:
+    """DINO's eval_video_tracking_davis on one whole sequence (its defaults: top-k 5, 7 frames, window 12).
+    ``keep``: also save its per-frame features and soft labels there (``<sequence>.pt``), for diagnosis."""
+    mod.args = args = argparse.Namespace(
+        output_dir=str(out), n_last_frames=7, size_mask_neighborhood=12, topk=5, patch_size=16
+    )  # restrict_neighborhood reads the module's global ``args``, as under its __main__
+    read_frame, read_seg = mod.read_frame, mod.read_seg
+    mod.read_frame = lambda p, scale_size=[size]: read_frame(p, scale_size)  # noqa: B006 (DINO's own default)
+    palette = np.zeros((256, 3), np.uint8)
+    palette[1:] = 255
+    feats, soft = [], []
+    extract, propagate = mod.extract_feature, mod.label_propagation
+    if keep is not None:  # record, not change: the wrapped functions return what DINO's return
+
+        def extract_kept(model, frame, return_h_w=False):
+            r = extract(model, frame, return_h_w)
+            feats.append((r[0] if return_h_w else r).clone())
+            return r
+
+        def propagate_kept(*a, **kw):
+            r = propagate(*a, **kw)
+            soft.append(r[0][0].clone())
+            return r
+
+        mod.extract_feature, mod.label_propagation = extract_kept, propagate_kept
+    t0 = time.perf_counter()
+    first_seg, seg_ori = read_seg(str(mask), 16, [size])
+    with torch.no_grad():
+        mod.eval_video_tracking_davis(args, model, [str(f) for f in frames], frames[0].parent.name, first_seg,
+                                      seg_ori, palette)  # fmt: skip
+    t = time.perf_counter() - t0
+    mod.read_frame, mod.extract_feature, mod.label_propagation = read_frame, extract, propagate
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        torch.save({"feats": torch.stack(feats), "soft": soft}, keep / f"{frames[0].parent.name}.pt")
+    return t
+
+
+def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size: int, threads: int) -> float:
+    """One siammae process on one sequence, as a user runs it; -> wall seconds (process start included)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), SIAMMAE_OFFLINE="1")
+    if mode.endswith("sdpa"):
+        env["SIAMMAE_CPU_ATTENTION"] = "sdpa"  # fp32, timm's fused attention instead of DINO's order
+    bindir = Path(sys.executable).parent
+    common = ["--ckpt", str(weights), "--preset", "dino", "--device", "cpu", "--size", str(size)]
+    if mode.startswith("track"):
+        cmd = [str(bindir / "siammae-track"), str(data / "JPEGImages/480p" / seq),
+               "--mask", str(data / "Annotations/480p" / seq / "00000.png"), "--out", str(out), *common]  # fmt: skip
+        if mode.endswith("bf16"):
+            cmd += ["--dtype", "bf16"]
+    else:
+        root = out.parent / "davis_root"
+        if not root.exists():
+            for part in ("JPEGImages", "Annotations"):
+                (root / part).mkdir(parents=True)
+                (root / part / "480p").symlink_to(data / part / "480p")
+            (root / "ImageSets/2016").mkdir(parents=True)
+        (root / "ImageSets/2016/val.txt").write_text(seq + "\n")
+        cmd = [str(bindir / "siammae-eval"), "davis", "--year", "2016", "--root", str(root), "--out", str(out),
+               "--sequences", seq, *common]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def masks_in(folder: Path, seq: str, stems: list[str]) -> list[np.ndarray]:
+    """The PNGs of a run (siammae-eval nests them under a sequence folder somewhere in --out)."""
+    hits = [p for p in folder.rglob(f"{stems[-1]}.png") if p.parent.name == seq or p.parent == folder]
+    if not hits:
+        raise FileNotFoundError(f"no {stems[-1]}.png for {seq} under {folder}")
+    return [np.asarray(Image.open(hits[0].parent / f"{s}.png")) for s in stems]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dino-repo", type=Path, required=True, help="checkout of facebookresearch/dino")
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "davis2016")
-    ap.add_argument("--sequence", default="blackswan")
-    ap.add_argument("--frames", type=int, default=50)
+    ap.add_argument("--sequences", default="blackswan,car-shadow,soapbox")
     ap.add_argument("--size", type=int, default=480, help="short side (DINO's scale_size)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"siammae runs, of {MODES}")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--name", default="dino_agreement-cpu")
+    ap.add_argument("--keep", type=Path, help="save DINO's per-frame features and soft labels here")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    frames = sorted((args.data / "JPEGImages/480p" / args.sequence).glob("*.jpg"))[: args.frames]
-    mask = args.data / "Annotations/480p" / args.sequence / "00000.png"
+    modes = [m for m in args.modes.split(",") if m]
+    torch.set_num_threads(args.threads)
+    mod, vits = load_dino(args.dino_repo.resolve())
     torch.manual_seed(0)
-    model = ViTEncoder(model_config("vits16")).eval()
-    t0 = time.perf_counter()
-    theirs = dino_script(model, frames, mask, args.size, 16)
-    results = {}
-    for name, cls in (("after", Driver), ("before", FloatResizeDriver)):
-        driver = cls(model, "dino", device="cpu", size=args.size)
-        ours = [m for i, m in driver.masks(frames, mask) if i > 0]
-        a = agreement(theirs, ours)
-        same = int((a == 1).sum())
-        results[name] = {"mean": float(a.mean()), "worst_frame": float(a.min()), "frames_identical": same}
-        print(f"{name}: {a.mean():.5f} of the pixels agree (worst frame {a.min():.5f}, {same} of "
-              f"{len(a)} frames identical)", flush=True)  # fmt: skip
-    rows = [{"input": k, **v} for k, v in results.items()]
+    model = vits.vit_small(patch_size=16, num_classes=0).eval()  # DINO's own random initialisation
     meta = environment()
-    H = args.size
+    meta["load_average_start"] = list(os.getloadavg())
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        weights = tmp / "vits16_random_seed0.pth"
+        torch.save(model.state_dict(), weights)
+        for seq in args.sequences.split(","):
+            frames = sorted((args.data / "JPEGImages/480p" / seq).glob("*.jpg"))
+            stems = [f.stem for f in frames]
+            mask = args.data / "Annotations/480p" / seq / "00000.png"
+            load = os.getloadavg()[0]
+            t_dino = run_dino(mod, model, frames, mask, tmp / "dino", args.size, args.keep)
+            theirs = masks_in(tmp / "dino" / seq, seq, stems)
+            print(f"{seq}: DINO's script {t_dino:.1f} s ({len(frames)} frames)", flush=True)
+            for mode in modes:
+                out = tmp / mode / seq
+                t = run_siammae(mode, seq, args.data, weights, out, args.size, args.threads)
+                ours = masks_in(out, seq, stems)
+                a = np.array([np.mean((x > 0) == (y > 0)) for x, y in zip(theirs[1:], ours[1:], strict=True)])
+                row = dict(sequence=seq, frames=len(frames), mode=mode, mean=float(a.mean()), worst=float(a.min()),
+                           identical=int((a == 1).sum()), dino_s=t_dino, siammae_s=t, speedup=t_dino / t,
+                           load_average=[load, os.getloadavg()[0]])  # fmt: skip
+                rows.append(row)
+                print(f"  {mode}: {100 * row['mean']:.4f} % agree (worst frame {100 * row['worst']:.4f} %, "
+                      f"{row['identical']}/{len(a)} identical), {t:.1f} s, {t_dino / t:.2f}x", flush=True)  # fmt: skip
+            write(args, meta, rows)
+
+
+def write(args, meta: dict, rows: list[dict]) -> None:
+    meta["load_average_end"] = list(os.getloadavg())
+    cmd = "python benchmarks/dino_agreement.py --dino-repo DINO " + " ".join(
+        f"--{k.replace('_', '-')} {v}" for k, v in (("sequences", args.sequences), ("size", args.size),
+                                                    ("modes", args.modes), ("threads", args.threads))
+    )  # fmt: skip
     md = [
-        f"# dino preset vs DINO's eval_video_segmentation.py: DAVIS {args.sequence}, {len(frames)} frames, "
-        f"short side {H}, random ViT-S/16 (seed 0), CPU",
+        f"# `--preset dino` vs DINO's eval_video_segmentation.py: whole DAVIS sequences, short side {args.size}, CPU",
         "",
-        "| input rule | pixels that agree (mean over frames) | worst frame | frames identical |",
-        "|---|---|---|---|",
+        f"`{cmd}` (DINO: a checkout of facebookresearch/dino; its script with `.cuda()` removed). Same random "
+        "ViT-S/16 (DINO's `vit_small`, seed 0) both sides, saved in DINO's format. Agreement: mask pixels equal "
+        "(object vs background), frames 1.. (frame 0 is the given mask). Time: wall seconds for the whole sequence, "
+        "DINO's function in process, siammae as a fresh process (start-up and model load included), back to back "
+        f"on {args.threads} threads.",
+        "",
+        "| sequence | frames | siammae run | pixels that agree (mean) | worst frame | frames identical | DINO s | "
+        "siammae s | speed-up | load avg (before, after) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
         *[
-            f"| {r['input']} | {100 * r['mean']:.3f} % | {100 * r['worst_frame']:.3f} % | "
-            f"{r['frames_identical']} / {len(frames) - 1} |"
+            f"| {r['sequence']} | {r['frames']} | {r['mode']} | {100 * r['mean']:.4f} % | {100 * r['worst']:.4f} % | "
+            f"{r['identical']} / {r['frames'] - 1} | {r['dino_s']:.1f} | {r['siammae_s']:.1f} | "
+            f"{r['speedup']:.2f}x | {r['load_average'][0]:.1f}, {r['load_average'][1]:.1f} |"
             for r in rows
         ],
         "",
-        f"after: cv2.resize of the uint8 frame (DINO read_frame); before: float resize (torch). "
-        f"{time.perf_counter() - t0:.0f} s.",
-        "",
         environment_markdown(meta),
     ]
-    write_results(
-        "dino_agreement-cpu", meta, rows, "\n".join(md) + "\n", sequence=args.sequence, frames=len(frames), size=H
-    )
+    write_results(args.name, meta, rows, "\n".join(md) + "\n", size=args.size, sequences=args.sequences)
 
 
 if __name__ == "__main__":

@@ -234,12 +234,42 @@ def cropmae_load(path, new_h, new_w):
     return color_normalize(img, IMAGENET_MEAN, [0.229, 0.224, 0.225])
 
 
+def dino_vit_features(model, x):
+    """facebookresearch/dino vision_transformer.py ``get_intermediate_layers(x, n=1)`` with ``model``'s weights
+    (DINO's parameter names), [CLS] dropped: (1, 3, H, W) -> (h, w, D). Its operation order, written out."""
+    B, nc, w, h = x.shape  # DINO's names: w is the height here
+    p = model.patch_size
+    t = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
+    t = torch.cat((model.cls_token.expand(B, -1, -1), t), dim=1)
+    N = model.pos_embed.shape[1] - 1
+    dim = t.shape[-1]
+    w0, h0 = w // p + 0.1, h // p + 0.1  # interpolate_pos_encoding
+    patch_pos = F.interpolate(
+        model.pos_embed[:, 1:].reshape(1, int(N**0.5), int(N**0.5), dim).permute(0, 3, 1, 2),
+        scale_factor=(w0 / N**0.5, h0 / N**0.5),
+        mode="bicubic",
+    )
+    patch_pos = patch_pos.permute(0, 2, 3, 1).view(1, -1, dim)
+    t = t + torch.cat((model.pos_embed[:, 0].unsqueeze(0), patch_pos), dim=1)
+    for blk in model.blocks:
+        a = blk.attn
+        y = blk.norm1(t)
+        Bn, Nn, C = y.shape
+        qkv = a.qkv(y).reshape(Bn, Nn, 3, a.num_heads, C // a.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        att = ((q @ k.transpose(-2, -1)) * (C // a.num_heads) ** -0.5).softmax(dim=-1)
+        t = t + a.proj((att @ v).transpose(1, 2).reshape(Bn, Nn, C))
+        t = t + blk.mlp.fc2(blk.mlp.act(blk.mlp.fc1(blk.norm2(t))))
+    out = model.norm(t)[0, 1:]
+    return out.reshape(w // p, h // p, dim)
+
+
 def dino_script(model, frame_paths, seg_path, scale_size, patch):
     """eval_video_tracking_davis: read_frame, extract_feature one frame at a time, label_propagation, output."""
     frames = [dino_read_frame(p, scale_size) for p in frame_paths]
     th, tw = frames[0].shape[-2:]
     with torch.inference_mode():
-        feats = [model.features(f[None])[0] for f in frames]  # get_intermediate_layers(n=1), [CLS] dropped
+        feats = [dino_vit_features(model, f[None]) for f in frames]  # get_intermediate_layers(n=1), no [CLS]
     seg = Image.open(seg_path)
     small = np.array(seg.resize((tw // patch, th // patch), 0)) > 0  # read_seg: PIL NEAREST; DAVIS-2016 0/255 -> 1
     cfg = get_preset("dino").propagation

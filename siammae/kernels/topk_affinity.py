@@ -361,8 +361,18 @@ def topk_affinity_ref(
     restrict_ref: bool = True,
     labels: torch.Tensor | None = None,
     block_elems: int = BLOCK_ELEMS,
+    keep_ties: bool = False,
+    raw: bool = False,
 ):
     """The specification of :func:`topk_affinity` in PyTorch (fp32), also its CPU path.
+
+    ``keep_ties``: DINO's rule, to the bit (``eval_video_segmentation.py`` ``label_propagation``): a key's
+    weight is ``exp(s / temperature)`` in fp32 (no max subtracted), every key whose weight is >= the k-th
+    largest is kept (``aff[aff < tk_val_min] = 0``), and the kept weights are divided by their sum. Two
+    similarities a last bit apart can round to the same ``s / 0.1`` and then tie at the k-th place; DINO keeps
+    both. The outputs then have up to ``topk + TIE_SLOTS`` slots (more when a tie runs longer), the unused ones
+    weigh 0 with index -1. ``raw`` returns the top-k similarities (T, N, topk) instead of weights (-inf for an
+    empty slot), for the tie rule.
 
     Queries are processed in square tiles of the grid. A tile is scored against the reference frames and the
     short-term frames, each group in one batched matmul per frame over the window of key rows and columns
@@ -372,6 +382,11 @@ def topk_affinity_ref(
     ``block_elems`` floats (16 MiB), at least one query: peak extra memory is about
     ``4 * max(block_elems, n_context * N)`` bytes, plus an fp32 copy of the inputs when they are fp16 / bf16.
     """
+    if keep_ties and not raw:
+        return _topk_keep_ties(
+            query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk, temperature=temperature, radius=radius,
+            neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels, block_elems=block_elems,
+        )  # fmt: skip
     T, N, D = query.shape
     F = keys.shape[0]
     h, w = grid
@@ -379,11 +394,11 @@ def topk_affinity_ref(
     query = query.float().reshape(T, h, w, D)
     keys = keys.float().reshape(F, h, w, D)
     dev = query.device
-    if labels is not None:
+    if labels is not None and not raw:
         lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
         out = torch.empty(T, h, w, labels.shape[-1], dtype=torch.float32, device=dev)
     else:
-        weights = torch.empty(T, h, w, topk, dtype=torch.float32, device=dev)
+        weights = torch.empty(T, h, w, topk, dtype=torch.float32, device=dev)  # similarities when raw
         index = torch.empty(T, h, w, topk, dtype=torch.int64, device=dev)
 
     for t in range(T):
@@ -434,18 +449,52 @@ def topk_affinity_ref(
                 i = torch.nn.functional.pad(i, (0, pad), value=-1)
                 kept = v > float("-inf")
                 i = i.masked_fill(~kept, -1)
+                if raw:
+                    weights[t, y0:y1, x0:x1] = v.view(y1 - y0, x1 - x0, topk)
+                    index[t, y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
+                    continue
                 v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
                 e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
                 wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-                if labels is not None:
+                if labels is not None and not raw:
                     y = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
                     out[t, y0:y1, x0:x1] = y.view(y1 - y0, x1 - x0, -1)
                 else:
                     weights[t, y0:y1, x0:x1] = wts.view(y1 - y0, x1 - x0, topk)
                     index[t, y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
-    if labels is not None:
+    if labels is not None and not raw:
         return out.view(T, N, -1)
     return weights.view(T, N, topk), index.view(T, N, topk)
+
+
+TIE_SLOTS = 3  # candidates beyond k looked at for a tie at the k-th weight (doubled while a tie fills them all)
+
+
+def _topk_keep_ties(query, keys, grid, ctx_start, ctx_stop, *, topk, temperature, labels, **kw):
+    """``topk_affinity_ref(..., keep_ties=True)``: DINO's weights and tie rule on the top ``topk + extra``
+    candidates by similarity (ranking by s and by exp(s / T) agree except on ties, and a key tied with the k-th
+    weight ranks right after it), from the same tiles and matmuls as the reference."""
+    n_keys = keys.shape[0] * keys.shape[1]
+    extra = TIE_SLOTS
+    while True:
+        v, i = topk_affinity_ref(
+            query, keys, grid, ctx_start, ctx_stop, topk=topk + extra, temperature=1.0, raw=True, **kw
+        )  # (T, N, k + extra) similarities, descending, -inf and index -1 where fewer keys are in reach
+        e = torch.exp(v / temperature)  # DINO: torch.exp(torch.bmm(...) / 0.1); out of reach: exp(-inf) = 0
+        kth = e[..., topk - 1 : topk]  # (T, N, 1) the k-th largest weight
+        keep = (e >= kth) & (i >= 0)  # DINO: aff[aff < tk_val_min] = 0
+        if not bool(keep[..., -1].any()) or topk + extra >= n_keys:
+            break
+        extra *= 2  # a tie fills every slot: look further
+    if bool(torch.isinf(e).any()):
+        raise ValueError(f"temperature {temperature} overflows exp(s / T) in fp32 (DINO's weights); keep_ties=False")
+    e = e.masked_fill(~keep, 0.0)
+    wts = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)  # DINO: aff / sum(aff)
+    i = i.masked_fill(~keep, -1)
+    if labels is not None:
+        lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
+        return (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(2)  # (T, N, K, C) -> (T, N, C)
+    return wts, i
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -466,6 +515,7 @@ def topk_affinity(
     restrict_ref: bool = True,
     labels: torch.Tensor | None = None,
     backend: str = "auto",
+    keep_ties: bool = False,
 ):
     """Top-k context keys of every query patch and their softmax weights (see the module docstring).
 
@@ -474,7 +524,10 @@ def topk_affinity(
     ctx_start, ctx_stop: (T,) the short-term context of query frame t is bank frames ctx_start[t] up to
         ctx_stop[t] - 1; bank frames 0 .. n_ref-1 are reference frames, in every query frame's context.
     labels: optional (F, N, C) soft labels of the bank; then the gathered labels are returned.
-    Returns (weights (T, N, topk) fp32, index (T, N, topk) int64) in descending similarity, or (T, N, C) fp32.
+    keep_ties: DINO's weights and tie rule (see :func:`topk_affinity_ref`); the PyTorch path follows it to the
+        bit, the Triton kernel keeps exactly k (a tie at the k-th similarity is a last-bit event).
+    Returns (weights (T, N, K) fp32, index (T, N, K) int64) in descending similarity, K = topk (more with
+    ``keep_ties`` on the PyTorch path), or (T, N, C) fp32.
     """
     if query.dim() != 3 or keys.dim() != 3:
         raise ValueError(
@@ -505,5 +558,5 @@ def topk_affinity(
         )  # fmt: skip
     return topk_affinity_ref(
         query, keys, (h, w), ctx_start, ctx_stop, n_ref=n_ref, topk=topk, temperature=temperature,
-        radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels,
+        radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels, keep_ties=keep_ties,
     )  # fmt: skip

@@ -4,10 +4,18 @@ Parameter names are those of timm's ``VisionTransformer`` and DINO's ``vision_tr
 (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
 ``norm``), so DINO, MAE and timm weights load unchanged. Blocks are timm's, whose attention runs through
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
+
+Frozen features on a CPU in fp32 (``features(..., attention="auto")``) take another route through the same blocks:
+DINO's own operation order (``vision_transformer.py``: ``(q @ k^T) * scale``, softmax, ``@ v``; timm scales q
+first, SDPA fuses it all), run a block of queries at a time. It gives DINO's features bit for bit, which label
+propagation needs (top-k near-ties turn a last-bit difference into a different mask pixel, and the error feeds
+forward through the queue; benchmarks/results/dino_agreement-cpu.md), and it is faster than SDPA there.
 """
 
 from __future__ import annotations
 
+import math
+import os
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -19,6 +27,9 @@ from timm.models.vision_transformer import Block
 from siammae.kernels.patch_embed_gather import patch_embed_gather
 from siammae.model.config import POS_INTERP, ModelConfig
 from siammae.model.pos_embed import resize_pos_embed, sincos_2d
+
+ATTENTIONS = ("auto", "exact", "sdpa")
+ATTN_QUERY_BLOCK = 256  # queries per block in forward_tokens_exact: (6, 256, 1561) fp32 scores = 9.6 MB
 
 if TYPE_CHECKING:
     from siammae.model.provenance import Provenance
@@ -147,16 +158,71 @@ class ViTEncoder(nn.Module):
         tokens = torch.cat([self.cls_tokens(x.shape[0]), self.embed_patches(x, ids_keep)], dim=1)
         return self.forward_tokens(tokens)
 
+    def forward_tokens_exact(self, tokens: torch.Tensor, query_block: int = ATTN_QUERY_BLOCK) -> torch.Tensor:
+        """``forward_tokens`` in DINO's operation order, bit for bit its ``get_intermediate_layers(x, n=1)``.
+
+        DINO ``Attention.forward``: ``attn = (q @ k.transpose(-2, -1)) * scale``, ``attn.softmax(-1)``,
+        ``attn @ v``. Each query row's scores, softmax and output depend on that row alone (and the matmul
+        kernels' results on CPU do not depend on how many rows they are given, which tests/model checks), so
+        queries go through in blocks of ``query_block``: the (heads, block, N) scores stay in cache instead of
+        a (heads, N, N) matrix per frame (58 MB per layer at 480x832, ViT-S/16), for the same numbers.
+        """
+        for blk in self.blocks:
+            tokens = tokens + _attention_exact(blk.attn, blk.norm1(tokens), query_block)  # ls1 / drop_path: Identity
+            tokens = tokens + blk.mlp(blk.norm2(tokens))
+        return self.norm(tokens)
+
     @torch.no_grad()
-    def features(self, x: torch.Tensor, pos_interp: str = "auto") -> torch.Tensor:
+    def features(self, x: torch.Tensor, pos_interp: str = "auto", attention: str = "auto") -> torch.Tensor:
         """Frozen features for label propagation: (B, C, H, W) ImageNet-normalised -> (B, h, w, D).
 
         The last block's output after the final LayerNorm, [CLS] dropped, on the patch grid; not L2-normalised
-        (the propagation engine normalises).
+        (the propagation engine normalises). ``attention``: "exact" runs DINO's operation order
+        (:meth:`forward_tokens_exact`, DINO's features bit for bit in fp32 on CPU), "sdpa" timm's fused
+        attention; "auto" is "exact" for fp32 on a CPU without autocast, "sdpa" otherwise (GPU, bf16), and "sdpa"
+        on a CPU too when the environment sets ``SIAMMAE_CPU_ATTENTION=sdpa`` (faster, DINO's features to ~3e-6).
         """
+        if attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
         h, w = self.grid(x)
-        out = self.forward_tokens(self.prepare_tokens(x, pos_interp))  # (B, 1 + h*w, D)
+        # NCHW: the patch convolution rounds differently on a channels-last batch (what decoded frames give),
+        # and DINO's read_frame tensor goes through as contiguous.
+        tokens = self.prepare_tokens(x.contiguous(), pos_interp)  # (B, 1 + h*w, D)
+        if attention == "auto":
+            cpu_fp32 = tokens.device.type == "cpu" and tokens.dtype == torch.float32
+            attention = "exact" if cpu_fp32 and not torch.is_autocast_enabled("cpu") else "sdpa"
+            if cpu_fp32 and os.environ.get("SIAMMAE_CPU_ATTENTION") == "sdpa":  # the faster, not bit-exact, mode
+                attention = "sdpa"
+        out = self.forward_tokens_exact(tokens) if attention == "exact" else self.forward_tokens(tokens)
         return out[:, 1:].reshape(x.shape[0], h, w, self.embed_dim)  # (B, h, w, D)
+
+
+def _attention_exact(attn: nn.Module, x: torch.Tensor, query_block: int) -> torch.Tensor:
+    """DINO ``Attention.forward`` (eval) on x (B, N, C), queries in blocks of ``query_block`` rows.
+
+    Two rewrites that change no bit: k^T and v are made contiguous once per layer (matmul would copy the strided
+    views for every block), and a power-of-two scale (head_dim 64: 1/8) multiplies q before the product instead of
+    the (B, heads, n, N) scores after it; a power of two scales exactly (no rounding, fp32 has the exponent range), so
+    ``(q * s) @ k^T == (q @ k^T) * s`` bit for bit. Any other scale is applied to the scores, as DINO does.
+    """
+    B, N, C = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(B, N, 3, heads, C // heads).permute(2, 0, 3, 1, 4)  # (3, B, heads, N, C / heads)
+    q, k, v = qkv[0], qkv[1], qkv[2]
+    kt = k.transpose(-2, -1).contiguous()  # (B, heads, C / heads, N)
+    v = v.contiguous()
+    out = x.new_empty(B, N, heads, C // heads)
+    scale = (C // heads) ** -0.5  # DINO: qk_scale or head_dim ** -0.5 (timm's attn.scale is the same number)
+    exact_power = math.frexp(scale)[0] == 0.5
+    if exact_power:
+        q = q * scale
+    for i in range(0, N, query_block):
+        a = q[:, :, i : i + query_block] @ kt  # (B, heads, n, N)
+        if not exact_power:
+            a = a * scale
+        a = a.softmax(dim=-1)
+        out[:, i : i + query_block] = (a @ v).transpose(1, 2)  # (B, heads, n, C / heads) -> (B, n, heads, ...)
+    return attn.proj(out.reshape(B, N, C))
 
 
 def init_linear_and_norm(m: nn.Module):

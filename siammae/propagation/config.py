@@ -48,6 +48,8 @@ class PropagationConfig:
     norm_mask: before the argmax, min-max normalise each class map whose maximum is > 0 (DINO ``norm_mask``).
     upsample: "patch": bilinear upsampling by the patch size, then a nearest resize to the output size (DINO);
         "image": bilinear resize straight to the output size (CRW ``dump_predictions``).
+    keep_ties: DINO's weights: exp(s / T) in fp32 divided by their sum, every key tied with the k-th weight kept
+        (``aff[aff < tk_val_min] = 0``); False: exactly k keys, softmax (CRW). Bit for bit on the CPU path.
     """
 
     topk: int = 5
@@ -59,6 +61,7 @@ class PropagationConfig:
     prefill_queue: bool = False
     norm_mask: bool = True
     upsample: str = "patch"
+    keep_ties: bool = True
 
     def __post_init__(self):
         if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
@@ -78,7 +81,7 @@ class PropagationConfig:
             raise InputError(f"neighbourhood must be one of {NEIGHBOURHOODS}, got {self.neighbourhood!r}")
         if self.upsample not in UPSAMPLINGS:
             raise InputError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
-        for name in ("restrict_reference", "prefill_queue", "norm_mask"):
+        for name in ("restrict_reference", "prefill_queue", "norm_mask", "keep_ties"):
             if not isinstance(getattr(self, name), bool):
                 raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
 
@@ -222,6 +225,7 @@ _CRW = PropagationConfig(
     prefill_queue=True,
     norm_mask=False,
     upsample="image",
+    keep_ties=False,
 )
 register_preset(Preset("siammae-davis", "masks", _CRW, InputConfig(size=(480, 880))), default=True)
 register_preset(  # docs/PROTOCOL.md: top-k 10, queue 20, neighbourhood 8 on VIP (SiamMAE Table 4b)

@@ -84,9 +84,24 @@ class PropagationState:
 
 
 def _normalise(features: torch.Tensor) -> torch.Tensor:
-    """L2-normalise over channels in fp32 (as DINO and CRW), stored back in the input dtype. The one place features
-    are normalised, for every encoder (PyTorch, ONNX and TensorRT encoders return them unnormalised)."""
+    """L2-normalise over channels in fp32 (as DINO and CRW), stored back in the input dtype: the query form. With
+    the keys' form (the bank), the one place features are normalised, for every encoder (PyTorch, ONNX and TensorRT
+    encoders return them unnormalised)."""
     return F.normalize(features.float(), dim=-1, p=2).to(features.dtype)
+
+
+def _normalise_keys(features: torch.Tensor) -> torch.Tensor:
+    """(..., N, D) -> the same L2-normalised as DINO normalises its context frames, bit for bit.
+
+    DINO's ``label_propagation`` normalises the query frame as (N, D) over its last dim but the context as a
+    stacked (ncontext, D, N) tensor over dim 1; the two reductions round differently (the same frame's features
+    differ in the last bit in most channels), and a last-bit difference in a similarity can swap two near-tied
+    keys of the top-k. So the bank (the keys) is normalised in DINO's layout, the query as the query.
+    """
+    shape = features.shape
+    x = features.float().reshape(-1, *shape[-2:]).transpose(1, 2).contiguous()  # (F, D, N)
+    x = F.normalize(x, dim=1, p=2)
+    return x.transpose(1, 2).reshape(shape).to(features.dtype)  # (F, D, N) -> (..., N, D)
 
 
 class Propagator:
@@ -133,7 +148,7 @@ class Propagator:
         size = 1 + (n + 1) + 1  # the reference, the queue, a chunk of one frame
         feats = features0.new_empty(size, h * w, D)
         labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
-        feats[: 1 + copies] = _normalise(features0).reshape(h * w, D)
+        feats[: 1 + copies] = _normalise_keys(features0.reshape(h * w, D))
         labels[: 1 + copies] = soft.to(features0.device).reshape(-1, h * w).T  # (C, h, w) -> (N, C)
         self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies)
 
@@ -153,7 +168,7 @@ class Propagator:
         T, N, C, cfg = features.shape[0], h * w, st.num_classes, self.config
         st.reserve(st.n_ref + cfg.n_last + 1 + T)  # the same size at every step of a steady stream
         first = st.n_used  # bank position of the chunk's first frame
-        st.feats[first : first + T] = _normalise(features).reshape(T, N, -1)
+        st.feats[first : first + T] = _normalise_keys(features.reshape(T, N, -1))
         # Frame j of the chunk sees the n frames before it, earlier frames of the chunk included.
         stop = [first + j for j in range(T)]
         start = [max(st.n_ref, s - cfg.n_last) for s in stop]
@@ -165,8 +180,10 @@ class Propagator:
             neighbourhood=cfg.neighbourhood,
             restrict_ref=cfg.restrict_reference,
             backend=self.backend,
+            keep_ties=cfg.keep_ties,
         )
-        query, keys, labels = st.feats[first : first + T], st.feats[: first + T], st.labels[: first + T]
+        query = _normalise(features).reshape(T, N, -1)  # (T, N, D); the bank holds the key form (_normalise_keys)
+        keys, labels = st.feats[: first + T], st.labels[: first + T]
         if T == 1:  # every context label is known: the fused top-k + gather
             st.labels[first] = topk_affinity(query, keys, (h, w), start, stop, labels=labels, **kw)[0]
         else:

@@ -320,3 +320,39 @@ def test_kernel_compiles_for_real_gpus(build, tmp_path):
     args = [str(a) for a in build]
     done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, *args], env=env, capture_output=True, text=True)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def _tied_pair():
+    """Two fp32 similarities a bit apart whose s / 0.1 rounds to the same fp32 number (DINO then ties them)."""
+    s = torch.tensor(0.9, dtype=torch.float32)
+    for _ in range(1000):
+        t = torch.nextafter(s, torch.tensor(2.0))
+        if t / 0.1 == s / 0.1:
+            return s, t
+        s = t
+    raise AssertionError("no tied pair found")
+
+
+def test_keep_ties_is_dinos_rule():
+    """DINO: w = exp(s / 0.1) in fp32, every key with w >= the k-th largest kept (aff[aff < tk_val_min] = 0), w / sum.
+    Query patch 0 has keys whose k-th and (k+1)-th similarities differ in the last bit but tie after / 0.1: DINO
+    keeps k + 1 keys, keep_ties=True too (same weights, bit for bit), keep_ties=False keeps k."""
+    lo, hi = _tied_pair()
+    assert lo < hi
+    k, N = 3, 6  # a 1 x 6 grid, one reference frame, no window
+    sims = torch.tensor([0.99, 0.97, float(hi), float(lo), 0.5, 0.1])  # query 0's similarity to key j
+    q = torch.zeros(1, N, 2)
+    q[0, :, 0] = 1.0  # q . key = key[0] exactly
+    keys = torch.zeros(1, N, 2)
+    keys[0, :, 0] = sims
+    keys[0, :, 1] = 1.0
+    w, i = topk_affinity(q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=True)
+    aff = torch.exp((q[0] @ keys[0].T) / 0.1)  # DINO, dense: (N queries, N keys)
+    tk_min = aff.topk(k, dim=1).values.min(1, keepdim=True).values
+    aff[aff < tk_min] = 0
+    aff = aff / aff.sum(1, keepdim=True)
+    assert int((w[0, 0] > 0).sum()) == k + 1  # the tie kept
+    dense = torch.zeros(N, N).scatter_add_(1, i[0].clamp_min(0), w[0])  # ours, dense (empty slots add 0)
+    torch.testing.assert_close(dense, aff, atol=0, rtol=1e-6)
+    w_k, _ = topk_affinity(q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=False)
+    assert w_k.shape[-1] == k and int((w_k[0, 0] > 0).sum()) == k
