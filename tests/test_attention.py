@@ -93,7 +93,7 @@ def test_maps_equal_timm_attention_row_renormalised_over_patches():
     handle = last.attn_drop.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     try:
         with torch.no_grad():
-            model.encoder.features(x)
+            model.encoder.features(x, attention="sdpa")  # timm's Block, whose softmax the hook sees
     finally:
         handle.remove()
     full = seen[0]  # (B, nh, 1 + L, 1 + L)

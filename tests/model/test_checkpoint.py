@@ -71,7 +71,8 @@ def test_timm_vit_weights_load_with_identical_features(tmp_path, layout):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         want = vit.forward_features(x)[:, 1:].reshape(1, 14, 14, 384)
-    assert torch.equal(enc.features(x), want)
+    assert torch.equal(enc.features(x, attention="sdpa"), want)  # timm's own blocks: the same weights, the same bits
+    torch.testing.assert_close(enc.features(x), want, atol=1e-4, rtol=0)  # DINO's attention order (CPU default)
 
 
 def test_foreign_arch_given_and_mismatched(tmp_path):

@@ -206,6 +206,7 @@ def test_dino_preset_matches_dinos_script_end_to_end(fixture_data):
     assert all(0 < m.sum() < m.size for m in theirs)
 
 
+@pytest.mark.slow  # 49 frames of ViT forward, twice: the fixture test above makes the same claim on 6 frames
 def test_dino_preset_equals_dinos_script_on_a_whole_sequence(shared_data):
     """siammae-track --preset dino gives DINO's masks, every pixel of every frame of blackswan (50 frames at short
     side 240, a 15 x 24 grid, so the 12-patch window restricts; 2 blocks to keep it fast): the encoder runs DINO's
