@@ -18,6 +18,7 @@ with status 1 naming how many.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -150,7 +151,7 @@ def _single_done(result: dict, job) -> None:
         what = f"{len(result['keypoints'])} keypoints"
     else:
         what = f"objects {', '.join(str(i) for i in result['objects'])}"
-    where = ", ".join(str(p) for p in job.outputs() if p is not None)
+    where = ", ".join(str(p) for p in dataclasses.astuple(job.outputs()) if p is not None)
     weights = result["settings"].get("weights") or {}
     used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
     click.echo(

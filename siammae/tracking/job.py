@@ -9,7 +9,7 @@ a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then
 The policy lives in the library, not the command, so that Python callers get the same behaviour:
 :func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
 the keypoint preset), :meth:`Tracker.chunk_for <siammae.tracking.tracker.Tracker.chunk_for>` (real time tracks
-frame by frame), :func:`~siammae.tracking.track.default_out` (where outputs go when none is given).
+frame by frame), :func:`~siammae.tracking.outputs.default_out` (where outputs go when none is given).
 
 This module imports neither torch nor the model until :meth:`TrackJob.run`.
 """
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from siammae.errors import CheckpointError, InputError, OutputError
-from siammae.outputs import LOCK_NAME
+from siammae.errors import CheckpointError, InputError
 
 LIVE_OPTIONS = ("realtime", "max_frames", "duration", "format")
 
@@ -129,13 +129,11 @@ class TrackJob:
         return bool(self.realtime or self.max_frames or self.duration or self.format)
 
     def outputs(self):
-        """The single video's :class:`~siammae.tracking.run.RunOutputs`-like paths, with the default ``out``."""
-        out = self.out
-        if out is None and self.overlay is None and self.report is None and self.jsonl is None:
-            from siammae.tracking.manifest import default_out
+        """The single video's :class:`~siammae.tracking.outputs.RunOutputs`, the default ``out`` when none given."""
+        from siammae.tracking.outputs import RunOutputs
 
-            out = default_out(self.videos[0], self.keypoints is not None)
-        return out, self.overlay, self.report, self.jsonl
+        given = RunOutputs.of(self.out, self.overlay, self.report, self.jsonl)
+        return given.or_default(self.videos[0], self.keypoints is not None)
 
     # --------------------------------------------------------------------------------------------- check
     def check(self) -> TrackJob:
@@ -166,7 +164,7 @@ class TrackJob:
 
             _check_source(Path(video))  # exists, and is a frame folder or has a video extension
         self._check_given_inputs()
-        _check_free(*self.outputs(), overwrite=self.overwrite)
+        self.outputs().check_free(self.overwrite)
 
     def _check_given_inputs(self) -> None:
         if self.mask is not None:
@@ -194,7 +192,7 @@ class TrackJob:
             raise InputError("give videos or --manifest, not both")
         from siammae.tracking.manifest import check_batch_folder
 
-        check_batch_folder(self.out, self.items(), self.overwrite)  # every name; --out usable (removes nothing)
+        check_batch_folder(self.out, self.items, self.overwrite)  # every name; --out usable (removes nothing)
 
     def _check_model(self) -> None:
         if self.ckpt is not None and self.encoder is not None:
@@ -206,7 +204,9 @@ class TrackJob:
 
             check_spec(self.ckpt)  # a missing file or an unknown name, without downloading or importing torch
 
-    def items(self):
+    @cached_property
+    def items(self) -> list:
+        """The batch's videos, read once (the manifest or the command line), for the check and the run."""
         from siammae.tracking.manifest import expand_inputs, read_manifest
 
         if self.manifest is not None:
@@ -222,8 +222,9 @@ class TrackJob:
                             **self.overrides)  # fmt: skip
         if self.batch:
             return self._run_batch(tracker_args)
-        out, overlay, report, jsonl = self.outputs()
-        common = dict(out=out, overlay=overlay, report=report, overwrite=self.overwrite, progress=self.progress)
+        outputs = self.outputs()
+        common = dict(out=outputs.out, overlay=outputs.overlay, report=outputs.report, overwrite=self.overwrite,
+                      progress=self.progress)  # fmt: skip
         source = self.videos[0]
         # standard input is sniffed (an MP4 with its index last) before the model loads, so that it fails at once;
         # a camera or network stream opens after it, so that its first frames do not wait for the model
@@ -239,7 +240,7 @@ class TrackJob:
             return track_keypoints_video(tracker, source, self.keypoints, **common)
         from siammae.tracking.track import track_video
 
-        return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=jsonl, **common)
+        return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=outputs.jsonl, **common)
 
     def _open_live(self):
         from siammae.data.live import open_source
@@ -252,7 +253,7 @@ class TrackJob:
         from siammae.tracking.batch import run_batch
 
         rank = current_rank()
-        items = self.items()
+        items = self.items
         keypoints = all(i.keypoints for i in items)
         progress = self.progress and rank.rank == 0
         tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=keypoints, rank=rank,
@@ -262,29 +263,6 @@ class TrackJob:
 
     def replace(self, **changes) -> TrackJob:
         return dataclasses.replace(self, **changes)
-
-
-def _check_free(out, overlay, report, jsonl, overwrite: bool) -> None:
-    """Outputs that can be written without a model: an overlay format that can be written, output files that are
-    free (or ``overwrite``), and an ``out`` that is a folder, empty or ``overwrite`` (no lock taken here: the run
-    claims it, :func:`siammae.tracking.run.claim_outputs`)."""
-    from siammae.data.video import check_video_output
-    from siammae.tracking.report import report_paths
-
-    if overlay is not None:
-        check_video_output(overlay, "--overlay")
-    out = None if out is None else Path(out)
-    if out is not None and (out.exists() or out.is_symlink()):  # the folder first, as the run claims it first
-        if not out.is_dir():
-            raise OutputError(f"--out {out}: exists and is not a folder")
-        if not overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
-            raise OutputError(f"--out {out}: output folder is not empty (use --overwrite to replace its files)")
-    for path in [Path(p) for p in (overlay, *report_paths(report), jsonl) if p is not None]:
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, expected an output file name")
-        inside = out is not None and path.absolute().parent == out.absolute()  # replaced with --out's files
-        if path.exists() and not overwrite and not inside:
-            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
 
 
 __all__ = ["TrackJob", "default_preset", "load_frame_encoder", "load_tracker"]

@@ -1,6 +1,5 @@
 """The videos of a batch: :class:`BatchItem`, read from a manifest (:func:`read_manifest`) or the command line
-(:func:`expand_inputs`), and checked (:func:`check_items`) before anything heavy is imported; and the default
-output folder of one video (:func:`default_out`).
+(:func:`expand_inputs`), and checked (:func:`check_items`) before anything heavy is imported.
 
 Names are data, not paths: each video's output folder name (its ``out``, else its stem) must be a plain folder name
 (no ``/``, ``..``, leading ``.``), must not be one of the batch's own files (``summary.json``, ``summary.md``), and
@@ -127,12 +126,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], mask_root=None, keypoints
             raise InputError("several videos need one mask folder each: give --mask-dir ROOT (ROOT/<video name>/) "
                              "or --keypoints ROOT (ROOT/<video name>.json), or a --manifest")  # fmt: skip
     return check_items(items, source="the inputs")
-
-
-def default_out(video, keypoints: bool = False) -> Path:
-    """Where one video's outputs go when none is given (``siammae-track video.mp4 --mask first.png``):
-    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder."""
-    return Path(f"{Path(str(video)).stem or 'video'}_{'track' if keypoints else 'masks'}")
 
 
 def check_name(name: str) -> str | None:

@@ -20,12 +20,9 @@ the report is written with the status, the claim on ``--out`` is released, and t
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -35,9 +32,9 @@ import torch
 from siammae.background import BackgroundWriter
 from siammae.data.video import check_video_output, write_video
 from siammae.errors import InputError
-from siammae.io import TMP_PREFIX
 from siammae.memory import check_encoder_fits
 from siammae.outputs import OutputFolder
+from siammae.tracking.outputs import OWNED_OUTPUTS, RunOutputs, check_output_files
 from siammae.tracking.report import (
     LatencyStats,
     StageTimes,
@@ -45,59 +42,10 @@ from siammae.tracking.report import (
     now_iso,
     peak_gpu_memory_mib,
     peak_host_memory_mib,
-    report_paths,
     versions,
     write_report,
 )
 from siammae.tracking.tracker import Tracked, Tracker
-
-# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.outputs)
-OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
-
-
-@dataclass(frozen=True)
-class RunOutputs:
-    """Where one run writes: ``out`` (a folder: one PNG per frame, or the keypoint track), ``overlay`` (a video),
-    ``report`` (JSON, with its Markdown twin), ``jsonl`` (one line per frame, masks only). None: not written."""
-
-    out: Path | None = None
-    overlay: Path | None = None
-    report: Path | None = None
-    jsonl: Path | None = None
-
-    @classmethod
-    def of(cls, out=None, overlay=None, report=None, jsonl=None) -> RunOutputs:
-        path = lambda p: None if p is None else Path(p)  # noqa: E731
-        return cls(path(out), path(overlay), path(report), path(jsonl))
-
-    def any(self) -> bool:
-        return any(p is not None for p in (self.out, self.overlay, self.report, self.jsonl))
-
-    def files(self) -> list[Path]:
-        """The single files of the run (overlay, report pair, JSON Lines)."""
-        return [p for p in (self.overlay, *report_paths(self.report), self.jsonl) if p is not None]
-
-    def as_report(self) -> dict:
-        """As the report lists them (``jsonl`` only when written)."""
-        d = {k: (None if v is None else str(v)) for k, v in dataclasses.asdict(self).items()}
-        if self.jsonl is None:
-            del d["jsonl"]
-        return d
-
-
-def _check_output_files(paths: list[Path], overwrite: bool) -> None:
-    """Each path names a file (not a folder) that is free, or ``overwrite``, in a folder where files can be made."""
-    for path in paths:
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, expected an output file name")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{TMP_PREFIX}write-test."):
-                pass
-        except OSError as e:
-            raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
 
 
 def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -> OutputFolder | None:
@@ -111,12 +59,12 @@ def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -
         check_video_output(outputs.overlay, "--overlay")
     files = outputs.files()
     if outputs.out is None:
-        _check_output_files(files, overwrite)
+        check_output_files(files, overwrite)
         return None
     # the overlay and report may sit in --out: --overwrite replaces them there too
-    inside = tuple(p.name for p in files if p.absolute().parent == outputs.out.absolute())
-    folder = OutputFolder(outputs.out, overwrite=overwrite, exclusive=True, owned=OWNED_OUTPUTS + inside)
-    return folder.open(lambda: _check_output_files(files, overwrite))
+    owned = OWNED_OUTPUTS + outputs.inside_out()
+    folder = OutputFolder(outputs.out, overwrite=overwrite, exclusive=True, owned=owned)
+    return folder.open(lambda: check_output_files(files, overwrite))
 
 
 class Sink(Protocol):

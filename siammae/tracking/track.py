@@ -6,7 +6,7 @@ outputs (:func:`~siammae.tracking.run.claim_outputs`) before the first frame is 
 the two sinks here: :class:`MaskSink` (one indexed PNG per frame, atomically; a JSON Lines log) or
 :class:`KeypointSink` (the keypoint track). A path that names a live source (``-``, a URL, a camera) is opened with
 :func:`~siammae.data.live.open_source`; with no output given, the masks go where the command puts them
-(:func:`default_out`).
+(:func:`~siammae.tracking.outputs.default_out`).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from siammae.data.video import VideoSource, list_frame_files
 from siammae.errors import InputError
 from siammae.io import open_append
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
-from siammae.tracking.manifest import default_out
+from siammae.tracking.outputs import RunOutputs
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
-from siammae.tracking.run import RunOutputs, TrackingRun, claim_outputs, settings
+from siammae.tracking.run import TrackingRun, claim_outputs, settings
 from siammae.tracking.tracker import Tracked, Tracker
 
 Source = str | os.PathLike | VideoSource | LiveSource
@@ -169,15 +169,13 @@ def track_video(
     video: a video file, a frame folder, a live source (``-``, a URL, a camera) or an open source
     (:func:`~siammae.data.live.open_source`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
     a mask named like frame 0. out: folder for one indexed PNG per frame (named like the frame); with no output at
-    all, :func:`default_out`. overlay: an h264 video of the frames with the masks drawn on. report: a JSON report
+    all, ``default_out``. overlay: an h264 video of the frames with the masks drawn on. report: a JSON report
     (with a Markdown twin beside it). jsonl: a JSON Lines file, one line per frame written as it goes
     (:func:`frame_objects`: area and box per object).
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    outputs = RunOutputs.of(out, overlay, report, jsonl)
-    if not outputs.any():
-        outputs = RunOutputs(out=default_out(getattr(video, "path", video)))
+    outputs = RunOutputs.of(out, overlay, report, jsonl).or_default(video)
     src = open_input(video)
     first, references = _first_mask(mask, mask_dir, src)
     claim = claim_outputs(outputs, overwrite, tracker, src)
@@ -210,14 +208,12 @@ def track_keypoints_video(
     :mod:`siammae.data.keypoints`), in the video's own pixels; frame 0 keeps the given points.
     out: folder for ``keypoints.json`` (the whole track; written at the end, also when the run stops early) and
     ``keypoints.jsonl`` (one line per frame, appended as each frame is done); with no output at all,
-    :func:`default_out`. overlay: an h264 video of the frames with the points drawn on. report: a JSON report (with
+    ``default_out``. overlay: an h264 video of the frames with the points drawn on. report: a JSON report (with
     a Markdown twin beside it).
     Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
     was done.
     """
-    outputs = RunOutputs.of(out, overlay, report)
-    if not outputs.any():
-        outputs = RunOutputs(out=default_out(getattr(video, "path", video), keypoints=True))
+    outputs = RunOutputs.of(out, overlay, report).or_default(video, keypoints=True)
     src = open_input(video)
     size = (src.height, src.width)
     where = "first-frame keypoints"
@@ -248,5 +244,5 @@ def track_keypoints_video(
     return TrackingRun(tracker, src, sink, outputs, claim, progress).run(heatmaps, {})
 
 
-__all__ = ["KeypointSink", "MaskSink", "Tracked", "default_out", "frame_objects", "track_keypoints_video",
+__all__ = ["KeypointSink", "MaskSink", "Tracked", "frame_objects", "track_keypoints_video",
            "track_video"]  # fmt: skip

@@ -96,8 +96,8 @@ def test_the_library_does_what_the_command_does(tmp_path, monkeypatch):
     assert tracker.chunk_for(Live()) == 1 and tracker.chunk_for(object()) == 8
     assert load_tracker(ckpt, device="cpu", size=32, chunk=4).chunk_for(Live()) == 4  # given: kept
     job = TrackJob(videos=("clip.mp4",), mask=Path("m.png"))
-    assert job.outputs()[0] == Path("clip_masks")  # the default output folder, as the command's
-    assert TrackJob(videos=("clip.mp4",), keypoints=Path("k.json")).outputs()[0] == Path("clip_track")
+    assert job.outputs().out == Path("clip_masks")  # the default output folder, as the command's
+    assert TrackJob(videos=("clip.mp4",), keypoints=Path("k.json")).outputs().out == Path("clip_track")
 
 
 # --------------------------------------------------------------------------------------- MP4 on standard input
