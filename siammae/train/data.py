@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,7 +180,7 @@ class SampleKey:
     position: int
 
 
-class PairSampling(torch.utils.data.Dataset):
+class PairSampling(torch.utils.data.Dataset, ABC):
     """The sampling of training pairs, whatever stores the clips; ``dataset[SampleKey]`` -> dict(f1, f2 (repeat, 3,
     S, S) uint8, skipped, short).
 
@@ -199,17 +200,17 @@ class PairSampling(torch.utils.data.Dataset):
         self.crop_scale, self.augment = tuple(crop_scale), augment
 
     # --- what a subclass provides
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def __len__(self) -> int: ...
 
-    def path(self, i: int) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def path(self, i: int) -> str: ...
 
-    def num_frames(self, i: int) -> int:
-        raise NotImplementedError
+    @abstractmethod
+    def num_frames(self, i: int) -> int: ...
 
-    def read(self, video: int, indices: list[int]) -> list:
-        raise NotImplementedError
+    @abstractmethod
+    def read(self, video: int, indices: list[int]) -> list: ...
 
     # --- the sampling
     def __getitem__(self, key: SampleKey) -> dict:
