@@ -154,6 +154,18 @@ def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
     return Weights(text, path, None)  # a missing file: read_checkpoint names it
 
 
+def fetch_once_per_machine(spec: str | Path, rank, progress: bool = True) -> None:
+    """Under torchrun (``rank``: :class:`siammae.distributed.Rank`), weights given by name are fetched into this
+    machine's cache on local rank 0 while the other ranks wait: one download per machine, not per process, and a
+    failed download is the same error on every rank. Every rank then loads them from the cache. A path, or one
+    process, needs nothing."""
+    if not rank.distributed or path_exists(Path(spec)):
+        return
+    from siammae.distributed import first_on_local_rank0
+
+    first_on_local_rank0(rank, lambda: resolve_weights(spec, progress=progress and rank.local_rank == 0))
+
+
 def weights_stem(spec: str | Path) -> str:
     """A file-name-safe stem for outputs named after the weights (``dino-vits8``, ``timm-vit_small_patch8_224``)."""
     text = str(spec)

@@ -45,14 +45,14 @@ def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto",
 
         return load_runtime(encoder, device=device)
     from siammae.model.checkpoint import load_model
-    from siammae.model.weights import DEFAULT_WEIGHTS, resolve_weights
+    from siammae.model.weights import DEFAULT_WEIGHTS, fetch_once_per_machine
 
     weights = ckpt or DEFAULT_WEIGHTS
     if rank is not None and rank.distributed:
-        from siammae.distributed import first_on_local_rank0, init
+        from siammae.distributed import init
 
         init(rank)
-        first_on_local_rank0(rank, lambda: resolve_weights(weights, progress=progress))
+        fetch_once_per_machine(weights, rank, progress)
     return load_model(weights, arch=arch, progress=progress)
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from siammae.device import resolve_device
-from siammae.distributed import Rank, current_rank, first_on_local_rank0, init
+from siammae.distributed import Rank, current_rank, init
 from siammae.errors import InputError
 
 
@@ -67,14 +67,10 @@ def load_init(spec: str, info: DistInfo):
     by name are fetched first on local rank 0 of each machine while the other ranks wait (one download per machine
     into the shared cache, not one per process; a failed download is the same error on every rank), then every
     rank reads them from the cache."""
-    from pathlib import Path
-
     from siammae.model.checkpoint import read_encoder_init
+    from siammae.model.weights import fetch_once_per_machine
 
-    if info.distributed and not Path(spec).exists():
-        from siammae.model.weights import resolve_weights
-
-        first_on_local_rank0(info.as_rank(), lambda: resolve_weights(spec, progress=info.local_rank == 0))
+    fetch_once_per_machine(spec, info.as_rank())
     return read_encoder_init(spec, progress=info.is_main)
 
 
