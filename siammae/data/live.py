@@ -117,6 +117,24 @@ class _Replay:
         return getattr(self._rest, "read1", self._rest.read)(n)
 
 
+class _FdReader:
+    """Standard input read from its file descriptor with ``os.read``, not through ``sys.stdin.buffer``: a reader
+    thread blocked in a read holds no lock of Python's, so the interpreter can exit (Ctrl-C) while it waits; through
+    the BufferedReader, shutdown aborts with "could not acquire lock for <stdin>". ``read(n)`` returns what the pipe
+    has, up to n bytes (a pipe's short read, as ``read1``)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            parts = []
+            while chunk := os.read(self.fd, 1 << 20):
+                parts.append(chunk)
+            return b"".join(parts)
+        return os.read(self.fd, n)
+
+
 def _read_exact(f, n: int) -> bytes:
     data = b""
     while len(data) < n:
@@ -227,7 +245,7 @@ class LiveSource:
         av = _av()
         url, spooled = self.path, None
         if self.path == "-":  # sniffed first: an MP4 with its index last needs a seekable copy
-            url, spooled = stdin_input(stdin if stdin is not None else sys.stdin.buffer, realtime)
+            url, spooled = stdin_input(stdin if stdin is not None else _FdReader(sys.stdin.fileno()), realtime)
         options = {**LIVE_OPTIONS, **(options or {})} if spooled is None else dict(options or {})
         try:
             # timeout: (open, read) seconds for network protocols, so a dead server is an error, not a hang; a pipe
