@@ -25,10 +25,9 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from siammae.kernels.patch_embed_gather import patch_embed_gather
-from siammae.model.config import POS_INTERP, ModelConfig
+from siammae.model.config import FEATURE_ATTENTIONS, POS_INTERP, ModelConfig
 from siammae.model.pos_embed import resize_pos_embed, sincos_2d
 
-ATTENTIONS = ("auto", "exact", "sdpa")
 ATTN_QUERY_BLOCK = 256  # queries per block in forward_tokens_exact: (6, 256, 1561) fp32 scores = 9.6 MB
 
 if TYPE_CHECKING:
@@ -182,8 +181,8 @@ class ViTEncoder(nn.Module):
         attention; "auto" is "exact" for fp32 on a CPU without autocast, "sdpa" otherwise (GPU, bf16), and "sdpa"
         on a CPU too when the environment sets ``SIAMMAE_CPU_ATTENTION=sdpa`` (faster, DINO's features to ~3e-6).
         """
-        if attention not in ATTENTIONS:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+        if attention not in FEATURE_ATTENTIONS:
+            raise ValueError(f"attention must be one of {FEATURE_ATTENTIONS}, got {attention!r}")
         h, w = self.grid(x)
         # NCHW: the patch convolution rounds differently on a channels-last batch (what decoded frames give),
         # and DINO's read_frame tensor goes through as contiguous.

@@ -68,9 +68,9 @@ class SiamMAE(nn.Module):
             m.apply(init_linear_and_norm)  # the encoder's initialisation, one definition
 
     # ---------------------------------------------------------------------------------------------- encoder
-    def features(self, x: torch.Tensor, pos_interp: str = "auto") -> torch.Tensor:
+    def features(self, x: torch.Tensor, pos_interp: str = "auto", attention: str = "auto") -> torch.Tensor:
         """(B, 3, H, W) -> (B, h, w, D) frozen features for propagation (see :meth:`ViTEncoder.features`)."""
-        return self.encoder.features(x, pos_interp)
+        return self.encoder.features(x, pos_interp, attention)
 
     def forward_encoder(self, f1, f2, ids_keep1, ids_keep2):
         """Encode both frames; ``ids_keep*`` is None for an unmasked frame. -> (latent1, latent2), (B, 1 + K, D).

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from siammae.data.transforms import DINO_STD
 from siammae.errors import InputError
+from siammae.model.config import FEATURE_ATTENTIONS
 from siammae.propagation.inputs import InputConfig, parse_size
 
 NEIGHBOURHOODS = ("square", "circle")
@@ -107,7 +108,9 @@ class Preset:
     name: the registry name (``siammae-track --preset``). task: one of :data:`TASKS`, the task whose default
     this preset may be. propagation: the k-NN constants. inputs: the input rule (size rule, resize, mean / std).
     size: the ``size`` override applied by :meth:`replace` (parsed: a short side or (short, long)), None when the
-    input rule is the preset's own.
+    input rule is the preset's own. attention: how a PyTorch encoder computes its features
+    (:data:`~siammae.model.config.FEATURE_ATTENTIONS`): ``dino`` follows DINO's operation order on a CPU in fp32
+    ("auto": its features bit for bit), the CRW presets, whose reference has no such order, the fused kernel.
     """
 
     name: str
@@ -115,6 +118,7 @@ class Preset:
     propagation: PropagationConfig
     inputs: InputConfig
     size: int | tuple[int, int] | None = None
+    attention: str = "sdpa"
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -125,6 +129,8 @@ class Preset:
             raise InputError("a preset holds a PropagationConfig and an InputConfig")
         if self.size is not None and parse_size(self.size) != self.size:
             raise InputError(f"preset size must be a short side or a (short, long) pair, got {self.size!r}")
+        if self.attention not in FEATURE_ATTENTIONS:
+            raise InputError(f"preset attention must be one of {FEATURE_ATTENTIONS}, got {self.attention!r}")
 
     def replace(self, size=None, **overrides) -> Preset:
         """A copy with propagation constants and / or the input size replaced, all validated here:
@@ -152,6 +158,7 @@ class Preset:
             "propagation": dataclasses.asdict(self.propagation),
             "size": list(self.size) if isinstance(self.size, tuple) else self.size,
             "input": dataclasses.asdict(self.inputs),
+            "attention": self.attention,
         }
 
 
@@ -209,6 +216,7 @@ register_preset(
         task="masks",
         propagation=PropagationConfig(),
         inputs=InputConfig(short_side=480, multiple=64, std=DINO_STD, resize="uint8"),
+        attention="auto",  # DINO's operation order on a CPU in fp32: its features bit for bit
     )
 )
 

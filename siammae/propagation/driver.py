@@ -92,7 +92,9 @@ class Driver:
         mean, std = self.inputs.mean, self.inputs.std
         if isinstance(model, nn.Module):
             try:
-                self.encoder = TorchEncoder(model, device=device, dtype=dtype, mean=mean, std=std)
+                self.encoder = TorchEncoder(
+                    model, device=device, dtype=dtype, mean=mean, std=std, attention=self.preset.attention
+                )
             except (ValueError, RuntimeError) as e:  # an unknown device, CUDA without a GPU, fp16 on a CPU
                 raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
         elif isinstance(model, FrameEncoder):

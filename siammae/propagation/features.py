@@ -45,6 +45,7 @@ class TorchEncoder:
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         pos_interp: str = "auto",
+        attention: str = "auto",
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -54,6 +55,7 @@ class TorchEncoder:
         self._mean = torch.tensor(self.mean, device=self.device)
         self._std = torch.tensor(self.std, device=self.device)
         self.pos_interp = pos_interp
+        self.attention = attention  # ViTEncoder.features: the preset's (DINO's operation order for dino)
         self.patch_size = model.patch_size
         self.embed_dim = model.embed_dim
 
@@ -66,5 +68,5 @@ class TorchEncoder:
             else contextlib.nullcontext()
         )
         with autocast:
-            feats = self.model.features(x, pos_interp=self.pos_interp)  # (B, h, w, D)
+            feats = self.model.features(x, pos_interp=self.pos_interp, attention=self.attention)  # (B, h, w, D)
         return feats.float()

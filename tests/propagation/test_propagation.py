@@ -395,7 +395,9 @@ def test_one_preset_holds_constants_input_rule_and_task():
         "propagation": {**dataclasses.asdict(crw["siammae-davis"].propagation), "topk": 3},
         "size": 96,
         "input": {**dataclasses.asdict(crw["siammae-davis"].inputs), "short_side": 96, "size": None},
+        "attention": "sdpa",  # the CRW presets: fused attention; dino: DINO's operation order on a CPU
     }
+    assert get_preset("dino").attention == "auto"
     assert get_preset("dino", size=(64, 96)).record()["size"] == [64, 96]  # JSON-ready
 
     # the registry refuses a second preset of the same name or a second default for a task
