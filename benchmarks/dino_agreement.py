@@ -8,9 +8,11 @@ is not run because it downloads a palette and needs DAVIS-2017's ImageSets; the 
 
 The same weights on both sides: DINO's ``vit_small(patch_size=16)`` built with seed 0 (random, DINO's own
 initialisation), saved as a DINO ``state_dict`` that siammae loads as foreign weights. siammae runs as a user does,
-one process per sequence and mode: ``siammae-track --preset dino`` and ``siammae-eval davis --preset dino``, fp32
-(the default) and ``--dtype bf16`` (the fast mode). DINO's script and siammae run back to back in the same run, on
-the same threads, and the load average is recorded: the machine may be shared.
+one process per sequence and mode: ``siammae-track --preset dino`` (``track``: fp32, DINO's operation order, the
+default on a CPU), ``siammae-eval davis --preset dino`` (``eval``), ``siammae-track --preset dino --attention sdpa``
+(``track-sdpa``: fp32, the fused attention, the faster CPU mode) and ``--dtype bf16`` (``track-bf16``). DINO's
+script and siammae run back to back in the same run, on the same threads, and the load average is recorded: the
+machine may be shared.
 
     python benchmarks/dino_agreement.py --dino-repo /path/to/dino                       # 3 sequences, 480p
     python benchmarks/dino_agreement.py --dino-repo ... --sequences blackswan --size 240 --modes track
@@ -92,8 +94,6 @@ def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, k
 def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size: int, threads: int) -> float:
     """One siammae process on one sequence, as a user runs it; -> wall seconds (process start included)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), SIAMMAE_OFFLINE="1")
-    if mode.endswith("sdpa"):
-        env["SIAMMAE_CPU_ATTENTION"] = "sdpa"  # fp32, timm's fused attention instead of DINO's order
     bindir = Path(sys.executable).parent
     common = ["--ckpt", str(weights), "--preset", "dino", "--device", "cpu", "--size", str(size)]
     if mode.startswith("track"):
@@ -101,6 +101,8 @@ def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size:
                "--mask", str(data / "Annotations/480p" / seq / "00000.png"), "--out", str(out), *common]  # fmt: skip
         if mode.endswith("bf16"):
             cmd += ["--dtype", "bf16"]
+        elif mode.endswith("sdpa"):
+            cmd += ["--attention", "sdpa"]  # fp32, the fused attention instead of DINO's order
     else:
         root = out.parent / "davis_root"
         if not root.exists():

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from siammae.errors import InputError, SiamMAEError
+from siammae.model.config import FEATURE_ATTENTIONS
 from siammae.model.registry import list_models
 from siammae.propagation.config import preset_names
 from siammae.propagation.inputs import parse_size
@@ -177,8 +178,8 @@ def preset_option(default_help: str):
 
 
 def propagation_options(f):
-    """``--topk``, ``--temperature``, ``--n-last`` (hidden alias ``--queue``) and ``--radius``: overrides of the
-    preset; read them back with :func:`overrides`."""
+    """``--topk``, ``--temperature``, ``--n-last`` (hidden alias ``--queue``), ``--radius`` and ``--attention``:
+    overrides of the preset; read them back with :func:`overrides`."""
     return _apply(
         f,
         [
@@ -189,21 +190,28 @@ def propagation_options(f):
             click.option("--n-last", type=click.IntRange(min=0), help="Override: preceding frames in the context."),
             click.option("--queue", "queue_alias", type=click.IntRange(min=0), hidden=True),  # old name of --n-last
             click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'."),
+            click.option(
+                "--attention",
+                type=click.Choice(FEATURE_ATTENTIONS),
+                help="Override: the encoder's attention. exact: DINO's operation order (DINO's features bit for bit "
+                "on a CPU in fp32); sdpa: the fused kernel (faster on a CPU, features within ~3e-6); auto: exact on "
+                "a CPU in fp32, sdpa otherwise.  [default: the preset's; dino: auto, siammae-*: sdpa]",
+            ),
         ],
     )
 
 
 def overrides(ctx: click.Context, opts: dict) -> dict:
-    """The preset overrides the user gave, as ``Preset.replace`` arguments (``PropagationConfig`` fields); pops them
-    from ``opts``."""
+    """The preset overrides the user gave, as ``Preset.replace`` arguments (``PropagationConfig`` fields and
+    ``attention``); pops them from ``opts``."""
     queue = opts.pop("queue_alias", None)
     if queue is not None:
         if opts.get("n_last") is not None:
             raise click.UsageError("give --n-last only (--queue is its old name)")
         click.echo("warning: --queue is now --n-last; the old name goes in the next release", err=True)
         opts["n_last"] = queue
-    out = {k: opts.pop(k) for k in ("topk", "temperature", "n_last") if opts.get(k) is not None}
-    for k in ("topk", "temperature", "n_last"):
+    out = {k: opts.pop(k) for k in ("topk", "temperature", "n_last", "attention") if opts.get(k) is not None}
+    for k in ("topk", "temperature", "n_last", "attention"):
         opts.pop(k, None)
     radius = opts.pop("radius", None)
     if radius is not None or given(ctx, "radius"):

@@ -50,12 +50,13 @@ def load_runner(
     # The model side (torch, the propagation engine) loads only here: scoring predictions does not need it.
     from siammae.evaluation.runner import Runner
     from siammae.model.checkpoint import file_sha256
-    from siammae.propagation.config import default_preset, get_preset
+    from siammae.propagation.config import check_attention_override, default_preset, get_preset
     from siammae.propagation.driver import Driver
 
     if (ckpt is None) == (encoder is None):
         raise InputError("give exactly one of a checkpoint (ckpt) or an exported encoder (model.onnx / model.engine)")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    check_attention_override(encoder, overrides)
     # unknown preset, bad value or bad size: fail before loading the model
     preset = get_preset(preset or default_preset(BENCHMARK_TASKS[benchmark]), size=size, **overrides)
     if ckpt is not None:
@@ -149,6 +150,9 @@ def evaluate(
         check_spec(ckpt)
     elif encoder is not None and not Path(encoder).is_file():
         raise InputError(f"{encoder}: no such file")
+    from siammae.propagation.config import check_attention_override  # torch-free
+
+    check_attention_override(encoder, overrides or {})
     bench = get_benchmark(benchmark, root, split, year)
     names = bench.names(root)  # a missing root or list fails here, before any model
     if sequences is not None:

@@ -14,7 +14,7 @@ DECODERS = ("cross-self", "cross", "joint")
 MASKINGS = ("random", "grid")
 POS_EMBEDS = ("sincos", "learned")
 # how ViTEncoder.features computes attention: "exact" is DINO's operation order (its features bit for bit on a CPU in
-# fp32), "sdpa" timm's fused kernel (faster); "auto" is "exact" on a CPU in fp32 unless SIAMMAE_CPU_ATTENTION=sdpa
+# fp32), "sdpa" timm's fused kernel (faster); "auto" is "exact" on a CPU in fp32 without autocast, "sdpa" otherwise
 FEATURE_ATTENTIONS = ("auto", "exact", "sdpa")
 # Sane bounds of a config, checked before anything is built from a stored one (siammae.model.checkpoint) and on
 # training's --input-size: far above every published ViT (ViT-22B: 48 blocks, width 6144, 48 heads) and far below

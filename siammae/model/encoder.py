@@ -15,7 +15,6 @@ forward through the queue; benchmarks/results/dino_agreement-cpu.md), and it is 
 from __future__ import annotations
 
 import math
-import os
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -178,9 +177,8 @@ class ViTEncoder(nn.Module):
         The last block's output after the final LayerNorm, [CLS] dropped, on the patch grid; not L2-normalised
         (the propagation engine normalises). ``attention``: "exact" runs DINO's operation order
         (:meth:`forward_tokens_exact`, DINO's features bit for bit in fp32 on CPU), "sdpa" timm's fused
-        attention; "auto" is "exact" for fp32 on a CPU without autocast, "sdpa" otherwise (GPU, bf16), and "sdpa"
-        on a CPU too when the environment sets ``SIAMMAE_CPU_ATTENTION=sdpa`` (faster, DINO's features to ~3e-6).
-        """
+        attention (faster on a CPU too; DINO's features to ~3e-6); "auto" is "exact" for fp32 on a CPU without
+        autocast, "sdpa" otherwise (GPU, bf16). The presets choose (``Preset.attention``; ``--attention``)."""
         if attention not in FEATURE_ATTENTIONS:
             raise ValueError(f"attention must be one of {FEATURE_ATTENTIONS}, got {attention!r}")
         h, w = self.grid(x)
@@ -190,9 +188,15 @@ class ViTEncoder(nn.Module):
         if attention == "auto":
             cpu_fp32 = tokens.device.type == "cpu" and tokens.dtype == torch.float32
             attention = "exact" if cpu_fp32 and not torch.is_autocast_enabled("cpu") else "sdpa"
-            if cpu_fp32 and os.environ.get("SIAMMAE_CPU_ATTENTION") == "sdpa":  # the faster, not bit-exact, mode
-                attention = "sdpa"
-        out = self.forward_tokens_exact(tokens) if attention == "exact" else self.forward_tokens(tokens)
+        forward = self.forward_tokens_exact if attention == "exact" else self.forward_tokens
+        if tokens.device.type == "cpu" and tokens.shape[0] > 1:
+            # One frame at a time on a CPU: every tensor of a pass stays small (a 480x832 frame's MLP activation is
+            # 9.6 MB, a chunk of 8 frames' 77 MB), which keeps it in cache and out of the allocator's mmap path
+            # (page faults on every large allocation: 2.5 s per frame at 8 frames a pass against 0.9 s at one,
+            # benchmarks/results/profile_encoder-cpu.md). Rows are independent, so the features are the same bits.
+            out = torch.cat([forward(t) for t in tokens.split(1)])
+        else:
+            out = forward(tokens)
         return out[:, 1:].reshape(x.shape[0], h, w, self.embed_dim)  # (B, h, w, D)
 
 

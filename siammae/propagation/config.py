@@ -110,7 +110,8 @@ class Preset:
     size: the ``size`` override applied by :meth:`replace` (parsed: a short side or (short, long)), None when the
     input rule is the preset's own. attention: how a PyTorch encoder computes its features
     (:data:`~siammae.model.config.FEATURE_ATTENTIONS`): ``dino`` follows DINO's operation order on a CPU in fp32
-    ("auto": its features bit for bit), the CRW presets, whose reference has no such order, the fused kernel.
+    ("auto": its features bit for bit), the CRW presets, whose reference has no such order, the fused kernel
+    ("sdpa"); ``siammae-track --attention`` / ``siammae-eval --attention`` replace it.
     """
 
     name: str
@@ -132,21 +133,25 @@ class Preset:
         if self.attention not in FEATURE_ATTENTIONS:
             raise InputError(f"preset attention must be one of {FEATURE_ATTENTIONS}, got {self.attention!r}")
 
-    def replace(self, size=None, **overrides) -> Preset:
-        """A copy with propagation constants and / or the input size replaced, all validated here:
-        ``preset.replace(topk=7, radius=None, size="480x880")``. ``size``: a short side (``480``, ``"480"``) or a
-        fixed size (``(480, 880)``, ``"480x880"``), see :func:`~siammae.propagation.inputs.parse_size`; None keeps
-        the current one. Unknown names are an :class:`InputError` listing the valid ones."""
+    def replace(self, size=None, attention=None, **overrides) -> Preset:
+        """A copy with propagation constants, the input size and / or the attention order replaced, all validated
+        here: ``preset.replace(topk=7, radius=None, size="480x880", attention="sdpa")``. ``size``: a short side
+        (``480``, ``"480"``) or a fixed size (``(480, 880)``, ``"480x880"``), see
+        :func:`~siammae.propagation.inputs.parse_size`; ``attention``: one of
+        :data:`~siammae.model.config.FEATURE_ATTENTIONS`; None keeps the current one. Unknown names are an
+        :class:`InputError` listing the valid ones."""
         unknown = sorted(set(overrides) - set(_PROPAGATION_FIELDS))
         if unknown:
             raise InputError(
                 f"unknown propagation setting(s) {', '.join(unknown)}; valid settings: "
-                f"{', '.join(_PROPAGATION_FIELDS)}, size"
+                f"{', '.join(_PROPAGATION_FIELDS)}, size, attention"
             )
         changes = {"propagation": dataclasses.replace(self.propagation, **overrides)} if overrides else {}
         if size is not None:
             parsed = parse_size(size)
             changes.update(inputs=self.inputs.with_size(parsed), size=parsed)
+        if attention is not None:
+            changes["attention"] = attention  # checked by __post_init__
         return dataclasses.replace(self, **changes) if changes else self
 
     def record(self) -> dict:
@@ -160,6 +165,17 @@ class Preset:
             "input": dataclasses.asdict(self.inputs),
             "attention": self.attention,
         }
+
+
+def check_attention_override(encoder, overrides: dict) -> None:
+    """An ``attention`` override chooses how a PyTorch encoder computes its features; an exported encoder
+    (``--encoder model.onnx / model.engine``) has its attention fixed in the file, so the two together are an
+    :class:`InputError`, raised before anything loads."""
+    if encoder is not None and overrides.get("attention") is not None:
+        raise InputError(
+            f"{encoder}: --attention applies to PyTorch weights (--ckpt); an exported encoder's attention is fixed "
+            "when it is exported"
+        )
 
 
 # ------------------------------------------------------------------------------------------------ registry

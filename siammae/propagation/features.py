@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from siammae.device import resolve_device, resolve_dtype
+from siammae.device import resolve_device, resolve_dtype, tune_cpu_allocator
 
 
 @runtime_checkable
@@ -49,6 +49,8 @@ class TorchEncoder:
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # activations reused, not page-faulted in again every frame
         self.model = model.to(self.device).eval()
         self.mean, self.std = tuple(mean), tuple(std)
         # on the device once, not rebuilt for every chunk

@@ -199,6 +199,9 @@ class TrackJob:
             raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
         if self.encoder is not None and not Path(self.encoder).is_file():
             raise CheckpointError(f"{self.encoder}: no such file (an exported encoder: model.onnx / model.engine)")
+        from siammae.propagation.config import check_attention_override
+
+        check_attention_override(self.encoder, self.overrides)
         if self.ckpt is not None:
             from siammae.model.weights import check_spec
 

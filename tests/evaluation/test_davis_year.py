@@ -141,6 +141,10 @@ def test_errors_of_a_sequence_name_it(tmp_path):
         (["davis", "--root", "{tmp}/D", "--ckpt", "{tmp}/no.pt"], "error: {tmp}/no.pt: no such file"),
         (["davis", "--root", "{tmp}/D", "--encoder", "{tmp}/no.onnx"], "error: {tmp}/no.onnx: no such file"),
         (["davis", "--root", "{tmp}/D", "--sequences", "zz"], "error: --sequences: zz not in the DAVIS-2017 val list"),
+        (
+            ["davis", "--root", "{tmp}/D", "--encoder", "{tmp}/D/m.onnx", "--attention", "sdpa"],
+            "error: {tmp}/D/m.onnx: --attention applies to PyTorch weights (--ckpt)",
+        ),  # fmt: skip
         (["vip", "--root", "{tmp}/missing"], "error: VIP root {tmp}/missing is not a folder"),
     ],
 )
@@ -148,6 +152,7 @@ def test_argument_errors_come_before_torch_is_imported(tmp_path, args, message):
     """Without --ckpt the default weights would be fetched and torch imported (seconds) before the data was looked
     at; now the data set, the lists and the files are checked first."""
     _layout(tmp_path / "D")
+    (tmp_path / "D/m.onnx").write_bytes(b"")  # a file: only --attention is wrong
     args = [a.format(tmp=tmp_path) for a in args]
     code = (
         "import sys\nfrom siammae.cli.eval import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"

@@ -15,6 +15,7 @@ from PIL import Image
 
 from siammae.cli.eval import main as eval_main
 from siammae.cli.track import main as track_main
+from siammae.data.transforms import normalize
 from siammae.errors import InputError
 from siammae.evaluation.benchmark import load_runner
 from siammae.export import export_onnx, load_encoder
@@ -248,12 +249,21 @@ def test_exact_features_with_a_scale_that_is_not_a_power_of_two(fixture_data):
         assert torch.equal(model.features(x), torch.stack([dino_vit_features(model, f[None]) for f in x]))
 
 
-def test_cpu_attention_environment_override(monkeypatch):
-    """SIAMMAE_CPU_ATTENTION=sdpa switches the CPU fp32 default from DINO's order to the fused attention."""
+def test_the_presets_attention_decides_the_features_and_is_overridable():
+    """dino on a CPU in fp32 runs DINO's order ("auto"); ``attention="sdpa"`` (``--attention sdpa``) the fused
+    kernel; the siammae-* presets the fused kernel unless told "exact". A chunk of frames (encoded one frame at a
+    time on a CPU) gives each frame's features alone, bit for bit."""
     model = _dino_format_vit(depth=1)
-    x = torch.randn(1, 3, 64, 96)
-    with torch.inference_mode():
-        exact, sdpa = model.features(x, attention="exact"), model.features(x, attention="sdpa")
-        assert torch.equal(model.features(x), exact)
-        monkeypatch.setenv("SIAMMAE_CPU_ATTENTION", "sdpa")
-        assert torch.equal(model.features(x), sdpa)
+    frames = torch.randint(0, 256, (3, 3, 64, 96), dtype=torch.uint8)
+    cases = [("dino", {}, "exact"), ("dino", {"attention": "sdpa"}, "sdpa"),
+             ("siammae-davis", {}, "sdpa"), ("siammae-davis", {"attention": "exact"}, "exact")]  # fmt: skip
+    for preset, overrides, mode in cases:
+        encoder = Driver(model, preset, device="cpu", size=(64, 96), **overrides).encoder
+        x = normalize(frames.float(), encoder._mean, encoder._std)
+        with torch.inference_mode():
+            exact, sdpa = model.features(x, attention="exact"), model.features(x, attention="sdpa")
+            assert not torch.equal(exact, sdpa)  # the two orders round differently: the check below tells them apart
+            assert torch.equal(
+                torch.cat([model.features(f[None], attention=mode) for f in x]), model.features(x, attention=mode)
+            )
+            assert torch.equal(encoder(frames), exact if mode == "exact" else sdpa), (preset, overrides)

@@ -398,6 +398,12 @@ def test_one_preset_holds_constants_input_rule_and_task():
         "attention": "sdpa",  # the CRW presets: fused attention; dino: DINO's operation order on a CPU
     }
     assert get_preset("dino").attention == "auto"
+    # the attention order is an override too (siammae-track / siammae-eval --attention), stored with the results
+    fused = get_preset("dino", attention="sdpa", topk=3)
+    assert (fused.attention, fused.propagation.topk, fused.record()["attention"]) == ("sdpa", 3, "sdpa")
+    assert fused.inputs == dino.inputs and get_preset("dino").attention == "auto"
+    with pytest.raises(InputError, match="preset attention must be one of .*got 'fast'"):
+        dino.replace(attention="fast")
     assert get_preset("dino", size=(64, 96)).record()["size"] == [64, 96]  # JSON-ready
 
     # the registry refuses a second preset of the same name or a second default for a task

@@ -113,7 +113,7 @@ def synthetic(tmp_path_factory):
 def test_outputs_and_overwrite(ckpt, synthetic, tmp_path):
     root, masks = synthetic
     args = [root / "clip.mp4", "--mask", root / "first.png", "--ckpt", ckpt, "--size", 96, "--preset", "dino",
-            "--topk", 3, "--temperature", 0.05, "--n-last", 4, "--radius", "none"]  # fmt: skip
+            "--topk", 3, "--temperature", 0.05, "--n-last", 4, "--radius", "none", "--attention", "sdpa"]  # fmt: skip
     outs = ["--out", tmp_path / "m", "--overlay", tmp_path / "o.mp4", "--report", tmp_path / "r.json"]
     result = run(*args, *outs, "--quiet")
     assert result.output == ""  # --quiet: no progress bar, no summary
@@ -121,6 +121,7 @@ def test_outputs_and_overwrite(ckpt, synthetic, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     prop = report["settings"]["propagation"]
     assert (prop["topk"], prop["temperature"], prop["n_last"], prop["radius"]) == (3, 0.05, 4, None)
+    assert report["settings"]["attention"] == "sdpa"  # dino's own is "auto" (DINO's order on a CPU)
     assert (tmp_path / "r.md").exists()
     assert_one_line_error(run(*args, *outs, ok=False), "not empty", "--overwrite")
     run(*args, *outs, "--overwrite", "--quiet")
@@ -180,6 +181,9 @@ def test_bad_input_is_one_line_and_exit_2(ckpt, synthetic, tmp_path):
                           "afile/masks", "cannot write")  # fmt: skip
     both = run(video, "--mask", first, *model, "--encoder", tmp_path / "m.onnx", "--out", out, ok=False)
     assert_one_line_error(both, "--ckpt", "--encoder", "not both")  # no --ckpt at all: model/test_weights_cli.py
+    (tmp_path / "m.onnx").write_bytes(b"")
+    assert_one_line_error(run(video, "--mask", first, "--encoder", tmp_path / "m.onnx", "--attention", "exact",
+                              "--out", out, ok=False), "m.onnx", "--attention applies to PyTorch weights")  # fmt: skip
     # neither a mask nor keypoints: a usage error, also one line
     assert_one_line_error(run(video, *model, "--out", out, ok=False), "give what to track in frame 0: --mask")
     assert_one_line_error(run(video, "--mask", first, *model, "--out", out, "--device", "tpu9", ok=False), "tpu9")
