@@ -23,7 +23,7 @@ from PIL import Image
 
 from siammae.data.images import open_image, upright, upright_size
 from siammae.data.palette import davis_palette, davis_palette_flat
-from siammae.data.video import IMAGE_EXTENSIONS, images_by_stem
+from siammae.data.video import IMAGE_EXTENSIONS, images_by_stem, list_frame_files
 from siammae.errors import InputError, cause
 from siammae.io import atomic_write
 
@@ -203,3 +203,42 @@ def list_masks(mask_dir: str | os.PathLike) -> dict[str, Path]:
     if not by_stem:
         raise InputError(f"{mask_dir}: mask folder has no images ({', '.join(IMAGE_EXTENSIONS)})")
     return by_stem
+
+
+def _later_masks(mask_dir: Path, masks: dict[str, Path], src, names: list[str] | None) -> dict[str, Path]:
+    """``masks`` (``list_masks(mask_dir)``) by frame name, every file checked against the video (names, sizes)
+    before the run."""
+    if names is not None:
+        unknown = sorted(set(masks) - set(names))
+    else:
+        count = src.num_frames
+        unknown = sorted(n for n in masks if not (n.isdigit() and (count is None or int(n) < count)))
+    if unknown:
+        what = "frames of the folder" if src.is_folder else "5-digit frame indices of the video"
+        raise InputError(f"{mask_dir}: masks {', '.join(unknown[:4])} match no frame (names must be {what})")
+    for path in masks.values():
+        check_size(mask_size(path), (src.height, src.width), path)
+    if names is None:  # "00012" and "12" both name frame 12
+        masks = {f"{int(n):05d}": p for n, p in masks.items()}
+    return masks
+
+
+def first_masks(mask, mask_dir, src) -> tuple[np.ndarray, dict]:
+    """(frame 0's id map, read once and checked against the open video ``src``: its objects, its size; the later
+    masks of ``mask_dir`` by frame name, each checked against the video's frame names and size). ``mask``: a file
+    or an id map; None takes frame 0's mask from ``mask_dir``. Reads the video's header only (a folder: its
+    first frame), so ``siammae-track`` runs it before the model loads."""
+    names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
+    first_name = names[0] if names else "00000"
+    listed = list_masks(mask_dir) if mask_dir is not None else {}
+    if mask is None:
+        mask = listed.get(first_name)
+        if mask is None:
+            raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
+    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
+    references.pop(first_name, None)  # frame 0's mask is ``mask``
+    if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0; the run gets the ids, not the file
+        path = Path(mask)
+        mask = fit_mask(read_mask(path), (src.height, src.width), path)  # same aspect, another size: warned
+        check_objects(mask, path)
+    return mask, references

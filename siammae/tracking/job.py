@@ -170,9 +170,20 @@ class TrackJob:
         if self.mask is not None:
             from siammae.data.masks import mask_size
 
-            mask_size(self.mask)  # exists and is an image (its header: the pixels are read once, by the run)
+            mask_size(self.mask)  # exists and is an image
         if self.mask_dir is not None and not Path(self.mask_dir).is_dir():
             raise InputError(f"--mask-dir {self.mask_dir}: no such folder")
+        if not self.live and self.keypoints is None:
+            import warnings
+
+            from siammae.data.masks import MaskResizeWarning, first_masks
+            from siammae.data.video import open_video
+
+            # the masks against the video (an empty mask, another aspect ratio, names that match no frame) before
+            # the model loads: the video's header only (a folder: its first frame), the masks are small PNGs
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", MaskResizeWarning)  # the run warns, once
+                first_masks(self.mask, self.mask_dir, open_video(self.videos[0]))
         if self.keypoints is not None:
             from siammae.data.keypoints import read_keypoints
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from siammae.data.keypoints import Keypoints, KeypointTrackWriter, check_inside, read_keypoints
 from siammae.data.live import LiveSource, is_live, open_source
-from siammae.data.masks import check_objects, check_size, fit_mask, list_masks, mask_size, read_mask, write_mask
-from siammae.data.video import VideoSource, list_frame_files
+from siammae.data.masks import first_masks, write_mask
+from siammae.data.video import VideoSource
 from siammae.errors import InputError
 from siammae.io import open_append
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
@@ -114,42 +114,6 @@ def open_input(video: Source) -> VideoSource | LiveSource:
     return open_source(video) if is_live(video) else VideoSource(video)
 
 
-def _later_masks(mask_dir: Path, masks: dict[str, Path], src, names: list[str] | None) -> dict[str, Path]:
-    """``masks`` (``list_masks(mask_dir)``) by frame name, every file checked against the video (names, sizes)
-    before the run."""
-    if names is not None:
-        unknown = sorted(set(masks) - set(names))
-    else:
-        count = src.num_frames
-        unknown = sorted(n for n in masks if not (n.isdigit() and (count is None or int(n) < count)))
-    if unknown:
-        what = "frames of the folder" if src.is_folder else "5-digit frame indices of the video"
-        raise InputError(f"{mask_dir}: masks {', '.join(unknown[:4])} match no frame (names must be {what})")
-    for path in masks.values():
-        check_size(mask_size(path), (src.height, src.width), path)
-    if names is None:  # "00012" and "12" both name frame 12
-        masks = {f"{int(n):05d}": p for n, p in masks.items()}
-    return masks
-
-
-def _first_mask(mask, mask_dir, src) -> tuple[np.ndarray, dict]:
-    """(frame 0's id map, read once and checked against the video; the later masks by frame name)."""
-    names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
-    first_name = names[0] if names else "00000"
-    listed = list_masks(mask_dir) if mask_dir is not None else {}
-    if mask is None:
-        mask = listed.get(first_name)
-        if mask is None:
-            raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
-    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
-    references.pop(first_name, None)  # frame 0's mask is ``mask``
-    if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0; the run gets the ids, not the file
-        path = Path(mask)
-        mask = fit_mask(read_mask(path), (src.height, src.width), path)  # same aspect, another size: warned
-        check_objects(mask, path)
-    return mask, references
-
-
 # ------------------------------------------------------------------------------------------------- runs
 def track_video(
     tracker: Tracker,
@@ -177,7 +141,7 @@ def track_video(
     """
     outputs = RunOutputs.of(out, overlay, report, jsonl).or_default(video)
     src = open_input(video)
-    first, references = _first_mask(mask, mask_dir, src)
+    first, references = first_masks(mask, mask_dir, src)
     claim = claim_outputs(outputs, overwrite, tracker, src)
     try:
         sink = MaskSink(tracker, outputs.out, outputs.jsonl)
