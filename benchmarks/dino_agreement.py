@@ -21,6 +21,7 @@ machine may be shared.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -53,9 +54,10 @@ def load_dino(repo: Path):
     return mod, vits
 
 
-def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, keep: Path | None = None) -> float:
-    """DINO's eval_video_tracking_davis on one whole sequence (its defaults: top-k 5, 7 frames, window 12).
-    ``keep``: also save its per-frame features and soft labels there (``<sequence>.pt``), for diagnosis."""
+def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, keep: Path | None = None):
+    """DINO's eval_video_tracking_davis on one whole sequence (its defaults: top-k 5, 7 frames, window 12);
+    -> (wall seconds, seconds in its ``extract_feature``: the ViT forward). ``keep``: also save its per-frame
+    features and soft labels there (``<sequence>.pt``), for diagnosis."""
     mod.args = args = argparse.Namespace(
         output_dir=str(out), n_last_frames=7, size_mask_neighborhood=12, topk=5, patch_size=16
     )  # restrict_neighborhood reads the module's global ``args``, as under its __main__
@@ -63,21 +65,26 @@ def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, k
     mod.read_frame = lambda p, scale_size=[size]: read_frame(p, scale_size)  # noqa: B006 (DINO's own default)
     palette = np.zeros((256, 3), np.uint8)
     palette[1:] = 255
-    feats, soft = [], []
+    feats, soft, encoder_s = [], [], [0.0]
     extract, propagate = mod.extract_feature, mod.label_propagation
-    if keep is not None:  # record, not change: the wrapped functions return what DINO's return
 
-        def extract_kept(model, frame, return_h_w=False):
-            r = extract(model, frame, return_h_w)
+    def extract_timed(model, frame, return_h_w=False):  # timed, not changed: returns what DINO's returns
+        t = time.perf_counter()
+        r = extract(model, frame, return_h_w)
+        encoder_s[0] += time.perf_counter() - t
+        if keep is not None:
             feats.append((r[0] if return_h_w else r).clone())
-            return r
+        return r
+
+    mod.extract_feature = extract_timed
+    if keep is not None:  # record, not change: the wrapped function returns what DINO's returns
 
         def propagate_kept(*a, **kw):
             r = propagate(*a, **kw)
             soft.append(r[0][0].clone())
             return r
 
-        mod.extract_feature, mod.label_propagation = extract_kept, propagate_kept
+        mod.label_propagation = propagate_kept
     t0 = time.perf_counter()
     first_seg, seg_ori = read_seg(str(mask), 16, [size])
     with torch.no_grad():
@@ -88,17 +95,19 @@ def run_dino(mod, model, frames: list[Path], mask: Path, out: Path, size: int, k
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         torch.save({"feats": torch.stack(feats), "soft": soft}, keep / f"{frames[0].parent.name}.pt")
-    return t
+    return t, encoder_s[0]
 
 
-def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size: int, threads: int) -> float:
-    """One siammae process on one sequence, as a user runs it; -> wall seconds (process start included)."""
+def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size: int, threads: int):
+    """One siammae process on one sequence, as a user runs it; -> (wall seconds, process start included; seconds
+    of the encode stage from siammae-track's report, None for siammae-eval)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), SIAMMAE_OFFLINE="1")
     bindir = Path(sys.executable).parent
     common = ["--ckpt", str(weights), "--preset", "dino", "--device", "cpu", "--size", str(size)]
     if mode.startswith("track"):
         cmd = [str(bindir / "siammae-track"), str(data / "JPEGImages/480p" / seq),
-               "--mask", str(data / "Annotations/480p" / seq / "00000.png"), "--out", str(out), *common]  # fmt: skip
+               "--mask", str(data / "Annotations/480p" / seq / "00000.png"), "--out", str(out),
+               "--report", str(out.parent / f"{seq}-report.json"), *common]  # fmt: skip
         if mode.endswith("bf16"):
             cmd += ["--dtype", "bf16"]
         elif mode.endswith("sdpa"):
@@ -115,7 +124,10 @@ def run_siammae(mode: str, seq: str, data: Path, weights: Path, out: Path, size:
                "--sequences", seq, *common]  # fmt: skip
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    report = out.parent / f"{seq}-report.json"
+    encode = json.loads(report.read_text())["time"]["stages"]["encode"]["seconds"] if report.exists() else None
+    return wall, encode
 
 
 def masks_in(folder: Path, seq: str, stems: list[str]) -> list[np.ndarray]:
@@ -154,21 +166,27 @@ def main() -> None:
             stems = [f.stem for f in frames]
             mask = args.data / "Annotations/480p" / seq / "00000.png"
             load = os.getloadavg()[0]
-            t_dino = run_dino(mod, model, frames, mask, tmp / "dino", args.size, args.keep)
+            t_dino, enc_dino = run_dino(mod, model, frames, mask, tmp / "dino", args.size, args.keep)
             theirs = masks_in(tmp / "dino" / seq, seq, stems)
-            print(f"{seq}: DINO's script {t_dino:.1f} s ({len(frames)} frames)", flush=True)
+            print(f"{seq}: DINO's script {t_dino:.1f} s ({len(frames)} frames; its encoder {enc_dino:.1f} s)",
+                  flush=True)  # fmt: skip
             for mode in modes:
                 out = tmp / mode / seq
-                t = run_siammae(mode, seq, args.data, weights, out, args.size, args.threads)
+                t, enc = run_siammae(mode, seq, args.data, weights, out, args.size, args.threads)
                 ours = masks_in(out, seq, stems)
                 a = np.array([np.mean((x > 0) == (y > 0)) for x, y in zip(theirs[1:], ours[1:], strict=True)])
                 row = dict(sequence=seq, frames=len(frames), mode=mode, mean=float(a.mean()), worst=float(a.min()),
                            identical=int((a == 1).sum()), dino_s=t_dino, siammae_s=t, speedup=t_dino / t,
+                           dino_encoder_s=enc_dino, siammae_encode_s=enc,
                            load_average=[load, os.getloadavg()[0]])  # fmt: skip
                 rows.append(row)
                 print(f"  {mode}: {100 * row['mean']:.4f} % agree (worst frame {100 * row['worst']:.4f} %, "
                       f"{row['identical']}/{len(a)} identical), {t:.1f} s, {t_dino / t:.2f}x", flush=True)  # fmt: skip
             write(args, meta, rows)
+
+
+def _seconds(value) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
 
 
 def write(args, meta: dict, rows: list[dict]) -> None:
@@ -186,12 +204,18 @@ def write(args, meta: dict, rows: list[dict]) -> None:
         "DINO's function in process, siammae as a fresh process (start-up and model load included), back to back "
         f"on {args.threads} threads.",
         "",
+        "DINO encoder s: the time inside DINO's `extract_feature` (its ViT forward, one frame at a time); DINO s / "
+        "DINO encoder s bounds the speed-up of any run that computes DINO's features in DINO's operation order at "
+        "the same FLOP rate (everything else taking no time). siammae encode s: the encode stage of the "
+        "siammae-track report.",
+        "",
         "| sequence | frames | siammae run | pixels that agree (mean) | worst frame | frames identical | DINO s | "
-        "siammae s | speed-up | load avg (before, after) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "DINO encoder s | siammae s | siammae encode s | speed-up | load avg (before, after) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         *[
             f"| {r['sequence']} | {r['frames']} | {r['mode']} | {100 * r['mean']:.4f} % | {100 * r['worst']:.4f} % | "
-            f"{r['identical']} / {r['frames'] - 1} | {r['dino_s']:.1f} | {r['siammae_s']:.1f} | "
+            f"{r['identical']} / {r['frames'] - 1} | {r['dino_s']:.1f} | {_seconds(r.get('dino_encoder_s'))} | "
+            f"{r['siammae_s']:.1f} | {_seconds(r.get('siammae_encode_s'))} | "
             f"{r['speedup']:.2f}x | {r['load_average'][0]:.1f}, {r['load_average'][1]:.1f} |"
             for r in rows
         ],

@@ -220,3 +220,34 @@ def test_truncated_video_keeps_the_masks_before(ckpt, tmp_path):
     assert_one_line_error(result, "cut.mkv: decoding stopped at frame")
     n = int(result.output.split("stopped at frame ")[1].split()[0])
     assert 0 < n < 20 and sorted(p.name for p in out.iterdir()) == [f"{i:05d}.png" for i in range(n)]
+
+
+@pytest.mark.parametrize("case", ["empty", "aspect", "mask-dir"])
+def test_mask_errors_come_before_the_model_loads(synthetic, tmp_path, case):
+    """An empty mask, a mask of another aspect ratio, --mask-dir names that match no frame: one line and status 2
+    from the check, before torch is imported or the default weights fetched (seconds, or a download, otherwise)."""
+    import subprocess
+
+    root, masks = synthetic
+    args = [str(root / "clip.mp4"), "--out", str(tmp_path / "out")]  # no --ckpt: the default weights, by name
+    if case == "empty":
+        write_mask(tmp_path / "m.png", np.zeros_like(masks[0]))
+        args += ["--mask", str(tmp_path / "m.png")]
+        message = f"error: {tmp_path / 'm.png'}: mask is empty"
+    elif case == "aspect":
+        write_mask(tmp_path / "m.png", np.pad(masks[0], ((0, 0), (0, 64))))
+        args += ["--mask", str(tmp_path / "m.png")]
+        message = f"error: {tmp_path / 'm.png'}: mask is 192x96 but the video is 128x96"
+    else:
+        (tmp_path / "later").mkdir()
+        write_mask(tmp_path / "later/00042.png", masks[0])
+        args += ["--mask", str(root / "first.png"), "--mask-dir", str(tmp_path / "later")]
+        message = f"error: {tmp_path / 'later'}: masks 00042 match no frame"
+    code = (
+        "import sys\nfrom siammae.cli.track import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+        "    print('torch' in sys.modules, e.code)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert r.stdout.split() == ["False", "2"], (r.stdout, r.stderr)
+    assert r.stderr.strip().startswith(message) and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "out").exists()
