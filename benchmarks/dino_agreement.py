@@ -194,7 +194,7 @@ def write(args, meta: dict, rows: list[dict]) -> None:
     cmd = "python benchmarks/dino_agreement.py --dino-repo DINO " + " ".join(
         f"--{k.replace('_', '-')} {v}" for k, v in (("sequences", args.sequences), ("size", args.size),
                                                     ("modes", args.modes), ("threads", args.threads))
-    )  # fmt: skip
+    ) + ("" if args.name == "dino_agreement-cpu" else f" --name {args.name}")  # fmt: skip
     md = [
         f"# `--preset dino` vs DINO's eval_video_segmentation.py: whole DAVIS sequences, short side {args.size}, CPU",
         "",
@@ -204,10 +204,10 @@ def write(args, meta: dict, rows: list[dict]) -> None:
         "DINO's function in process, siammae as a fresh process (start-up and model load included), back to back "
         f"on {args.threads} threads.",
         "",
-        "DINO encoder s: the time inside DINO's `extract_feature` (its ViT forward, one frame at a time); DINO s / "
-        "DINO encoder s bounds the speed-up of any run that computes DINO's features in DINO's operation order at "
-        "the same FLOP rate (everything else taking no time). siammae encode s: the encode stage of the "
-        "siammae-track report.",
+        "DINO encoder s: the time inside DINO's `extract_feature` (its ViT forward, one frame at a time, with "
+        "glibc's default allocator: page faults on its large activations, whose cost varies from run to run). "
+        "siammae encode s: the encode stage of the siammae-track report (the same operations, one frame at a time, "
+        "the allocator tuned).",
         "",
         "| sequence | frames | siammae run | pixels that agree (mean) | worst frame | frames identical | DINO s | "
         "DINO encoder s | siammae s | siammae encode s | speed-up | load avg (before, after) |",
