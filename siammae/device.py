@@ -6,6 +6,8 @@ one error for an fp16 request without a GPU.
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -63,8 +65,6 @@ def tune_cpu_allocator() -> bool:
     global _CPU_ALLOCATOR_TUNED
     if _CPU_ALLOCATOR_TUNED:
         return True
-    import os
-
     if os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES"):
         return False
     if any(k.startswith("MALLOC_") for k in os.environ):

@@ -210,9 +210,7 @@ def overrides(ctx: click.Context, opts: dict) -> dict:
             raise click.UsageError("give --n-last only (--queue is its old name)")
         click.echo("warning: --queue is now --n-last; the old name goes in the next release", err=True)
         opts["n_last"] = queue
-    out = {k: opts.pop(k) for k in ("topk", "temperature", "n_last", "attention") if opts.get(k) is not None}
-    for k in ("topk", "temperature", "n_last", "attention"):
-        opts.pop(k, None)
+    out = {k: v for k in ("topk", "temperature", "n_last", "attention") if (v := opts.pop(k, None)) is not None}
     radius = opts.pop("radius", None)
     if radius is not None or given(ctx, "radius"):
         out["radius"] = radius

@@ -167,13 +167,13 @@ class TrackJob:
         self.outputs().check_free(self.overwrite)
 
     def _check_given_inputs(self) -> None:
-        if self.mask is not None:
-            from siammae.data.masks import mask_size
-
-            mask_size(self.mask)  # exists and is an image
         if self.mask_dir is not None and not Path(self.mask_dir).is_dir():
             raise InputError(f"--mask-dir {self.mask_dir}: no such folder")
-        if not self.live and self.keypoints is None:
+        if self.mask is not None and self.live:
+            from siammae.data.masks import mask_size
+
+            mask_size(self.mask)  # exists and is an image (a live source has no frame to check it against yet)
+        elif not self.live and self.keypoints is None:
             import warnings
 
             from siammae.data.masks import MaskResizeWarning, first_masks
