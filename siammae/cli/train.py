@@ -11,6 +11,7 @@ Settings come from the defaults (the paper's recipe), then ``--config FILE`` (JS
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 import click
@@ -21,6 +22,7 @@ from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
 from siammae.model.registry import list_models
 from siammae.train.config import AUGMENTATIONS, DECODES, PRECISIONS, TrainConfig
 from siammae.train.preflight import check_run
+from siammae.train.resume import resume_config
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 # flag name -> TrainConfig field, where they differ
@@ -112,12 +114,23 @@ def _default(name: str):
 @click.option("--seed", type=int, default=_default("seed"))
 @click.option("--device", type=Device(), default=_default("device"), help="auto, cpu, cuda or cuda:N.")
 @click.option("--save-every", type=int, default=_default("save_every"), help="Steps between checkpoints.")
+@click.option(
+    "--save-minutes",
+    type=float,
+    default=_default("save_minutes"),
+    help="Minutes of wall time between checkpoints, beside --save-every (0: by steps only).",
+)
 @click.option("--keep-last", type=int, default=_default("keep_last"), help="Checkpoints kept.")
 @click.option("--log-every", type=int, default=_default("log_every"), help="Steps between log records.")
 @click.option(
     "--vis-every", type=int, default=_default("vis_every"), help="Steps between reconstruction PNGs (0: none)."
 )
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in --out from its latest checkpoint with the run's own settings (run.json); only "
+    "--max-steps, --workers, --decode, --device, logging and saving options may change.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.pass_context
 def cli(ctx: click.Context, config_file, **flags):
@@ -128,11 +141,21 @@ def cli(ctx: click.Context, config_file, **flags):
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
     with errors("continue the run with --resume (from the latest checkpoint)"):
-        cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given, "flags")
+        changes = None
+        if given.get("resume"):  # the run's own settings, from its folder; only a few may change
+            cfg, changes = resume_config(given.get("out", _default("out")), given, config_file)
+        elif config_file:
+            cfg = TrainConfig.from_file(config_file, **given)
+        else:
+            cfg = TrainConfig.from_dict(given, "flags")
         check_run(cfg)  # --data present, --out not another run's: before torch is imported (fast refusals)
-        from siammae.train import train  # deferred: --help and bad arguments stay fast
+        from siammae.train.loop import TrainingInterrupted, train  # deferred: --help and bad arguments stay fast
 
-        result = train(cfg)
+        try:
+            result = train(cfg, changes)
+        except TrainingInterrupted as e:
+            click.echo(f"interrupted: {e}", err=True)
+            sys.exit(130)
     if not cfg.quiet and result.model_path is not None:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
         click.echo(
