@@ -138,12 +138,13 @@ def plot(path: Path, curve: list[tuple[int, float]], points: list[tuple[int, flo
     img = Image.new("RGB", (w, 2 * h), "white")
     d = ImageDraw.Draw(img)
 
+    xmax = max([s for s, _ in curve] + [s for s, _ in points] + [1])
+
     def panel(top, xs, ys, lines, label, colour):
         x0, x1, y0, y1 = pad + 10, w - pad, top + h - pad, top + pad
         allv = list(ys) + [v for v, _ in lines.values()]
         lo, hi = min(allv), max(allv)
         lo, hi = lo - 0.05 * (hi - lo + 1e-9), hi + 0.05 * (hi - lo + 1e-9)
-        xmax = max(xs) if xs and max(xs) > 0 else 1
         fx = lambda x: x0 + (x1 - x0) * x / xmax  # noqa: E731
         fy = lambda y: y0 - (y0 - y1) * (y - lo) / (hi - lo)  # noqa: E731
         d.rectangle([x0, y1, x1, y0], outline="black")
