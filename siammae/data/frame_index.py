@@ -168,7 +168,7 @@ def read_indexed(path: str | os.PathLike, indices, index: FrameIndex | None = No
     wanted = sorted(set(indices))
     if wanted and (wanted[0] < 0 or wanted[-1] >= len(index)):
         bad = wanted[0] if wanted[0] < 0 else wanted[-1]
-        raise VideoError(f"{path}: frame {bad} asked but {len(index)} frames decode")
+        raise VideoError(f"{path}: frame {bad} asked but the video ends before it ({len(index)} frames decode)")
     av = _av()
     try:
         with av.open(str(path)) as container:

@@ -174,15 +174,8 @@ class Trainer:
         self.mask_gen = torch.Generator(device=self.device)  # reseeded for every shard, see train_step
 
         # --- resume
-        self.start_step, self.checkpoint = 0, None
         check_run(cfg)  # again, now that --out is held: another run may have written there meanwhile
-        latest = latest_checkpoint(self.out)
-        resumed = None
-        if latest is not None:
-            resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
-            self._check_resume(latest, resumed)
-            self.start_step, self.checkpoint = resumed["step"], latest
-            set_rng_state(resumed["rng"])
+        latest, resumed = self._resume()
 
         self.ddp = info.distributed
         self.net = self.model
@@ -216,6 +209,18 @@ class Trainer:
             raise InputError("--data: a prepared data set is read on its own; pass only its folder (or URL)")
         videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
         return PairDataset(videos, *args), collate
+
+    def _resume(self) -> tuple[Path | None, dict | None]:
+        """Restore the latest checkpoint in ``out``, if any -> (its path, its ``train`` entry) or (None, None)."""
+        self.start_step, self.checkpoint = 0, None
+        latest = latest_checkpoint(self.out)
+        if latest is None:
+            return None, None
+        resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
+        self._check_resume(latest, resumed)
+        self.start_step, self.checkpoint = resumed["step"], latest
+        set_rng_state(resumed["rng"])
+        return latest, resumed
 
     def _check_resume(self, path: Path, state: dict) -> None:
         saved = state["config"]
