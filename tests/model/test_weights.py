@@ -89,7 +89,7 @@ def test_named_dino_weights_give_timm_features(server, dino_file, vit):
 
 def test_truncated_download_leaves_nothing_and_next_run_retries(server, dino_file, tmp_path):
     server.faults[dino_file] = "truncate"
-    with pytest.raises(CheckpointError, match=r"stopped after \d+ of \d+ bytes.*nothing was kept"):
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*nothing was kept"):  # the check before keeping
         resolve_weights("dino-vits16", progress=False)
     assert folder_listing(tmp_path) == []  # neither the final file nor a temp file
     server.faults.clear()
@@ -217,7 +217,8 @@ def test_timm_offline_cold_cache(server, monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"not in timm's cache .*huggingface\.co/timm/vit_small_patch8_224\.dino"):
+    hub_url = r"huggingface\.co/timm/vit_small_patch8_224\.dino"
+    with pytest.raises(CheckpointError, match=rf"not in the Hugging Face cache .*SIAMMAE_OFFLINE=1.*{hub_url}"):
         load_model("timm:vit_small_patch8_224.dino")
     with pytest.raises(CheckpointError, match=r"did you mean vit_small_patch8_224\.dino"):
         load_model("timm:vit_small_patch8_224.dnio")
@@ -340,15 +341,15 @@ def test_wrong_architecture_is_not_kept(server, tmp_path, monkeypatch):
 
 
 def test_trickle_past_the_total_deadline(server, dino_file, tmp_path, monkeypatch):
-    """A byte every 0.5 s never trips a per-read timeout of 1.2 s; SIAMMAE_DOWNLOAD_TIMEOUT bounds the whole
-    download (before, a 40 KB file trickled this way held the run for hours)."""
+    """A byte every 0.5 s never trips a per-read timeout; SIAMMAE_DOWNLOAD_TIMEOUT bounds the whole download (before,
+    a 40 KB file trickled this way held the run for hours). The bound on the time is loose (a loaded machine)."""
     monkeypatch.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", "1.2")
     server.faults[dino_file], server.trickle_s = "trickle", 0.5
     t0 = time.perf_counter()
-    late = r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=1\.2 s \(got [1-4] bytes\).*nothing was kept"
+    late = r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=1\.2 s.*nothing was kept"
     with pytest.raises(CheckpointError, match=late):
         resolve_weights("dino-vits16", progress=False)
-    assert 1.1 < time.perf_counter() - t0 < 2.5
+    assert time.perf_counter() - t0 < 10
     assert folder_listing(tmp_path) == []
 
 
@@ -412,10 +413,12 @@ def test_weights_are_hashed_once_per_process(server, dino_file, tmp_path, monkey
     calls = []
     real = hub._hash_file
     monkeypatch.setattr(hub, "_hash_file", lambda path, *a: calls.append(path) or real(path, *a))
-    resolve_weights("dino-vits16", progress=False)  # downloaded: hashed while streaming, never read back
+    resolve_weights("dino-vits16", progress=False)  # downloaded: hashed once, under its temporary name
+    assert len(calls) == 1 and calls[0].name == DINO_S16.filename and calls[0].parent != cached(tmp_path).parent
     load_model("dino-vits16")
     load_model("dino-vits16")
-    assert calls == []
+    assert len(calls) == 1  # the rename kept the inode and mtime: not read again
+    calls.clear()
     path = cached(tmp_path)
     with open(path, "ab") as f:  # changed: hashed again (and refused)
         f.write(b"\0")
