@@ -509,3 +509,70 @@ def test_weights_cli_path_of_hub_names_downloads_nothing(monkeypatch, tmp_path):
         assert got.exit_code == 0 and got.stdout.strip() == str(tmp_path / "hf" / folder)
         assert f"{name} is not downloaded yet" in got.stderr
     assert not (tmp_path / "hf").exists()
+
+
+# ------------------------------------------------------------------------------------------------- issue 29
+def test_download_checks_a_recorded_file_loads(server, dino_file, tmp_path):
+    """A forged ``.sha256`` record beside an HTML page: ``siammae-weights download`` loads the file before it reports
+    it present (a record proves the file did not change, not that it loads)."""
+    from siammae.cli.weights import main
+
+    path = cached(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<!DOCTYPE html><html>sign in</html>")
+    hub.record_sha256(path, file_sha256(path))
+    got = CliRunner().invoke(main, ["download", "--quiet", "dino-vits16"])
+    assert got.exit_code == 2 and got.output.startswith("error: ") and len(got.output.splitlines()) == 1
+    assert "HTML page" in got.output and f"delete {path} and {path.name}.sha256" in got.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("fault", ["404", "html", "no-network", "offline", "changed"])
+def test_every_weights_error_names_import(server, dino_file, tmp_path, monkeypatch, fault):
+    if fault == "404":
+        server.files.clear()
+    elif fault == "html":
+        server.faults[dino_file] = "html"
+    elif fault == "no-network":
+        server.close()
+    elif fault == "offline":
+        monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    else:
+        resolve_weights("dino-vits16", progress=False)
+        with open(cached(tmp_path), "ab") as f:
+            f.write(b"\0")
+    with pytest.raises(CheckpointError) as info:
+        load_model("dino-vits16", progress=False)
+    assert "siammae-weights import FILE dino-vits16" in str(info.value) and "\n" not in str(info.value)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+@pytest.mark.parametrize("spec", ["hf:owner/repo/w.pth", "timm:vit_small_patch8_224.dino"])
+def test_hub_names_fail_fast_without_network(spec, monkeypatch, tmp_path):
+    """No network and downloads not turned off: one connection attempt, no retry loop (huggingface_hub's own retries
+    took 31 s for hf: and 57 s for timm: names here)."""
+    import huggingface_hub.constants as C
+    import huggingface_hub.utils._http as hf_http
+
+    base = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(C, "ENDPOINT", base)
+    monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("SIAMMAE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    sleeps = []
+    monkeypatch.setattr(hf_http.time, "sleep", lambda s: sleeps.append(s))  # huggingface_hub's back-off between tries
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights(spec, progress=False)
+    assert time.perf_counter() - t0 < 10 and sleeps == []
+    msg = str(info.value)
+    assert msg.startswith(f"{spec}: cannot download {base}/") and "no connection to 127.0.0.1" in msg
+    assert "pass the file to --ckpt" in msg and "\n" not in msg
