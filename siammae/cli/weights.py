@@ -21,8 +21,8 @@ from siammae.cli.options import CONTEXT, Group, errors
 @click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Pretrained weights by name: dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, mae-vitb16, siammae-cpu (in the
-    package), timm:<name>, hf:<owner>/<repo>/<file>. Files are cached in $TORCH_HOME/hub/checkpoints (timm: and hf: in the Hugging Face
-    cache) and checked by sha256; SIAMMAE_OFFLINE=1 or HF_HUB_OFFLINE=1 turns downloads off."""
+    package), timm:<name>, hf:<owner>/<repo>/<file>. Files are cached in $TORCH_HOME/hub/checkpoints (timm: and hf:
+    in the Hugging Face cache) and checked by sha256; SIAMMAE_OFFLINE=1 or HF_HUB_OFFLINE=1 turns downloads off."""
 
 
 @main.command("list")
@@ -40,7 +40,7 @@ def list_cmd():
             _size(r),
             r["licence"],
             f"{r['davis_jf']:.1f}" if r["davis_jf"] is not None else "-",
-            "pinned" if r["pinned"] else "unverified",
+            "pinned" if r["pinned"] else ("unverified" if r["kind"] != "shipped" else "-"),
             ("yes" if r["cached"] else "no") if r["kind"] != "shipped" else "-",
         )
         for r in rows
