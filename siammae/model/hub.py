@@ -169,6 +169,33 @@ def _reason(url: str, e: BaseException) -> str:
     return f"cannot download {url} ({type(e).__name__}: {str(reason).splitlines()[0] if str(reason) else ''})"
 
 
+def _fetch_within(url: str, part: Path, hash_prefix: str | None, progress: bool, total: float) -> str | None:
+    """``torch.hub.download_url_to_file`` in a thread, so that a trickle cannot outlast ``total`` seconds (the
+    library has no deadline); None when it finished in time, else why not. An abandoned thread's file goes with the
+    caller's temporary folder, and its final rename then fails."""
+    import torch.hub
+
+    failed = []
+
+    def fetch():
+        socket.setdefaulttimeout(STALL_TIMEOUT_S)  # the library's urlopen takes no timeout: a dead link ends
+        try:
+            torch.hub.download_url_to_file(url, str(part), hash_prefix, progress)
+        except BaseException as e:  # reported by the caller's thread
+            if isinstance(e, urllib.error.HTTPError):
+                e.close()  # its response holds the socket
+            failed.append(e)
+        finally:
+            socket.setdefaulttimeout(None)
+
+    worker = threading.Thread(target=fetch, name="siammae-download", daemon=True)
+    worker.start()
+    worker.join(total)
+    if worker.is_alive():
+        return f"download of {url} did not finish within SIAMMAE_DOWNLOAD_TIMEOUT={total:g} s"
+    return _reason(url, failed[0]) if failed else None
+
+
 def download(
     url: str,
     dest: str | os.PathLike,
@@ -181,8 +208,6 @@ def download(
     file is renamed to ``dest`` only when complete, non-empty, within :func:`download_timeout`, and accepted by
     ``validate(tmp, url)`` (which raises a CheckpointError otherwise). Every failure is one CheckpointError naming
     the URL and ``dest``, ending with ``hint``; nothing is left behind. Returns the file's digests."""
-    import torch.hub
-
     dest, total = Path(dest), download_timeout()
     kept = f"; nothing was kept at {dest}: run again to retry{hint}"
     check_reachable(url, hint)
@@ -191,29 +216,12 @@ def download(
         folder = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=dest.parent))
     except OSError as e:  # the cache folder is not writable
         raise CheckpointError(f"cannot write {dest}: {e.strerror or e}{hint}") from None
-    part, failed = folder / dest.name, []
-
-    def fetch():  # in a thread, so that a trickle cannot outlast the deadline (the library has none)
-        socket.setdefaulttimeout(STALL_TIMEOUT_S)  # the library's urlopen takes no timeout: a dead link ends
-        try:
-            torch.hub.download_url_to_file(url, str(part), hash_prefix, progress)
-        except BaseException as e:  # reported by the caller's thread
-            if isinstance(e, urllib.error.HTTPError):
-                e.close()  # its response holds the socket
-            failed.append(e)
-        finally:
-            socket.setdefaulttimeout(None)
-
+    part = folder / dest.name
     try:
         if progress:
             print(f"downloading {dest.name} from {url}", file=sys.stderr)
-        worker = threading.Thread(target=fetch, name="siammae-download", daemon=True)
-        worker.start()
-        worker.join(total)
-        if worker.is_alive():  # abandoned: its file goes with the folder, its final rename then fails
-            raise CheckpointError(f"download of {url} did not finish within SIAMMAE_DOWNLOAD_TIMEOUT={total:g} s{kept}")
-        if failed:
-            raise CheckpointError(_reason(url, failed[0]) + kept)
+        if (failure := _fetch_within(url, part, hash_prefix, progress, total)) is not None:
+            raise CheckpointError(failure + kept)
         if part.stat().st_size == 0:
             raise CheckpointError(f"download of {url} sent an empty body{kept}")
         if validate is not None:

@@ -58,6 +58,14 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", label: str | No
         if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
             raise CheckpointError(f"{name}: an HTML page, not a PyTorch checkpoint (a proxy's or a login page?)")
         raise CheckpointError(f"{name}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    obj = _torch_load(path, name, map_location)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{name}: expected a dict of weights, found {type(obj).__name__}")
+    return obj
+
+
+def _torch_load(path: Path, name: str, map_location):
+    """``torch.load(weights_only=True)``, its failures as one line."""
     try:
         with warnings.catch_warnings():  # a foreign pickle protocol: torch warns, then fails or loads; we report
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -72,8 +80,6 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", label: str | No
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{name}: file is truncated or corrupt ({first})") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{name}: expected a dict of weights, found {type(obj).__name__}")
     return obj
 
 
