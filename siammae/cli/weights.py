@@ -85,7 +85,12 @@ def path(name):
         where, present = weights_location(name)
     click.echo(str(where))
     if not present:
-        click.echo(f"{name} is not downloaded yet (siammae-weights download {name})", err=True)
+        from siammae.model.weights import WEIGHTS
+
+        if name in WEIGHTS and WEIGHTS[name].kind == "shipped":
+            click.echo(f"{name} is not in this build of siammae", err=True)
+        else:
+            click.echo(f"{name} is not downloaded yet (siammae-weights download {name})", err=True)
 
 
 @main.command("import")

@@ -4,7 +4,8 @@
     mae-vitb16                   the official MAE ViT-B/16 (He et al. 2022), CC-BY-NC 4.0 (non-commercial)
     siammae-cpu                  the SiamMAE encoder shipped inside the package (CC-BY-NC 4.0 data)
     timm:<name>                  timm's pretrained weights (``timm:vit_small_patch8_224.dino``), from timm's Hub copy
-    hf:<owner>/<repo>/<file>     a ViT checkpoint on the Hugging Face hub, the Hugging Face cache
+    hf:<owner>/<repo>/<file>     a ViT checkpoint on the Hugging Face hub, the Hugging Face cache; ``@<commit>``
+                                 after the file pins it (and so its sha256)
     a path                       as always; an existing path wins over a name
 
 :func:`resolve_weights` turns any of them into a :class:`Weights`: the file and its
@@ -179,8 +180,9 @@ def _hub_source(spec: str) -> tuple[str | None, str | None, str | None, str]:
             raise CheckpointError(
                 f"{spec!r}: expected hf:<owner>/<repo>/<file> (e.g. hf:facebook/dino-vits8/model.pth)"
             )
-        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-        return repo, filename, None, f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        repo, (filename, _, revision) = "/".join(parts[:2]), "/".join(parts[2:]).partition("@")
+        url = f"https://huggingface.co/{repo}/resolve/{revision or 'main'}/{filename}"
+        return repo, filename, revision or None, url  # a revision (a commit) pins the file, its sha256 with it
     cfg = _timm_cfg(spec)
     if not cfg.hf_hub_id:
         return None, None, None, cfg.url

@@ -208,6 +208,8 @@ def test_hf_offline_cold_cache(server, monkeypatch, tmp_path):
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=r"https://huggingface\.co/owner/repo/resolve/main/sub/w\.pth"):
         resolve_weights("hf:owner/repo/sub/w.pth")
+    with pytest.raises(CheckpointError, match=r"huggingface\.co/owner/repo/resolve/0123abc/w\.pth"):  # pinned
+        resolve_weights("hf:owner/repo/w.pth@0123abc")
     with pytest.raises(CheckpointError, match="expected hf:<owner>/<repo>/<file>"):
         resolve_weights("hf:owner/w.pth")
 
