@@ -320,7 +320,7 @@ def default_or_shipped(progress: bool = True) -> tuple[Provenance, str | None]:
 def shipped_fallback_notice(why: str = "cannot be had") -> str:
     """The one warning line printed when the default weights cannot be had and ``siammae-cpu`` is used instead:
     what it is, how good (from its card), how to get the default."""
-    return packaged.fallback_notice(DEFAULT_WEIGHTS, why, WEIGHTS[DEFAULT_WEIGHTS].davis_jf)
+    return packaged.fallback_notice(DEFAULT_WEIGHTS, why)
 
 
 def export_shipped(model_or_ckpt_path, card: dict, out_path: str | os.PathLike) -> Path:

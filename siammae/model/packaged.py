@@ -7,8 +7,10 @@ The file is ``siammae/model/shipped/siammae-cpu.safetensors`` (package data), wr
 - metadata (safetensors stores strings): ``"format": "siammae-encoder"``, ``"version": "1"``, ``"config"``: the
   JSON of :meth:`ModelConfig.to_dict`, ``"card"``: the JSON of the model card, a dict with at least
   :data:`CARD_KEYS`: ``summary`` (one line: what it is), ``data`` (what it was trained on), ``licence`` (SPDX id;
-  CC BY-NC 4.0 data makes the weights ``CC-BY-NC-4.0``, non-commercial), ``davis_jf`` (J&F on the shared DAVIS
-  sequences) and ``baselines`` ({name: J&F} at the same frame size); anything else (recipe, steps, wall time) is kept.
+  CC BY-NC 4.0 data makes the weights ``CC-BY-NC-4.0``, non-commercial), ``davis_jf`` (J&F-Mean in percent, as
+  ``siammae-eval`` reports it) and ``baselines`` ({name: J&F in percent} on the same sequences at the same frame
+  size); optional ``eval`` (where J&F was measured, e.g. "3 DAVIS-2016 val sequences, 480p"); anything else
+  (recipe, steps, wall time) is kept.
 
 :func:`siammae.model.statedict.read_checkpoint` reads such a file as a siammae encoder checkpoint (fp16 -> fp32), so
 ``load_model("siammae-cpu")`` or ``load_model(path)`` returns a ViTEncoder that tracks like any other weights.
@@ -74,16 +76,16 @@ def provenance(name: str = SHIPPED) -> Provenance:
 
 
 def summary(card: dict) -> str:
-    """The card in one line: what it is, how good, against what."""
-    base = ", ".join(f"{k} {v:.3g}" for k, v in card["baselines"].items())
-    return f"{card['summary']}; DAVIS J&F {card['davis_jf']:.3g} (baselines: {base}); {card['licence']}"
+    """The card in one line: what it is, how good, against what (the same sequences and frame size)."""
+    base = ", ".join(f"{k} {v:.1f}" for k, v in card["baselines"].items())
+    where = f" on {card['eval']}" if card.get("eval") else ""
+    return f"{card['summary']}; J&F {card['davis_jf']:.1f}{where} (baselines: {base}); {card['licence']}"
 
 
-def fallback_notice(default: str, why: str, default_jf: float | None) -> str:
+def fallback_notice(default: str, why: str) -> str:
     """The one warning line when the default weights cannot be had and the shipped ones are used."""
     _, card = read_shipped()
-    than = f", vs {default_jf:g} on DAVIS-2017 for {default}" if default_jf is not None else ""
     return (
-        f"warning: {default} {why}: using the shipped {SHIPPED} instead ({summary(card)}{than}); for {default}, run "
+        f"warning: {default} {why}: using the shipped {SHIPPED} instead ({summary(card)}); for {default}, run "
         f"'siammae-weights download {default}' with network or 'siammae-weights import FILE {default}'"
     )

@@ -22,8 +22,9 @@ CARD = {
     "summary": "SiamMAE ViT trained on CPU on 12 real clips (test stand-in)",
     "data": "train-videos, sam2, cutie/example.mp4",
     "licence": "CC-BY-NC-4.0",
-    "davis_jf": 0.42,
-    "baselines": {"raw pixels": 0.31, "first mask copied": 0.28},
+    "davis_jf": 42.0,
+    "baselines": {"raw pixels": 31.0, "first mask copied": 28.0},
+    "eval": "3 DAVIS-2016 val sequences",
     "steps": 10,
 }
 
@@ -97,11 +98,11 @@ def test_listed_in_the_package_with_its_card(shipped):
     from siammae.cli.weights import main
 
     row = next(r for r in weights_table() if r["name"] == "siammae-cpu")
-    assert row["cached"] and row["kind"] == "shipped" and row["davis_jf"] == 0.42 and CARD["summary"] in row["summary"]
+    assert row["cached"] and row["kind"] == "shipped" and row["davis_jf"] == 42.0 and CARD["summary"] in row["summary"]
     out = CliRunner().invoke(main, ["list"]).output
     line = next(ln for ln in out.splitlines() if ln.startswith("siammae-cpu "))
     assert "in the package" in line and "CC-BY-NC-4.0" in line
-    assert f"siammae-cpu: {CARD['summary']}; DAVIS J&F 0.42 (baselines: raw pixels 0.31" in out
+    assert f"siammae-cpu: {CARD['summary']}; J&F 42.0 on 3 DAVIS-2016 val sequences (baselines: raw pixels 31.0" in out
 
 
 def test_absent_from_the_build(offline, monkeypatch):
@@ -143,7 +144,8 @@ def test_default_or_shipped(shipped, offline, monkeypatch):
     assert prov.weights == "siammae-cpu" and prov.sha256 == file_sha256(shipped)
     assert notice == shipped_fallback_notice("not in the cache and downloads are off (SIAMMAE_OFFLINE=1)")
     assert "\n" not in notice and notice.startswith("warning: dino-vits16 not in the cache")
-    assert "DAVIS J&F 0.42" in notice and "raw pixels 0.31" in notice and "CC-BY-NC-4.0" in notice
+    assert "J&F 42.0 on 3 DAVIS-2016 val sequences" in notice and "raw pixels 31.0" in notice
+    assert "CC-BY-NC-4.0" in notice
     assert "'siammae-weights download dino-vits16'" in notice and "'siammae-weights import FILE dino-vits16'" in notice
     assert load_model(prov.weights).provenance.weights == "siammae-cpu"
 
