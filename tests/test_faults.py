@@ -226,6 +226,14 @@ def _tensor_ckpt(w, mp):
     torch.save(torch.zeros(3), w["tmp"] / "bad.pt")
 
 
+def _nan_ckpt(w, mp):
+    """A siammae checkpoint whose weights hold a NaN (a diverged run): it ran to `complete`, every frame after the
+    first all background (issue 29)."""
+    ck = read_checkpoint(w["ckpt"])
+    ck["model"]["encoder.blocks.1.attn.qkv.weight"][0, 0] = float("nan")
+    torch.save(ck, w["tmp"] / "bad.pt")
+
+
 def _jpeg_mask(w, mp):
     Image.fromarray(_ids() * 200).convert("RGB").save(w["tmp"] / "m.jpg", quality=80)
 
@@ -664,6 +672,20 @@ CASES = [
         ("bad.pt",),
         _tensor_ckpt,
     ),  # fmt: skip
+    Case(
+        "track-ckpt-nan",
+        "track",
+        lambda w: _ckpt_named(w, str(w["tmp"] / "bad.pt")),
+        ("bad.pt", "encoder.blocks.1.attn.qkv.weight holds NaN"),
+        _nan_ckpt,
+    ),
+    Case(
+        "ckpt-foreign-inf",
+        "track",
+        _foreign,
+        ("bad.pth", "blocks.0.norm1.weight holds inf"),
+        _foreign_ckpt(lambda s: s["blocks.0.norm1.weight"].fill_(float("inf"))),
+    ),
     # --------------------------------------------------------------------------- weights and checkpoints (issue 19)
     Case(
         "weights-download-cut",

@@ -112,7 +112,7 @@ def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
     os.environ["TORCH_HOME"] = cache
     N.WEIGHTS["dino-vits16"] = dataclasses.replace(N.WEIGHTS["dino-vits16"], embed_dim=64, patch_size=8, depth=2)
 
-    def fake_download(url, dest, progress=True, validate=None):
+    def fake_download(url, dest, progress=True, validate=None, **_):  # hash_prefix, hint
         with open(log, "a") as f:
             f.write(f"{rank}\n")
         time.sleep(0.5)
