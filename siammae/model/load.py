@@ -45,68 +45,70 @@ class WeightsChoice:
 
 
 # ---------------------------------------------------------------------------------------- the default weights
-def _shipped_api():
-    """The weights side of the fallback, from siammae.model.named: (default_or_shipped, shipped_fallback_notice).
+# TODO(merge with branch `weights`): named.py there defines the shipped weight (``WEIGHTS["siammae-cpu"]``, its file
+# ``packaged.shipped_file()``), ``can_fetch_quickly(w)`` (None, or why the default cannot be had now) and
+# ``shipped_fallback_notice(why)``. :func:`_weights_api` uses them when they are there; until then the local
+# stand-ins below (same contract: cached or downloads on -> the default; else the shipped file, when present).
+# After the merge, delete SHIPPED_DIR, _local_why and _local_notice, and the getattr probing.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 
-    TODO(merge with branch `weights`): named.py defines ``default_or_shipped()`` (the default's name when it can be
-    had, else ``siammae-cpu``) and ``shipped_fallback_notice()``; until then :func:`_local_default_or_shipped` and
-    :func:`_local_notice` stand in (same contract). Once named.py has them, delete the two local functions and
-    :data:`SHIPPED_DIR`, and let this return the two names unconditionally."""
+
+def _weights_api():
+    """(shipped file, why the default cannot be had now or None, the notice for a reason): named.py's, or local."""
     from siammae.model import named
 
-    found = getattr(named, "default_or_shipped", None), getattr(named, "shipped_fallback_notice", None)
-    return found if None not in found else (_local_default_or_shipped, _local_notice)
+    why, notice = getattr(named, "can_fetch_quickly", None), getattr(named, "shipped_fallback_notice", None)
+    if why is not None and notice is not None and SHIPPED_WEIGHTS in named.WEIGHTS:
+        from siammae.model import packaged
+
+        return packaged.shipped_file(), lambda: why(named.WEIGHTS[named.DEFAULT_WEIGHTS]), notice
+    return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors", _local_why, _local_notice
 
 
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"  # TODO(merge): named.py's shipped location replaces it
-
-
-def _shipped_file() -> Path:
-    return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors"
-
-
-def _local_default_or_shipped() -> str:
+def _local_why() -> str | None:
     from siammae.model.hub import cache_dir, offline_variable
     from siammae.model.named import DEFAULT_WEIGHTS, WEIGHTS
 
-    cached = (cache_dir() / WEIGHTS[DEFAULT_WEIGHTS].filename).is_file()
-    if cached or offline_variable() is None or not _shipped_file().is_file():
-        return DEFAULT_WEIGHTS
-    return _shipped_spec()
+    if (cache_dir() / WEIGHTS[DEFAULT_WEIGHTS].filename).is_file() or (var := offline_variable()) is None:
+        return None
+    return f"is not in the cache and downloads are off ({var}=1)"
 
 
-def _local_notice() -> str:
-    from siammae.model.hub import offline_variable
+def _local_notice(why: str) -> str:
     from siammae.model.named import DEFAULT_WEIGHTS
 
-    why = f"downloads are off ({offline_variable()}=1)" if offline_variable() else "its download failed"
     return (
-        f"the default weights {DEFAULT_WEIGHTS} are not in the cache and {why}: running on {SHIPPED_WEIGHTS}, the "
-        f"small SiamMAE shipped in the package (README, 'Shipped model': well below {DEFAULT_WEIGHTS} on DAVIS); "
-        f"for the default, run 'siammae-weights download {DEFAULT_WEIGHTS}' with network, or "
-        f"'siammae-weights import FILE {DEFAULT_WEIGHTS}'"
+        f"{DEFAULT_WEIGHTS} (the default weights) {why}: running on {SHIPPED_WEIGHTS}, the small SiamMAE shipped in "
+        f"the package (README, 'Weights': well below {DEFAULT_WEIGHTS} on DAVIS); for {DEFAULT_WEIGHTS}, run "
+        f"'siammae-weights download {DEFAULT_WEIGHTS}' with network, or 'siammae-weights import FILE {DEFAULT_WEIGHTS}'"
     )
+
+
+def _shipped_spec(file: Path) -> str:
+    """How load_model is asked for the shipped model: its name once named.py knows it, else its file."""
+    from siammae.model.named import WEIGHTS
+
+    return SHIPPED_WEIGHTS if SHIPPED_WEIGHTS in WEIGHTS else str(file)
+
+
+def _shipped(why: str) -> WeightsChoice | None:
+    file, _, notice = _weights_api()
+    if not file.is_file():  # not in this build: the default's own error stands
+        return None
+    return WeightsChoice(_shipped_spec(file), notice(why).removeprefix("warning: "))
 
 
 def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
     """The weights a command runs, without torch, downloading or hashing: ``ckpt`` (a missing file or an unknown
     name is a :class:`~siammae.errors.CheckpointError` now), else the default weights, or the shipped model when
-    the default cannot be had (module docstring)."""
+    the default cannot be had now and the package ships one (module docstring)."""
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     if ckpt is not None:
         check_spec(ckpt)
         return WeightsChoice(str(ckpt))
-    default_or_shipped, notice = _shipped_api()
-    spec = default_or_shipped()
-    return WeightsChoice(spec) if spec == DEFAULT_WEIGHTS else WeightsChoice(spec, notice())
-
-
-def _shipped_spec() -> str:
-    """How load_model is asked for the shipped model: its name once named.py knows it, else its file."""
-    from siammae.model.named import WEIGHTS
-
-    return SHIPPED_WEIGHTS if SHIPPED_WEIGHTS in WEIGHTS else str(_shipped_file())  # TODO(merge): the name only
+    why = _weights_api()[1]()
+    return (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
 
 
 def shipped_instead(error: CheckpointError) -> WeightsChoice | None:
@@ -114,10 +116,9 @@ def shipped_instead(error: CheckpointError) -> WeightsChoice | None:
     ships one, else None: the error stands (a cached file that fails to load says which file to delete)."""
     from siammae.model.weights import DEFAULT_WEIGHTS, weights_location
 
-    if weights_location(DEFAULT_WEIGHTS)[1] or not _shipped_file().is_file():  # TODO(merge): named.py's check
+    if weights_location(DEFAULT_WEIGHTS)[1]:
         return None
-    first = str(error).split(": ")[-1][:120]
-    return WeightsChoice(_shipped_spec(), f"{_shipped_api()[1]()} ({DEFAULT_WEIGHTS}: {first})")
+    return _shipped(f"could not be fetched ({str(error).split(': ')[-1][:120]})")
 
 
 def num_heads(choice: WeightsChoice) -> int | None:
