@@ -48,7 +48,10 @@ class ExportJob:
         if self.height is not None and self.size is not None:
             given = "x".join(map(str, self.size)) if isinstance(self.size, tuple) else self.size
             raise InputError(f"give either --size ({given}) or --height/--width ({self.height}/{self.width}), not both")
-        check_input_size(self.size if self.height is None else (self.height, self.width))
+        if self.height is None:
+            check_input_size(self.size)
+        else:
+            check_input_size((self.height, self.width), "--height/--width")
         if self.max_batch < 1:
             raise InputError(f"--max-batch {self.max_batch}: must be at least 1")
         if self.trt:

@@ -175,7 +175,7 @@ def resolve_run(device: str = "auto", dtype: str = "fp32"):
     return resolved
 
 
-def check_input_size(size) -> None:
+def check_input_size(size, option: str = "--size") -> None:
     """``--size`` (a short side, or (short, long) as :func:`~siammae.propagation.inputs.parse_size` gives it)
     within :data:`MAX_INPUT_SIDE`, before torch loads: ``--size 100000`` is a typo, not a run (the memory check
     after the model loads catches what this bound lets through)."""
@@ -183,7 +183,7 @@ def check_input_size(size) -> None:
     big = [s for s in sides if isinstance(s, int) and s > MAX_INPUT_SIDE]
     if big:
         raise InputError(
-            f"--size {'x'.join(str(s) for s in sides)}: a side of {big[0]} pixels is over the {MAX_INPUT_SIDE}-pixel "
+            f"{option} {'x'.join(str(s) for s in sides)}: a side of {big[0]} pixels is over the {MAX_INPUT_SIDE}-pixel "
             f"limit of the encoder input (an 8K video is 4320 pixels high; DAVIS runs at 480)"
         )
 
