@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -39,6 +40,7 @@ def load_runner(
     batch_size: int = 8,
     encoder: str | Path | None = None,
     choice=None,
+    progress: bool = False,
 ):
     """(Runner, model settings) for a checkpoint (``ckpt``; None: the default weights, or the shipped model when
     they cannot be had; ``choice``: the :class:`~siammae.model.load.WeightsChoice` already made) or an exported
@@ -82,7 +84,7 @@ def load_runner(
         settings["model"] = info.config if info is not None else None
     settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
     driver = Driver(model, preset, device=device, dtype=dtype, chunk=batch_size)
-    return Runner(driver), settings
+    return Runner(driver, progress=progress), settings  # progress: a frame bar per sequence
 
 
 def get_benchmark(
@@ -166,6 +168,7 @@ def evaluate(
     names = bench.names(root)  # a missing root or list fails here, before any model
     if sequences is not None:
         names = _check_sequences(bench, names, sequences)
+        bench = dataclasses.replace(bench, sequences=tuple(names))  # named in the title and the settings
     if results is not None:
         with OutputFolder(out) if out is not None else contextlib.nullcontext():
             return bench.score_results(root, results, out=out, sequences=names, progress=progress)
@@ -176,7 +179,7 @@ def evaluate(
         out = Path("eval") / f"{tag}-{bench.split}-{weights_stem(choice.spec) if choice else Path(encoder).stem}"
     with OutputFolder(out):  # one run at a time, no planted links, no temp files of a killed run
         runner, settings = load_runner(
-            ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder=encoder, choice=choice
+            ckpt, benchmark, preset, overrides, size, arch, device, dtype, batch_size, encoder, choice, progress
         )
         return bench.run_model(runner, root, out, names, max_frames, settings, overwrite, progress)
 

@@ -65,11 +65,20 @@ def _weights_api():
     return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors", _local_why, _local_notice
 
 
+def _checkpoints_dir() -> Path:
+    """torch.hub's checkpoint folder as ``torch.hub.get_dir()`` finds it (``$TORCH_HOME``, else
+    ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``; then ``hub/checkpoints``), without importing torch: the
+    check of a command stays torch-free. TODO(merge): hub.cache_dir() imports torch; make it this, and use it."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    home = os.environ.get("TORCH_HOME") or os.path.join(cache, "torch")
+    return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
+
+
 def _local_why() -> str | None:
-    from siammae.model.hub import cache_dir, offline_variable
+    from siammae.model.hub import offline_variable
     from siammae.model.named import DEFAULT_WEIGHTS, WEIGHTS
 
-    if (cache_dir() / WEIGHTS[DEFAULT_WEIGHTS].filename).is_file() or (var := offline_variable()) is None:
+    if (var := offline_variable()) is None or (_checkpoints_dir() / WEIGHTS[DEFAULT_WEIGHTS].filename).is_file():
         return None
     return f"is not in the cache and downloads are off ({var}=1)"
 
