@@ -17,6 +17,8 @@ This module imports neither torch nor the model until :meth:`TrackJob.run`.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -239,6 +241,10 @@ class TrackJob:
         early = self.live and source == "-"
         if early:
             source = self._open_live()
+        elif not self.live and self.progress and self.encoder is None:
+            hint = self.cpu_hint()
+            if hint is not None:
+                print(f"note: {hint}", file=sys.stderr)  # once, before the model loads: the run's first update waits
         tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
         if self.live and not early:
             source = self._open_live()
@@ -249,6 +255,23 @@ class TrackJob:
         from siammae.tracking.track import track_video
 
         return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=outputs.jsonl, **common)
+
+    def cpu_hint(self) -> str | None:
+        """On a CPU, when one video's run will take long: what it will take and what is faster (:func:`cpu_hint`);
+        None otherwise (a GPU, a short run, weights of unknown size)."""
+        from siammae.model.load import gpu_absent
+        from siammae.model.weights import WEIGHTS
+
+        on_cpu = self.device == "cpu" or (self.device == "auto" and gpu_absent() is not None)
+        w = WEIGHTS.get(self.weights.spec)
+        if not on_cpu or w is None:
+            return None
+        from siammae.data.video import open_video
+        from siammae.propagation.config import get_preset
+
+        video = open_video(self.videos[0])
+        preset = get_preset(self.preset or default_preset(self.keypoints is not None), size=self.size)
+        return cpu_hint(video.num_frames, (video.height, video.width), preset, w, os.cpu_count() or 1)
 
     def _open_live(self):
         from siammae.data.live import open_source
@@ -271,6 +294,43 @@ class TrackJob:
 
     def replace(self, **changes) -> TrackJob:
         return dataclasses.replace(self, **changes)
+
+
+# What a CPU run takes: the default (dino-vits16, 480x880, 1650 patches) ran 0.36 frames/s on a 2-core CPU, and
+# --size 240 (240x416) 1.9-2.8 frames/s (issue 29, a fresh clone). The encoder's work grows with the patches and the
+# square of the width (its linear layers dominate at these sizes), and shrinks with the cores.
+CPU_RATE = 0.36  # frames/s, the default on 2 cores
+SMALL_SIZE, SMALL_RATE = 240, "1.9-2.8 frames/s"
+LONG_RUN_S = 600.0  # a run estimated longer than this on a CPU says what is faster, once
+
+
+def cpu_estimate_s(frames: int, hw: tuple[int, int], patch: int, dim: int, depth: int, cores: int) -> float:
+    """Seconds to track ``frames`` frames of encoder input ``hw`` on ``cores`` CPU cores with a ViT of ``patch``,
+    width ``dim`` and ``depth`` blocks: the measured default rate (:data:`CPU_RATE`) scaled by the work."""
+    patches = (hw[0] // patch) * (hw[1] // patch)
+    work = patches / 1650 * (dim / 384) ** 2 * depth / 12
+    return frames * work / CPU_RATE * 2 / max(cores, 1)
+
+
+def cpu_hint(frames: int | None, video_hw: tuple[int, int], preset, w, cores: int) -> str | None:
+    """What a run of ``frames`` frames of ``video_hw`` will take with ``preset`` and the named weights ``w`` on
+    ``cores`` CPU cores, and what is faster, when over :data:`LONG_RUN_S`; else None."""
+    if not frames:
+        return None
+    hw = preset.inputs.frame_size(*video_hw, w.patch_size)
+    seconds = cpu_estimate_s(frames, hw, w.patch_size, w.embed_dim, w.depth, cores)
+    if seconds < LONG_RUN_S:
+        return None
+    faster = ""
+    if min(hw) > SMALL_SIZE:
+        small = preset.replace(size=SMALL_SIZE).inputs.frame_size(*video_hw, w.patch_size)
+        speedup = seconds / cpu_estimate_s(frames, small, w.patch_size, w.embed_dim, w.depth, cores)
+        faster = (f"; --size {SMALL_SIZE} is about {speedup:.0f}x faster ({SMALL_RATE} measured on a 2-core CPU), "
+                  "at some cost in accuracy")  # fmt: skip
+    return (
+        f"{frames} frames at {hw[0]}x{hw[1]} on this CPU will take about {seconds / 60:.0f} min (the default weights "
+        f"run {CPU_RATE} frames/s at 480x880 on 2 cores){faster}; a GPU (--device cuda) is far faster"
+    )
 
 
 def _check_mask_contents(masks: dict) -> None:
