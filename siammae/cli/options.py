@@ -84,7 +84,8 @@ def given(ctx: click.Context, name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- types
 class Device(click.ParamType):
-    """auto, cpu, mps, cuda or cuda:N; checked here by its form, and against the machine when the model loads."""
+    """auto, cpu, mps, cuda or cuda:N; checked here by its form, and against the machine before the weights load
+    (:func:`siammae.model.load.check_run`)."""
 
     name = "device"
 
