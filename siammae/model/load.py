@@ -45,49 +45,60 @@ class WeightsChoice:
 
 
 # ---------------------------------------------------------------------------------------- the default weights
-# TODO(merge with branch `weights`): named.py there defines the shipped weight (``WEIGHTS["siammae-cpu"]``, its file
-# ``packaged.shipped_file()``), ``can_fetch_quickly(w)`` (None, or why the default cannot be had now) and
-# ``shipped_fallback_notice(why)``. :func:`_weights_api` uses them when they are there; until then the local
-# stand-ins below (same contract: cached or downloads on -> the default; else the shipped file, when present).
-# After the merge, delete SHIPPED_DIR, _local_why and _local_notice, and the getattr probing.
+# The weights side (branch `weights`, siammae/model/named.py and packaged.py) defines the shipped weight
+# (``WEIGHTS["siammae-cpu"]``, its file ``packaged.shipped_file()``), ``can_fetch_quickly(w)`` (a network probe) and
+# ``shipped_fallback_notice(why)``; they are used when present. TODO(merge): once merged, drop SHIPPED_DIR,
+# _local_notice and the getattr probing (the local stand-ins keep this branch whole on its own).
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
-
-
-def _weights_api():
-    """(shipped file, why the default cannot be had now or None, the notice for a reason): named.py's, or local."""
-    from siammae.model import named
-
-    why, notice = getattr(named, "can_fetch_quickly", None), getattr(named, "shipped_fallback_notice", None)
-    if why is not None and notice is not None and SHIPPED_WEIGHTS in named.WEIGHTS:
-        from siammae.model import packaged
-
-        return packaged.shipped_file(), lambda: why(named.WEIGHTS[named.DEFAULT_WEIGHTS]), notice
-    return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors", _local_why, _local_notice
 
 
 def _checkpoints_dir() -> Path:
     """torch.hub's checkpoint folder as ``torch.hub.get_dir()`` finds it (``$TORCH_HOME``, else
-    ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``; then ``hub/checkpoints``), without importing torch: the
-    check of a command stays torch-free. TODO(merge): hub.cache_dir() imports torch; make it this, and use it."""
+    ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``; then ``hub/checkpoints``), without importing torch, so that a
+    command's check stays torch-free (``hub.cache_dir()`` imports torch)."""
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     home = os.environ.get("TORCH_HOME") or os.path.join(cache, "torch")
     return Path(os.path.expanduser(home)) / "hub" / "checkpoints"
 
 
-def _local_why() -> str | None:
+def _why_not_default() -> str | None:
+    """None when the default weights can be had now, else why not, in a few words. Torch-free when they are cached
+    or downloads are off; online and not cached, the weights side's probe of the network (at most seconds) decides."""
+    from siammae.model import named
     from siammae.model.hub import offline_variable
-    from siammae.model.named import DEFAULT_WEIGHTS, WEIGHTS
 
-    if (var := offline_variable()) is None or (_checkpoints_dir() / WEIGHTS[DEFAULT_WEIGHTS].filename).is_file():
+    default = named.WEIGHTS[named.DEFAULT_WEIGHTS]
+    if (_checkpoints_dir() / default.filename).is_file():
         return None
-    return f"is not in the cache and downloads are off ({var}=1)"
+    if (var := offline_variable()) is not None:
+        return f"not in the cache and downloads are off ({var}=1)"
+    probe = getattr(named, "can_fetch_quickly", None)
+    return probe(default) if probe is not None else None
+
+
+def _shipped_file() -> Path:
+    from siammae.model import named
+
+    if SHIPPED_WEIGHTS in named.WEIGHTS:
+        from siammae.model import packaged
+
+        return packaged.shipped_file()
+    return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors"
+
+
+def _notice(why: str) -> str:
+    """The one warning line (without ``warning:``): the weights side's, or the local stand-in's."""
+    from siammae.model import named
+
+    notice = getattr(named, "shipped_fallback_notice", None)
+    return (notice(why) if notice is not None else _local_notice(why)).removeprefix("warning: ")
 
 
 def _local_notice(why: str) -> str:
     from siammae.model.named import DEFAULT_WEIGHTS
 
     return (
-        f"{DEFAULT_WEIGHTS} (the default weights) {why}: running on {SHIPPED_WEIGHTS}, the small SiamMAE shipped in "
+        f"{DEFAULT_WEIGHTS} (the default weights): {why}: running on {SHIPPED_WEIGHTS}, the small SiamMAE shipped in "
         f"the package (README, 'Weights': well below {DEFAULT_WEIGHTS} on DAVIS); for {DEFAULT_WEIGHTS}, run "
         f"'siammae-weights download {DEFAULT_WEIGHTS}' with network, or 'siammae-weights import FILE {DEFAULT_WEIGHTS}'"
     )
@@ -101,10 +112,10 @@ def _shipped_spec(file: Path) -> str:
 
 
 def _shipped(why: str) -> WeightsChoice | None:
-    file, _, notice = _weights_api()
+    file = _shipped_file()
     if not file.is_file():  # not in this build: the default's own error stands
         return None
-    return WeightsChoice(_shipped_spec(file), notice(why).removeprefix("warning: "))
+    return WeightsChoice(_shipped_spec(file), _notice(why))
 
 
 def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
@@ -116,7 +127,7 @@ def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
     if ckpt is not None:
         check_spec(ckpt)
         return WeightsChoice(str(ckpt))
-    why = _weights_api()[1]()
+    why = _why_not_default()
     return (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
 
 
