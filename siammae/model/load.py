@@ -28,6 +28,7 @@ from siammae.errors import CheckpointError, InputError
 
 SHIPPED_WEIGHTS = "siammae-cpu"  # the model shipped inside the package (siammae/model/shipped/)
 GPU_DTYPES = ("fp16",)  # dtypes that need a CUDA device (siammae.device.resolve_dtype)
+CPU_DTYPES = ("int8",)  # dtypes that run on the CPU only (quantised linear layers, siammae.device.QUANTIZED)
 MAX_INPUT_SIDE = 8192  # pixels, either side of --size: almost twice an 8K frame's height (4320)
 
 
@@ -169,6 +170,8 @@ def check_run(device: str = "auto", dtype: str = "fp32") -> None:
     on a machine with no GPU, or ``fp16`` on ``cpu``, is an :class:`~siammae.errors.InputError` at once. When a GPU
     may be there, torch has the last word in :func:`resolve_run`."""
     device = str(device)
+    if dtype in CPU_DTYPES and device.startswith(("cuda", "mps")):
+        raise InputError(f"--dtype {dtype} runs on the CPU only, not --device {device} (on a GPU use fp16 or bf16)")
     if dtype in GPU_DTYPES and device in ("cpu", "mps"):
         raise InputError(f"--dtype {dtype} needs a CUDA device, not --device {device} (use fp32 or bf16 on a CPU)")
     wants_gpu = device.startswith("cuda") or (dtype in GPU_DTYPES and device == "auto")

@@ -116,6 +116,8 @@ def test_check_run_refuses_before_torch(monkeypatch):
                                  ("auto", "fp16", "--dtype fp16")):  # fmt: skip
         with pytest.raises(InputError, match=f"{asked} needs a CUDA GPU, and no driver"):
             load.check_run(device, dtype)
+    with pytest.raises(InputError, match="--dtype int8 runs on the CPU only, not --device cuda"):
+        load.check_run("cuda", "int8")
     load.check_run("auto", "fp32")  # a CPU run asks nothing of the GPU
     load.check_run("cpu", "bf16")
     monkeypatch.setattr(load, "gpu_absent", lambda: None)
