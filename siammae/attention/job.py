@@ -66,10 +66,10 @@ class AttnJob:
 
     def run(self) -> Path:
         """Check, load the model (the one loader), render: the path written."""
+        self.check()  # before the imports below: torch
         from siammae.attention.maps import render_attention
         from siammae.model.load import load_weights, resolve_run
 
-        self.check()
         device = resolve_run(self.device, self.dtype)  # before the weights load
         model = load_weights(self.ckpt, arch=self.arch, progress=self.progress, choice=self.weights)
         return render_attention(

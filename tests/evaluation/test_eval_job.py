@@ -90,3 +90,34 @@ def test_a_model_run_shows_frames_with_an_estimate(fixture_data, tmp_path):
     frames = len(list((root / "JPEGImages/480p/blackswan").iterdir()))
     assert "  blackswan" in r.stderr and f"/{frames} [" in r.stderr, r.stderr  # frames done / all, time left
     assert "frame/s]" in r.stderr or "s/frame]" in r.stderr
+
+
+COMMAND = """
+import sys
+from siammae.cli.{command} import main
+try:
+    main({args!r})
+except SystemExit as e:
+    print("status", e.code)
+print("torch loaded:", "torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(
+    "command, args, expect",
+    [
+        ("attn", [".", "--heads", "0,9", "--out", "maps"], "head 9 is out of range: the model has 6 heads"),
+        ("attn", [".", "--device", "cuda", "--out", "maps"], "--device cuda needs a CUDA GPU"),
+        ("eval", ["davis", "--root", "D", "--dtype", "fp16"], "--dtype fp16 needs a CUDA GPU"),
+        ("export", ["--trt"], "--trt builds a TensorRT engine, which needs an NVIDIA GPU"),
+        ("track", ["v", "--mask", "m.png", "--device", "cuda"], "--device cuda needs a CUDA GPU"),
+    ],
+)
+def test_commands_refuse_before_torch(command, args, expect, tmp_path):
+    """The command line, not only the job: nothing imports torch before the job's check has refused."""
+    code = COMMAND.format(command=command, args=args)
+    env = {"PYTHONPATH": str(ROOT), "SIAMMAE_OFFLINE": "1", "TORCH_HOME": str(tmp_path / "torch"), "PATH": "",
+           "CUDA_VISIBLE_DEVICES": ""}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-2:] == ["status 2", "torch loaded: False"], out.stdout + out.stderr
+    assert expect in out.stderr, out.stderr
