@@ -483,6 +483,57 @@ def _eval_bomb_annotation(w, mp):
     w["davis"] = root
 
 
+# --------------------------------------------------------------- issue 29: checks before the weights and the model
+def _no_weights(w, mp):
+    """No --ckpt, downloads off, an empty cache and no shipped model: the default weights cannot be had, so a check
+    that ran after the weights were resolved would report the offline-weights error instead of the case's own."""
+    import siammae.model.load as load
+
+    mp.setenv("SIAMMAE_OFFLINE", "1")
+    mp.setenv("TORCH_HOME", str(w["out"] / "torch"))
+    mp.setattr(load, "SHIPPED_DIR", w["out"] / "absent")
+    try:
+        from siammae.model import packaged
+
+        mp.setattr(packaged, "shipped_file", lambda: w["out"] / "absent" / "siammae-cpu.safetensors")
+    except ImportError:
+        pass
+
+
+def _no_gpu(w, mp):
+    """The machine has no GPU driver (as this CI machine; patched so that the row means the same on a GPU host)."""
+    _no_weights(w, mp)
+    mp.setattr("siammae.model.load.gpu_absent", lambda: "this machine has no GPU driver")
+
+
+def _later_mask(write):
+    """--mask-dir md: frame 0's good mask, and frame 1's written by ``write(folder)``; no --ckpt (see _no_weights)."""
+
+    def setup(w, mp):
+        _no_weights(w, mp)
+        _save_p(w["tmp"] / "md" / "00000.png", _ids())
+        write(w["tmp"] / "md")
+
+    return setup
+
+
+def _sixteen_bit_300(folder):
+    ids = _ids(1).astype(np.uint16) * 300
+    Image.fromarray(ids).save(folder / "00001.png")  # uint16 -> a 16-bit greyscale PNG (mode I;16)
+
+
+def _small_memory(w, mp):
+    """1 GB of memory: the estimate of a 4000-pixel input refuses it (the row does not depend on the host's RAM)."""
+    import siammae.memory
+
+    mp.setattr(siammae.memory, "available_bytes", lambda device="cpu": 10**9)
+
+
+def _track_default(w, *extra):
+    """siammae-track with no --ckpt (the default weights)."""
+    return [str(w["video"]), "--size", "64", "--device", "cpu", "-q", "--out", str(w["out"]), *[str(e) for e in extra]]
+
+
 CASES = [
     # --------------------------------------------------------------------------------------------- track
     Case(
@@ -788,7 +839,7 @@ CASES = [
             "--ckpt",
             str(w["ckpt"]),
             "--size",
-            "100000",
+            "4000",
             "--mask",
             str(w["mask"]),
             "--out",
@@ -796,6 +847,7 @@ CASES = [
             "-q",
         ],
         ("video", "needs about"),
+        _small_memory,
     ),  # fmt: skip
     Case("track-out-is-file", "track", lambda w: _track(w, "--out", w["tmp"] / "f"), ("f",), _write("f", "x")),
     Case(
@@ -1159,8 +1211,9 @@ CASES = [
     Case(
         "export-huge",
         "export",
-        lambda w: _export(w)[:4] + ["--height", "100000", "--width", "100000"],
-        ("100000x100000", "needs about"),
+        lambda w: _export(w)[:4] + ["--height", "4000", "--width", "4000"],
+        ("4000x4000", "needs about"),
+        _small_memory,
     ),  # fmt: skip
     Case(
         "export-ckpt-hostile",
@@ -1175,8 +1228,9 @@ CASES = [
     Case(
         "attn-size-huge",
         "attn",
-        lambda w: _attn(w, "--out", w["out"])[:3] + ["--size", "100000", "--out", str(w["out"]), "-q"],
-        ("size 100000", "needs about"),
+        lambda w: _attn(w, "--out", w["out"])[:3] + ["--size", "4000", "--out", str(w["out"]), "-q"],
+        ("size 4000", "needs about"),
+        _small_memory,
     ),  # fmt: skip
     Case("attn-input-missing", "attn", lambda w: _attn(w, "--out", w["out"], input=w["tmp"] / "nope"), ("nope",)),
     Case("attn-heads-bad", "attn", lambda w: _attn(w, "--out", w["out"], "--heads", "99"), ("99",)),
@@ -1221,6 +1275,114 @@ CASES = [
         "export",
         lambda w: ["--ckpt", str(w["ckpt"]), "--out", str(w["out"] / "m.onnx"), "--size", "0x64", "--no-verify"],
         ("'0x64' is not a size",),
+    ),  # fmt: skip
+    # ------------------------------------------------------ issue 29: refused before the weights and the model load
+    Case(
+        "track-mask-dir-later-empty",
+        "track",
+        lambda w: _track_default(w, "--mask-dir", w["tmp"] / "md"),
+        ("md/00001.png", "mask is empty"),
+        _later_mask(lambda d: _save_p(d / "00001.png", np.zeros((SIZE, SIZE), np.uint8))),
+    ),  # fmt: skip
+    Case(
+        "track-mask-dir-later-jpeg",
+        "track",
+        lambda w: _track_default(w, "--mask-dir", w["tmp"] / "md"),
+        ("md/00001.jpg", "JPEG"),
+        _later_mask(lambda d: Image.fromarray(_ids(1) * 200).convert("RGB").save(d / "00001.jpg", quality=80)),
+    ),  # fmt: skip
+    Case(
+        "track-mask-dir-later-16bit-300",
+        "track",
+        lambda w: _track_default(w, "--mask-dir", w["tmp"] / "md"),
+        ("md/00001.png", "300"),
+        _later_mask(_sixteen_bit_300),
+    ),  # fmt: skip
+    Case(
+        "track-size-absurd-before-weights",
+        "track",
+        lambda w: _track_default(w, "--mask", w["mask"])[:1] + ["--size", "100000", "--mask", str(w["mask"])],
+        ("100000", "8192-pixel limit"),
+        _no_weights,
+    ),  # fmt: skip
+    Case(
+        "track-cuda-without-gpu-before-weights",
+        "track",
+        lambda w: _track_default(w, "--mask", w["mask"])[:3] + ["--device", "cuda", "--mask", str(w["mask"])],
+        ("--device cuda needs a CUDA GPU", "no GPU driver"),
+        _no_gpu,
+    ),  # fmt: skip
+    Case(
+        "track-fp16-on-cpu-before-weights",
+        "track",
+        lambda w: _track_default(w, "--mask", w["mask"], "--dtype", "fp16"),
+        ("--dtype fp16 needs a CUDA device, not --device cpu",),
+        _no_weights,
+    ),  # fmt: skip
+    Case(
+        "track-fp16-auto-without-gpu-before-weights",
+        "track",
+        lambda w: _track_default(w, "--mask", w["mask"])[:3] + ["--dtype", "fp16", "--mask", str(w["mask"])],
+        ("--dtype fp16 needs a CUDA GPU",),
+        _no_gpu,
+    ),  # fmt: skip
+    Case(
+        "attn-heads-out-of-range-before-weights",
+        "attn",
+        lambda w: [str(w["video"]), "--heads", "0,9", "--device", "cpu", "--out", str(w["out"]), "-q"],
+        ("head 9 is out of range: the model has 6 heads",),
+        _no_weights,
+    ),  # fmt: skip
+    Case(
+        "attn-cuda-without-gpu-before-weights",
+        "attn",
+        lambda w: [str(w["video"]), "--device", "cuda", "--out", str(w["out"]), "-q"],
+        ("--device cuda needs a CUDA GPU",),
+        _no_gpu,
+    ),  # fmt: skip
+    Case(
+        "eval-cuda-without-gpu-before-weights",
+        "eval",
+        lambda w: ["davis", "--root", str(w["davis"]), "--out", str(w["out"]), "--size", "64", "--device", "cuda"],
+        ("--device cuda needs a CUDA GPU",),
+        _no_gpu,
+    ),  # fmt: skip
+    Case(
+        "eval-size-absurd-before-weights",
+        "eval",
+        lambda w: ["davis", "--root", str(w["davis"]), "--out", str(w["out"]), "--size", "100000"],
+        ("100000", "8192-pixel limit"),
+        _no_weights,
+    ),  # fmt: skip
+    Case(
+        "export-trt-without-gpu",
+        "export",
+        lambda w: _export(w, "--trt"),
+        ("--trt", "needs an NVIDIA GPU", "no GPU driver"),
+        _no_gpu,
+    ),  # fmt: skip
+    Case(
+        "export-size-absurd-before-weights",
+        "export",
+        lambda w: ["--out", str(w["out"] / "m.onnx"), "--height", "100000", "--width", "100000"],
+        ("--height/--width 100000x100000", "8192-pixel limit"),
+        _no_weights,
+    ),  # fmt: skip
+    # --------------------------------------------------------------- issue 29: no non-finite number on any option
+    Case("track-duration-nan", "track", lambda w: _track(w, "--duration", "nan"), ("'nan' is not a finite number",)),
+    Case(
+        "track-temperature-inf", "track", lambda w: _track(w, "--temperature", "inf"), ("'inf' is not a finite",)
+    ),  # fmt: skip
+    Case("eval-temperature-nan", "eval", lambda w: _eval(w, "--temperature", "nan"), ("'nan' is not a finite",)),
+    Case("attn-alpha-nan", "attn", lambda w: _attn(w, "--alpha", "nan"), ("'nan' is not a finite number",)),
+    Case("export-workspace-inf", "export", lambda w: _export(w, "--workspace", "inf"), ("'inf' is not a finite",)),
+    # ------------------------------------------------------------------------- issue 29: messages that misled
+    Case("prepare-nowhere", "prepare", lambda w: ["nowhere", "--out", str(w["out"])], ("nowhere: no such file",)),
+    Case(
+        "eval-results-with-attention",
+        "eval",
+        lambda w: ["davis", "--root", str(w["davis"]), "--results", str(w["tmp"]), "--attention", "exact"],
+        ("--attention only applies with --ckpt",),
     ),  # fmt: skip
     # ---------------------------------------------------------------------------------------------- demo
     Case("demo-out-is-file", "demo", lambda w: ["--out", str(w["tmp"] / "f"), "--quiet"], ("f",), _write("f", "x")),

@@ -139,7 +139,7 @@ class Jhmdb(Benchmark):
 
     @property
     def title(self) -> str:
-        return f"JHMDB split {self.split}"
+        return f"JHMDB split {self.split}{self.subset_text}"
 
     def names(self, root) -> list[str]:
         return list_videos(root, self.split)

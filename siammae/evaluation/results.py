@@ -30,7 +30,7 @@ from siammae.io import write_json, write_text
 
 # Settings that say where things are, not what was computed: a resume may find the data set or the checkpoint
 # moved (the checkpoint's identity is its sha256, which must match).
-LOCATION_KEYS = frozenset({"root", "checkpoint", "results"})
+LOCATION_KEYS = frozenset({"root", "checkpoint", "results", "sequences"})  # sequences: a resume may run more
 
 
 def _jsonable(value):

@@ -42,15 +42,16 @@ def check_frames(frames: torch.Tensor, size: tuple[int, int], path: Path) -> Non
 
 def require_tensorrt(purpose: str = "building a TensorRT engine"):
     """The ``tensorrt`` module, after checking that it is installed and that there is a CUDA GPU."""
+    if not torch.cuda.is_available():  # first: installing tensorrt would not help
+        raise SiamMAEError(
+            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'}): TensorRT runs only on an NVIDIA GPU; on this machine "
+            "use the ONNX graph (onnxruntime)"
+        )
     try:
         import tensorrt as trt
     except ImportError as e:
         raise MissingExtraError("tensorrt", "trt", purpose) from e
-    if not torch.cuda.is_available():
-        raise SiamMAEError(
-            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda or 'not built in'})"
-        )
     return trt
 
 
@@ -223,3 +224,17 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", *
         f"{path}: unknown encoder file type {path.suffix or '(none)'}; "
         f"expected one of {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)}"
     )
+
+
+def load_frame_encoder(ckpt=None, encoder=None, *, arch=None, device="auto", rank=None, progress=True, choice=None):
+    """The :class:`~siammae.propagation.features.FrameEncoder` of a run, as every command loads it: the runtime of
+    ``encoder`` (``.onnx`` / ``.engine``, :func:`load_encoder`) on ``device``, or the PyTorch weights of ``ckpt``
+    through the one weights loader (:func:`siammae.model.load.load_weights`: None is the default weights, or the
+    shipped model when they cannot be had; fetched once per machine under torchrun, ``rank``)."""
+    if ckpt is not None and encoder is not None:
+        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
+    if encoder is not None:
+        return load_encoder(encoder, device=device)
+    from siammae.model.load import load_weights
+
+    return load_weights(ckpt, arch=arch, rank=rank, progress=progress, choice=choice)

@@ -17,7 +17,7 @@ _EXPORTS = {
     "run_batch": "siammae.tracking.batch",
     "track_many": "siammae.tracking.batch",
     "TrackJob": "siammae.tracking.job",
-    "load_frame_encoder": "siammae.tracking.job",
+    "load_frame_encoder": "siammae.export.runtime",
     "load_tracker": "siammae.tracking.job",
     "RunOutputs": "siammae.tracking.outputs",
     "TrackingRun": "siammae.tracking.run",

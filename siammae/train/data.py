@@ -33,9 +33,10 @@ COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue (Si
 
 
 # ---------------------------------------------------------------------------------------------- finding videos
-def find_videos(paths) -> list[str]:
+def find_videos(paths, option: str = "--data") -> list[str]:
     """Resolve ``paths`` (folders searched recursively, video files, frame folders, ``.txt`` lists of any of these,
-    one per line, relative to the list file) to a sorted, de-duplicated list of clips.
+    one per line, relative to the list file) to a sorted, de-duplicated list of clips. ``option``: how errors name
+    where a path came from (``--data`` for siammae-train; "" for siammae-prepare's arguments).
 
     A folder that directly holds images is a frame-folder clip; its sub-folders are searched as well.
     """
@@ -46,7 +47,7 @@ def find_videos(paths) -> list[str]:
         raise InputError("no training data given (--data FOLDER, a video file or a .txt list)")
     found: set[str] = set()
     for p in paths:
-        found.update(_expand(p, depth=0))
+        found.update(_expand(p, 0, f"{option} " if option else ""))
     if not found:
         raise InputError(
             f"no videos or frame folders found in {', '.join(str(p) for p in paths)} "
@@ -55,9 +56,9 @@ def find_videos(paths) -> list[str]:
     return sorted(found)
 
 
-def _expand(path: Path, depth: int) -> list[str]:
+def _expand(path: Path, depth: int, given: str = "--data ") -> list[str]:
     if not path.exists():
-        raise InputError(f"--data {path}: no such file or folder")
+        raise InputError(f"{given}{path}: no such file or folder")
     if path.is_dir():
         return _scan(path)
     suffix = path.suffix.lower()
@@ -65,15 +66,15 @@ def _expand(path: Path, depth: int) -> list[str]:
         return [str(path)]
     if suffix == ".txt":
         if depth > 0:
-            raise InputError(f"--data {path}: a list file cannot name another list file")
+            raise InputError(f"{given}{path}: a list file cannot name another list file")
         out = []
         for line in path.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 entry = Path(line) if Path(line).is_absolute() else path.parent / line
-                out.extend(_expand(entry, depth + 1))
+                out.extend(_expand(entry, depth + 1, given))
         return out
-    raise InputError(f"--data {path}: not a folder, a video ({', '.join(VIDEO_EXTENSIONS)}) or a .txt list of them")
+    raise InputError(f"{given}{path}: not a folder, a video ({', '.join(VIDEO_EXTENSIONS)}) or a .txt list of them")
 
 
 def _scan(root: Path) -> list[str]:

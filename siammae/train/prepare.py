@@ -173,7 +173,7 @@ def prepare(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out}: exists and is not a folder")
-    sources = [str(Path(v).resolve()) for v in find_videos(inputs)]
+    sources = [str(Path(v).resolve()) for v in find_videos(inputs, option="")]
     # one writer per folder (the lock tracking and training take too); opening it also removes the temporary
     # files of a killed run (a half-written shard tar of a kill -9), which nothing else would ever clean
     with OutputFolder(out, what="--out"):
