@@ -9,7 +9,6 @@ graph's ``max_batch`` are run in chunks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 from siammae.device import resolve_device
 from siammae.errors import InputError, MissingExtraError, SiamMAEError
 from siammae.export.metadata import read_info
+from siammae.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +182,7 @@ class TensorRTEncoder:
         self._in_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._input))
         self._out_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._output))
         sidecar = self.path.with_name(self.path.name + ".json")
-        try:
-            self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        except ValueError as e:
-            raise InputError(f"{sidecar}: not valid JSON ({e})") from e
+        self.build_info = read_json(sidecar) if sidecar.is_file() else None
         self.dtype = (self.build_info or {}).get("metadata", {}).get("siammae.dtype", "unknown")
 
     def __repr__(self) -> str:

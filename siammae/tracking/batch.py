@@ -26,7 +26,6 @@ the model loads). Under ``torchrun`` rank 0 holds the claim for every rank.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from siammae.data.video import count_frames
 from siammae.distributed import Rank, current_rank, finish, gather, init
 from siammae.errors import InputError, OutputError, SiamMAEError
-from siammae.io import write_json, write_text
+from siammae.io import read_json, write_json, write_text
 from siammae.outputs import OutputFolder
 from siammae.tracking.manifest import BatchItem, check_batch_folder, check_items
 from siammae.tracking.report import now_iso
@@ -183,10 +182,9 @@ def _read_report(path: Path) -> dict | None:
     if path.is_symlink() or path.parent.is_symlink():
         return None
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError, RecursionError):
+        return read_json(path)
+    except InputError:
         return None
-    return report if isinstance(report, dict) else None
 
 
 def _replace(partial: Path, folder: Path, item: BatchItem, started: str, status: str, error: str | None) -> dict:

@@ -10,7 +10,6 @@ rejected up front, naming the row, never silently changed. Paths in a manifest m
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from siammae.errors import InputError, OutputError
+from siammae.io import parse_json
 from siammae.outputs import LOCK_NAME
 
 MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
@@ -49,14 +49,7 @@ def _rows_jsonl(path: Path, text: str) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {n} is not JSON ({e.msg})") from e
-        except RecursionError as e:  # json nests by recursion: a hostile line of 100,000 brackets
-            raise InputError(f"{path}: line {n} is nested too deeply to be a manifest row") from e
-        if not isinstance(row, dict):
-            raise InputError(f"{path}: line {n} is not a JSON object")
+        row = parse_json(line, f"{path}: line {n}")
         for k, v in row.items():
             if v is not None and not isinstance(v, str):
                 raise InputError(f"{path}: line {n}: {k!r} must be a string (a path or a name), got {type(v).__name__}")

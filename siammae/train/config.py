@@ -12,7 +12,6 @@ same result whichever way the batch is split (see :mod:`siammae.train.sampler`).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from siammae.errors import InputError
+from siammae.io import parse_json, read_text
 from siammae.model.config import DECODERS, ENCODER_MODES, LIMITS, MASKINGS
 
 AUGMENTATIONS = ("spatial", "none", "color", "both")  # the paper's augmentation ablation (docs/PAPER.md)
@@ -190,7 +190,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path}: no such file")
-    text = path.read_text()
+    text = read_text(path, "config file")
     if path.suffix.lower() == ".toml":
         if sys.version_info < (3, 11):
             raise InputError(f"config file {path}: reading TOML needs Python 3.11 (tomllib); use a .json file")
@@ -201,10 +201,7 @@ def read_config_file(path: str | os.PathLike) -> dict:
         except tomllib.TOMLDecodeError as e:
             raise InputError(f"config file {path}: invalid TOML ({e})") from e
     elif path.suffix.lower() == ".json":
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise InputError(f"config file {path}: invalid JSON ({e})") from e
+        d = parse_json(text, f"config file {path}", object)
     else:
         raise InputError(f"config file {path}: expected a .json or .toml file")
     if not isinstance(d, dict):

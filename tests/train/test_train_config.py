@@ -72,7 +72,8 @@ def test_files_and_overrides(tmp_path):
         ('{"resume": 1}', "resume = 1: must be true or false"),
         ('{"crop_scale": [0, 1]}', r"crop_scale = \(0\.0, 1\.0\): must be in \(0, 1\]"),
         ("[1, 2]", "expected a table of settings"),
-        ("{oops", "invalid JSON"),
+        ("{oops", "not readable JSON"),
+        ("[" * 100_000, "nested too deeply"),  # a RecursionError before
     ],
 )
 def test_bad_files_say_what_is_wrong(tmp_path, text, match):
