@@ -85,6 +85,46 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+class _WholeWrites:
+    """A binary writer on a file descriptor whose ``write`` writes every byte or raises: a short write (the last
+    bytes that fit on a full disk) is retried, so the next one raises ENOSPC. Writers that ignore a short count
+    (torch.save) would otherwise fail later with a message of their own (``unexpected pos``)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.error: OSError | None = None  # the first failed write (a writer may hide it behind an error of its own)
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_stream(path: str | os.PathLike) -> Iterator[_WholeWrites]:
+    """:func:`atomic_write` for a writer that takes a file object (``torch.save(obj, f)``): yields a binary writer
+    whose failed write is an OSError, so a full disk is an :class:`OutputError` naming ``path`` (also when the
+    writer, as torch.save does, raises an error of its own after the failed write: ``unexpected pos``)."""
+    with atomic_write(path) as tmp:
+        writer = _WholeWrites(os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)))
+        try:
+            yield writer
+        except Exception as e:
+            if writer.error is not None and e is not writer.error:
+                raise writer.error from e
+            raise
+        finally:
+            os.close(writer.fd)
+
+
 def write_json(path: str | os.PathLike, obj, indent: int = 2) -> None:
     """Write ``obj`` as JSON to ``path`` atomically."""
     with atomic_write(path) as tmp:
