@@ -62,6 +62,24 @@ def torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
+# onnxruntime's switch for its non-Windows telemetry: unset, importing it writes a device id and a SQLite file to
+# $HOME/.cache/Microsoft/DeveloperTools/.onnxruntime (seen with 1.31). It is read once, at import, so it is set here
+# before the one import of onnxruntime in the package; ``ORT_DISABLE_TELEMETRY=0`` in the environment opts back in.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, imported with its telemetry off (:data:`ORT_TELEMETRY_ENV`; on Windows builds
+    ``disable_telemetry_events()``), so that no run writes outside its outputs. Every use of onnxruntime in siammae
+    imports it through here."""
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
+    import onnxruntime
+
+    if os.environ[ORT_TELEMETRY_ENV] != "0":
+        onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
 class OnnxEncoder:
     """An exported ``.onnx`` encoder run by onnxruntime: CUDA provider on a CUDA device, CPU provider otherwise.
 
@@ -71,7 +89,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto", threads: int | None = None):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         self.path = Path(path)
