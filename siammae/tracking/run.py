@@ -54,7 +54,8 @@ def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -
     leaves this run's outputs only), released by :meth:`TrackingRun.run`."""
     H, W = tracker.frame_size(src.height, src.width)
     chunk = tracker.chunk_for(src)
-    check_encoder_fits(tracker.encoder, H, W, chunk, tracker.device, f"{src.path} at {H}x{W} (height x width)")
+    what = f"{src.path} at {H}x{W} (height x width)"
+    check_encoder_fits(tracker.encoder, H, W, chunk, tracker.device, what, context_frames=tracker.config.n_last + 1)
     if outputs.overlay is not None:
         check_video_output(outputs.overlay, "--overlay")
     files = outputs.files()
