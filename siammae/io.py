@@ -6,7 +6,7 @@ A crash, a full disk or Ctrl-C leaves either the old file or the new one, never 
 symlink at the destination by the file (it never writes to the link's target), and the file gets the mode that
 ``open`` would give (0o666 less the umask), not the 0o600 of ``mkstemp``. Temporary names start with
 :data:`TMP_PREFIX`, so the leftovers of a killed run are recognised (and removed by the next run's
-:class:`siammae.outputs.OutputFolder`).
+:class:`siammae.output_folder.OutputFolder`).
 
 Append-only logs (``log.jsonl``, ``keypoints.jsonl``) open with :func:`open_append`, which refuses a symlink, and
 are read back with :func:`read_jsonl`, which drops a torn last line (the one a kill -9 or a full disk can leave).

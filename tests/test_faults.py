@@ -33,7 +33,7 @@ from siammae.cli.train import cli as train_main
 from siammae.data.palette import davis_palette_flat
 from siammae.model.checkpoint import read_checkpoint, save_checkpoint
 from siammae.model.named import Pin
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 
 COMMANDS = {
     "track": track_main,
@@ -138,6 +138,12 @@ def _full_disk_in_checkpoint(w, mp):
         return real(fd, data)
 
     mp.setattr(sio.os, "write", write)
+
+
+def _out_is_link(w, mp):
+    """--out is a symbolic link to an empty folder of the case (whose snapshot shows any write, or lock, there)."""
+    (w["tmp"] / "target").mkdir()
+    w["out"].symlink_to(w["tmp"] / "target")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -1392,6 +1398,18 @@ CASES = [
         _train,
         ("cannot write", "step_00000001.pt", "No space left on device"),
         _full_disk_in_checkpoint,
+    ),
+    # --out that is a symbolic link: refused by every command, nothing written or locked in its target
+    Case("track-out-is-link", "track", lambda w: _track(w, "--out", w["out"]), ("is a symbolic link",), _out_is_link),
+    Case("eval-out-is-link", "eval", _eval, ("is a symbolic link", "give the real folder"), _out_is_link),
+    Case("train-out-is-link", "train", _train, ("is a symbolic link",), _out_is_link),
+    Case("prepare-out-is-link", "prepare", _prepare, ("is a symbolic link",), _out_is_link),
+    Case(
+        "track-batch-out-is-link",
+        "track",
+        lambda w: _batch(w),
+        ("is a symbolic link",),
+        _both(_manifest([{}]), _out_is_link),
     ),
 ]
 

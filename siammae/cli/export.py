@@ -100,7 +100,7 @@ def main(
 ):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) patch
     features (L2-normalised by the tracker), with normalisation and position embeddings inside the graph."""
-    from siammae.export.outputs import check_outputs
+    from siammae.export.paths import check_outputs
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     log_to_stderr()

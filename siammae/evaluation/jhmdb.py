@@ -30,7 +30,7 @@ from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normal
 from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.results import ResultsDir
 from siammae.io import read_json, read_text
-from siammae.outputs import check_name
+from siammae.output_folder import check_name
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner

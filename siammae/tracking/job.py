@@ -9,7 +9,7 @@ a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then
 The policy lives in the library, not the command, so that Python callers get the same behaviour:
 :func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
 the keypoint preset), :meth:`Tracker.chunk_for <siammae.tracking.tracker.Tracker.chunk_for>` (real time tracks
-frame by frame), :func:`~siammae.tracking.outputs.default_out` (where outputs go when none is given).
+frame by frame), :func:`~siammae.tracking.run_outputs.default_out` (where outputs go when none is given).
 
 This module imports neither torch nor the model until :meth:`TrackJob.run`.
 """
@@ -36,7 +36,7 @@ def default_preset(keypoints: bool) -> str:
 def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto", rank=None, progress: bool = True):
     """The model of ``ckpt`` (PyTorch weights: a name or a file; None: the default weights,
     :data:`~siammae.model.weights.DEFAULT_WEIGHTS`) or the runtime of ``encoder`` (``.onnx`` / ``.engine``) on
-    ``device``, as ``siammae-track`` loads it. Under torchrun (``rank``, :class:`siammae.distributed.Rank`) named
+    ``device``, as ``siammae-track`` loads it. Under torchrun (``rank``, :class:`siammae.torchrun.Rank`) named
     weights are fetched once per machine (local rank 0) while the other ranks wait, then loaded by every rank."""
     if ckpt is not None and encoder is not None:
         raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
@@ -49,7 +49,7 @@ def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto",
 
     weights = ckpt or DEFAULT_WEIGHTS
     if rank is not None and rank.distributed:
-        from siammae.distributed import init
+        from siammae.torchrun import init
 
         init(rank)
         fetch_once_per_machine(weights, rank, progress)
@@ -129,8 +129,8 @@ class TrackJob:
         return bool(self.realtime or self.max_frames or self.duration or self.format)
 
     def outputs(self):
-        """The single video's :class:`~siammae.tracking.outputs.RunOutputs`, the default ``out`` when none given."""
-        from siammae.tracking.outputs import RunOutputs
+        """The single video's :class:`~siammae.tracking.run_outputs.RunOutputs`, the default ``out`` when none given."""
+        from siammae.tracking.run_outputs import RunOutputs
 
         given = RunOutputs.of(self.out, self.overlay, self.report, self.jsonl)
         return given.or_default(self.videos[0], self.keypoints is not None)
@@ -263,7 +263,7 @@ class TrackJob:
                            duration=self.duration)  # fmt: skip
 
     def _run_batch(self, tracker_args: dict) -> dict:
-        from siammae.distributed import current_rank
+        from siammae.torchrun import current_rank
         from siammae.tracking.batch import run_batch
 
         rank = current_rank()

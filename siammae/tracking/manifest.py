@@ -18,7 +18,7 @@ from pathlib import Path
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from siammae.errors import InputError, OutputError
 from siammae.io import parse_json
-from siammae.outputs import LOCK_NAME
+from siammae.output_folder import LOCK_NAME, check_folder_free
 
 MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
 SUMMARY_FILES = ("summary.json", "summary.md")
@@ -170,10 +170,9 @@ def check_batch_folder(root: Path, items: list[BatchItem], overwrite: bool) -> l
     with ``overwrite``, any other entry a batch does not write. (The claim, :func:`siammae.tracking.batch.
     claim_batch_folder`, asks again under the lock, and refuses links anywhere inside.)"""
     root = Path(root)
-    if not root.exists() and not root.is_symlink():
+    check_folder_free(root, overwrite, exclusive=False)  # not a link, not a file
+    if not root.exists():
         return []
-    if not root.is_dir():
-        raise OutputError(f"--out {root}: exists and is not a folder")
     entries = sorted(root.iterdir())
     for e in entries:
         if e.is_symlink():

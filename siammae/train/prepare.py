@@ -9,7 +9,8 @@ is resumable at shard granularity: a shard whose tar and ``.json`` part are both
 (re)made, in parallel over ``workers`` processes. A video that cannot be decoded is rolled back out of its shard,
 listed in ``skipped.txt`` and left out of the index. ``prepare.json`` records the inputs and settings; running again
 into the same folder with other ones is refused rather than mixing two data sets. The output folder is held with
-:class:`~siammae.outputs.OutputFolder` (one run at a time; a killed run's temporary tar is removed on the next run).
+:class:`~siammae.output_folder.OutputFolder` (one run at a time; a killed run's temporary tar is removed on the next
+run).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from PIL import Image
 from siammae.data import shards as S
 from siammae.errors import InputError, SiamMAEError, VideoError
 from siammae.io import atomic_write, parse_json, read_json, write_json, write_text
-from siammae.outputs import LOCK_NAME, OutputFolder
+from siammae.output_folder import LOCK_NAME, OutputFolder, check_folder_free
 
 MANIFEST = "prepare.json"
 
@@ -165,8 +166,7 @@ def prepare(
     if workers < 1:
         raise InputError(f"--workers {workers}: must be at least 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+    check_folder_free(out, exclusive=False)  # not a file, not a link: before the videos are listed
     sources = [str(Path(v).resolve()) for v in find_videos(inputs)]
     # one writer per folder (the lock tracking and training take too); opening it also removes the temporary
     # files of a killed run (a half-written shard tar of a kill -9), which nothing else would ever clean

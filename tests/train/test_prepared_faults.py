@@ -18,7 +18,7 @@ from siammae.data.shards import PreparedFrames
 from siammae.data.video import write_video
 from siammae.errors import InputError, OutputError, VideoError
 from siammae.io import TMP_PREFIX
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 from siammae.train.prepare import PrepareSettings, prepare
 
 
