@@ -86,9 +86,16 @@ def check_folder_free(
     if not exclusive:
         return []
     entries = sorted(e for e in path.iterdir() if e.name != LOCK_NAME)
+    mine = [any(fnmatch.fnmatch(e.name, p) for p in owned) for e in entries]
+    links = [e for e, ours in zip(entries, mine, strict=True) if e.is_symlink() and not (overwrite and ours)]
+    if links:  # a link named like an output goes with --overwrite (its target stays); any other is refused
+        raise OutputError(
+            f"{links[0]}: is a symbolic link inside {what} {path}; siammae never writes through a link it did not "
+            "create: remove it or choose another folder"
+        )
     if entries and not overwrite:
         raise OutputError(f"{what} {path}: output folder is not empty (use --overwrite to replace its files)")
-    foreign = [e.name for e in entries if e.is_dir() or not any(fnmatch.fnmatch(e.name, p) for p in owned)]
+    foreign = [e.name for e, ours in zip(entries, mine, strict=True) if not ours or (e.is_dir() and not e.is_symlink())]
     if foreign:
         raise OutputError(
             f"{what} {path}: holds {_shown(foreign)}, which this command does not write; --overwrite only "

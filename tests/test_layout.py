@@ -17,6 +17,7 @@ PACKAGE = ROOT / "siammae"
 # Units of one rank never import each other (train and export; tracking and evaluation).
 LAYERS = {
     "siammae.errors": 0,
+    "siammae.config_rules": 1,
     "siammae.io": 1,
     "siammae.device": 1,
     "siammae.torchrun": 1,

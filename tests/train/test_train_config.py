@@ -105,7 +105,8 @@ def test_every_field_declares_its_rule_and_checkpoint_configs_load():
     and a stored config (to_dict, lists for tuples, ints for floats) rebuilds the same config with TrainConfig(**d)."""
     from dataclasses import fields
 
-    from siammae.train.config import Rule, describe
+    from siammae.config_rules import Rule
+    from siammae.train.config import describe
 
     assert all(isinstance(f.metadata.get("rule"), Rule) and f.metadata["rule"].help for f in fields(TrainConfig))
     cfg = TrainConfig(data="videos", gap=[2, 9], warmup_epochs=3, total_steps=50, warmup_frac=0.1, lr=1)
