@@ -43,18 +43,28 @@ class TrainConfig:
     ``gap = (8, 4): needs min <= max``. ``siammae-train``'s options are made from these fields and their help."""
 
     # --- data
-    data: tuple[str, ...] = setting((), "folders of videos / frame folders (recursive), video files, .txt lists")
+    data: tuple[str, ...] = setting(
+        (),
+        "folders of videos / frame folders (searched recursively), video files or .txt lists of them (repeat for "
+        "several), or a folder made by siammae-prepare (or its http(s):// URL)",
+    )
     input_size: int | None = setting(
         None, "crop side in pixels; None: the model's img_size (224)", lo=_SIZE_LO, hi=_SIZE_HI
     )
-    gap: tuple[int, int] = setting((4, 48), "frame gap range, inclusive (paper: uniform in 4..48)", lo=1, ordered=True)
+    gap: tuple[int, int] = setting(
+        (4, 48), "frame gap range MIN MAX, inclusive (paper: uniform in 4..48)", lo=1, ordered=True
+    )
     repeat: int = setting(2, "frame pairs drawn from each decoded video (paper: 2)", lo=1)
     crop_scale: tuple[float, float] = setting(
-        (0.5, 1.0), "random-resized-crop area range (paper: [0.5, 1])", lo=0, lo_open=True, hi=1, ordered=True
+        (0.5, 1.0), "random-resized-crop area range MIN MAX (paper: [0.5, 1])", lo=0, lo_open=True, hi=1, ordered=True
     )
     augment: str = setting("spatial", "spatial: crop + flip (paper); none; color: jitter; both", choices=AUGMENTATIONS)
-    workers: int = setting(8, "DataLoader worker processes per training process (capped by the CPU cores)", lo=0)
-    decode: str = setting("auto", "prepared data: JPEGs decoded on the device or in the workers", choices=DECODES)
+    workers: int = setting(8, "DataLoader workers per process (capped at the CPU cores per process less one)", lo=0)
+    decode: str = setting(
+        "auto",
+        "prepared data: decode JPEGs on the device (GPU, batched) or in the CPU workers; auto: device on a GPU",
+        choices=DECODES,
+    )
     # --- model (registered name) and the paper's ablations on it
     model: str = setting("vits16", "registered model name")
     mask_ratio_f1: float | None = setting(None, "mask ratio of f1 (model's: 0.0)", lo=0, hi=1, hi_open=True)
@@ -62,14 +72,22 @@ class TrainConfig:
     masking: str | None = setting(None, "masking kind (model's: random)", choices=MASKINGS)
     encoder_mode: str | None = setting(None, "encoder type (model's: siam)", choices=ENCODER_MODES)
     decoder: str | None = setting(None, "decoder type (model's: cross-self)", choices=DECODERS)
-    init: str | None = setting(None, "encoder weights to start from: a name (dino-vits16, timm:..) or a path")
+    init: str | None = setting(
+        None,
+        "start the encoder from these weights (decoder fresh, shapes must match model): a name (dino-vits16, "
+        "mae-vitb16, timm:<name>, hf:<repo>/<file>; siammae-weights list) or a DINO / MAE / timm / siammae file",
+    )
     # --- optimisation
     epochs: int = setting(2000, "epochs of the schedule (paper: 2000; 400 for ablations)", lo=1)
     warmup_epochs: float = setting(40.0, "warm-up epochs (at most epochs)", lo=0)
-    max_steps: int | None = setting(None, "stop after this many optimiser steps; the schedule is not shortened", lo=1)
-    total_steps: int | None = setting(None, "schedule length in optimiser steps (overrides epochs)", lo=1)
+    max_steps: int | None = setting(
+        None, "stop after this many optimiser steps; the schedule is not cut short (see total-steps)", lo=1
+    )
+    total_steps: int | None = setting(None, "schedule length in optimiser steps (instead of epochs)", lo=1)
     warmup_frac: float | None = setting(None, "warm-up as a fraction of total_steps", lo=0, hi=1)
-    batch_size: int = setting(2048, "frame pairs per optimiser step, over all processes and accumulation", lo=1)
+    batch_size: int = setting(
+        2048, "frame pairs per optimiser step, over all GPUs / processes and accumulation steps", lo=1
+    )
     accum_steps: int = setting(1, "gradient accumulation: micro-batches per optimiser step and process", lo=1)
     blr: float = setting(1.5e-4, "base learning rate; lr = blr * batch_size / 256 (MAE)", lo=0, lo_open=True)
     lr: float | None = setting(None, "absolute learning rate, overrides blr", lo=0, lo_open=True)
@@ -86,7 +104,7 @@ class TrainConfig:
     keep_last: int = setting(3, "checkpoints kept; older ones are deleted", lo=1)
     log_every: int = setting(20, "steps between JSONL / TensorBoard records", lo=1)
     vis_every: int = setting(500, "steps between reconstruction PNGs; 0: never", lo=0)
-    resume: bool = setting(False, "continue from the latest checkpoint in out")
+    resume: bool = setting(False, "continue the run in out from its latest checkpoint")
     quiet: bool = setting(False, "no progress bar")
 
     def __post_init__(self):
