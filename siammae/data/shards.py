@@ -243,13 +243,17 @@ def _parse_index(location: str, data: bytes) -> dict:
             raise _bad(where, f"its {key!r} entry is missing or not a {kind.__name__}")
     if not 0 <= index["total_frames"] <= MAX_TOTAL_FRAMES:
         raise _bad(where, f"total_frames {index['total_frames']} is outside 0..{MAX_TOTAL_FRAMES}")
-    for name in index["shards"]:
-        # names are data, never paths: a shard outside the folder (../../etc/passwd, /abs, a URL) is refused
-        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
-            raise _bad(where, f"shard name {name!r} is not a plain file name ending in .tar (letters, digits, ._-)")
+    _check_shard_names(where, index["shards"])
     for i, v in enumerate(index["videos"]):
         _check_video(where, i, v, len(index["shards"]), index["total_frames"])
     return index
+
+
+def _check_shard_names(where: str, names: list) -> None:
+    for name in names:
+        # names are data, never paths: a shard outside the folder (../../etc/passwd, /abs, a URL) is refused
+        if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
+            raise _bad(where, f"shard name {name!r} is not a plain file name ending in .tar (letters, digits, ._-)")
 
 
 def _check_video(where: str, i: int, v, n_shards: int, total: int) -> None:
