@@ -33,7 +33,7 @@ from siammae.cli.train import cli as train_main
 from siammae.data.palette import davis_palette_flat
 from siammae.model.checkpoint import read_checkpoint, save_checkpoint
 from siammae.model.named import Pin
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 
 COMMANDS = {
     "track": track_main,
@@ -94,6 +94,56 @@ def inputs(tmp_path_factory) -> dict:
     keypoints.write_text(json.dumps({"keypoints": [[20, 20], [30, 30]]}))
     # train data: the frame folder is a video for training
     return {"root": root, "ckpt": ckpt, "video": video, "mask": mask, "davis": davis, "keypoints": keypoints}
+
+
+# ------------------------------------------------------------------------ issue 29, infrastructure (io, data)
+def _wide_video(w, mp):
+    """A 5000x16 frame folder of 4 frames and its first mask: at --size 128 a frame is 128x40000 pixels. The work
+    check is told of 2 cores, so that the bound does not depend on the machine running the table."""
+    v = w["tmp"] / "wide"
+    v.mkdir()
+    for i in range(4):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 5000, 3), dtype=np.uint8)).save(
+            v / f"{i:05d}.png"
+        )
+    ids = np.zeros((16, 5000), np.uint8)
+    ids[4:12, 100:200] = 1
+    _save_p(w["tmp"] / "wide.png", ids)
+    _two_cores(w, mp)
+
+
+def _two_cores(w, mp):
+    import siammae.memory
+
+    mp.setattr(siammae.memory, "_cores", lambda: 2)
+
+
+def _jhmdb_utf16(w, mp):
+    """A JHMDB root whose split file is UTF-16 (starts with the bytes FF FE)."""
+    root = w["tmp"] / "J"
+    (root / "splits").mkdir(parents=True)
+    (root / "splits/walk_test_split1.txt").write_bytes("a.avi 2\n".encode("utf-16"))
+    for part in ("Rename_Images", "joint_positions"):
+        (root / part).mkdir()
+
+
+def _full_disk_in_checkpoint(w, mp):
+    """Every write into a training checkpoint fails with ENOSPC partway through torch.save (where a real full disk
+    fails), not at the rename."""
+    real = os.write
+
+    def write(fd, data):
+        if "/checkpoints/" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, data)
+
+    mp.setattr(sio.os, "write", write)
+
+
+def _out_is_link(w, mp):
+    """--out is a symbolic link to an empty folder of the case (whose snapshot shows any write, or lock, there)."""
+    (w["tmp"] / "target").mkdir()
+    w["out"].symlink_to(w["tmp"] / "target")
 
 
 # ------------------------------------------------------------------------------------------------ the table
@@ -1425,6 +1475,126 @@ CASES = [
         ("alpha", "00000.png", "60000x60000 pixels"),
         _eval_bomb_annotation,
     ),  # fmt: skip
+    # ------------------------------------------------------------------------ issue 29, infrastructure (io, data)
+    Case(
+        "track-work-wide-video",
+        "track",
+        lambda w: [
+            str(w["tmp"] / "wide"),
+            "--mask",
+            str(w["tmp"] / "wide.png"),
+            "--ckpt",
+            str(w["ckpt"]),
+            "--size",
+            "128",
+            "--device",
+            "cpu",
+            "--chunk",
+            "1",
+            "-q",
+            "--out",
+            str(w["out"]),
+        ],
+        ("128x40000", "operations per frame", "SIAMMAE_MAX_FRAME_SECONDS"),
+        _wide_video,
+    ),  # fmt: skip
+    Case(
+        "track-work-size-4000",
+        "track",
+        lambda w: [
+            str(w["video"]),
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["ckpt"]),
+            "--size",
+            "4000x4000",
+            "--device",
+            "cpu",
+            "--chunk",
+            "1",
+            "-q",
+            "--out",
+            str(w["out"]),
+        ],
+        ("4000x4000", "operations per frame"),
+        _two_cores,
+    ),  # fmt: skip
+    Case(
+        "prepare-manifest-a-list",
+        "prepare",
+        _prepare,
+        ("prepare.json", "expected an object at the top, found a list"),
+        _write("out/prepare.json", "[1, 2]"),
+    ),
+    Case(
+        "prepare-manifest-settings-a-string",
+        "prepare",
+        _prepare,
+        ("prepare.json", "'settings' must be an object, found a string"),
+        _write("out/prepare.json", json.dumps({"settings": "x", "videos": []})),
+    ),
+    Case(
+        "prepare-manifest-deep",
+        "prepare",
+        _prepare,
+        ("prepare.json", "nested too deeply"),
+        _write("out/prepare.json", "[" * 100_000),
+    ),
+    Case(
+        "track-keypoints-deep",
+        "track",
+        lambda w: _track(w, "--out", w["out"], "--keypoints", w["tmp"] / "k.json", mask=False),
+        ("k.json", "nested too deeply"),
+        _write("k.json", "[" * 100_000),
+    ),  # fmt: skip
+    Case(
+        "track-live-format-unknown",
+        "track",
+        lambda w: [
+            "-",
+            "--mask",
+            str(w["mask"]),
+            "--ckpt",
+            str(w["ckpt"]),
+            "--size",
+            "64",
+            "--device",
+            "cpu",
+            "-q",
+            "--format",
+            "nosuchformat",
+            "--out",
+            str(w["out"]),
+        ],
+        ("--format nosuchformat", "not an input format"),
+    ),  # fmt: skip
+    Case(
+        "eval-jhmdb-split-utf16",
+        "eval",
+        lambda w: ["jhmdb", "--root", str(w["tmp"] / "J"), "--ckpt", str(w["ckpt"]), "--out", str(w["out"])],
+        ("walk_test_split1.txt", "not UTF-8"),
+        _jhmdb_utf16,
+    ),  # fmt: skip
+    Case(
+        "train-disk-full-inside-checkpoint",
+        "train",
+        _train,
+        ("cannot write", "step_00000001.pt", "No space left on device"),
+        _full_disk_in_checkpoint,
+    ),
+    # --out that is a symbolic link: refused by every command, nothing written or locked in its target
+    Case("track-out-is-link", "track", lambda w: _track(w, "--out", w["out"]), ("is a symbolic link",), _out_is_link),
+    Case("eval-out-is-link", "eval", _eval, ("is a symbolic link", "give the real folder"), _out_is_link),
+    Case("train-out-is-link", "train", _train, ("is a symbolic link",), _out_is_link),
+    Case("prepare-out-is-link", "prepare", _prepare, ("is a symbolic link",), _out_is_link),
+    Case(
+        "track-batch-out-is-link",
+        "track",
+        lambda w: _batch(w),
+        ("is a symbolic link",),
+        _both(_manifest([{}]), _out_is_link),
+    ),
 ]
 
 
@@ -1442,12 +1612,18 @@ def _snapshot(root: Path, skip: Path | None) -> dict[str, tuple]:
     return state
 
 
-def _check_readable(path: Path) -> None:
-    """Every PNG, JSON and checkpoint under ``path`` opens and parses (nothing left torn)."""
+def _check_readable(path: Path, planted: dict | None = None) -> None:
+    """Every PNG, JSON and checkpoint under ``path`` opens and parses (nothing left torn); ``planted``: the files a
+    case's setup put there (its snapshot), left out while unchanged (a hostile input is not the run's output)."""
     if not path.exists():
         return
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
+    planted = planted or {}
+    root = path if path.is_dir() else path.parent
     for f in files:
+        st = f.lstat()
+        if planted.get(str(f.relative_to(root))) == (st.st_mode, st.st_size, st.st_mtime_ns):
+            continue
         if f.suffix == ".png":
             with Image.open(f) as im:
                 im.load()
@@ -1467,6 +1643,7 @@ def test_fault(case: Case, inputs, tmp_path, monkeypatch):
     if case.setup is not None:
         case.setup(w, monkeypatch)
     args = case.args(w)
+    planted = _snapshot(w["out"], None) if w["out"].is_dir() else {}
     before = _snapshot(tmp_path, w["out"]), _snapshot(inputs["root"], None)
     try:
         result = CliRunner().invoke(COMMANDS[case.command], args)
@@ -1483,7 +1660,7 @@ def test_fault(case: Case, inputs, tmp_path, monkeypatch):
     for fragment in case.expect:
         assert fragment.format(**w) in errors[0], errors[0]
     assert after == before, "a file outside --out was created, changed or removed"
-    _check_readable(w["out"])
+    _check_readable(w["out"], planted)
     if (w["tmp"] / "victim").exists() and (w["tmp"] / "victim").is_file():
         assert (w["tmp"] / "victim").read_text() in ("precious\n", '{"step": 1}\n')
 

@@ -44,7 +44,7 @@ from siammae.io import atomic_write
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 from siammae.propagation.config import Preset, get_preset
 from siammae.propagation.inputs import chunks, resize_frame, to_batch
 

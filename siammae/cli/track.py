@@ -163,7 +163,7 @@ def _single_done(result: dict, job) -> None:
 
 
 def _batch_done(summary: dict, out, quiet: bool) -> None:
-    from siammae.distributed import current_rank
+    from siammae.torchrun import current_rank
 
     if current_rank().rank != 0:
         sys.exit(1 if summary["failed"] else 0)

@@ -19,7 +19,7 @@ from siammae.evaluation.davis import Davis, detect_year
 from siammae.evaluation.jhmdb import Jhmdb
 from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.vip import Vip
-from siammae.outputs import OutputFolder, check_name
+from siammae.output_folder import OutputFolder, check_name
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ class ExportJob:
 
     def check(self) -> ExportJob:
         """Everything checkable without torch or a model (module docstring); InputError naming the problem."""
-        from siammae.export.outputs import check_outputs
+        from siammae.export.paths import check_outputs
         from siammae.model.load import check_input_size, gpu_absent
 
         if (self.height is None) != (self.width is None):

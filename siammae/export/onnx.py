@@ -47,7 +47,7 @@ from siammae.export.metadata import (
     STD_NAMES,
     ExportInfo,
 )
-from siammae.export.outputs import check_outputs, default_output, size_text
+from siammae.export.paths import check_outputs, default_output, size_text
 from siammae.export.verify import verify_onnx
 from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
 from siammae.memory import check_encoder_fits

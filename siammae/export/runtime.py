@@ -9,7 +9,6 @@ graph's ``max_batch`` are run in chunks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 from siammae.device import resolve_device
 from siammae.errors import InputError, MissingExtraError, SiamMAEError
 from siammae.export.metadata import read_info
+from siammae.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,24 @@ def torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
+# onnxruntime's switch for its non-Windows telemetry: unset, importing it writes a device id and a SQLite file to
+# $HOME/.cache/Microsoft/DeveloperTools/.onnxruntime (seen with 1.31). It is read once, at import, so it is set here
+# before the one import of onnxruntime in the package; ``ORT_DISABLE_TELEMETRY=0`` in the environment opts back in.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, imported with its telemetry off (:data:`ORT_TELEMETRY_ENV`; on Windows builds
+    ``disable_telemetry_events()``), so that no run writes outside its outputs. Every use of onnxruntime in siammae
+    imports it through here."""
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
+    import onnxruntime
+
+    if os.environ[ORT_TELEMETRY_ENV] != "0":
+        onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
 class OnnxEncoder:
     """An exported ``.onnx`` encoder run by onnxruntime: CUDA provider on a CUDA device, CPU provider otherwise.
 
@@ -72,7 +90,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto", threads: int | None = None):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         self.path = Path(path)
@@ -183,10 +201,7 @@ class TensorRTEncoder:
         self._in_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._input))
         self._out_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._output))
         sidecar = self.path.with_name(self.path.name + ".json")
-        try:
-            self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        except ValueError as e:
-            raise InputError(f"{sidecar}: not valid JSON ({e})") from e
+        self.build_info = read_json(sidecar) if sidecar.is_file() else None
         self.dtype = (self.build_info or {}).get("metadata", {}).get("siammae.dtype", "unknown")
 
     def __repr__(self) -> str:

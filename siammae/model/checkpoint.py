@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from siammae.errors import CheckpointError
-from siammae.io import atomic_write
+from siammae.io import atomic_stream
 from siammae.model.config import LIMITS, MAX_MLP_RATIO, ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.model.hub import (
@@ -60,8 +60,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
         **extra,
     }
     path = Path(path)
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    # through a writer, not a path: a full disk is then "cannot write PATH: No space left on device", not torch's
+    # "[enforce fail at inline_container.cc] unexpected pos"
+    with atomic_stream(path) as f:
+        torch.save(payload, f)
     return path
 
 

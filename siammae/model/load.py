@@ -222,14 +222,14 @@ def load_weights(
 ):
     """The PyTorch model of ``ckpt`` (None: the default weights, or the shipped model, :func:`choose_weights`;
     ``choice``: a choice a job already made in its check), as every command loads it. Under torchrun (``rank``,
-    :class:`siammae.distributed.Rank`) named weights are fetched once per machine. ``model.provenance`` names the
+    :class:`siammae.torchrun.Rank`) named weights are fetched once per machine. ``model.provenance`` names the
     weights (the shipped model's name when it stood in)."""
     from siammae.model.checkpoint import load_model
     from siammae.model.weights import fetch_once_per_machine
 
     choice = choice or choose_weights(ckpt)
     if rank is not None and rank.distributed:
-        from siammae.distributed import init
+        from siammae.torchrun import init
 
         init(rank)
     try:

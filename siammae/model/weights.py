@@ -140,13 +140,13 @@ def resolve_weights(spec: str | Path, progress: bool = True) -> Weights:
 
 
 def fetch_once_per_machine(spec: str | Path, rank, progress: bool = True) -> None:
-    """Under torchrun (``rank``: :class:`siammae.distributed.Rank`), weights given by name are fetched into this
+    """Under torchrun (``rank``: :class:`siammae.torchrun.Rank`), weights given by name are fetched into this
     machine's cache on local rank 0 while the other ranks wait: one download per machine, not per process, and a
     failed download is the same error on every rank. Every rank then loads them from the cache. A path, or one
     process, needs nothing."""
     if not rank.distributed or path_exists(Path(spec)):
         return
-    from siammae.distributed import first_on_local_rank0
+    from siammae.torchrun import first_on_local_rank0
 
     first_on_local_rank0(rank, lambda: resolve_weights(spec, progress=progress and rank.local_rank == 0))
 

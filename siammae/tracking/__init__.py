@@ -19,7 +19,7 @@ _EXPORTS = {
     "TrackJob": "siammae.tracking.job",
     "load_frame_encoder": "siammae.export.runtime",
     "load_tracker": "siammae.tracking.job",
-    "RunOutputs": "siammae.tracking.outputs",
+    "RunOutputs": "siammae.tracking.run_outputs",
     "TrackingRun": "siammae.tracking.run",
     "MaskResizeWarning": "siammae.data.masks",
     "read_mask": "siammae.data.masks",

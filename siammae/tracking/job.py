@@ -9,7 +9,7 @@ a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then
 The policy lives in the library, not the command, so that Python callers get the same behaviour:
 :func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
 the keypoint preset), :meth:`Tracker.chunk_for <siammae.tracking.tracker.Tracker.chunk_for>` (real time tracks
-frame by frame), :func:`~siammae.tracking.outputs.default_out` (where outputs go when none is given).
+frame by frame), :func:`~siammae.tracking.run_outputs.default_out` (where outputs go when none is given).
 
 This module imports neither torch nor the model until :meth:`TrackJob.run`.
 """
@@ -114,8 +114,8 @@ class TrackJob:
         return bool(self.realtime or self.max_frames or self.duration or self.format)
 
     def outputs(self):
-        """The single video's :class:`~siammae.tracking.outputs.RunOutputs`, the default ``out`` when none given."""
-        from siammae.tracking.outputs import RunOutputs
+        """The single video's :class:`~siammae.tracking.run_outputs.RunOutputs`, the default ``out`` when none given."""
+        from siammae.tracking.run_outputs import RunOutputs
 
         given = RunOutputs.of(self.out, self.overlay, self.report, self.jsonl)
         return given.or_default(self.videos[0], self.keypoints is not None)
@@ -280,7 +280,7 @@ class TrackJob:
                            duration=self.duration)  # fmt: skip
 
     def _run_batch(self, tracker_args: dict) -> dict:
-        from siammae.distributed import current_rank
+        from siammae.torchrun import current_rank
         from siammae.tracking.batch import run_batch
 
         rank = current_rank()

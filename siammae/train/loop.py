@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from siammae import torchrun as D
 from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.device import autocast_dtype
@@ -31,10 +31,10 @@ from siammae.memory import check_pair_fits
 from siammae.model.checkpoint import init_encoder, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
-from siammae.outputs import OutputFolder
-from siammae.train import distributed as D
+from siammae.output_folder import OutputFolder
 from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
+from siammae.train.launch import init_distributed, load_init
 from siammae.train.monitor import Monitor
 from siammae.train.optim import build_optimizer, cut_schedule_warning, lr_at, set_lr
 from siammae.train.preflight import capped_workers, check_machine, check_run, usable_cores
@@ -115,20 +115,20 @@ def train(cfg: TrainConfig, changes: dict | None = None) -> TrainResult:
     :class:`TrainingInterrupted`; checkpoints are also saved every ``save_minutes`` of wall time."""
     check_run(cfg)  # data present, --out not another run's: before joining a group or building a model
     owns_group = not dist.is_initialized()
-    info = D.init_distributed(cfg.device)
+    info, device = init_distributed(cfg.device)
     try:
-        check_machine(cfg, info.device.type)
+        check_machine(cfg, device.type)
         # rank 0 claims --out: one run at a time, no planted links, no temp files of a killed run
         with OutputFolder(cfg.out) if info.is_main else contextlib.nullcontext():
-            return Trainer(cfg, info, changes).run()
+            return Trainer(cfg, info, device, changes).run()
     finally:
         if owns_group:
             D.close_distributed()
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo, changes: dict | None = None):
-        self.cfg, self.info, self.device = cfg, info, info.device
+    def __init__(self, cfg: TrainConfig, info: D.Rank, device: torch.device, changes: dict | None = None):
+        self.cfg, self.info, self.device = cfg, info, device
         self.changes = changes or {}
         self.out = Path(cfg.out)
         # --- model: the same initial weights on every rank (DDP broadcasts rank 0's anyway)
@@ -140,7 +140,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
-        self.init = D.load_init(cfg.init, info) if cfg.init else None
+        self.init = load_init(cfg.init, info) if cfg.init else None
         if self.init is not None:
             self.model_cfg = replace(self.model_cfg, pos_embed=self.init.pos_embed)
         self.model = SiamMAE(self.model_cfg)
@@ -153,7 +153,7 @@ class Trainer:
         self.dataset, self.collate = self._dataset()
         try:
             self.sampler = StepSampler(
-                len(self.dataset), cfg.batch_size // cfg.repeat, info.world_size, info.rank, cfg.accum_steps, cfg.seed
+                len(self.dataset), cfg.batch_size // cfg.repeat, info.world, info.rank, cfg.accum_steps, cfg.seed
             )
         except ValueError as e:
             raise InputError(f"--batch-size {cfg.batch_size}: {e}") from e
@@ -183,7 +183,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        self.workers = capped_workers(cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+        self.workers = capped_workers(cfg.workers, info.local_size)
         self.monitor = None
         if info.is_main:
             self.monitor = Monitor(self.out, self.stop_step, self.start_step, cfg.quiet)
@@ -247,7 +247,7 @@ class Trainer:
                 "train": self.cfg.to_dict(),
                 "model": self.model_cfg.to_dict(),
                 "init": self.init.weights if self.init is not None else None,  # name / path + sha256
-                "world_size": self.info.world_size,
+                "world_size": self.info.world,
                 "workers": self.workers,
                 "videos": len(self.dataset),
                 "steps_per_epoch": self.steps_per_epoch,
@@ -374,8 +374,7 @@ class Trainer:
         """Every process stops and saves on the same step: the flags of all processes, or-ed."""
         if not self.info.distributed:
             return stop, due
-        flags = torch.tensor([float(stop), float(due)], device=self.device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        flags = D.all_reduce_max(torch.tensor([float(stop), float(due)], device=self.device), self.info)
         return bool(flags[0]), bool(flags[1])
 
     def _interrupted(self, step: int, signal_name: str, saved: bool = False):
@@ -449,10 +448,7 @@ class Trainer:
         """Bring every rank's unreadable videos to rank 0's monitor (all ranks call this on the same steps)."""
         local = (self._pending_bad, self._pending_short)
         self._pending_bad, self._pending_short = [], 0
-        gathered = [local]
-        if self.info.distributed:
-            gathered = [None] * self.info.world_size
-            dist.all_gather_object(gathered, local)
+        gathered = D.gather(self.info, local)
         if self.monitor is not None:
             for skipped, short in gathered:
                 self.monitor.data_report(skipped, short)
@@ -486,7 +482,7 @@ class Trainer:
                 "model_config": self.model_cfg.to_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "epoch": step / self.steps_per_epoch,
-                "world_size": self.info.world_size,
+                "world_size": self.info.world,
                 "init": self.init.weights if self.init is not None else None,
             }
             self.checkpoint = save_training_checkpoint(
