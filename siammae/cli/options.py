@@ -27,7 +27,7 @@ from siammae.propagation.config import preset_names
 from siammae.propagation.inputs import parse_size
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-DTYPE_NAMES = ("fp32", "fp16", "bf16")
+DTYPE_NAMES = ("fp32", "fp16", "bf16", "int8")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -140,7 +140,7 @@ def device_option(default: str = "auto"):
     )
 
 
-def dtype_option(help: str = "Encoder precision (fp16 needs CUDA)."):
+def dtype_option(help: str = "Encoder precision (fp16 needs CUDA; int8: linear layers quantised, CPU only)."):
     return click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True, help=help)
 
 

@@ -11,6 +11,7 @@ Settings come from the defaults (the paper's recipe), then ``--config FILE`` (JS
 
 from __future__ import annotations
 
+import sys
 import typing
 from dataclasses import MISSING, fields
 
@@ -22,6 +23,7 @@ from siammae.config_rules import rule_of, type_hints
 from siammae.model.registry import list_models
 from siammae.train.config import TrainConfig
 from siammae.train.preflight import check_run
+from siammae.train.resume import resume_config
 
 # Every TrainConfig field is an option, made from the field: its name (dashes for underscores), its type, its
 # default and its help (the field's Rule); a new field is a new option with nothing written here. Only what a field
@@ -79,11 +81,21 @@ def cli(ctx: click.Context, config_file, **flags):
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
     with errors("continue the run with --resume (from the latest checkpoint)"):
-        cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given, "flags")
+        changes = None
+        if given.get("resume"):  # the run's own settings, from its folder; only a few may change
+            cfg, changes = resume_config(given.get("out", TrainConfig.out), given, config_file)
+        elif config_file:
+            cfg = TrainConfig.from_file(config_file, **given)
+        else:
+            cfg = TrainConfig.from_dict(given, "flags")
         check_run(cfg)  # --data present, --out not another run's: before torch is imported (fast refusals)
-        from siammae.train import train  # deferred: --help and bad arguments stay fast
+        from siammae.train.loop import TrainingInterrupted, train  # deferred: --help and bad arguments stay fast
 
-        result = train(cfg)
+        try:
+            result = train(cfg, changes)
+        except TrainingInterrupted as e:
+            click.echo(f"interrupted: {e}", err=True)
+            sys.exit(130)
     if not cfg.quiet and result.model_path is not None:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
         click.echo(

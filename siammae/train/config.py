@@ -101,10 +101,17 @@ class TrainConfig:
     seed: int = setting(0, "seed of every random choice", lo=0)
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     save_every: int = setting(1000, "steps between checkpoints (and one at the end)", lo=1)
+    save_minutes: float = setting(
+        10.0, "minutes of wall time between checkpoints, beside save_every (0: by steps only)", lo=0
+    )
     keep_last: int = setting(3, "checkpoints kept; older ones are deleted", lo=1)
     log_every: int = setting(20, "steps between JSONL / TensorBoard records", lo=1)
     vis_every: int = setting(500, "steps between reconstruction PNGs; 0: never", lo=0)
-    resume: bool = setting(False, "continue the run in out from its latest checkpoint")
+    resume: bool = setting(
+        False,
+        "continue the run in out from its latest checkpoint with the run's own settings (run.json); only max-steps, "
+        "workers, decode, device, logging and saving options may change",
+    )
     quiet: bool = setting(False, "no progress bar")
 
     def __post_init__(self):

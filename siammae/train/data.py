@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames, read_frames
+from siammae.data.frame_index import frame_index, read_indexed
+from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frame_files, read_frames
 from siammae.data.video_decoders import read_frames_torchcodec, video_decoder
 from siammae.errors import InputError, VideoError
 
@@ -275,7 +276,10 @@ class PairSampling(torch.utils.data.Dataset, ABC):
 
 class PairDataset(PairSampling):
     """Training pairs from videos and frame folders (:func:`find_videos`); only the frames of the pairs are
-    decoded (torchcodec where it loads, else PyAV; see :mod:`siammae.data.video_decoders`)."""
+    decoded. A video file is read through its frame index (:mod:`siammae.data.frame_index`: the frames that
+    decode, found by their timestamps, whatever the header's count or the frame rate), built once per file and
+    cached; torchcodec reads the same frames when it is chosen (``SIAMMAE_VIDEO_DECODER``,
+    :mod:`siammae.data.video_decoders`)."""
 
     def __init__(self, videos: list[str], size: int, seed: int, gap=(4, 48), repeat: int = 2, crop_scale=(0.5, 1.0),
                  augment: str = "spatial"):  # fmt: skip
@@ -295,17 +299,21 @@ class PairDataset(PairSampling):
         return self.videos[i].decode()
 
     def num_frames(self, i: int) -> int:
+        """Frames that decode (a frame folder: its image files; a video: its frame index, not the header)."""
         n = self._counts.get(i)
         if n is None:
-            n = self._counts[i] = count_frames(self.path(i))
+            path = self.path(i)
+            n = self._counts[i] = len(list_frame_files(Path(path))) if os.path.isdir(path) else len(frame_index(path))
         return n
 
     def read(self, video: int, indices: list[int]) -> list:
         """Frames ``indices`` of clip ``video``: (H, W, 3) uint8 arrays (or (3, H, W) tensors, see crop_resize)."""
         path = self.path(video)
-        if self.decoder == "torchcodec" and not os.path.isdir(path):
+        if os.path.isdir(path):
+            return read_frames(path, indices)
+        if self.decoder == "torchcodec":
             return read_frames_torchcodec(path, indices)
-        return read_frames(path, indices)
+        return read_indexed(path, indices)
 
 
 def collate(samples: list[dict]) -> dict:

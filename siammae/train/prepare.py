@@ -102,13 +102,19 @@ def _add_video(writer: S.ShardWriter, vid: int, source: str, settings: PrepareSe
     from siammae.data.video import open_video
 
     offsets, size = [], None
-    for frame in open_video(source):
-        img = resize_short_side(Image.fromarray(frame.rgb), settings.short_side)
-        if size is None:
-            size = img.size
-        elif img.size != size:
-            raise VideoError(f"{source}: frame {frame.index} is {img.size[0]}x{img.size[1]}, the first {size}")
-        offsets.append(writer.add(S.frame_member(vid, frame.index), encode_jpeg(img, settings.quality)))
+    try:
+        for frame in open_video(source):
+            img = resize_short_side(Image.fromarray(frame.rgb), settings.short_side)
+            if size is None:
+                size = img.size
+            elif img.size != size:
+                raise VideoError(f"{source}: frame {frame.index} is {img.size[0]}x{img.size[1]}, the first {size}")
+            offsets.append(writer.add(S.frame_member(vid, frame.index), encode_jpeg(img, settings.quality)))
+    except VideoError as e:
+        # the header promised more frames than decode (real clips state one too many), or the tail is damaged:
+        # every frame that decoded before is good training data; a size change or no pair at all is not
+        if size is None or len(offsets) < 2 or "decoding stopped" not in str(e):
+            raise
     if len(offsets) < 2:
         raise VideoError(f"{source}: {len(offsets)} frame(s), a pair needs at least 2")
     width, height = size
