@@ -83,8 +83,7 @@ def cli(ctx: click.Context, config_file, **flags):
     with errors("continue the run with --resume (from the latest checkpoint)"):
         changes = None
         if given.get("resume"):  # the run's own settings, from its folder; only a few may change
-            out = given.get("out", TrainConfig.__dataclass_fields__["out"].default)
-            cfg, changes = resume_config(out, given, config_file)
+            cfg, changes = resume_config(given.get("out", TrainConfig.out), given, config_file)
         elif config_file:
             cfg = TrainConfig.from_file(config_file, **given)
         else:

@@ -107,7 +107,11 @@ class TrainConfig:
     keep_last: int = setting(3, "checkpoints kept; older ones are deleted", lo=1)
     log_every: int = setting(20, "steps between JSONL / TensorBoard records", lo=1)
     vis_every: int = setting(500, "steps between reconstruction PNGs; 0: never", lo=0)
-    resume: bool = setting(False, "continue the run in out from its latest checkpoint")
+    resume: bool = setting(
+        False,
+        "continue the run in out from its latest checkpoint with the run's own settings (run.json); only max-steps, "
+        "workers, decode, device, logging and saving options may change",
+    )
     quiet: bool = setting(False, "no progress bar")
 
     def __post_init__(self):
