@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from siammae.kernels.dispatch import triton_available
-from siammae.kernels.topk_affinity import neighbourhood_reach, topk_affinity, topk_affinity_ref
+from siammae.kernels.topk_affinity import neighbourhood_reach, topk_affinity, topk_affinity_cpu
 from siammae.kernels.topk_spec import context_scores, neighbourhood_mask, topk_affinity_spec
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
+# query tiles and key bands of the CPU path: single patches, ragged (3x2 tiles, 3-column bands), the defaults
+LAYOUTS = [dict(tile=(1, 1), band=1), dict(tile=(3, 2), band=3), dict()]
 
 
 def _inputs(grid, D, T, F_, seed=0, dtype=torch.float32):
@@ -124,11 +126,11 @@ def test_the_specifications_neighbourhoods_are_the_protocols():
 def test_tiled_reference_equals_the_specification(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref):
     F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
     q, k = _inputs(grid, D, T, F_)
-    for block_elems in (1, 97, 1 << 22):  # one query per block, ragged blocks, one block
-        w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
+    for layout in LAYOUTS:  # one query per tile and one column per band, ragged tiles and bands, the defaults
+        w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
         _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
     labels = torch.rand(F_, grid[0] * grid[1], 3, generator=torch.Generator().manual_seed(1))
-    y = topk_affinity_ref(q, k, grid, start, stop, labels=labels, block_elems=97, **kw)
+    y = topk_affinity_cpu(q, k, grid, start, stop, labels=labels, **LAYOUTS[1], **kw)
     torch.testing.assert_close(y, topk_affinity_spec(q, k, grid, start, stop, labels=labels, **kw))
 
 
@@ -140,8 +142,8 @@ def test_ties_keep_keys_of_the_specified_similarities(backend, case):
     F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
     q, k = _tied_inputs(grid, max(D, 3), T, F_, seed=case)
     if backend == "torch":
-        for block_elems in (1, 97, 1 << 22):
-            w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
+        for layout in LAYOUTS:
+            w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
             _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
     else:
         w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
@@ -248,7 +250,7 @@ def test_auto_backend_on_cpu_and_the_environment_override(monkeypatch):
     kw = dict(n_ref=1, topk=3, temperature=0.1, radius=1, neighbourhood="square")
     monkeypatch.setenv("SIAMMAE_KERNEL_BACKEND", "torch")
     w, i = topk_affinity(q, k, (3, 5), [1], [2], **kw)
-    w_ref, i_ref = topk_affinity_ref(q, k, (3, 5), [1], [2], **kw)
+    w_ref, i_ref = topk_affinity_cpu(q, k, (3, 5), [1], [2], **kw)
     assert torch.equal(w, w_ref) and torch.equal(i, i_ref)
     monkeypatch.setenv("SIAMMAE_KERNEL_BACKEND", "cuda")
     with pytest.raises(ValueError, match="SIAMMAE_KERNEL_BACKEND must be one of"):
