@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._meta import environment, environment_markdown, write_results  # noqa: E402
-from siammae.kernels.topk_affinity import _plan, neighbourhood_reach  # noqa: E402
+from siammae.kernels.topk_affinity import KEY_BAND, QUERY_TILE, _plan, neighbourhood_reach  # noqa: E402
 from siammae.propagation import Propagator, get_preset  # noqa: E402
 
 D, CLASSES, CHUNK = 384, 3, 8
@@ -91,7 +91,7 @@ def gemm_pairs(grid, config) -> int:
     """(query, key) pairs the CPU path's GEMMs compute for one steady-state frame (its plan's runs)."""
     h, w = grid
     shape, reach, d2_max = neighbourhood_reach(config.radius, config.neighbourhood)
-    plan = _plan(h, w, shape, reach, d2_max, 8, (8, 8))
+    plan = _plan(h, w, shape, reach, d2_max, KEY_BAND, QUERY_TILE)
     restricted = sum(t.queries.numel() * sum(r.size for r in t.runs) for t in plan)
     whole = h * w * h * w
     if shape == 0:

@@ -70,8 +70,27 @@ def _stub(name: str, **attrs) -> None:
     sys.modules.setdefault(name, mod)
 
 
+def _opencv_channels_shim():
+    """OpenCV 5's Python binding resizes at most 128 channels at once; CRW's OpenCV (3.x / 4.x) took 512, and CRW
+    resizes one channel per grey level of its bilinear annotation (144 on blackswan). Resize larger arrays in
+    groups of channels: bilinear and nearest work channel by channel, so the result is what CRW's OpenCV gave."""
+    import cv2
+
+    from siammae.propagation.labels import _cv_resize
+
+    resize = cv2.resize
+
+    def shim(src, dsize, dst=None, fx=None, fy=None, interpolation=cv2.INTER_LINEAR):
+        if isinstance(src, np.ndarray) and src.ndim == 3 and src.shape[2] > 128 and not fx and not fy:
+            return _cv_resize(src, tuple(dsize), interpolation)  # CRW passes INTER_* as dst: the default applies
+        return resize(src, dsize, dst, fx or 0, fy or 0, interpolation)
+
+    cv2.resize = shim
+
+
 def import_crw(code: Path):
     """CRW's ``test`` and ``data.vos`` modules, with the modules the propagation never calls stubbed."""
+    _opencv_channels_shim()
     for name in ("visdom", "sklearn", "sklearn.decomposition", "skimage", "kornia", "wandb"):
         _stub(name, PCA=None, Visdom=None)
     _stub("model", CRW=None)  # test.py imports CRW's ResNet model; its encoder slot is filled by CRWSlot

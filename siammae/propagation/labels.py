@@ -141,6 +141,21 @@ def crw_palette() -> np.ndarray:
     return pal
 
 
+CV_CHANNELS = 128  # OpenCV 5's Python binding resizes at most 128 channels at once (CRW's OpenCV took 512)
+
+
+def _cv_resize(x: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``cv2.resize`` of an (H, W, C) array for any C, ``size`` (width, height): channels are resized apart, in
+    groups OpenCV takes, which is the same result (bilinear and nearest work channel by channel)."""
+    import cv2
+
+    parts = [
+        cv2.resize(np.ascontiguousarray(x[..., c : c + CV_CHANNELS]), size, interpolation=interpolation)
+        for c in range(0, x.shape[-1], CV_CHANNELS)
+    ]
+    return np.concatenate([p.reshape(size[1], size[0], -1) for p in parts], axis=-1)  # one channel comes back 2-D
+
+
 def crw_first_labels(colours: np.ndarray, input_hw: tuple[int, int], grid: tuple[int, int]):
     """Frame 0's labels as CRW's ``data/vos.py`` makes them: (C, h, w) float32 soft labels and the (C, 3) uint8 RGB
     colour of each channel.
@@ -159,10 +174,8 @@ def crw_first_labels(colours: np.ndarray, input_hw: tuple[int, int], grid: tuple
     bgr = np.ascontiguousarray(np.asarray(colours, dtype=np.uint8)[..., ::-1])
     resized = cv2.resize(bgr, (H_in, W_in))  # CRW's (newh, neww) as (width, height); bilinear
     lblset = np.unique(resized.reshape(-1, 3), axis=0)  # (C, 3) BGR, sorted
-    if len(lblset) > 512:  # OpenCV resizes at most 512 channels (CV_CN_MAX)
-        raise InputError(f"the first mask has {len(lblset)} colours after CRW's resize; OpenCV resizes at most 512")
     onehot = np.stack([np.all(resized == c, axis=-1) for c in lblset], axis=-1).astype(np.float32)  # (W_in, H_in, C)
-    small = cv2.resize(onehot, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)  # C == 1 comes back 2-D
+    small = _cv_resize(onehot, (w, h), cv2.INTER_LINEAR)  # (h, w, C)
     soft = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))  # (h, w, C) -> (C, h, w)
     return soft, np.ascontiguousarray(lblset[:, ::-1])
 
@@ -191,7 +204,7 @@ def crw_read_out(soft: torch.Tensor, input_hw: tuple[int, int], out_hw: tuple[in
     H_in, W_in = input_hw
     H, W = out_hw
     pred = np.ascontiguousarray(soft.detach().float().cpu().numpy().transpose(1, 2, 0))  # (h, w, C)
-    up = cv2.resize(pred, (W_in, H_in)).reshape(H_in, W_in, -1)  # bilinear
+    up = _cv_resize(pred, (W_in, H_in), cv2.INTER_LINEAR)  # (H_in, W_in, C)
     channels = np.argmax(up, axis=-1).astype(np.int32)  # (H_in, W_in)
     if (H_in, W_in) != (H, W):
         channels = cv2.resize(channels.astype(np.float32), (W, H), interpolation=cv2.INTER_NEAREST).astype(np.int64)
