@@ -88,6 +88,20 @@ def _opencv_channels_shim():
     cv2.resize = shim
 
 
+def skip_discarded_labels(folder: Path) -> None:
+    """CRW's loader turns the annotation of *every* frame into label channels (a minute per frame here), then
+    ``test.py`` multiplies those of frames 1.. by 0 (``lbls[0, n_context:] *= 0``): only frame 0's are used. Give
+    frames 1.. the cache files its loader looks for first (``<frame>_onehot.npy``, ``<frame>_size30x30.npy``),
+    zeros of the right shape, so that it skips work whose result it discards; frame 0's are computed by CRW."""
+    from siammae.propagation.labels import crw_first_labels
+
+    rgb = np.asarray(__import__("PIL.Image").Image.open(folder / "00000.png").convert("RGB"))
+    C = crw_first_labels(rgb, (CRW_ARGS["cropSize"],) * 2, (30, 30))[0].shape[0]
+    for png in sorted(folder.glob("*.png"))[1:]:
+        np.save(png.with_name(png.stem + "_onehot.npy"), np.zeros(1, dtype=bool))
+        np.save(png.with_name(png.stem + "_size30x30.npy"), np.zeros((30, 30, C), dtype=np.float32))
+
+
 def import_crw(code: Path):
     """CRW's ``test`` and ``data.vos`` modules, with the modules the propagation never calls stubbed."""
     _opencv_channels_shim()
@@ -108,6 +122,7 @@ def run_crw(crw_root: Path, work: Path, sequences: list[str], model, attention) 
         (data / "JPEGImages/480p").mkdir(parents=True, exist_ok=True)
         (data / "JPEGImages/480p" / seq).symlink_to(DATA / "JPEGImages/480p" / seq)
         shutil.copytree(DATA / "Annotations/480p" / seq, data / "Annotations/480p" / seq)
+        skip_discarded_labels(data / "Annotations/480p" / seq)
     (data / "ImageSets/2017").mkdir(parents=True)
     (data / "ImageSets/2017/val.txt").write_text("".join(f"{s}\n" for s in sequences))
     filelist = work / "vallist.txt"

@@ -12,12 +12,14 @@ and index -1. Keys are returned in descending similarity, as flat bank indices `
 With ``labels`` (F, N, C) the op also gathers and sums the labels, returning sum_k w_ik * labels[idx_ik]
 (N, C) per query frame, which is one whole propagation step when the labels of every context frame are known.
 
-Neither path materialises the N x (F N) affinity matrix. The Triton kernel streams key tiles through on-chip
-memory with a running top-k per query and skips key tiles wholly outside the neighbourhood; the tiled PyTorch
-reference ``topk_affinity_ref`` (the CPU path) scores tiles of queries against the windows of keys in their
-reach, so that its scores never exceed ``max(block_elems, n_context * N)`` floats (16 MiB by default). Both are
-optimised algorithms; the plain statement of what they compute is :mod:`siammae.kernels.topk_spec`, which builds
-the whole matrix on tiny inputs, and the tests check both paths against it.
+Three implementations, named for what they are: the specification (:mod:`siammae.kernels.topk_spec`, the whole
+matrix in float64, for tiny inputs), the CPU path (:func:`topk_affinity_cpu`) and the GPU kernel
+(:func:`topk_affinity_triton`). Neither fast path materialises the N x (F N) affinity matrix. The GPU kernel streams
+key tiles through on-chip memory with a running top-k per query and skips key tiles wholly outside the
+neighbourhood; the CPU path scores 8x8 tiles of queries against runs of banded keys in their reach, one GEMM per run
+over the frames of a context group, with an exact two-stage top-k per tile. Both hand DINO's tie rule
+(``keep_ties``) their top similarities, so the rule is one piece of code (``_topk_keep_ties``). The tests check both
+paths against the specification.
 """
 
 from __future__ import annotations
