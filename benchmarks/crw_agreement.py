@@ -45,9 +45,9 @@ DATA = ROOT.parent / "shared" / "data" / "davis2016"
 CRW_ARGS = dict(topk=10, videoLen=20, radius=12.0, temperature=0.05, cropSize=480)
 
 
-def vit() -> ViTEncoder:
+def vit(depth: int = 12) -> ViTEncoder:
     torch.manual_seed(0)
-    return ViTEncoder(model_config("vits16")).eval()
+    return ViTEncoder(model_config("vits16", depth=depth)).eval()
 
 
 class CRWSlot(torch.nn.Module):
@@ -168,12 +168,13 @@ def main():
     ap.add_argument("--deps", type=Path, default=None, help="a folder holding imageio and matplotlib")
     ap.add_argument("--sequences", default="blackswan,car-shadow")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--depth", type=int, default=12, help="ViT-S/16 blocks (2: the same comparison, 6x less encoding)")
     args = ap.parse_args()
     if args.deps is not None:
         sys.path.append(str(args.deps))
     torch.set_num_threads(args.threads)
     sequences = args.sequences.split(",")
-    model = vit()
+    model = vit(args.depth)
     attention = "sdpa"  # the crw preset's; both sides call the same model.features
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.time()
@@ -203,7 +204,7 @@ def main():
         "",
         environment_markdown(meta),
         "",
-        "Random ViT-S/16 (seed 0) in both; CRW's `test.py` `test()` with its `data/vos.py` loader "
+        f"Random ViT-S/16 (seed 0, {args.depth} blocks) in both; CRW's `test.py` `test()` with its `data/vos.py` loader "
         "(`--cropSize 480 --topk 10 --videoLen 20 --radius 12 --temperature 0.05`) and `eval/convert_davis.py`, "
         'unmodified, its encoder slot holding the ViT; siammae: `Driver(model, "crw")`, what `siammae-track '
         f"--preset crw` runs. CRW took {t1 - t0:.0f} s, siammae {t2 - t1:.0f} s (wall, a loaded 2-core machine). "
@@ -219,7 +220,13 @@ def main():
         ],
         "",
     ]
-    write_results("crw_agreement-cpu", meta, rows, "\n".join(md), settings={**CRW_ARGS, "sequences": sequences})
+    write_results(
+        "crw_agreement-cpu",
+        meta,
+        rows,
+        "\n".join(md),
+        settings={**CRW_ARGS, "sequences": sequences, "depth": args.depth},
+    )
 
 
 if __name__ == "__main__":
