@@ -204,7 +204,7 @@ def main():
         "",
         environment_markdown(meta),
         "",
-        f"Random ViT-S/16 (seed 0, {args.depth} blocks) in both; CRW's `test.py` `test()` with its `data/vos.py` loader "
+        f"Random ViT-S/16 (seed 0, {args.depth} blocks) in both; CRW's `test.py` `test()`, its `data/vos.py` loader "
         "(`--cropSize 480 --topk 10 --videoLen 20 --radius 12 --temperature 0.05`) and `eval/convert_davis.py`, "
         'unmodified, its encoder slot holding the ViT; siammae: `Driver(model, "crw")`, what `siammae-track '
         f"--preset crw` runs. CRW took {t1 - t0:.0f} s, siammae {t2 - t1:.0f} s (wall, a loaded 2-core machine). "
