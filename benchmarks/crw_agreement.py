@@ -136,6 +136,7 @@ def run_crw(crw_root: Path, work: Path, sequences: list[str], model, attention) 
     )  # fmt: skip
     Path(args.save_path).mkdir()
     loader = torch.utils.data.DataLoader(vos.VOSDataset(args), batch_size=1, shuffle=False, num_workers=0)
+    crw_test.vis = None  # test.py's __main__ sets this global (its visdom switch), test() reads it
     with torch.no_grad():
         crw_test.test(loader, CRWSlot(model, attention), args)
     out = work / "crw_davis"
