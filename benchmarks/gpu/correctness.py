@@ -72,7 +72,7 @@ def topk_case(grid, dim, dtype, case, seed=0, device="cuda", quick=False):
 
 
 def topk_kernel(st) -> None:
-    from siammae.kernels.topk_affinity import topk_affinity, topk_affinity_ref
+    from siammae.kernels.topk_affinity import topk_affinity, topk_affinity_cpu
 
     sh = st.shapes
     for grid in sh.topk_grids:
@@ -84,12 +84,12 @@ def topk_kernel(st) -> None:
                 with st.case(what):
                     dtype = getattr(torch, dtype_name)
                     q, k, labels, kw = topk_case(grid, sh.topk_dim, dtype, case, device=sh.device, quick=sh.quick)
-                    oracle = topk_affinity_ref(q.double(), k.double(), labels=labels.double(), **kw)  # (T, N, C)
-                    ref = topk_affinity_ref(q, k, labels=labels, **kw)
+                    oracle = topk_affinity_cpu(q.double(), k.double(), labels=labels.double(), **kw)  # (T, N, C)
+                    ref = topk_affinity_cpu(q, k, labels=labels, **kw)
                     out = topk_affinity(q, k, labels=labels, backend="triton", **kw)
                     again = topk_affinity(q, k, labels=labels, backend="triton", **kw)
                     w, idx = topk_affinity(q, k, backend="triton", **kw)
-                    w_ref, idx_ref = topk_affinity_ref(q, k, **kw)
+                    w_ref, idx_ref = topk_affinity_cpu(q, k, **kw)
                     st.add({
                         "check": "topk_affinity", "grid": f"{grid[0]}x{grid[1]}", "case": case, "dtype": dtype_name,
                         "D": sh.topk_dim, "max_err_vs_ref": _err(out, ref), "max_err_vs_fp64": _err(out, oracle),

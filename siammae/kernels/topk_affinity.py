@@ -12,18 +12,22 @@ and index -1. Keys are returned in descending similarity, as flat bank indices `
 With ``labels`` (F, N, C) the op also gathers and sums the labels, returning sum_k w_ik * labels[idx_ik]
 (N, C) per query frame, which is one whole propagation step when the labels of every context frame are known.
 
-Neither path materialises the N x (F N) affinity matrix. The Triton kernel streams key tiles through on-chip
-memory with a running top-k per query and skips key tiles wholly outside the neighbourhood; the tiled PyTorch
-reference ``topk_affinity_ref`` (the CPU path) scores tiles of queries against the windows of keys in their
-reach, so that its scores never exceed ``max(block_elems, n_context * N)`` floats (16 MiB by default). Both are
-optimised algorithms; the plain statement of what they compute is :mod:`siammae.kernels.topk_spec`, which builds
-the whole matrix on tiny inputs, and the tests check both paths against it.
+Three implementations, named for what they are: the specification (:mod:`siammae.kernels.topk_spec`, the whole
+matrix in float64, for tiny inputs), the CPU path (:func:`topk_affinity_cpu`) and the GPU kernel
+(:func:`topk_affinity_triton`). Neither fast path materialises the N x (F N) affinity matrix. The GPU kernel streams
+key tiles through on-chip memory with a running top-k per query and skips key tiles wholly outside the
+neighbourhood; the CPU path scores 8x8 tiles of queries against runs of banded keys in their reach, one GEMM per run
+over the frames of a context group, with an exact two-stage top-k per tile. Both hand DINO's tie rule
+(``keep_ties``) their top similarities, so the rule is one piece of code (``_topk_keep_ties``). The tests check both
+paths against the specification.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -36,9 +40,6 @@ except ImportError:  # macOS / Windows: only the reference runs
     triton = None
 
 NEIGHBOURHOODS = ("square", "circle")
-
-# Scores of one query tile in the reference: 2^22 floats = 16 MiB, unless a single query's context is larger.
-BLOCK_ELEMS = 1 << 22
 
 
 def neighbourhood_reach(radius: float | None, neighbourhood: str) -> tuple[int, int, int]:
@@ -95,6 +96,7 @@ if triton is not None:
         BLOCK_D: tl.constexpr,  # channels per dot product step
         BLOCK_C: tl.constexpr,  # label channels per gather step
         GATHER: tl.constexpr,  # also gather and sum the labels (fused propagation step)
+        RAW: tl.constexpr,  # write the kept similarities (descending, -inf for an empty slot), not the weights
         UPCAST: tl.constexpr,  # load fp16 / bf16 as fp32 (the interpreter's dot is wrong on bf16)
         DOT_PRECISION: tl.constexpr,  # "ieee" for fp32 inputs: TF32 would reorder near-equal similarities
     ):
@@ -239,6 +241,8 @@ if triton is not None:
                 pick = slot[None, :] == am[:, None]
                 kept = m > NEG_INF
                 wj = tl.where(kept, tl.sum(tl.where(pick, wts, 0.0), axis=1), 0.0)
+                if RAW:
+                    wj = m  # the similarity itself, for the tie rule (_topk_keep_ties)
                 ij = tl.where(kept, tl.sum(tl.where(pick, top_i, 0), axis=1), -1)
                 rem = tl.where(pick, NEG_INF, rem)
                 tl.store(w_ptr + q_row * K + j, wj, mask=q_in)
@@ -253,9 +257,42 @@ def _tile(h: int, w: int, size: int) -> tuple[int, int]:
     return min(shapes, key=lambda s: (padded(s), abs(s[0].bit_length() - s[1].bit_length())))
 
 
-def _topk_affinity_triton(
-    query, keys, grid, lo, hi, n_ref, topk, temperature, shape, reach, d2_max, restrict_ref, labels
+def topk_affinity_triton(
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    grid: tuple[int, int],
+    ctx_start: Sequence[int],
+    ctx_stop: Sequence[int],
+    *,
+    n_ref: int,
+    topk: int,
+    temperature: float,
+    radius: float | None = None,
+    neighbourhood: str = "square",
+    restrict_ref: bool = True,
+    labels: torch.Tensor | None = None,
+    keep_ties: bool = False,
+    raw: bool = False,
 ):
+    """The GPU kernel of :func:`topk_affinity` (same arguments and results; CUDA tensors, or CPU tensors under
+    ``TRITON_INTERPRET=1``). ``keep_ties``: DINO's tie rule, applied by the same code as on the CPU path
+    (``_topk_keep_ties``) to the kernel's top ``topk + extra`` similarities (``raw``)."""
+    if keep_ties and not raw:
+        return _topk_keep_ties(
+            topk_affinity_triton, query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk,
+            temperature=temperature, radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref,
+            labels=labels,
+        )  # fmt: skip
+    shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
+    if labels is not None and not raw:
+        labels = labels.float().contiguous()
+    return _launch(
+        query.contiguous(), keys.contiguous(), tuple(grid), [int(a) for a in ctx_start], [int(b) for b in ctx_stop],
+        n_ref, topk, temperature, shape, reach, d2_max, restrict_ref, None if raw else labels, raw,
+    )  # fmt: skip
+
+
+def _launch(query, keys, grid, lo, hi, n_ref, topk, temperature, shape, reach, d2_max, restrict_ref, labels, raw):
     """Launch ``_topk_affinity_kernel``: one program per (query tile, query frame)."""
     T, N, D = query.shape
     h, w = grid
@@ -289,6 +326,7 @@ def _topk_affinity_triton(
         BLOCK_D=block_d,
         BLOCK_C=min(64, triton.next_power_of_2(C)),
         GATHER=gather,
+        RAW=raw,
         UPCAST=interpreted and query.dtype != torch.float32,
         DOT_PRECISION="ieee" if query.dtype == torch.float32 else "tf32",
         num_warps=4,
@@ -298,55 +336,174 @@ def _topk_affinity_triton(
 
 
 # ------------------------------------------------------------------------------------------------------------
-# PyTorch reference
+# The CPU path: banded keys, one GEMM per run of key bands in reach, a top-k per run and one merge per query tile
 # ------------------------------------------------------------------------------------------------------------
-def _tile_side(h: int, w: int, n_free: int, n_restricted: int, reach: int, block_elems: int) -> int:
-    """Side s of the s x s query tiles: the largest whose scores fit in ``block_elems`` (at least 1).
+KEY_BAND = 4  # key columns per band of the banded layout (see band_order); 4 wastes less of a window than 8
+QUERY_TILE = (8, 8)  # query patches per tile, rows x columns: 64 queries, the M side of each GEMM
 
-    A tile is scored against whole frames (``n_free`` of them) and against the (s + 2 reach)^2 windows of the
-    ``n_restricted`` frames, clipped to the grid.
+
+@functools.lru_cache(maxsize=32)
+def band_order(h: int, w: int, band: int = KEY_BAND) -> torch.Tensor:
+    """(N,) raster index ``y * w + x`` of each position of the banded layout of an (h, w) grid.
+
+    The banded layout lists the columns in bands of ``band`` (the last one narrower), and inside a band its patches
+    row by row. So the keys of rows r0 .. r1-1 of one band are contiguous: ``(r1 - r0) * width`` keys from
+    ``band_start + r0 * width``, one operand of a GEMM with no copy, hundreds of keys long (a raster row segment is
+    only as long as the window is wide, which halves MKL's sgemm rate). Keys of a frame are stored in this order
+    once, when they enter the bank (:class:`~siammae.propagation.engine.Propagator`).
     """
-    side = 1
-    for s in range(2, max(h, w) + 1):
-        window = min(h, s + 2 * max(reach, 0)) * min(w, s + 2 * max(reach, 0))
-        if min(s, h) * min(s, w) * (n_free * h * w + n_restricted * window) > block_elems:
-            break
-        side = s
-    return side
+    idx = torch.arange(h * w).view(h, w)
+    return torch.cat([idx[:, c : c + band].reshape(-1) for c in range(0, w, band)])
 
 
-def _out_of_reach(dy: torch.Tensor, dx: torch.Tensor, shape: int, reach: int, d2_max: int) -> torch.Tensor:
-    """Additive mask, 0 in reach and -inf out of it: dy (R, B) row and dx (B, Wc) column offsets -> (R, B, Wc).
+GROUP = 8  # consecutive scores per group of the two-stage top-k (_tile_topk)
+MIN_GEMM = 16  # MKL sums a dot product in another order when a GEMM side is below ~12; keep both sides >= 16
+MAX_RUN = 128  # keys per GEMM: (Fg, 128, D) x (D, 64) runs at ~85 % of the sgemm peak and its scores stay in cache
 
-    Adding it is an order of magnitude faster on CPU than ``masked_fill_`` with a broadcast boolean mask.
-    """
+
+@dataclass(frozen=True)
+class _Run:
+    """Contiguous keys of a banded frame that a query tile scores in one GEMM: positions off .. off+size-1.
+
+    keys: (size,) their raster indices. mask: (size, B) additive, 0 in reach of the tile's query and -inf out of
+    it, or None when every key is in reach of every query of the tile."""
+
+    off: int
+    size: int
+    keys: torch.Tensor
+    mask: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """A tile of query patches: their raster indices (B,), and the runs of keys in reach of any of them."""
+
+    queries: torch.Tensor
+    runs: tuple[_Run, ...]
+
+
+def _band_rows(y0, y1, x0, x1, c0, c1, shape, reach, d2_max) -> tuple[int, int] | None:
+    """Rows (first, stop) of the key band of columns c0 .. c1-1 that can be in reach of a query of the tile
+    rows y0 .. y1-1, columns x0 .. x1-1 (before clipping to the grid); None when no key of the band is."""
+    gx = max(0, c0 - (x1 - 1), x0 - (c1 - 1))  # the smallest column distance between the band and the tile
     if shape == 1:
-        out = (dy.abs() > reach)[:, :, None] | (dx.abs() > reach)[None]
-    else:
-        out = (dy * dy)[:, :, None] + (dx * dx)[None] > d2_max
-    return torch.zeros(out.shape, device=out.device).masked_fill_(out, float("-inf"))
+        return None if gx > reach else (y0 - reach, y1 + reach)
+    if gx * gx > d2_max:
+        return None
+    ry = math.isqrt(d2_max - gx * gx)
+    return y0 - ry, y1 + ry
 
 
-def _topk_grouped(s: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k per query of scores s (Fg, R, B, Wc): values (B, k') descending, positions (f, r, c) flattened.
-
-    Exact shortcut: group the scores of a query by (frame, column), R rows each; its k largest scores lie in
-    its k groups with the largest maxima (each of those maxima is a distinct score at least as large as any
-    score of another group). So one max-pass over the rows (vectorised over queries and columns) and a top-k
-    over k * R candidates replace a top-k over all of them. Positions are ``(f * R + r) * Wc + c``.
-    """
-    Fg, R, B, Wc = s.shape
-    col_max = s.amax(1).permute(1, 0, 2).reshape(B, Fg * Wc)  # (B, Fg*Wc)
-    _, groups = col_max.topk(min(k, Fg * Wc), dim=1)  # (B, kg) groups f * Wc + c
-    f, c = groups // Wc, groups % Wc
-    b = torch.arange(B, device=s.device)[:, None]
-    cand = s.permute(0, 2, 3, 1)[f, b, c]  # (B, kg, R)
-    v, j = cand.reshape(B, -1).topk(min(k, cand.shape[1] * R), dim=1)  # (B, k')
-    g, r = j // R, j % R
-    return v, (f.gather(1, g) * R + r) * Wc + c.gather(1, g)
+def _spans(h, w, y0, y1, x0, x1, shape, reach, d2_max, band) -> list[tuple[int, int]]:
+    """(offset, size) of the runs of banded keys in reach of the tile, consecutive runs that meet merged."""
+    spans = []
+    for c0 in range(0, w, band):
+        c1 = min(w, c0 + band)
+        rows = _band_rows(y0, y1, x0, x1, c0, c1, shape, reach, d2_max)
+        r0, r1 = (0, 0) if rows is None else (max(0, rows[0]), min(h, rows[1]))
+        if r1 <= r0:
+            continue
+        off, size = c0 * h + r0 * (c1 - c0), (r1 - r0) * (c1 - c0)
+        if spans and spans[-1][0] + spans[-1][1] == off:
+            spans[-1] = (spans[-1][0], spans[-1][1] + size)
+        else:
+            spans.append((off, size))
+    return spans
 
 
-def topk_affinity_ref(
+@functools.lru_cache(maxsize=8)
+def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
+    """The query tiles of an (h, w) grid with, for each, the runs of banded keys a restricted frame contributes.
+
+    Runs of consecutive bands that meet in memory (whole-height bands) are merged, so an unrestricted window is one
+    GEMM; a run shorter than MIN_GEMM keys is widened with keys masked out (never counted twice). The masks are
+    built here once per grid and neighbourhood (the same for every frame of a video)."""
+    qh, qw = tile
+    N = h * w
+    yy = torch.arange(h).repeat_interleave(w)  # (N,) row of each raster index
+    xx = torch.arange(w).repeat(h)
+    order = band_order(h, w, band)
+    tiles = []
+    for y0 in range(0, h, qh):
+        for x0 in range(0, w, qw):
+            y1, x1 = min(h, y0 + qh), min(w, x0 + qw)
+            queries = (torch.arange(y0, y1)[:, None] * w + torch.arange(x0, x1)[None]).reshape(-1)  # (B,)
+            runs = []
+            pieces = [(o + i, min(MAX_RUN, size - i)) for o, size in _spans(h, w, y0, y1, x0, x1, shape, reach,
+                      d2_max, band) for i in range(0, size, MAX_RUN)]  # fmt: skip
+            for off, size in pieces:
+                wide = max(0, min(off, N - MIN_GEMM)) if size < MIN_GEMM <= N else off
+                inside = torch.zeros(max(size, MIN_GEMM) if size < MIN_GEMM <= N else size, dtype=torch.bool)
+                inside[off - wide : off - wide + size] = True  # the run's own keys; the rest widens the GEMM
+                keys = order[wide : wide + inside.numel()]  # (L,) raster indices
+                dy = yy[keys][:, None] - yy[queries][None]  # (L, B)
+                dx = xx[keys][:, None] - xx[queries][None]
+                if shape == 1:
+                    out = (dy.abs() > reach) | (dx.abs() > reach)
+                else:
+                    out = dy * dy + dx * dx > d2_max
+                out |= ~inside[:, None]
+                mask = torch.zeros(out.shape).masked_fill_(out, float("-inf")) if bool(out.any()) else None
+                runs.append(_Run(wide, keys.numel(), keys, mask))
+            tiles.append(_Tile(queries, tuple(runs)))
+    return tuple(tiles)
+
+
+def _context_groups(n_ref: int, lo: int, hi: int, restrict_ref: bool, shape: int) -> list[tuple[int, int, bool]]:
+    """The context of a query frame as (first, stop, restricted) ranges of bank frames, adjacent ranges of the same
+    restriction merged (one GEMM batch)."""
+    groups = []
+    for f0, f1, restricted in ((0, n_ref, shape != 0 and restrict_ref), (lo, hi, shape != 0)):
+        if f1 <= f0:
+            continue
+        if groups and groups[-1][1] == f0 and groups[-1][2] == restricted:
+            groups[-1] = (groups[-1][0], f1, restricted)
+        else:
+            groups.append((f0, f1, restricted))
+    return groups
+
+
+def _tile_topk(qt, keys, groups, tile, whole, topk, N):
+    """Top-k of one query tile over its context: values (B, k') descending and flat bank indices (B, k').
+
+    qt: (D, B) the tile's queries, transposed. keys: (F, N, D) the banded bank. Each group of frames and run of keys
+    is one batched GEMM ((Fg, L, D) x (Fg, D, B), the bank sliced, not copied) written into one (keys, B) score
+    matrix of the tile, -inf added out of reach. The top-k is exact in two stages: the maxima of GROUP consecutive
+    rows, the top-k of those groups (the k best scores lie in the k groups of the largest maxima), then the top-k of
+    their k x GROUP scores."""
+    D, B = qt.shape
+    dev = qt.device
+    chunks = [(f0, f1, run) for f0, f1, restricted in groups for run in (tile.runs if restricted else whole)]
+    total = sum((f1 - f0) * run.size for f0, f1, run in chunks)
+    rows = -(-total // GROUP) * GROUP
+    if total == 0:
+        return torch.empty(B, 0, device=dev), torch.empty(B, 0, dtype=torch.int64, device=dev)
+    s = torch.empty(rows, B, device=dev)  # (keys, B) the tile's scores
+    s[total:] = float("-inf")
+    groups_max = torch.empty(rows // GROUP, B, device=dev)  # (groups, B) the largest score of GROUP rows
+    ids = torch.full((rows,), -1, dtype=torch.int64, device=dev)  # flat bank index of each row
+    pos = done = 0
+    for f0, f1, run in chunks:
+        n = (f1 - f0) * run.size
+        out = s[pos : pos + n].view(f1 - f0, run.size, B)
+        torch.bmm(keys[f0:f1, run.off : run.off + run.size], qt.expand(f1 - f0, D, B), out=out)
+        if run.mask is not None:
+            out.add_(run.mask)  # (Fg, L, B), -inf out of reach
+        frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
+        ids[pos : pos + n] = (frames + run.keys[None]).reshape(-1)
+        pos += n
+        ready = pos // GROUP if pos < total else rows // GROUP  # groups complete so far, reduced while in cache
+        torch.amax(s[done * GROUP : ready * GROUP].view(-1, GROUP, B), 1, out=groups_max[done:ready])
+        done = ready
+    groups_max = groups_max.T  # (B, groups)
+    _, g = groups_max.topk(min(topk, groups_max.shape[1]), dim=1)  # (B, kg) the best groups of each query
+    cand = (g[:, :, None] * GROUP + torch.arange(GROUP, device=dev)).reshape(B, -1)  # (B, kg * GROUP) rows
+    vals = s.view(-1)[cand * B + torch.arange(B, device=dev)[:, None]]  # (B, kg * GROUP)
+    v, sel = vals.topk(min(topk, vals.shape[1]), dim=1)  # (B, k'), descending
+    return v, ids[cand.gather(1, sel)]
+
+
+def topk_affinity_cpu(
     query: torch.Tensor,
     keys: torch.Tensor,
     grid: tuple[int, int],
@@ -360,11 +517,13 @@ def topk_affinity_ref(
     neighbourhood: str = "square",
     restrict_ref: bool = True,
     labels: torch.Tensor | None = None,
-    block_elems: int = BLOCK_ELEMS,
     keep_ties: bool = False,
     raw: bool = False,
+    banded: bool = False,
+    band: int = KEY_BAND,
+    tile: tuple[int, int] = QUERY_TILE,
 ):
-    """The specification of :func:`topk_affinity` in PyTorch (fp32), also its CPU path.
+    """The CPU path of :func:`topk_affinity` (same arguments and results), in fp32.
 
     ``keep_ties``: DINO's rule, to the bit (``eval_video_segmentation.py`` ``label_propagation``): a key's
     weight is ``exp(s / temperature)`` in fp32 (no max subtracted), every key whose weight is >= the k-th
@@ -374,110 +533,80 @@ def topk_affinity_ref(
     weigh 0 with index -1. ``raw`` returns the top-k similarities (T, N, topk) instead of weights (-inf for an
     empty slot), for the tie rule.
 
-    Queries are processed in square tiles of the grid. A tile is scored against the reference frames and the
-    short-term frames, each group in one batched matmul per frame over the window of key rows and columns
-    that can be in reach of the tile (the whole frame when the group is unrestricted; every window row is a
-    strided view of the bank, nothing is copied), keys out of reach are set to -inf, the top-k is taken
-    (``_topk_grouped``) and the two top-k lists are merged. Tiles are as large as keeps their scores within
-    ``block_elems`` floats (16 MiB), at least one query: peak extra memory is about
-    ``4 * max(block_elems, n_context * N)`` bytes, plus an fp32 copy of the inputs when they are fp16 / bf16.
+    ``banded``: ``keys`` are already in the banded layout (:func:`band_order`), as the propagation engine keeps its
+    bank; otherwise they are put in it here (one copy). Queries go in ``tile`` = (rows, columns) tiles of the grid;
+    for each tile the keys in reach of any of its queries are runs of bands (``_plan``), each scored by one batched
+    GEMM over the frames of a context group with no copy of the bank, the out-of-reach keys of a run set to -inf by
+    one cached additive mask, bands wholly out of reach never computed. A top-k per run and one over the tile's
+    candidates give the tile's top-k; the affinity rows are never built whole. Peak extra memory: the scores of one
+    run of one tile (Fg x 64 x L floats), the cached masks (about N x the window, in floats) and, unless
+    ``banded``, a banded fp32 copy of the keys. PyTorch's threads run each GEMM and top-k.
+
+    Similarities are sgemm dot products over D, the same numbers as a whole-matrix ``q @ k.T`` (MKL's kernels sum
+    over D in the same order whatever the GEMM's shape; tests/kernels checks it on the bank's shapes).
     """
     if keep_ties and not raw:
         return _topk_keep_ties(
-            query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk, temperature=temperature, radius=radius,
-            neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels, block_elems=block_elems,
+            topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk,
+            temperature=temperature, radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref,
+            labels=labels, banded=banded, band=band, tile=tile,
         )  # fmt: skip
     T, N, D = query.shape
-    F = keys.shape[0]
     h, w = grid
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
-    query = query.float().reshape(T, h, w, D)
-    keys = keys.float().reshape(F, h, w, D)
     dev = query.device
+    query = query.float()
+    keys = keys.float() if banded else keys.float()[:, band_order(h, w, band).to(dev)]  # (F, N, D) banded
+    plan = _plan(h, w, shape, reach, d2_max, band, tuple(tile))
+    if dev.type != "cpu":
+        plan = tuple(_Tile(t.queries.to(dev), tuple(_to(r, dev) for r in t.runs)) for t in plan)
+    whole = (_Run(0, N, band_order(h, w, band).to(dev), None),)  # an unrestricted frame: one run, no mask
+    out_k = topk
     if labels is not None and not raw:
         lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
-        out = torch.empty(T, h, w, labels.shape[-1], dtype=torch.float32, device=dev)
+        out = torch.empty(T, N, labels.shape[-1], dtype=torch.float32, device=dev)
     else:
-        weights = torch.empty(T, h, w, topk, dtype=torch.float32, device=dev)  # similarities when raw
-        index = torch.empty(T, h, w, topk, dtype=torch.int64, device=dev)
-
+        weights = torch.empty(T, N, out_k, dtype=torch.float32, device=dev)  # similarities when raw
+        index = torch.empty(T, N, out_k, dtype=torch.int64, device=dev)
     for t in range(T):
-        lo, hi = int(ctx_start[t]), int(ctx_stop[t])
-        groups = [(0, n_ref, shape != 0 and restrict_ref), (lo, hi, shape != 0)]  # (first, stop, restricted)
-        n_restricted = sum(f1 - f0 for f0, f1, r in groups if r)
-        side = _tile_side(h, w, n_ref + hi - lo - n_restricted, n_restricted, reach, block_elems)
-        for y0 in range(0, h, side):
-            for x0 in range(0, w, side):
-                y1, x1 = min(h, y0 + side), min(w, x0 + side)
-                qb = query[t, y0:y1, x0:x1].reshape(-1, D)  # (B, D), the tile's patches
-                B = qb.shape[0]
-                # The window of keys that can be in reach of the tile, and its mask: the same for both groups.
-                window = max(0, y0 - reach), min(h, y1 + reach), max(0, x0 - reach), min(w, x1 + reach)
-                reach_mask = None
-                vals, idxs = [], []
-                for f0, f1, restricted in groups:
-                    if f1 <= f0:
-                        continue
-                    r0, r1, c0, c1 = window if restricted else (0, h, 0, w)
-                    if r1 <= r0 or c1 <= c0:
-                        continue
-                    R, Wc = r1 - r0, c1 - c0
-                    s = torch.empty(f1 - f0, R, B, Wc, device=dev)  # (Fg, R, B, Wc)
-                    for f in range(f0, f1):  # one batched matmul over the window rows of each frame
-                        torch.bmm(qb.expand(R, B, D), keys[f, r0:r1, c0:c1].transpose(1, 2), out=s[f - f0])
-                    if restricted:
-                        if reach_mask is None:
-                            qy = torch.arange(y0, y1, device=dev, dtype=torch.int32).repeat_interleave(x1 - x0)
-                            qx = torch.arange(x0, x1, device=dev, dtype=torch.int32).repeat(y1 - y0)  # (B,)
-                            dy = torch.arange(r0, r1, device=dev, dtype=torch.int32)[:, None] - qy[None]  # (R, B)
-                            dx = torch.arange(c0, c1, device=dev, dtype=torch.int32)[None] - qx[:, None]  # (B, Wc)
-                            reach_mask = _out_of_reach(dy, dx, shape, reach, d2_max)
-                        s.add_(reach_mask)
-                    v, p = _topk_grouped(s, topk)  # (B, k'), p = (f * R + r) * Wc + c
-                    c, fr = p % Wc, p // Wc
-                    vals.append(v)
-                    idxs.append((f0 + fr // R) * N + (r0 + fr % R) * w + c0 + c)
-                if vals:
-                    v, i = torch.cat(vals, 1), torch.cat(idxs, 1)
-                    v, sel = v.topk(min(topk, v.shape[1]), dim=1)  # (B, k'), descending
-                    i = i.gather(1, sel)
-                else:
-                    v = torch.empty(B, 0, device=dev)
-                    i = torch.empty(B, 0, dtype=torch.int64, device=dev)
-                pad = topk - v.shape[1]
-                v = torch.nn.functional.pad(v, (0, pad), value=float("-inf"))  # (B, K)
-                i = torch.nn.functional.pad(i, (0, pad), value=-1)
-                kept = v > float("-inf")
-                i = i.masked_fill(~kept, -1)
-                if raw:
-                    weights[t, y0:y1, x0:x1] = v.view(y1 - y0, x1 - x0, topk)
-                    index[t, y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
-                    continue
-                v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
-                e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
-                wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-                if labels is not None and not raw:
-                    y = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
-                    out[t, y0:y1, x0:x1] = y.view(y1 - y0, x1 - x0, -1)
-                else:
-                    weights[t, y0:y1, x0:x1] = wts.view(y1 - y0, x1 - x0, topk)
-                    index[t, y0:y1, x0:x1] = i.view(y1 - y0, x1 - x0, topk)
+        groups = _context_groups(n_ref, int(ctx_start[t]), int(ctx_stop[t]), restrict_ref, shape)
+        for tl_ in plan:
+            v, i = _tile_topk(query[t, tl_.queries].T.contiguous(), keys, groups, tl_, whole, topk, N)
+            pad = topk - v.shape[1]
+            v = torch.nn.functional.pad(v, (0, pad), value=float("-inf"))  # (B, K)
+            i = torch.nn.functional.pad(i, (0, pad), value=-1)
+            kept = v > float("-inf")
+            i = i.masked_fill(~kept, -1)
+            if raw:
+                weights[t, tl_.queries], index[t, tl_.queries] = v, i
+                continue
+            v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
+            e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
+            wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+            if labels is not None:
+                out[t, tl_.queries] = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
+            else:
+                weights[t, tl_.queries], index[t, tl_.queries] = wts, i
     if labels is not None and not raw:
-        return out.view(T, N, -1)
-    return weights.view(T, N, topk), index.view(T, N, topk)
+        return out
+    return weights, index
+
+
+def _to(run: _Run, dev) -> _Run:
+    return _Run(run.off, run.size, run.keys.to(dev), None if run.mask is None else run.mask.to(dev))
 
 
 TIE_SLOTS = 3  # candidates beyond k looked at for a tie at the k-th weight (doubled while a tie fills them all)
 
 
-def _topk_keep_ties(query, keys, grid, ctx_start, ctx_stop, *, topk, temperature, labels, **kw):
-    """``topk_affinity_ref(..., keep_ties=True)``: DINO's weights and tie rule on the top ``topk + extra``
-    candidates by similarity (ranking by s and by exp(s / T) agree except on ties, and a key tied with the k-th
-    weight ranks right after it), from the same tiles and matmuls as the reference."""
+def _topk_keep_ties(raw_topk, query, keys, grid, ctx_start, ctx_stop, *, topk, temperature, labels, **kw):
+    """DINO's weights and tie rule (``keep_ties=True``) on the top ``topk + extra`` candidates by similarity that
+    ``raw_topk`` (the CPU path or the GPU kernel, ``raw=True``) returns: ranking by s and by exp(s / T) agree except
+    on ties, and a key tied with the k-th weight ranks right after it. The one tie rule of every backend."""
     n_keys = keys.shape[0] * keys.shape[1]
     extra = TIE_SLOTS
     while True:
-        v, i = topk_affinity_ref(
+        v, i = raw_topk(
             query, keys, grid, ctx_start, ctx_stop, topk=topk + extra, temperature=1.0, raw=True, **kw
         )  # (T, N, k + extra) similarities, descending, -inf and index -1 where fewer keys are in reach
         e = torch.exp(v / temperature)  # DINO: torch.exp(torch.bmm(...) / 0.1); out of reach: exp(-inf) = 0
@@ -516,6 +645,7 @@ def topk_affinity(
     labels: torch.Tensor | None = None,
     backend: str = "auto",
     keep_ties: bool = False,
+    banded: bool = False,
 ):
     """Top-k context keys of every query patch and their softmax weights (see the module docstring).
 
@@ -524,10 +654,11 @@ def topk_affinity(
     ctx_start, ctx_stop: (T,) the short-term context of query frame t is bank frames ctx_start[t] up to
         ctx_stop[t] - 1; bank frames 0 .. n_ref-1 are reference frames, in every query frame's context.
     labels: optional (F, N, C) soft labels of the bank; then the gathered labels are returned.
-    keep_ties: DINO's weights and tie rule (see :func:`topk_affinity_ref`); the PyTorch path follows it to the
-        bit, the Triton kernel keeps exactly k (a tie at the k-th similarity is a last-bit event).
+    banded: the keys' patches are in :func:`band_order` (the CPU path's bank layout; the CPU path only).
+    keep_ties: DINO's weights and tie rule (see :func:`topk_affinity_cpu`), on every backend: the CPU path and
+        the GPU kernel hand their top ``topk + extra`` similarities to the same rule (``_topk_keep_ties``).
     Returns (weights (T, N, K) fp32, index (T, N, K) int64) in descending similarity, K = topk (more with
-    ``keep_ties`` on the PyTorch path), or (T, N, C) fp32.
+    ``keep_ties`` when a tie at the k-th weight is kept), or (T, N, C) fp32.
     """
     if query.dim() != 3 or keys.dim() != 3:
         raise ValueError(
@@ -548,15 +679,12 @@ def topk_affinity(
         raise ValueError(f"topk must be >= 1 and temperature > 0, got {topk} and {temperature}")
     if labels is not None and (labels.dim() != 3 or labels.shape[:2] != (F, N) or labels.device != keys.device):
         raise ValueError(f"labels must be (F, N, C) = ({F}, {N}, C) on {keys.device}, got {tuple(labels.shape)}")
-    shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
-    if resolve_backend(backend, query.device) == "triton":
-        if labels is not None:
-            labels = labels.float().contiguous()
-        return _topk_affinity_triton(
-            query.contiguous(), keys.contiguous(), (h, w), list(ctx_start), list(ctx_stop), n_ref, topk,
-            temperature, shape, reach, d2_max, restrict_ref, labels,
-        )  # fmt: skip
-    return topk_affinity_ref(
+    neighbourhood_reach(radius, neighbourhood)  # a bad radius or shape fails here, on every backend
+    run = topk_affinity_triton if resolve_backend(backend, query.device) == "triton" else topk_affinity_cpu
+    if banded and run is topk_affinity_triton:
+        raise ValueError("banded keys are the CPU path's layout; the Triton kernel takes keys in raster order")
+    return run(
         query, keys, (h, w), ctx_start, ctx_stop, n_ref=n_ref, topk=topk, temperature=temperature,
         radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels, keep_ties=keep_ties,
+        **({"banded": banded} if banded else {}),
     )  # fmt: skip

@@ -27,7 +27,8 @@ from siammae.model.config import FEATURE_ATTENTIONS
 from siammae.propagation.inputs import InputConfig, parse_size
 
 NEIGHBOURHOODS = ("square", "circle")
-UPSAMPLINGS = ("patch", "image")
+UPSAMPLINGS = ("patch", "image", "crw")
+FIRST_LABELS = ("nearest", "crw")
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,13 @@ class PropagationConfig:
         with n copies of frame 0 (``VOSDataset.make_paths``), so its first frames see frame 0 n+1 times.
     norm_mask: before the argmax, min-max normalise each class map whose maximum is > 0 (DINO ``norm_mask``).
     upsample: "patch": bilinear upsampling by the patch size, then a nearest resize to the output size (DINO);
-        "image": bilinear resize straight to the output size (CRW ``dump_predictions``).
+        "image": bilinear resize straight to the output size; "crw": CRW's code end to end, bilinear to the
+        encoder's input size (``dump_predictions``), argmax, the channel's colour, its DAVIS palette index
+        (``eval/convert_davis.py``), then OpenCV's nearest resize to the output size.
+    first_labels: frame 0's labels on the patch grid. "nearest": one pixel per cell, one-hot over the ids (DINO
+        ``read_seg``); "crw": CRW ``data/vos.py`` bug for bug, the annotation's colours resized *bilinearly* to the
+        input size (``cv2.INTER_NEAREST`` lands in ``dst``), each colour found there a channel, the channels resized
+        bilinearly to the grid (docs/PROTOCOL.md).
     keep_ties: DINO's weights: exp(s / T) in fp32 divided by their sum, every key tied with the k-th weight kept
         (``aff[aff < tk_val_min] = 0``); False: exactly k keys, softmax (CRW). Bit for bit on the CPU path.
     """
@@ -64,6 +71,9 @@ class PropagationConfig:
     norm_mask: bool = setting(True, "min-max normalise each class map before the argmax")
     upsample: str = setting("patch", "patch (DINO) or image (CRW)", choices=UPSAMPLINGS)
     keep_ties: bool = setting(True, "DINO's weights, ties with the k-th kept; False: exactly k keys, softmax")
+    first_labels: str = setting(
+        "nearest", "frame-0 labels on the patch grid: nearest (a pixel per cell) or crw (CRW's)", choices=FIRST_LABELS
+    )
 
     def __post_init__(self):
         apply(self)
@@ -245,4 +255,17 @@ register_preset(  # docs/PROTOCOL.md: top-k 10, queue 20, neighbourhood 8 on VIP
 )
 register_preset(  # docs/PROTOCOL.md: top-k 7 on JHMDB, the DAVIS constants otherwise
     Preset("siammae-jhmdb", "keypoints", _CRW, InputConfig(size=(320, 320))), default=True
+)
+
+# CRW's own code end to end (ajabri/videowalk test.py, data/vos.py, eval/convert_davis.py, its README's DAVIS
+# command): --topk 10 --temperature 0.05 --videoLen 20 --radius 12 --cropSize 480; frames resized to 480x480
+# (vos.py: ratio 1.0), the float path, ImageNet mean / std; frame-0 labels and read-out bug for bug
+# (docs/PROTOCOL.md, "The crw preset").
+register_preset(
+    Preset(
+        "crw",
+        "masks",
+        _CRW.replace(topk=10, temperature=0.05, radius=12, upsample="crw", first_labels="crw"),
+        InputConfig(size=(480, 480)),
+    )
 )

@@ -35,7 +35,14 @@ from siammae.propagation.engine import Propagator
 from siammae.propagation.features import FrameEncoder, TorchEncoder
 from siammae.propagation.inputs import chunks, resize_frame, to_batch
 from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
-from siammae.propagation.labels import labels_to_mask, mask_to_labels, one_hot
+from siammae.propagation.labels import (
+    crw_first_labels,
+    crw_palette,
+    crw_palette_ids,
+    labels_to_mask,
+    mask_to_labels,
+    one_hot,
+)
 
 MaskLike = np.ndarray | str | os.PathLike
 
@@ -193,7 +200,9 @@ class Driver:
         H, W = item.frame.rgb.shape[:2]
         if item.frame.index == 0 and item.given is not None:
             return item.given
-        channels = labels_to_mask(item.soft, (H, W), self.patch_size, self.config)  # (H, W) int64
+        channels = labels_to_mask(  # (H, W) int64
+            item.soft, (H, W), self.patch_size, self.config, input_size=self.frame_size(H, W)
+        )
         ids = torch.from_numpy(item.object_ids).to(channels.device)[channels].cpu().numpy()  # (H, W) uint8
         if item.given is not None:
             ids = np.where(item.given > 0, item.given, ids)
@@ -220,6 +229,11 @@ class Driver:
         with ``add(stage, seconds)`` and a ``frames`` count (``tracking.report.StageTimes``), or None. ``chunk``:
         frames per encoder call for this stream (default ``self.chunk``)."""
         references = dict(references or {})
+        if references and self.config.first_labels == "crw":
+            raise InputError(
+                f"preset {self.preset.name} follows CRW's code, which takes one mask, frame 0's; masks of later "
+                "frames need a preset with first_labels 'nearest' (siammae-davis, dino)"
+            )
         if 0 in references:
             raise InputError("frame 0's mask is the first mask; references are for later frames")
         prop = Propagator(self.config, backend=self.backend)
@@ -287,6 +301,10 @@ class Driver:
             lut[: soft.shape[0]] = np.arange(soft.shape[0])
             return None, soft.to(self.device), np.arange(soft.shape[0], dtype=np.uint8)
         given = _load_mask(first_labels, frame0, "first mask")
+        if self.config.first_labels == "crw":
+            colours = _mask_colours(first_labels, given)
+            soft, lblset = crw_first_labels(colours, self.frame_size(*given.shape), grid)  # CRW data/vos.py
+            return given, soft.to(self.device), crw_palette_ids(lblset)  # a channel's id: its colour's index
         ids = np.concatenate([[0], check_objects(given, "first mask")]).astype(np.uint8)  # (C,)
         lut[ids] = np.arange(len(ids))
         channels = torch.from_numpy(lut[mask_to_labels(given, grid).numpy()])  # (h, w) 0..C-1
@@ -315,6 +333,20 @@ def _load_mask(mask: MaskLike, frame: Frame, name: str) -> np.ndarray:
     mask = fit_mask(mask, frame.rgb.shape[:2], name)
     check_objects(mask, name)
     return np.require(mask, requirements=["C", "W"])  # torch.from_numpy wants a writable array
+
+
+def _mask_colours(mask: MaskLike, ids: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB colours of frame 0's mask as CRW reads it (``cv2.imread``): a mask file's own colours
+    (a DAVIS-2016 0 / 255 mask is grey, a DAVIS-2017 one has palette colours) when it has the frame's size; else,
+    and for an id array, the colours of CRW's palette for the ids."""
+    if isinstance(mask, (str, os.PathLike)):
+        from siammae.data.images import open_image, upright
+
+        with open_image(Path(mask), InputError) as im:
+            rgb = np.asarray(upright(im).convert("RGB"))
+        if rgb.shape[:2] == ids.shape:
+            return rgb
+    return crw_palette()[ids]
 
 
 def _frames(frames) -> Iterator[Frame]:

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from siammae.errors import InputError
-from siammae.kernels.topk_affinity import topk_affinity
+from siammae.kernels.dispatch import resolve_backend
+from siammae.kernels.topk_affinity import band_order, topk_affinity
 from siammae.propagation.config import Preset, PropagationConfig, get_preset
 from siammae.propagation.inputs import chunks
 from siammae.propagation.labels import one_hot
@@ -34,7 +35,10 @@ class PropagationState:
     """What a video needs between steps: one bank of frames, laid out ``[references | queue | chunk]``.
 
     feats: (F, N, D) L2-normalised features; labels: (F, N, C) fp32 soft labels at patch resolution,
-    N = h * w. Frames ``0 .. n_ref-1`` are the reference frames (frame 0 and every frame given a mask later);
+    N = h * w. Labels are in raster order (``y * w + x``); features too, except on the CPU path, which keeps them
+    in its banded layout (``order``, :func:`~siammae.kernels.topk_affinity.band_order`) so that its GEMMs read
+    the bank in place. ``frames``: frames seen so far (frame 0 included), for error messages. Frames
+    ``0 .. n_ref-1`` are the reference frames (frame 0 and every frame given a mask later);
     the next ``n_queue`` (at most n + 1) are the last frames that are not references, oldest first: the newest
     may still become a reference (``add_reference``), and the n before it then form the short-term context.
     The rest is room for the frames of the next chunk. Keeping the context in one tensor means a step neither
@@ -46,6 +50,8 @@ class PropagationState:
     labels: torch.Tensor
     n_ref: int = 1
     n_queue: int = 0
+    order: torch.Tensor | None = None  # (N,) raster index of each bank position; None: raster order
+    frames: int = 1
     stepped: bool = False  # step() has returned a frame (the one add_reference applies to)
     last_is_reference: bool = False  # that frame was given a mask since
 
@@ -83,6 +89,18 @@ class PropagationState:
             self.labels[dst + i] = self.labels[src + i]
 
 
+def _check_finite(features: torch.Tensor, first: int) -> None:
+    """Features with NaN or inf would propagate nothing (every similarity NaN) and a run would still end: stop
+    with the number of the first bad frame instead. features: (T, ...) of frames first .. first+T-1."""
+    bad = ~torch.isfinite(features.reshape(features.shape[0], -1)).all(1)  # (T,)
+    if bool(bad.any()):
+        frame = first + int(bad.nonzero()[0, 0])
+        raise InputError(
+            f"frame {frame}: the encoder's features are not finite (NaN or inf); check the weights "
+            "(a checkpoint with NaN / inf values) and the input"
+        )
+
+
 def _normalise(features: torch.Tensor) -> torch.Tensor:
     """L2-normalise over channels in fp32 (as DINO and CRW), stored back in the input dtype: the query form. With
     the keys' form (the bank), the one place features are normalised, for every encoder (PyTorch, ONNX and TensorRT
@@ -102,6 +120,11 @@ def _normalise_keys(features: torch.Tensor) -> torch.Tensor:
     x = features.float().reshape(-1, *shape[-2:]).transpose(1, 2).contiguous()  # (F, D, N)
     x = F.normalize(x, dim=1, p=2)
     return x.transpose(1, 2).reshape(shape).to(features.dtype)  # (F, D, N) -> (..., N, D)
+
+
+def _in_order(features: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """(..., N, D) in raster order -> the bank's order (``order``; None: raster)."""
+    return features if order is None else features[..., order, :]
 
 
 class Propagator:
@@ -143,14 +166,17 @@ class Propagator:
         soft = labels0.float() if labels0.dtype.is_floating_point else one_hot(labels0)
         if tuple(soft.shape[1:]) != (h, w):
             raise InputError(f"labels of frame 0 are {tuple(labels0.shape)} but the feature grid is {h}x{w}")
+        _check_finite(features0[None], 0)
         n = self.config.n_last
         copies = n if self.config.prefill_queue else 0
         size = 1 + (n + 1) + 1  # the reference, the queue, a chunk of one frame
+        cpu_path = resolve_backend(self.backend, features0.device) == "torch"
+        order = band_order(h, w).to(features0.device) if cpu_path else None
         feats = features0.new_empty(size, h * w, D)
         labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
-        feats[: 1 + copies] = _normalise_keys(features0.reshape(h * w, D))
+        feats[: 1 + copies] = _in_order(_normalise_keys(features0.reshape(h * w, D)), order)
         labels[: 1 + copies] = soft.to(features0.device).reshape(-1, h * w).T  # (C, h, w) -> (N, C)
-        self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies)
+        self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies, order=order)
 
     @torch.no_grad()
     def step(self, features: torch.Tensor) -> torch.Tensor:
@@ -165,10 +191,11 @@ class Propagator:
                 f"features are {features.shape[-1]}-d {features.dtype} on {features.device} but frame 0 was "
                 f"{bank.shape[-1]}-d {bank.dtype} on {bank.device}"
             )
+        _check_finite(features, st.frames)
         T, N, C, cfg = features.shape[0], h * w, st.num_classes, self.config
         st.reserve(st.n_ref + cfg.n_last + 1 + T)  # the same size at every step of a steady stream
         first = st.n_used  # bank position of the chunk's first frame
-        st.feats[first : first + T] = _normalise_keys(features.reshape(T, N, -1))
+        st.feats[first : first + T] = _in_order(_normalise_keys(features.reshape(T, N, -1)), st.order)
         # Frame j of the chunk sees the n frames before it, earlier frames of the chunk included.
         stop = [first + j for j in range(T)]
         start = [max(st.n_ref, s - cfg.n_last) for s in stop]
@@ -181,6 +208,7 @@ class Propagator:
             restrict_ref=cfg.restrict_reference,
             backend=self.backend,
             keep_ties=cfg.keep_ties,
+            banded=st.order is not None,
         )
         query = _normalise(features).reshape(T, N, -1)  # (T, N, D); the bank holds the key form (_normalise_keys)
         keys, labels = st.feats[: first + T], st.labels[: first + T]
@@ -197,6 +225,7 @@ class Propagator:
         keep = min(cfg.n_last + 1, st.n_queue + T)
         st.move(st.n_used + T - keep, st.n_ref, keep)
         st.n_queue, st.stepped, st.last_is_reference = keep, True, False
+        st.frames += T
         return out.view(T, h, w, C).permute(0, 3, 1, 2)  # (T, N, C) -> (T, C, h, w)
 
     @torch.no_grad()

@@ -89,16 +89,25 @@ def norm_mask(soft: torch.Tensor) -> torch.Tensor:
 
 
 def labels_to_mask(
-    soft: torch.Tensor, out_size: tuple[int, int], patch_size: int, config: PropagationConfig
+    soft: torch.Tensor,
+    out_size: tuple[int, int],
+    patch_size: int,
+    config: PropagationConfig,
+    input_size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Soft labels (C, h, w) at patch resolution -> (H, W) int64 id map at ``out_size`` = (H, W).
 
     ``config.upsample == "patch"`` (DINO): bilinear x ``patch_size``, ``norm_mask`` if set, argmax, nearest
-    resize (PIL rule) to ``out_size``. ``"image"`` (CRW): bilinear resize to ``out_size``, ``norm_mask`` if
-    set, argmax.
+    resize (PIL rule) to ``out_size``. ``"image"``: bilinear resize to ``out_size``, ``norm_mask`` if
+    set, argmax. ``"crw"`` (CRW's code, :func:`crw_read_out`): bilinear to ``input_size`` (the encoder's input,
+    (H_in, W_in)), argmax, OpenCV's nearest to ``out_size``; ``norm_mask`` does not apply.
     """
     if soft.dim() != 3:
         raise InputError(f"soft labels must be (C, h, w), got {tuple(soft.shape)}")
+    if config.upsample == "crw":
+        if input_size is None:
+            raise InputError("the crw read-out resizes to the encoder's input size: pass input_size=(H_in, W_in)")
+        return crw_read_out(soft, tuple(input_size), tuple(out_size))
     x = soft.float()[None]  # (1, C, h, w)
     if config.upsample == "patch":
         # DINO eval_video_segmentation.py, exactly: scale_factor with recompute_scale_factor=False.
@@ -113,3 +122,90 @@ def labels_to_mask(
     if tuple(ids.shape) != tuple(out_size):
         ids = resize_nearest(ids, out_size)
     return ids
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The crw preset: CRW's frame-0 labels and read-out, bug for bug (docs/PROTOCOL.md, "The crw preset")
+# ------------------------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def crw_palette() -> np.ndarray:
+    """(256, 3) uint8 RGB: the palette of CRW's ``eval/palette.py``, which ``eval/convert_davis.py`` maps colours
+    to ids with. It is not quite DAVIS's: its first 22 colours are DAVIS's with 191 where DAVIS has 192, and
+    entries 22..255 are the greys (i, i, i)."""
+    from siammae.data.palette import davis_palette
+
+    pal = davis_palette()[:256].astype(np.uint8).copy()
+    head = pal[:22]
+    head[head == 192] = 191
+    pal[22:] = np.arange(22, 256, dtype=np.uint8)[:, None]
+    return pal
+
+
+CV_CHANNELS = 128  # OpenCV 5's Python binding resizes at most 128 channels at once (CRW's OpenCV took 512)
+
+
+def _cv_resize(x: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``cv2.resize`` of an (H, W, C) array for any C, ``size`` (width, height): channels are resized apart, in
+    groups OpenCV takes, which is the same result (bilinear and nearest work channel by channel)."""
+    import cv2
+
+    parts = [
+        cv2.resize(np.ascontiguousarray(x[..., c : c + CV_CHANNELS]), size, interpolation=interpolation)
+        for c in range(0, x.shape[-1], CV_CHANNELS)
+    ]
+    return np.concatenate([p.reshape(size[1], size[0], -1) for p in parts], axis=-1)  # one channel comes back 2-D
+
+
+def crw_first_labels(colours: np.ndarray, input_hw: tuple[int, int], grid: tuple[int, int]):
+    """Frame 0's labels as CRW's ``data/vos.py`` makes them: (C, h, w) float32 soft labels and the (C, 3) uint8 RGB
+    colour of each channel.
+
+    colours: (H, W, 3) uint8 RGB, the annotation as ``cv2.imread`` reads it (reversed). CRW calls
+    ``cv2.resize(lblimg, (newh, neww), cv2.INTER_NEAREST)``: the third positional argument is ``dst``, so the
+    interpolation is the default, bilinear, and the annotation's edges become new colours (182 grey levels on a
+    0 / 255 DAVIS-2016 mask); ``(newh, neww)`` is also (width, height) swapped, which only matters for a
+    non-square input. Every colour of the resized frame is a channel (``np.unique`` rows of BGR, sorted), its
+    one-hot map is resized bilinearly to the grid (``cv2.resize(np.float32(onehot), (w, h), cv2.INTER_LINEAR)``).
+    """
+    import cv2  # deferred: only this preset needs it here
+
+    H_in, W_in = input_hw
+    h, w = grid
+    bgr = np.ascontiguousarray(np.asarray(colours, dtype=np.uint8)[..., ::-1])
+    resized = cv2.resize(bgr, (H_in, W_in))  # CRW's (newh, neww) as (width, height); bilinear
+    lblset = np.unique(resized.reshape(-1, 3), axis=0)  # (C, 3) BGR, sorted
+    onehot = np.stack([np.all(resized == c, axis=-1) for c in lblset], axis=-1).astype(np.float32)  # (W_in, H_in, C)
+    small = _cv_resize(onehot, (w, h), cv2.INTER_LINEAR)  # (h, w, C)
+    soft = torch.from_numpy(np.ascontiguousarray(small.transpose(2, 0, 1)))  # (h, w, C) -> (C, h, w)
+    return soft, np.ascontiguousarray(lblset[:, ::-1])
+
+
+def crw_palette_ids(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) uint8 ids as ``eval/convert_davis.py`` assigns them: the colour's index in
+    :func:`crw_palette`, 0 when it is not a palette colour. Grey 128 is entry 7 and entry 128; CRW's assignment of
+    both indices then fails unless one or two pixels have it, and siammae takes the first, 7."""
+    pal = crw_palette().astype(np.int64)
+    code = lambda c: (c[..., 0].astype(np.int64) << 16) | (c[..., 1].astype(np.int64) << 8) | c[..., 2]  # noqa: E731
+    lut = {}
+    for i, c in enumerate(code(pal).tolist()):
+        lut.setdefault(c, i)
+    keys = code(np.asarray(rgb))
+    return np.vectorize(lambda c: lut.get(c, 0), otypes=[np.uint8])(keys) if keys.size else keys.astype(np.uint8)
+
+
+def crw_read_out(soft: torch.Tensor, input_hw: tuple[int, int], out_hw: tuple[int, int]) -> torch.Tensor:
+    """Soft labels (C, h, w) -> (H, W) int64 channel map as CRW's read-out: ``dump_predictions`` resizes them
+    bilinearly (``cv2.resize``) to the encoder's input size and takes the first maximal channel (``np.argmax``);
+    ``eval/convert_davis.py`` then resizes the ids by OpenCV's nearest neighbour (``cv2.INTER_NEAREST``, not PIL's
+    rule) to ``out_hw``. The channel map is resized here; the ids it stands for are :func:`crw_palette_ids` of the
+    channels' colours."""
+    import cv2
+
+    H_in, W_in = input_hw
+    H, W = out_hw
+    pred = np.ascontiguousarray(soft.detach().float().cpu().numpy().transpose(1, 2, 0))  # (h, w, C)
+    up = _cv_resize(pred, (W_in, H_in), cv2.INTER_LINEAR)  # (H_in, W_in, C)
+    channels = np.argmax(up, axis=-1).astype(np.int32)  # (H_in, W_in)
+    if (H_in, W_in) != (H, W):
+        channels = cv2.resize(channels.astype(np.float32), (W, H), interpolation=cv2.INTER_NEAREST).astype(np.int64)
+    return torch.from_numpy(np.asarray(channels, dtype=np.int64))

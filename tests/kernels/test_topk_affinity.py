@@ -9,11 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from siammae.kernels.dispatch import triton_available
-from siammae.kernels.topk_affinity import neighbourhood_reach, topk_affinity, topk_affinity_ref
+from siammae.kernels.topk_affinity import neighbourhood_reach, topk_affinity, topk_affinity_cpu
 from siammae.kernels.topk_spec import context_scores, neighbourhood_mask, topk_affinity_spec
 
 needs_triton = pytest.mark.skipif(not triton_available(), reason="triton is not installed")
 BACKENDS = ["torch", pytest.param("triton", marks=needs_triton)]
+# query tiles and key bands of the CPU path: single patches, ragged (3x2 tiles, 3-column bands), the defaults
+LAYOUTS = [dict(tile=(1, 1), band=1), dict(tile=(3, 2), band=3), dict()]
 
 
 def _inputs(grid, D, T, F_, seed=0, dtype=torch.float32):
@@ -124,11 +126,11 @@ def test_the_specifications_neighbourhoods_are_the_protocols():
 def test_tiled_reference_equals_the_specification(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref):
     F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
     q, k = _inputs(grid, D, T, F_)
-    for block_elems in (1, 97, 1 << 22):  # one query per block, ragged blocks, one block
-        w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
+    for layout in LAYOUTS:  # one query per tile and one column per band, ragged tiles and bands, the defaults
+        w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
         _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
     labels = torch.rand(F_, grid[0] * grid[1], 3, generator=torch.Generator().manual_seed(1))
-    y = topk_affinity_ref(q, k, grid, start, stop, labels=labels, block_elems=97, **kw)
+    y = topk_affinity_cpu(q, k, grid, start, stop, labels=labels, **LAYOUTS[1], **kw)
     torch.testing.assert_close(y, topk_affinity_spec(q, k, grid, start, stop, labels=labels, **kw))
 
 
@@ -140,8 +142,8 @@ def test_ties_keep_keys_of_the_specified_similarities(backend, case):
     F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
     q, k = _tied_inputs(grid, max(D, 3), T, F_, seed=case)
     if backend == "torch":
-        for block_elems in (1, 97, 1 << 22):
-            w, i = topk_affinity_ref(q, k, grid, start, stop, block_elems=block_elems, **kw)
+        for layout in LAYOUTS:
+            w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
             _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
     else:
         w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
@@ -248,7 +250,7 @@ def test_auto_backend_on_cpu_and_the_environment_override(monkeypatch):
     kw = dict(n_ref=1, topk=3, temperature=0.1, radius=1, neighbourhood="square")
     monkeypatch.setenv("SIAMMAE_KERNEL_BACKEND", "torch")
     w, i = topk_affinity(q, k, (3, 5), [1], [2], **kw)
-    w_ref, i_ref = topk_affinity_ref(q, k, (3, 5), [1], [2], **kw)
+    w_ref, i_ref = topk_affinity_cpu(q, k, (3, 5), [1], [2], **kw)
     assert torch.equal(w, w_ref) and torch.equal(i, i_ref)
     monkeypatch.setenv("SIAMMAE_KERNEL_BACKEND", "cuda")
     with pytest.raises(ValueError, match="SIAMMAE_KERNEL_BACKEND must be one of"):
@@ -282,7 +284,7 @@ def build(dtype, K, shape, restrict_ref, gather, capability):
     sig.update({name: "i32" for name in ("H", "W", "N", "D", "C", "n_ref", "reach", "d2_max")})
     sig["inv_temp"] = "fp32"
     consts = dict(K=K, KPAD=triton.next_power_of_2(K), SHAPE=shape, RESTRICT_REF=restrict_ref, QH=8, QW=8,
-                  KH=4, KW=16, BLOCK_D=64, BLOCK_C=8, GATHER=gather, UPCAST=False,
+                  KH=4, KW=16, BLOCK_D=64, BLOCK_C=8, GATHER=gather, RAW=False, UPCAST=False,
                   DOT_PRECISION="ieee" if dtype == "fp32" else "tf32")
     sig.update({name: "constexpr" for name in consts})
     src = ASTSource(fn=_topk_affinity_kernel, signature=sig, constexprs=consts)
@@ -333,7 +335,8 @@ def _tied_pair():
     raise AssertionError("no tied pair found")
 
 
-def test_keep_ties_is_dinos_rule():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_ties_is_dinos_rule(backend):
     """DINO: w = exp(s / 0.1) in fp32, every key with w >= the k-th largest kept (aff[aff < tk_val_min] = 0), w / sum.
     Query patch 0 has keys whose k-th and (k+1)-th similarities differ in the last bit but tie after / 0.1: DINO
     keeps k + 1 keys, keep_ties=True too (same weights, bit for bit), keep_ties=False keeps k."""
@@ -346,7 +349,7 @@ def test_keep_ties_is_dinos_rule():
     keys = torch.zeros(1, N, 2)
     keys[0, :, 0] = sims
     keys[0, :, 1] = 1.0
-    w, i = topk_affinity(q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=True)
+    w, i = topk_affinity(q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=True, backend=backend)
     aff = torch.exp((q[0] @ keys[0].T) / 0.1)  # DINO, dense: (N queries, N keys)
     tk_min = aff.topk(k, dim=1).values.min(1, keepdim=True).values
     aff[aff < tk_min] = 0
@@ -354,5 +357,65 @@ def test_keep_ties_is_dinos_rule():
     assert int((w[0, 0] > 0).sum()) == k + 1  # the tie kept
     dense = torch.zeros(N, N).scatter_add_(1, i[0].clamp_min(0), w[0])  # ours, dense (empty slots add 0)
     torch.testing.assert_close(dense, aff, atol=0, rtol=1e-6)
-    w_k, _ = topk_affinity(q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=False)
+    w_k, _ = topk_affinity(
+        q, keys, (1, N), [1], [1], n_ref=1, topk=k, temperature=0.1, keep_ties=False, backend=backend
+    )
     assert w_k.shape[-1] == k and int((w_k[0, 0] > 0).sum()) == k
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The CPU path's blocking: awkward grids, radius windows at the borders, runs widened to MIN_GEMM, ties
+# ------------------------------------------------------------------------------------------------------------
+BLOCKED_CASES = [
+    # grid, D, n_ref, ranges, topk, radius, shape, restrict_ref: windows cut by every border of 13x21 / 17x9
+    ((13, 21), 24, 1, [(1, 4), (2, 5)], 7, 3.5, "circle", False),
+    ((13, 21), 24, 2, [(2, 5)], 5, 4, "square", True),
+    ((17, 9), 8, 1, [(1, 3)], 10, 1, "circle", True),  # tiny windows: most runs shorter than MIN_GEMM
+    ((17, 9), 8, 1, [(1, 3)], 3, None, "square", True),  # unrestricted: one run per frame
+]
+
+
+@pytest.mark.parametrize("grid, D, n_ref, ranges, topk, radius, shape, restrict_ref", BLOCKED_CASES)
+def test_cpu_path_blocking_equals_the_specification(grid, D, n_ref, ranges, topk, radius, shape, restrict_ref):
+    F_, start, stop, kw = _case(grid, D, len(ranges), n_ref, ranges, topk, radius, shape, restrict_ref)
+    q, k = _inputs(grid, D, len(ranges), F_, seed=11)
+    for layout in (*LAYOUTS, dict(tile=(5, 3), band=2), dict(tile=(16, 16), band=16)):
+        w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
+        _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
+        tq, tk = _tied_inputs(grid, max(D, 3), len(ranges), F_, seed=3)  # every similarity 0 or 1
+        w, i = topk_affinity_cpu(tq, tk, grid, start, stop, **layout, **kw)
+        _assert_equals_spec_up_to_ties(w, i, tq, tk, grid, start, stop, **kw)
+
+
+def test_cpu_path_similarities_are_the_whole_matrix_products():
+    """DINO scores all keys in one bmm; the CPU path's blocks must give the same fp32 numbers (a last-bit difference
+    can swap near-tied keys), on the shapes of a real grid (15x24 at D 384: 240 px frames, ViT-S/16)."""
+    grid, D = (15, 24), 384
+    q, k = _inputs(grid, D, 1, 3, seed=5)
+    full = torch.bmm(q.repeat(3, 1, 1), k.transpose(1, 2).contiguous()).permute(1, 0, 2).reshape(q.shape[1], -1)
+    for radius, shape, restrict_ref in ((12, "square", True), (20, "circle", False), (3, "circle", True)):
+        kw = dict(n_ref=1, topk=9, temperature=1.0, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
+        v, i = topk_affinity_cpu(q, k, grid, [1], [3], raw=True, **kw)
+        assert torch.equal(v[0], full.gather(1, i[0])), (radius, shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_keep_ties_on_every_backend_is_the_specifications_choice_up_to_ties(backend):
+    """Both tie rules on both backends against the specification, on inputs full of exact ties: keep_ties=False
+    keeps k keys of the specified similarities; keep_ties=True (DINO) keeps every key tied with the k-th, so its
+    kept similarities are exactly those >= the specification's k-th, weighted alike."""
+    grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref = CASES[1]
+    F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
+    q, k = _tied_inputs(grid, D, T, F_, seed=2)
+    w, i = topk_affinity(q, k, grid, start, stop, backend=backend, keep_ties=False, **kw)
+    _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
+    w, i = topk_affinity(q, k, grid, start, stop, backend=backend, keep_ties=True, **kw)
+    scores = context_scores(q, k, grid, start, stop, n_ref=n_ref, radius=radius, neighbourhood=shape,
+                            restrict_ref=restrict_ref)  # fmt: skip
+    _, i_spec = topk_affinity_spec(q, k, grid, start, stop, **kw)
+    kth = scores.gather(2, i_spec.clamp_min(0)).masked_fill(i_spec < 0, float("inf")).amin(2)  # (T, N)
+    want = ((scores >= kth[..., None]) & (scores > float("-inf"))).sum(2)  # every key tied with the k-th kept
+    assert torch.equal((i >= 0).sum(2), want)
+    e = torch.exp(scores / 0.1).masked_fill(scores < kth[..., None], 0)  # DINO's weights over the kept keys
+    got = torch.zeros_like(e).scatter_add_(2, i.clamp_min(0), w.double())
+    torch.testing.assert_close(got, e / e.sum(2, keepdim=True), atol=1e-6, rtol=1e-5)

@@ -317,7 +317,12 @@ def test_labels_to_mask_follows_both_output_rules():
 
 
 def test_presets_follow_the_protocols():
-    assert preset_names() == ("dino", "siammae-davis", "siammae-vip", "siammae-jhmdb")
+    assert preset_names() == ("dino", "siammae-davis", "siammae-vip", "siammae-jhmdb", "crw")
+    crw = get_preset("crw")  # CRW's README command: --topk 10 --videoLen 20 --radius 12 --temperature 0.05
+    c = crw.propagation
+    assert (c.topk, c.temperature, c.n_last, c.radius, c.neighbourhood) == (10, 0.05, 20, 12, "circle")
+    assert (c.first_labels, c.upsample, c.keep_ties, c.norm_mask) == ("crw", "crw", False, False)
+    assert c.prefill_queue and not c.restrict_reference and crw.inputs.size == (480, 480)
     dino = get_preset("dino").propagation
     assert (dino.topk, dino.temperature, dino.n_last, dino.radius, dino.neighbourhood) == (
         5,
@@ -453,3 +458,50 @@ def test_real_clip_with_objects_that_appear_later(shared_data):
             ref = prop.add_reference(labels[b - 1])
             assert ref.shape == (int(labels[b - 1].max()) + 1, h, w)
     assert prop.num_classes == 4
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The crw preset's rules (CRW data/vos.py and the read-out), hand-checked on tiny inputs
+# ------------------------------------------------------------------------------------------------------------
+def test_crw_first_labels_are_crws_bilinear_channels():
+    """A 2x2 grey annotation [[0, 255], [0, 255]] at a 4x4 input: CRW's cv2.resize(..., cv2.INTER_NEAREST) puts the
+    flag in ``dst``, so the resize is bilinear: columns 0, 64 (63.75), 191 (191.25), 255, four channels (nearest
+    would give two). Each channel's one-hot map, bilinear to the 2x2 grid, averages column pairs: 0.5 each."""
+    from siammae.propagation.labels import crw_first_labels, crw_palette_ids
+
+    grey = np.array([[0, 255], [0, 255]], dtype=np.uint8)
+    soft, colours = crw_first_labels(np.repeat(grey[..., None], 3, axis=2), (4, 4), (2, 2))
+    assert colours[:, 0].tolist() == [0, 64, 191, 255] and (colours == colours[:, :1]).all()
+    want = torch.tensor([[0.5, 0.0], [0.5, 0.0], [0.0, 0.5], [0.0, 0.5]])  # (C, w): the same in both rows
+    assert torch.equal(soft, want[:, None, :].expand(4, 2, 2))
+    # convert_davis: a colour's index in CRW's palette; greys >= 22 are entries of their own, grey 128 is entry 7
+    rgb = np.array([[0, 0, 0], [64, 64, 64], [191, 191, 191], [128, 128, 128], [191, 0, 0], [5, 5, 5]], np.uint8)
+    assert crw_palette_ids(rgb).tolist() == [0, 64, 191, 7, 9, 0]
+
+
+def test_crw_read_out_goes_through_the_input_size_then_opencv_nearest():
+    """Soft labels ch1 = [0, 1] on a 1x2 grid, input 2x4: bilinear gives ch1 [0, .25, .75, 1], argmax [0, 0, 1, 1];
+    OpenCV's nearest to width 5 samples columns floor(x * 0.8) = 0, 0, 1, 2, 3 -> [0, 0, 0, 1, 1] (PIL's rule,
+    pixel centres, would give [0, 0, 1, 1, 1])."""
+    from siammae.propagation.labels import crw_read_out
+
+    soft = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])  # (C=2, h=1, w=2)
+    assert crw_read_out(soft, (2, 4), (2, 4)).tolist() == [[0, 0, 1, 1]] * 2
+    assert crw_read_out(soft, (2, 4), (2, 5)).tolist() == [[0, 0, 0, 1, 1]] * 2
+    cfg = get_preset("crw").propagation
+    assert labels_to_mask(soft, (2, 5), 16, cfg, input_size=(2, 4)).tolist() == [[0, 0, 0, 1, 1]] * 2
+    with pytest.raises(InputError, match="input_size"):
+        labels_to_mask(soft, (2, 5), 16, cfg)
+
+
+def test_features_that_are_not_finite_stop_the_run_with_the_frame_number():
+    """A checkpoint with NaN weights gives NaN features: every later frame would be background and the run would
+    say complete. The engine stops at the first bad frame instead, naming it."""
+    feats = _video(6, 3, 4, 8, seed=5)
+    feats[4] = feats[4].clone()
+    feats[4][1, 2, 3] = float("nan")
+    with pytest.raises(InputError, match=r"^frame 4: the encoder's features are not finite"):
+        list(propagate_labels(feats, _ids(3, 4), "dino", chunk_size=2))
+    bad0 = [torch.full((3, 4, 8), float("inf"))] + feats[1:]
+    with pytest.raises(InputError, match=r"^frame 0: "):
+        list(propagate_labels(bad0, _ids(3, 4), "dino"))
