@@ -272,6 +272,7 @@ class Trainer:
             # the loader draws its workers' base seed from this, not from the global RNG (we never use that seed:
             # every sample is seeded by its position, see data.py)
             generator=torch.Generator().manual_seed(cfg.seed),
+            worker_init_fn=_ignore_stop_signals,
         )
 
     # ----------------------------------------------------------------------------------------------- loop
@@ -333,8 +334,9 @@ class Trainer:
         return step, model_path
 
     def _step_or_stop(self, step: int, batches, signals):
-        """:meth:`train_step`; when a stop signal killed the DataLoader workers mid-step, the step is dropped (the
-        optimiser never ran) and the run stops at the last finished one."""
+        """:meth:`train_step`; when a stop signal reached a DataLoader worker before it could ignore it (the moment
+        after its start) and the step cannot get its batch, the step is dropped (the optimiser never ran) and the
+        run stops at the last finished one."""
         try:
             return self.train_step(step, batches)
         except Exception:
@@ -498,6 +500,15 @@ class Trainer:
             f"training stopped at step {step + 1} (epoch {step / self.steps_per_epoch:.2f}): {what}; {keep}; "
             "resume from it with a lower --blr or with --clip-grad"
         )
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """In each DataLoader worker: Ctrl-C (sent to the whole process group) and SIGTERM are the main process's to
+    handle. A worker that died of them would make the main process fail at any point of a step (PyTorch raises
+    from its SIGCHLD handler), even between two parameter updates of the optimiser; the main process stops the
+    workers itself after saving, and a worker whose parent is gone exits on its own (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _previous_resumes(out: Path) -> list:
