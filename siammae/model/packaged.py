@@ -89,3 +89,17 @@ def fallback_notice(default: str, why: str) -> str:
         f"warning: {default} {why}: using the shipped {SHIPPED} instead ({summary(card)}); for {default}, run "
         f"'siammae-weights download {default}' with network or 'siammae-weights import FILE {default}'"
     )
+
+
+def input_scale(model) -> float | None:
+    """The input scale shipped weights were measured at (their card's ``input_scale``: the preset's size times
+    this), when ``model`` was loaded from such a file (by name or path); None for any other weights (they run at
+    the preset's own size)."""
+    provenance = getattr(model, "provenance", None)
+    if provenance is None or not provenance.path or not str(provenance.path).endswith(".safetensors"):
+        return None
+    try:  # the name, or the file given by its path
+        scale = read_shipped(provenance.path)[1].get("input_scale")
+    except CheckpointError:  # another safetensors file: no card
+        return None
+    return float(scale) if isinstance(scale, (int, float)) and 0 < scale <= 4 else None

@@ -146,6 +146,17 @@ class Preset:
             changes["attention"] = attention  # checked by __post_init__
         return dataclasses.replace(self, **changes) if changes else self
 
+    def scaled(self, scale: float) -> Preset:
+        """This preset at ``scale`` times its own input size (a weight's preferred scale: the shipped ``siammae-cpu``
+        is a patch-8 model measured at half the ``siammae-*`` sizes, the grid ViT-S/16 sees at the full size)."""
+        inputs = self.inputs
+        if inputs.size is not None:
+            return self.replace(size=tuple(max(1, round(v * scale)) for v in inputs.size))
+        if inputs.short_side is not None:
+            return self.replace(size=max(1, round(inputs.short_side * scale)))
+        long_side = max(1, round(inputs.long_side * scale))
+        return dataclasses.replace(self, inputs=dataclasses.replace(inputs, long_side=long_side))
+
     def record(self) -> dict:
         """What decides a run's numbers, as stored with its results (``siammae-track`` reports, ``siammae-eval``
         ``settings.json``): the preset's name, every propagation constant, the ``size`` override (None for the
