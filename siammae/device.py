@@ -59,12 +59,19 @@ def tune_cpu_allocator() -> bool:
     compute). This sets the mmap threshold to glibc's largest (32 MiB) and the trim threshold to 256 MiB: blocks up
     to 32 MiB are reused from the heap, and at most 256 MiB of free heap is kept. Returns whether it was applied.
 
-    Not applied (False): a libc other than glibc, or when the environment already chooses (``MALLOC_*`` glibc
-    tunables, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD`` such as jemalloc or tcmalloc). Idempotent.
+    Not applied (False): a libc other than glibc, ``SIAMMAE_NO_MALLOC_TUNING=1``, or when the environment already
+    chooses (``MALLOC_*`` glibc tunables, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD`` such as jemalloc or
+    tcmalloc). Idempotent.
+
+    It changes malloc for the whole process, so the library never calls it: the commands that encode frames
+    (``siammae-track``, ``siammae-eval``, ``siammae-attn``, ``siammae-demo``) call it once at their entry; a Python
+    program that encodes on a CPU may call it itself.
     """
     global _CPU_ALLOCATOR_TUNED
     if _CPU_ALLOCATOR_TUNED:
         return True
+    if os.environ.get("SIAMMAE_NO_MALLOC_TUNING", "") not in ("", "0"):
+        return False
     if os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES"):
         return False
     if any(k.startswith("MALLOC_") for k in os.environ):

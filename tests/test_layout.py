@@ -31,7 +31,6 @@ LAYERS = {
     "siammae.export": 5,
     "siammae.tracking": 6,  # runs exported encoders too (export.runtime)
     "siammae.evaluation": 6,  # runs exported encoders too (export.runtime)
-    "siammae.attention": 7,
     "siammae.demo": 7,
     "siammae.cli": 8,
 }

@@ -6,8 +6,8 @@
 
 The frames reach the encoder as ``siammae-track`` gives them for the same ``--preset`` / ``--size``.
 
-Everything is one call of :func:`siammae.attention.render_attention`; bad input exits with status 2 and a one-line
-``error: ...``.
+Everything is one call of :func:`siammae.propagation.attention_maps.render_attention`; bad input exits with status 2
+and a one-line ``error: ...``.
 """
 
 from __future__ import annotations
@@ -55,17 +55,19 @@ def main(input, ckpt, arch, heads, out, preset, size, batch_size, device, dtype,
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
     from pathlib import Path
 
+    from siammae.device import tune_cpu_allocator
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
+    tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
     with errors():
         get_preset(preset, size=size)  # a bad --preset / --size fails before the model loads
         # the paths before torch loads (seconds): a typo fails at once
         if not Path(input).exists():
             raise InputError(f"{input}: no such file or folder")
         check_spec(ckpt or DEFAULT_WEIGHTS)
-        from siammae.attention import render_attention  # deferred: torch
         from siammae.device import resolve_device
         from siammae.model.checkpoint import load_model
+        from siammae.propagation.attention_maps import render_attention  # deferred: torch
 
         try:
             device = resolve_device(device)

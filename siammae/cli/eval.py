@@ -60,9 +60,11 @@ def _common(f):
 
 
 def _run(benchmark: str, split, year: str | None = None, **opts):
+    from siammae.device import tune_cpu_allocator
     from siammae.evaluation.benchmark import evaluate  # deferred: --help stays fast
     from siammae.evaluation.results import markdown_table
 
+    tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
     changed = overrides(click.get_current_context(), opts)
     if opts["encoder"] is not None and (opts["ckpt"] is not None or opts["results"] is not None):
         raise click.UsageError("give one of --ckpt, --encoder (to run a model) or --results (to score predictions)")
@@ -99,8 +101,8 @@ def _run(benchmark: str, split, year: str | None = None, **opts):
             max_frames=opts["max_frames"],
             overwrite=opts["overwrite"],
         )
-    click.echo(markdown_table(doc["title"], doc["global"]))
-    click.echo(f"results in {doc['out']}")
+    click.echo(markdown_table(doc.title, doc.metrics))
+    click.echo(f"results in {doc.out}")
 
 
 @click.group(cls=Group, context_settings=CONTEXT)

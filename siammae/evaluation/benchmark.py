@@ -1,7 +1,7 @@
 """One entry point for the three benchmarks: run a checkpoint or an exported encoder, or score existing predictions.
 
->>> doc = evaluate("davis", "data/DAVIS", ckpt="siammae_vits16.pth", year="2017")   # doctest: +SKIP
->>> doc["global"]["J&F-Mean"]                                                         # doctest: +SKIP
+>>> result = evaluate("davis", "data/DAVIS", ckpt="siammae_vits16.pth", year="2017")  # doctest: +SKIP
+>>> result.metrics["J&F-Mean"]                                                         # doctest: +SKIP
 >>> evaluate("davis", "data/DAVIS", encoder="vits16_480x880.onnx")                    # doctest: +SKIP
 
 ``siammae-eval`` is a thin shell around :func:`evaluate`.
@@ -17,6 +17,7 @@ from siammae.errors import InputError
 from siammae.evaluation.davis import Davis, detect_year
 from siammae.evaluation.jhmdb import Jhmdb
 from siammae.evaluation.protocol import Benchmark
+from siammae.evaluation.results import EvalResult
 from siammae.evaluation.vip import Vip
 from siammae.outputs import OutputFolder, check_name
 
@@ -51,7 +52,7 @@ def load_runner(
     from siammae.evaluation.runner import Runner
     from siammae.model.checkpoint import file_sha256
     from siammae.propagation.config import check_attention_override, default_preset, get_preset
-    from siammae.propagation.driver import Driver
+    from siammae.propagation.driver import Tracker
 
     if (ckpt is None) == (encoder is None):
         raise InputError("give exactly one of a checkpoint (ckpt) or an exported encoder (model.onnx / model.engine)")
@@ -78,8 +79,9 @@ def load_runner(
         info = getattr(model, "info", None)
         settings["model"] = info.config if info is not None else None
     settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
-    driver = Driver(model, preset, device=device, dtype=dtype, chunk=batch_size)
-    return Runner(driver), settings
+    # frames decoded in this thread, as evaluation always has (prefetch changes the speed only, never a mask)
+    tracker = Tracker(model, preset, device=device, dtype=dtype, chunk=batch_size, prefetch=False)
+    return Runner(tracker), settings
 
 
 def get_benchmark(
@@ -123,7 +125,7 @@ def evaluate(
     max_frames: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict:
+) -> EvalResult:
     """Evaluate a checkpoint (``ckpt``), an exported encoder (``encoder``: ``model.onnx`` / ``model.engine``, any
     :func:`~siammae.export.runtime.load_encoder` runtime) or existing predictions (``results``) on ``benchmark``.
 
@@ -133,7 +135,8 @@ def evaluate(
     ``eval/<benchmark>...-<ckpt name>``); the run resumes where it stopped unless ``overwrite``. ``size`` overrides
     the preset's input size: a short side (``480``) or a fixed size (``"480x880"``), as ``siammae-track --size``.
     With ``results`` the predictions there are scored (tables to ``out``, default the results folder). Returns the
-    results document (``doc["global"]``: the benchmark's table, official column order).
+    :class:`~siammae.evaluation.results.EvalResult` (``metrics``: the benchmark's table, official column order;
+    ``to_json()``: ``results.json``).
 
     Everything that can be checked without the model is checked before it loads (and before torch is imported):
     the data set's lists, ``sequences``, the checkpoint or encoder file, the results and output folders.
