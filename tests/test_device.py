@@ -1,4 +1,4 @@
-"""siammae.device: the CPU allocator setting that keeps a CPU run's activations out of the page-fault path."""
+"""siammae.allocator: the CPU allocator setting that keeps a CPU run's activations out of the page-fault path."""
 
 import platform
 import subprocess
@@ -15,7 +15,7 @@ glibc = pytest.mark.skipif(
 _PROBE = """
 import json, resource, sys
 import torch
-from siammae.device import tune_cpu_allocator
+from siammae.allocator import tune_cpu_allocator
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import model_config
 applied = tune_cpu_allocator() if sys.argv[1] == "tune" else None
@@ -81,17 +81,17 @@ def test_an_allocator_the_environment_chooses_is_left_alone(env):
 
 _ENTRY = """
 import sys
-import siammae.device as device
+import siammae.allocator as allocator
 from siammae.propagation.features import TorchEncoder
 from siammae.model.registry import create_model
 TorchEncoder(create_model("tiny"), device="cpu")
-library = device._CPU_ALLOCATOR_TUNED
+library = allocator._CPU_ALLOCATOR_TUNED
 from siammae.cli.track import main
 try:
     main(["missing.mp4", "--mask", "m.png"])
 except SystemExit:
     pass
-print(library, device._CPU_ALLOCATOR_TUNED)
+print(library, allocator._CPU_ALLOCATOR_TUNED)
 """
 
 

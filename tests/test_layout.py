@@ -19,6 +19,7 @@ LAYERS = {
     "siammae.errors": 0,
     "siammae.io": 1,
     "siammae.device": 1,
+    "siammae.allocator": 1,
     "siammae.distributed": 1,
     "siammae.memory": 1,
     "siammae.background": 1,

@@ -55,7 +55,7 @@ def main(input, ckpt, arch, heads, out, preset, size, batch_size, device, dtype,
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
     from pathlib import Path
 
-    from siammae.device import tune_cpu_allocator
+    from siammae.allocator import tune_cpu_allocator
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)

@@ -21,8 +21,8 @@ from siammae.cli.options import CONTEXT, Command, Device, errors
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def cli(out, steps, device, overwrite, quiet):
     """Pretrain a tiny SiamMAE on a synthetic video and show that it tracks better than the untrained network."""
+    from siammae.allocator import tune_cpu_allocator
     from siammae.demo import DemoSettings, run_demo  # deferred: --help stays fast
-    from siammae.device import tune_cpu_allocator
 
     tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
 

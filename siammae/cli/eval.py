@@ -60,7 +60,7 @@ def _common(f):
 
 
 def _run(benchmark: str, split, year: str | None = None, **opts):
-    from siammae.device import tune_cpu_allocator
+    from siammae.allocator import tune_cpu_allocator
     from siammae.evaluation.benchmark import evaluate  # deferred: --help stays fast
     from siammae.evaluation.results import markdown_table
 

@@ -117,8 +117,8 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
     --out (masks/, report.json), with --mask-dir ROOT (ROOT/<video name>/ per video) or --keypoints ROOT
     (ROOT/<video name>.json) and a summary.json / summary.md; under torchrun the videos are shared out over the
     processes."""
+    from siammae.allocator import tune_cpu_allocator
     from siammae.data.masks import MaskResizeWarning
-    from siammae.device import tune_cpu_allocator
     from siammae.tracking.job import TrackJob
 
     tune_cpu_allocator()  # the process's malloc, once, here (README: SIAMMAE_NO_MALLOC_TUNING=1 leaves it alone)

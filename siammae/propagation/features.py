@@ -42,7 +42,7 @@ class TorchEncoder:
     under autocast for fp16 / bf16 on GPU (features returned in fp32).
 
     On a CPU the activations' allocations are much cheaper with glibc's malloc tuned
-    (:func:`siammae.device.tune_cpu_allocator`); that is a setting of the whole process, so the commands apply it
+    (:func:`siammae.allocator.tune_cpu_allocator`); that is a setting of the whole process, so the commands apply it
     once at their entry, never this class."""
 
     fixed_size = None
