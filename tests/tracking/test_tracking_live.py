@@ -103,7 +103,7 @@ def test_mpegts_over_http_gives_the_masks_of_the_file(tmp_path, http_root):
     write_mpegts(str(root / "clip.ts"), frames, fps=FPS)
     _, mask_path = first_mask(tmp_path)
     live = track_video(tracker(), open_source(f"{url}/clip.ts"), mask_path, out=tmp_path / "live", progress=False)
-    assert live["frames"] == 12 and live["video"]["kind"] == "live"
+    assert live.frames == 12 and live.video.kind == "live"
     track_video(tracker(), root / "clip.ts", mask_path, out=tmp_path / "file", progress=False)
     for i in range(12):
         name = f"{i:05d}.png"
@@ -171,8 +171,8 @@ def test_one_tracker_runs_two_streams_at_once(tmp_path):
     for t in threads:
         t.join()
     for k in range(2):
-        assert reports[k]["frames"] == alone[k]["frames"] == 10 + 4 * k
-        assert all(s["seconds"] > 0 for s in reports[k]["time"]["stages"].values())
+        assert reports[k].frames == alone[k].frames == 10 + 4 * k
+        assert all(s.seconds > 0 for s in reports[k].time.stages.values())
         for p in (tmp_path / f"alone{k}").iterdir():
             assert (tmp_path / f"both{k}" / p.name).read_bytes() == p.read_bytes()
 
