@@ -27,6 +27,7 @@ class ColourEncoder:
     cool), optionally slow: ``delay`` seconds per frame, a stand-in for a model slower than the source."""
 
     patch_size, embed_dim, fixed_size, device = 8, 3, None, torch.device("cpu")
+    dtype, path, info = "fp32", None, None  # the rest of the FrameEncoder Protocol: no exported file here
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
