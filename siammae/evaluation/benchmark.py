@@ -76,9 +76,8 @@ def load_runner(
 
         model = load_encoder(encoder, device=device)
         settings = {"encoder": str(Path(encoder).resolve()), "encoder_sha256": file_sha256(encoder)}
-        info = getattr(model, "info", None)
-        settings["model"] = info.config if info is not None else None
-    settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
+        settings["model"] = model.info.config if model.info is not None else None  # FrameEncoder: info, dtype
+    settings["dtype"] = model.dtype if encoder is not None else dtype
     # frames decoded in this thread, as evaluation always has (prefetch changes the speed only, never a mask)
     tracker = Tracker(model, preset, device=device, dtype=dtype, chunk=batch_size, prefetch=False)
     return Runner(tracker), settings
