@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "attention_maps": "siammae.propagation.attention_maps",
-    "render_attention": "siammae.propagation.attention_maps",
+    "attention_maps": "siammae.attention.maps",
+    "render_attention": "siammae.attention.maps",
     "load_model": "siammae.model.checkpoint",
     "save_checkpoint": "siammae.model.checkpoint",
     "ModelConfig": "siammae.model.config",

@@ -30,7 +30,7 @@ from siammae.evaluation.metrics.davis import evaluate_sequence, global_results
 from siammae.io import write_json, write_text
 from siammae.model.checkpoint import load_model
 from siammae.model.registry import create_model
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder, check_folder_free
 from siammae.tracking import Tracker, read_mask, track_video, write_mask
 from siammae.train import TrainConfig, train
 
@@ -91,8 +91,6 @@ def run_demo(
 ) -> DemoResult:
     """Run the example into ``out`` (see the module docstring) and return both scores."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
     with OutputFolder(out):  # one demo per folder at a time, no planted links
         return _run_demo(out, settings, device, overwrite, progress, log)
 
@@ -185,8 +183,7 @@ def _run_demo(out: Path, s: DemoSettings, device: str, overwrite: bool, progress
 
 
 def _prepare(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
+    check_folder_free(out, exclusive=False)
     present = [name for name in OUTPUTS if (out / name).exists()]
     if present and not overwrite:
         raise InputError(f"--out {out}: already holds a demo ({', '.join(present)}); pass --overwrite to replace it")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# inference only: the linear layers quantised to int8, everything else in fp32 (siammae/model/quantize.py); CPU only
+QUANTIZED = {"int8": torch.float32}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -22,10 +24,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """ "fp32" | "fp16" | "bf16" -> torch dtype for compute on ``device``; fp16 needs CUDA (CPU kernels for fp16
-    matrix products are slow or missing, and bf16 does the same job there)."""
+    """ "fp32" | "fp16" | "bf16" | "int8" -> torch dtype for compute on ``device``; fp16 needs CUDA (CPU kernels for
+    fp16 matrix products are slow or missing, and bf16 does the same job there); int8 (quantised linear layers,
+    computed around them in fp32) needs the CPU."""
+    if dtype in QUANTIZED:
+        if torch.device(device).type != "cpu":
+            raise ValueError(f"dtype {dtype} (quantised linear layers) runs on the CPU; on a GPU use fp16 or bf16")
+        return QUANTIZED[dtype]
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise ValueError(f"dtype must be one of {tuple(DTYPES) + tuple(QUANTIZED)}, got {dtype!r}")
     if dtype == "fp16" and torch.device(device).type != "cuda":
         raise ValueError("dtype fp16 needs a CUDA device (use fp32 or bf16 on the CPU)")
     return DTYPES[dtype]

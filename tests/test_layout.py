@@ -17,21 +17,23 @@ PACKAGE = ROOT / "siammae"
 # Units of one rank never import each other (train and export; tracking and evaluation).
 LAYERS = {
     "siammae.errors": 0,
+    "siammae.config_rules": 1,
     "siammae.io": 1,
     "siammae.device": 1,
     "siammae.allocator": 1,
-    "siammae.distributed": 1,
+    "siammae.torchrun": 1,
     "siammae.memory": 1,
     "siammae.background": 1,
     "siammae.kernels": 2,
     "siammae.data": 2,
-    "siammae.outputs": 2,
+    "siammae.output_folder": 2,
     "siammae.model": 3,
     "siammae.propagation": 4,
     "siammae.train": 5,
     "siammae.export": 5,
     "siammae.tracking": 6,  # runs exported encoders too (export.runtime)
     "siammae.evaluation": 6,  # runs exported encoders too (export.runtime)
+    "siammae.attention": 7,
     "siammae.demo": 7,
     "siammae.cli": 8,
 }
@@ -109,7 +111,7 @@ def test_the_walk_sees_imports():
     # a module-level import, a deferred one inside a function, and `from package import submodule`
     assert "siammae.model.siammae" in graph["siammae.model.checkpoint"]
     assert "siammae.tracking.job" in graph["siammae.cli.track"]
-    assert "siammae.train.distributed" in graph["siammae.train.loop"]
+    assert "siammae.train.launch" in graph["siammae.train.loop"]
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 

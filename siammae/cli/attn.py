@@ -6,8 +6,9 @@
 
 The frames reach the encoder as ``siammae-track`` gives them for the same ``--preset`` / ``--size``.
 
-Everything is one call of :func:`siammae.propagation.attention_maps.render_attention`; bad input exits with status 2
-and a one-line ``error: ...``.
+The command is one :class:`~siammae.attention.job.AttnJob` (checked before torch loads, then
+:func:`siammae.attention.maps.render_attention` on the one loader's model); bad input exits with status 2 and a
+one-line ``error: ...``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import click
 from siammae.cli.options import (
     CONTEXT,
     Command,
+    Finite,
     arch_option,
     ckpt_option,
     device_option,
@@ -26,8 +28,7 @@ from siammae.cli.options import (
     size_option,
 )
 from siammae.data.colormaps import CMAPS
-from siammae.errors import InputError
-from siammae.propagation.config import default_preset, get_preset
+from siammae.propagation.config import default_preset
 
 
 @click.command(cls=Command, context_settings=CONTEXT)
@@ -48,47 +49,22 @@ from siammae.propagation.config import default_preset, get_preset
 @device_option()
 @dtype_option()
 @click.option("--cmap", type=click.Choice(CMAPS), default="inferno", show_default=True, help="Heat-map colours.")
-@click.option("--alpha", default=0.6, show_default=True, help="Heat-map opacity over the frame, in [0, 1].")
+@click.option(
+    "--alpha", type=Finite(), default=0.6, show_default=True, help="Heat-map opacity over the frame, in [0, 1]."
+)
 @click.option("--no-labels", is_flag=True, help="Do not write the head number on each tile.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def main(input, ckpt, arch, heads, out, preset, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
-    from pathlib import Path
-
     from siammae.allocator import tune_cpu_allocator
-    from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
+    from siammae.attention.job import AttnJob
 
     tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
+    job = AttnJob(input=input, ckpt=ckpt, arch=arch, heads=heads, out=out, preset=preset, size=size,
+                  batch_size=batch_size, device=device, dtype=dtype, cmap=cmap, alpha=alpha, labels=not no_labels,
+                  progress=not quiet)  # fmt: skip
     with errors():
-        get_preset(preset, size=size)  # a bad --preset / --size fails before the model loads
-        # the paths before torch loads (seconds): a typo fails at once
-        if not Path(input).exists():
-            raise InputError(f"{input}: no such file or folder")
-        check_spec(ckpt or DEFAULT_WEIGHTS)
-        from siammae.device import resolve_device
-        from siammae.model.checkpoint import load_model
-        from siammae.propagation.attention_maps import render_attention  # deferred: torch
-
-        try:
-            device = resolve_device(device)
-        except (RuntimeError, ValueError) as e:  # an unknown device string or CUDA without a GPU
-            raise InputError(f"--device {device}: {e}") from None
-        model = load_model(ckpt or DEFAULT_WEIGHTS, arch=arch, progress=not quiet)
-        path = render_attention(
-            model,
-            input,
-            out,
-            heads=heads,
-            size=size,
-            preset=preset,
-            batch_size=batch_size,
-            device=device,
-            dtype=dtype,
-            cmap=cmap,
-            alpha=alpha,
-            labels=not no_labels,
-            progress=not quiet,
-        )
+        path = job.run()
     if not quiet:
         click.echo(f"wrote {path}")
 

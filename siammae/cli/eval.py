@@ -6,7 +6,8 @@
     siammae-eval vip --root VIP_Fine --ckpt model.pth
     siammae-eval davis --root DAVIS --encoder model_480x880.onnx     # an exported encoder (ONNX / TensorRT)
 
-Each command parses its options and calls :func:`siammae.evaluation.benchmark.evaluate`.
+Each command parses its options into an :class:`~siammae.evaluation.job.EvalJob` and runs it (checks before torch,
+then :func:`siammae.evaluation.benchmark.evaluate`).
 """
 
 import click
@@ -61,46 +62,17 @@ def _common(f):
 
 def _run(benchmark: str, split, year: str | None = None, **opts):
     from siammae.allocator import tune_cpu_allocator
-    from siammae.evaluation.benchmark import evaluate  # deferred: --help stays fast
+    from siammae.evaluation.job import EvalJob  # deferred: --help stays fast
     from siammae.evaluation.results import markdown_table
 
     tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
     changed = overrides(click.get_current_context(), opts)
-    if opts["encoder"] is not None and (opts["ckpt"] is not None or opts["results"] is not None):
-        raise click.UsageError("give one of --ckpt, --encoder (to run a model) or --results (to score predictions)")
-    if opts["ckpt"] is not None and opts["results"] is not None:
-        raise click.UsageError("give --ckpt to run a model or --results to score existing predictions, not both")
-    if opts["results"] is None and opts["ckpt"] is None and opts["encoder"] is None:
-        from siammae.model.weights import DEFAULT_WEIGHTS
-
-        opts["ckpt"] = DEFAULT_WEIGHTS
-    if opts["results"] is not None:
-        model_only = ("preset", "size", "arch", "max_frames")
-        given = [f"--{k.replace('_', '-')}" for k in (*model_only, *changed) if opts.get(k, changed.get(k)) is not None]
-        if given:
-            raise click.UsageError(f"{', '.join(given)} only apply with --ckpt, not with --results")
+    sequences = opts.pop("sequences")
+    job = EvalJob(benchmark, split=split, year=year, overrides=changed, **opts,
+                  sequences=tuple(s for s in sequences.split(",") if s) if sequences else None)  # fmt: skip
     log_to_stderr()  # the DAVIS year detected, when --year is not given
     with errors():
-        doc = evaluate(
-            benchmark,
-            opts["root"],
-            ckpt=opts["ckpt"],
-            encoder=opts["encoder"],
-            results=opts["results"],
-            out=opts["out"],
-            split=split,
-            year=year,
-            preset=opts["preset"],
-            overrides=changed,
-            size=opts["size"],
-            arch=opts["arch"],
-            device=opts["device"],
-            dtype=opts["dtype"],
-            batch_size=opts["batch_size"],
-            sequences=[s for s in opts["sequences"].split(",") if s] if opts["sequences"] else None,
-            max_frames=opts["max_frames"],
-            overwrite=opts["overwrite"],
-        )
+        doc = job.run()
     click.echo(markdown_table(doc.title, doc.metrics))
     click.echo(f"results in {doc.out}")
 

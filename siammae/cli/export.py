@@ -3,8 +3,9 @@
     siammae-export --ckpt vits8.pt --trt                  # 480x848 graph + engine (a DAVIS 480p video)
     siammae-export --ckpt vits8.pt --height 480 --width 880 --fp16 --max-batch 16 --trt
 
-The command parses and validates, then calls :func:`siammae.export.export_onnx` and
-:func:`siammae.export.build_engine`; everything it does is available from Python.
+The command parses into an :class:`~siammae.export.job.ExportJob` and runs it (checks before torch, then
+:func:`siammae.export.export_onnx` and :func:`siammae.export.build_engine`); everything it does is available from
+Python.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import click
 from siammae.cli.options import (
     CONTEXT,
     Command,
+    Finite,
     arch_option,
     ckpt_option,
     errors,
@@ -68,7 +70,7 @@ from siammae.propagation.config import default_preset
 @click.option("--trt", is_flag=True, help="also build a TensorRT engine (<out>.engine); needs siammae[trt] and a GPU.")
 @click.option(
     "--workspace",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Finite(min=0, min_open=True),
     default=4.0,
     show_default=True,
     help="TensorRT scratch memory, GB.",
@@ -100,40 +102,15 @@ def main(
 ):
     """Export the encoder of CKPT to ONNX: frames (B, 3, H, W) RGB in [0, 1] -> (B, h*w, D) patch
     features (L2-normalised by the tracker), with normalisation and position embeddings inside the graph."""
-    from siammae.export.outputs import check_outputs
-    from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
+    from siammae.export.job import ExportJob
 
+    job = ExportJob(ckpt=ckpt, arch=arch, out=out, preset=preset, size=size, height=height, width=width,
+                    max_batch=max_batch, fp16=fp16, opset=opset, std=std_name, pos_interp=pos_interp, trt=trt,
+                    workspace=workspace, overwrite=overwrite, verify=verify)  # fmt: skip
     log_to_stderr()
     with errors():
-        # what needs no torch first: a missing checkpoint or an existing output fails in a fraction of a second
-        check_spec(ckpt or DEFAULT_WEIGHTS)
-        if out is not None:
-            check_outputs(out, trt, overwrite)
-        from siammae.export.onnx import STDS, export_onnx  # deferred: torch, onnx
-        from siammae.export.tensorrt import build_engine, require_tensorrt
-
-        if trt:
-            require_tensorrt()  # fail before the export, not after it
-        path = export_onnx(
-            ckpt or DEFAULT_WEIGHTS,
-            out,
-            arch=arch,
-            size=size,
-            preset=preset,
-            height=height,
-            width=width,
-            max_batch=max_batch,
-            fp16=fp16,
-            opset=opset,
-            std=None if std_name is None else STDS[std_name],
-            pos_interp=pos_interp,
-            verify=verify,
-            attention="plain" if trt else "auto",  # TensorRT reads no com.microsoft ops; it fuses the plain graph
-            overwrite=overwrite,
-        )
-        click.echo(path)
-        if trt:
-            click.echo(build_engine(path, workspace=workspace, verify=verify))
+        for path in job.run():
+            click.echo(path)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from siammae.propagation.config import preset_names
 from siammae.propagation.inputs import parse_size
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
-DTYPE_NAMES = ("fp32", "fp16", "bf16")
+DTYPE_NAMES = ("fp32", "fp16", "bf16", "int8")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -83,7 +84,8 @@ def given(ctx: click.Context, name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------- types
 class Device(click.ParamType):
-    """auto, cpu, mps, cuda or cuda:N; checked here by its form, and against the machine when the model loads."""
+    """auto, cpu, mps, cuda or cuda:N; checked here by its form, and against the machine before the weights load
+    (:func:`siammae.model.load.check_run`)."""
 
     name = "device"
 
@@ -112,6 +114,19 @@ class Radius(click.ParamType):
         return int(r) if r.is_integer() else r
 
 
+class Finite(click.FloatRange):
+    """A float option: a finite number (``nan``, ``inf`` refused, which Click's FloatRange lets through) within the
+    optional bounds of :class:`click.FloatRange`. Every float option of every command uses it."""
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number is not None and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
 class Size(click.ParamType):
     """The encoder's input size: a short side (``480``) or ``HEIGHTxWIDTH`` (``480x880``), parsed by the one parser
     of the size grammar (:func:`~siammae.propagation.inputs.parse_size`): an int, or (short, long)."""
@@ -121,10 +136,17 @@ class Size(click.ParamType):
     def convert(self, value, param, ctx):
         if value is None:
             return value
+        from siammae.model.load import check_input_size  # light: no torch
+
         try:
-            return parse_size(value)
+            size = parse_size(value)
         except InputError:
             self.fail(f"{value!r} is not a size: give a short side (480) or HEIGHTxWIDTH (480x880)", param, ctx)
+        try:
+            check_input_size(size)
+        except InputError as e:
+            self.fail(str(e).removeprefix("--size "), param, ctx)
+        return size
 
 
 # -------------------------------------------------------------------------------------------- options
@@ -140,7 +162,7 @@ def device_option(default: str = "auto"):
     )
 
 
-def dtype_option(help: str = "Encoder precision (fp16 needs CUDA)."):
+def dtype_option(help: str = "Encoder precision (fp16 needs CUDA; int8: linear layers quantised, CPU only)."):
     return click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="fp32", show_default=True, help=help)
 
 
@@ -184,9 +206,7 @@ def propagation_options(f):
         f,
         [
             click.option("--topk", type=click.IntRange(min=1), help="Override: context keys per query patch."),
-            click.option(
-                "--temperature", type=click.FloatRange(min=0, min_open=True), help="Override: softmax temperature."
-            ),
+            click.option("--temperature", type=Finite(min=0, min_open=True), help="Override: softmax temperature."),
             click.option("--n-last", type=click.IntRange(min=0), help="Override: preceding frames in the context."),
             click.option("--queue", "queue_alias", type=click.IntRange(min=0), hidden=True),  # old name of --n-last
             click.option("--radius", type=Radius(), help="Override: neighbourhood radius in patches, or 'none'."),

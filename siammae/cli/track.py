@@ -28,6 +28,7 @@ import click
 from siammae.cli.options import (
     CONTEXT,
     Command,
+    Finite,
     arch_option,
     ckpt_option,
     device_option,
@@ -102,7 +103,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 )
 @click.option("--realtime", is_flag=True, help="Live: drop frames at the input when slower than the source.")
 @click.option("--max-frames", type=click.IntRange(min=1), help="Live: stop after this many frames.")
-@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Live: stop after this many seconds.")
+@click.option("--duration", type=Finite(min=0, min_open=True), help="Live: stop after this many seconds.")
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
 @click.pass_context
@@ -165,7 +166,7 @@ def _single_done(report, job) -> None:
 
 
 def _batch_done(summary: dict, out, quiet: bool) -> None:
-    from siammae.distributed import current_rank
+    from siammae.torchrun import current_rank
 
     if current_rank().rank != 0:
         sys.exit(1 if summary["failed"] else 0)

@@ -11,128 +11,92 @@ Settings come from the defaults (the paper's recipe), then ``--config FILE`` (JS
 
 from __future__ import annotations
 
-from dataclasses import fields
+import sys
+import typing
+from dataclasses import MISSING, fields
 
 import click
 from click.core import ParameterSource
 
 from siammae.cli.options import CONTEXT, Command, Device, errors
-from siammae.model.config import DECODERS, ENCODER_MODES, MASKINGS
+from siammae.config_rules import rule_of, type_hints
 from siammae.model.registry import list_models
-from siammae.train.config import AUGMENTATIONS, DECODES, PRECISIONS, TrainConfig
+from siammae.train.config import TrainConfig
 from siammae.train.preflight import check_run
+from siammae.train.resume import resume_config
 
-_DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
-# flag name -> TrainConfig field, where they differ
-_FIELD = {"encoder": "encoder_mode"}
+# Every TrainConfig field is an option, made from the field: its name (dashes for underscores), its type, its
+# default and its help (the field's Rule); a new field is a new option with nothing written here. Only what a field
+# cannot say is written here: a flag named otherwise, a type with its own parsing.
+FLAGS = {"encoder_mode": "--encoder"}
+TYPES = {"model": lambda: click.Choice(list_models()), "device": Device}
 
 
-def _default(name: str):
-    value = _DEFAULTS[_FIELD.get(name, name)]
-    return value if value != () else None
+def _help(text: str) -> str:
+    return f"{text}." if text else ""
+
+
+def _option(f, hint) -> dict:
+    """``click.option`` arguments of the TrainConfig field ``f`` (annotation ``hint``)."""
+    rule = rule_of(f)
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    kind = args[0] if type(None) in typing.get_args(hint) else hint  # X | None: an X, None when not given
+    default = None if f.default is MISSING or f.default in (None, ()) else f.default
+    option = {"help": _help(rule.help), "default": default}
+    if kind is bool:
+        return option | {"is_flag": True}
+    if typing.get_origin(kind) is tuple:
+        items = typing.get_args(kind)
+        if items[-1] is Ellipsis:  # tuple[str, ...]: the flag repeated
+            return option | {"multiple": True, "type": items[0], "default": None}
+        return option | {"type": items}
+    if f.name in TYPES:
+        return option | {"type": TYPES[f.name]()}
+    return option | {"type": click.Choice(rule.choices) if rule.choices else kind}
+
+
+def config_options(command):
+    """Decorate ``command`` with one option per TrainConfig field, in the fields' order."""
+    hints = type_hints(TrainConfig)
+    for f in reversed(fields(TrainConfig)):
+        flag = FLAGS.get(f.name, "--" + f.name.replace("_", "-"))
+        command = click.option(flag, f.name, **_option(f, hints[f.name]))(command)
+    return command
 
 
 @click.command(cls=Command, context_settings={**CONTEXT, "show_default": True})
-@click.option(
-    "--data",
-    multiple=True,
-    help="Folder of videos / frame folders (searched recursively), a video, or "
-    "a .txt list of them; repeat for several. Or a folder made by siammae-prepare (or its http(s):// URL).",
-)
-@click.option("--out", default=_default("out"), help="Run folder: checkpoints, log.jsonl, vis/, model.pt.")
 @click.option(
     "--config",
     "config_file",
     type=click.Path(dir_okay=False),
     help="JSON or TOML file of settings (TrainConfig field names); flags given here override it.",
 )
-@click.option("--model", type=click.Choice(list_models()), default=_default("model"), help="Registered model.")
-@click.option(
-    "--init",
-    help="Start the encoder from these weights (decoder fresh, shapes must match --model): a name (dino-vits16, "
-    "mae-vitb16, timm:<name>, hf:<repo>/<file>; siammae-weights list) or a DINO / MAE / timm / siammae file.",
-)
-@click.option("--input-size", type=int, help="Crop side in pixels [default: the model's img_size, 224].")
-@click.option("--gap", type=(int, int), default=_default("gap"), help="Frame gap range MIN MAX (inclusive).")
-@click.option("--repeat", type=int, default=_default("repeat"), help="Frame pairs drawn per decoded video.")
-@click.option("--crop-scale", type=(float, float), default=_default("crop_scale"), help="Crop area range.")
-@click.option(
-    "--augment",
-    type=click.Choice(AUGMENTATIONS),
-    default=_default("augment"),
-    help="spatial: crop + flip (paper); none; color: jitter; both.",
-)
-@click.option(
-    "--workers",
-    type=int,
-    default=_default("workers"),
-    help="DataLoader workers per process (capped at the CPU cores per process less one).",
-)
-@click.option(
-    "--decode",
-    type=click.Choice(DECODES),
-    default=_default("decode"),
-    help="Prepared data: decode JPEGs on the device (GPU, batched) or in the CPU workers; auto: device on a GPU.",
-)
-@click.option("--mask-ratio-f1", type=float, help="Mask ratio of f1 [default: the model's, 0.0].")
-@click.option("--mask-ratio-f2", type=float, help="Mask ratio of f2 [default: the model's, 0.95].")
-@click.option("--masking", type=click.Choice(MASKINGS), help="Masking kind [default: the model's, random].")
-@click.option("--encoder", type=click.Choice(ENCODER_MODES), help="Encoder type [default: the model's, siam].")
-@click.option("--decoder", type=click.Choice(DECODERS), help="Decoder type [default: the model's, cross-self].")
-@click.option(
-    "--epochs", type=int, default=_default("epochs"), help="Epochs of the schedule (paper: 2000; 400 for ablations)."
-)
-@click.option("--warmup-epochs", type=float, default=_default("warmup_epochs"))
-@click.option(
-    "--max-steps",
-    type=int,
-    help="Stop after this many optimiser steps (the schedule is not cut short: see --total-steps).",
-)
-@click.option("--total-steps", type=int, help="Schedule length in optimiser steps (instead of --epochs).")
-@click.option("--warmup-frac", type=float, help="Warm-up as a fraction of --total-steps [default: warmup/epochs].")
-@click.option(
-    "--batch-size",
-    type=int,
-    default=_default("batch_size"),
-    help="Frame pairs per optimiser step over all GPUs and accumulation steps.",
-)
-@click.option("--accum-steps", type=int, default=_default("accum_steps"), help="Gradient accumulation steps.")
-@click.option("--blr", type=float, default=_default("blr"), help="Base lr; lr = blr * batch-size / 256.")
-@click.option("--lr", type=float, help="Absolute lr (overrides --blr).")
-@click.option("--min-lr", type=float, default=_default("min_lr"))
-@click.option("--weight-decay", type=float, default=_default("weight_decay"))
-@click.option("--betas", type=(float, float), default=_default("betas"), help="AdamW betas.")
-@click.option("--clip-grad", type=float, help="Clip the global gradient norm to this value.")
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISIONS),
-    default=_default("precision"),
-    help="auto: bf16 (or fp16 + scaler) on GPU, fp32 on CPU.",
-)
-@click.option("--seed", type=int, default=_default("seed"))
-@click.option("--device", type=Device(), default=_default("device"), help="auto, cpu, cuda or cuda:N.")
-@click.option("--save-every", type=int, default=_default("save_every"), help="Steps between checkpoints.")
-@click.option("--keep-last", type=int, default=_default("keep_last"), help="Checkpoints kept.")
-@click.option("--log-every", type=int, default=_default("log_every"), help="Steps between log records.")
-@click.option(
-    "--vis-every", type=int, default=_default("vis_every"), help="Steps between reconstruction PNGs (0: none)."
-)
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@config_options
 @click.pass_context
 def cli(ctx: click.Context, config_file, **flags):
     """Pretrain SiamMAE on videos (Gupta et al., NeurIPS 2023, Appendix A recipe by default)."""
     given = {
-        _FIELD.get(name, name): value
+        name: value
         for name, value in flags.items()
         if ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP)
     }
     with errors("continue the run with --resume (from the latest checkpoint)"):
-        cfg = TrainConfig.from_file(config_file, **given) if config_file else TrainConfig.from_dict(given, "flags")
+        changes = None
+        if given.get("resume"):  # the run's own settings, from its folder; only a few may change
+            out = given.get("out", TrainConfig.__dataclass_fields__["out"].default)
+            cfg, changes = resume_config(out, given, config_file)
+        elif config_file:
+            cfg = TrainConfig.from_file(config_file, **given)
+        else:
+            cfg = TrainConfig.from_dict(given, "flags")
         check_run(cfg)  # --data present, --out not another run's: before torch is imported (fast refusals)
-        from siammae.train import train  # deferred: --help and bad arguments stay fast
+        from siammae.train.loop import TrainingInterrupted, train  # deferred: --help and bad arguments stay fast
 
-        result = train(cfg)
+        try:
+            result = train(cfg, changes)
+        except TrainingInterrupted as e:
+            click.echo(f"interrupted: {e}", err=True)
+            sys.exit(130)
     if not cfg.quiet and result.model_path is not None:
         loss = "n/a" if result.loss is None else f"{result.loss:.4f}"
         click.echo(

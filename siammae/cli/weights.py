@@ -20,14 +20,15 @@ from siammae.cli.options import CONTEXT, Group, errors
 
 @click.group(cls=Group, context_settings=CONTEXT)
 def main():
-    """Pretrained weights by name: dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, mae-vitb16, timm:<name>,
-    hf:<owner>/<repo>/<file>. Files are cached in $TORCH_HOME/hub/checkpoints (timm: and hf: in the Hugging Face
-    cache) and checked by sha256; SIAMMAE_OFFLINE=1 or HF_HUB_OFFLINE=1 turns downloads off."""
+    """Pretrained weights by name: dino-vits16, dino-vits8, dino-vitb16, dino-vitb8, mae-vitb16, siammae-cpu (in the
+    package), timm:<name>, hf:<owner>/<repo>/<file>. Files are cached in $TORCH_HOME/hub/checkpoints (timm: and hf:
+    in the Hugging Face cache) and checked by sha256; SIAMMAE_OFFLINE=1 or HF_HUB_OFFLINE=1 turns downloads off."""
 
 
 @main.command("list")
 def list_cmd():
-    """Known names: architecture, size, licence, DAVIS-2017 J&F (source paper), cached or not."""
+    """Known names: architecture, size ("in the package" for siammae-cpu), licence, DAVIS J&F (source paper; for
+    siammae-cpu its card), cached or not; then the shipped model's card in one line."""
     from siammae.model.weights import weights_table
 
     rows = weights_table()
@@ -36,18 +37,27 @@ def list_cmd():
         (
             r["name"] + (" (default)" if r["default"] else ""),
             r["arch"],
-            f"{r['size_mb']:.0f} MB" if r["cached"] else f"~{r['size_mb']:.0f} MB",
+            _size(r),
             r["licence"],
             f"{r['davis_jf']:.1f}" if r["davis_jf"] is not None else "-",
-            "pinned" if r["pinned"] else "unverified",
-            "yes" if r["cached"] else "no",
+            "pinned" if r["pinned"] else ("unverified" if r["kind"] != "shipped" else "-"),
+            ("yes" if r["cached"] else "no") if r["kind"] != "shipped" else "-",
         )
         for r in rows
     ]
     widths = [max(len(str(row[i])) for row in (header, *table)) for i in range(len(header))]
     for row in (header, *table):
         click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        if r["summary"]:
+            click.echo(f"\n{r['name']}: {r['summary']}")
     click.echo("\nalso: timm:<name> (timm's pretrained weights), hf:<owner>/<repo>/<file> (Hugging Face hub)")
+
+
+def _size(row: dict) -> str:
+    if row["kind"] == "shipped":
+        return "in the package" if row["cached"] else "not in this build"
+    return f"{row['size_mb']:.0f} MB" if row["cached"] else f"~{row['size_mb']:.0f} MB"
 
 
 @main.command()
@@ -75,7 +85,12 @@ def path(name):
         where, present = weights_location(name)
     click.echo(str(where))
     if not present:
-        click.echo(f"{name} is not downloaded yet (siammae-weights download {name})", err=True)
+        from siammae.model.weights import WEIGHTS
+
+        if name in WEIGHTS and WEIGHTS[name].kind == "shipped":
+            click.echo(f"{name} is not in this build of siammae", err=True)
+        else:
+            click.echo(f"{name} is not downloaded yet (siammae-weights download {name})", err=True)
 
 
 @main.command("import")

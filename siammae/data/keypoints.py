@@ -34,7 +34,7 @@ from typing import TextIO
 import numpy as np
 
 from siammae.errors import InputError
-from siammae.io import atomic_write, open_append, write_error
+from siammae.io import atomic_write, open_append, parse_json, read_json, write_error
 
 _SCHEMA = "a list of [x, y] (or null) or a name -> [x, y] map"
 
@@ -63,12 +63,9 @@ def _point(value, where: str) -> tuple[float, float]:
 def read_keypoints(path: str | Path, image_size: tuple[int, int] | None = None) -> Keypoints:
     """Read a keypoint file (schema in the module docstring); ``image_size`` = (H, W) checks the bounds."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"keypoint file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"keypoint file {path} is not readable JSON: {err}") from None
+    if not path.exists():
+        raise InputError(f"keypoint file {path} does not exist")
+    data = read_json(path, (dict, list), what="keypoint file")
     if not isinstance(data, dict) or "keypoints" not in data:
         raise InputError(f'keypoint file {path} needs a "keypoints" entry: {_SCHEMA}')
     raw = data["keypoints"]
@@ -127,7 +124,8 @@ def _complete(line: str) -> bool:
     if not line.strip():
         return False
     try:
-        return isinstance(json.loads(line), dict)
+        parse_json(line, "line")
+        return True
     except ValueError:
         return False
 

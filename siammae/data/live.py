@@ -15,8 +15,9 @@ number in the source), counts corrupt packets and missing frames in ``gaps`` (:c
 
 Standard input holding an MP4 / MOV whose index (``moov``) comes after the media data cannot be demuxed from a pipe
 (the index is needed before the first frame). :func:`stdin_input` recognises it from its first bytes and copies the
-stream to a temporary file (in TMPDIR, removed as soon as it is opened) before decoding; with ``realtime`` it is an
-error naming the fix instead, since waiting for the whole stream is the opposite of real time.
+stream to a temporary file before decoding: an unnamed one in TMPDIR (``O_TMPFILE``, or unlinked at once where the
+system has no such flag), so that no name exists that a kill -9 while the pipe stalls could leave behind. With
+``realtime`` it is an error naming the fix instead, since waiting for the whole stream is the opposite of real time.
 """
 
 from __future__ import annotations
@@ -173,11 +174,12 @@ def mp4_index_last(f) -> tuple[bool, bytes]:
 
 
 def stdin_input(stdin, realtime: bool):
-    """What to open for ``-``: ``stdin`` replayed after its first bytes, or, for an MP4 whose index comes last, the
-    path of a temporary copy (the caller removes it once opened). See the module docstring."""
+    """What to open for ``-``, and whether it is a spooled copy: ``stdin`` replayed after its first bytes, or, for
+    an MP4 whose index comes last, an unnamed temporary file holding the whole stream, at its start (closed, it is
+    gone; a kill leaves nothing). See the module docstring."""
     index_last, head = mp4_index_last(stdin)
     if not index_last:
-        return _Replay(head, stdin), None
+        return _Replay(head, stdin), False
     if realtime:
         raise VideoError(
             "-: an MP4 / MOV whose index (moov) is at its end cannot be read from a pipe as it arrives; send MPEG-TS "
@@ -188,15 +190,28 @@ def stdin_input(stdin, realtime: bool):
         "first (pipe MPEG-TS, or an MP4 written with -movflags +faststart, to start at once)",
         stacklevel=3,
     )
+    tmp = None
     try:
-        with tempfile.NamedTemporaryFile(prefix=TMP_PREFIX + "stdin.", suffix=".mp4", delete=False) as tmp:
-            tmp.write(head)
-            while chunk := stdin.read(1 << 20):
-                tmp.write(chunk)
+        tmp = tempfile.TemporaryFile(prefix=TMP_PREFIX + "stdin.", suffix=".mp4")  # noqa: SIM115 (the caller's)
+        tmp.write(head)
+        while chunk := stdin.read(1 << 20):
+            tmp.write(chunk)
+        tmp.seek(0)
     except OSError as e:
-        os.unlink(tmp.name)
+        if tmp is not None:
+            tmp.close()
         raise VideoError(f"-: cannot copy the MP4 to a temporary file in {tempfile.gettempdir()} ({e})") from e
-    return tmp.name, tmp.name
+    return tmp, True
+
+
+def check_format(format: str | None) -> None:
+    """A VideoError naming ``--format`` when FFmpeg (this PyAV build) has no input format of that name."""
+    if format is None:
+        return
+    known = _av().formats_available
+    if format not in known:
+        hint = ", ".join(f for f in (*CAMERA_FORMATS, "mpegts", "matroska", "mp4") if f in known)
+        raise VideoError(f"--format {format}: not an input format this FFmpeg knows (e.g. {hint}; ffmpeg -formats)")
 
 
 class LiveSource:
@@ -243,10 +258,11 @@ class LiveSource:
         self.dropped = Dropped() if realtime else None
         self.gaps = Gaps()
         av = _av()
-        url, spooled = self.path, None
+        check_format(format)  # before reading a byte of the source
+        url, spooled = self.path, False
         if self.path == "-":  # sniffed first: an MP4 with its index last needs a seekable copy
             url, spooled = stdin_input(stdin if stdin is not None else _FdReader(sys.stdin.fileno()), realtime)
-        options = {**LIVE_OPTIONS, **(options or {})} if spooled is None else dict(options or {})
+        options = dict(options or {}) if spooled else {**LIVE_OPTIONS, **(options or {})}
         try:
             # timeout: (open, read) seconds for network protocols, so a dead server is an error, not a hang; a pipe
             # or a camera may pause as long as it likes (its writer ends it by closing)
@@ -254,16 +270,16 @@ class LiveSource:
             self._container = av.open(url, format=format, options=options,
                                       timeout=(timeout, timeout) if network else None)  # fmt: skip
         except av.error.FFmpegError as e:
+            if spooled:
+                url.close()
             raise VideoError(f"{self.path}: cannot open live source ({e})") from e
-        finally:
-            if spooled is not None:  # open: the data stays readable until closed, and nothing is left behind
-                os.unlink(spooled)
+        self._spool = url if spooled else None  # the unnamed copy: closed (and so gone) with the container
         stream = _video_stream(self.path, self._container)
         self.width, self.height = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else None
         if not self.width or not self.height:
-            self._container.close()
+            self._close()
             raise VideoError(f"{self.path}: the stream states no frame size")
         self._used = False
 
@@ -318,7 +334,12 @@ class LiveSource:
         except av.error.FFmpegError as e:
             raise VideoError(f"{self.path}: the stream stopped at frame {index + 1} ({e})") from e
         finally:
-            self._container.close()
+            self._close()
+
+    def _close(self) -> None:
+        self._container.close()
+        if self._spool is not None:
+            self._spool.close()
 
     def _number(self, pts, index: int, last_pts, step):
         """(index, pts, step) of a frame with time stamp ``pts`` after frame ``index`` (time stamp ``last_pts``;

@@ -207,20 +207,33 @@ def list_masks(mask_dir: str | os.PathLike) -> dict[str, Path]:
 
 def _later_masks(mask_dir: Path, masks: dict[str, Path], src, names: list[str] | None) -> dict[str, Path]:
     """``masks`` (``list_masks(mask_dir)``) by frame name, every file checked against the video (names, sizes)
-    before the run."""
+    before the run. For a video, ``00012``, ``012`` and ``12`` all name frame 12 (keyed ``00012``); two files that
+    name one frame are an error naming both, never one of them dropped."""
     if names is not None:
         unknown = sorted(set(masks) - set(names))
     else:
         count = src.num_frames
-        unknown = sorted(n for n in masks if not (n.isdigit() and (count is None or int(n) < count)))
+        unknown = sorted(n for n in masks if not (_is_index(n) and (count is None or int(n) < count)))
     if unknown:
         what = "frames of the folder" if src.is_folder else "5-digit frame indices of the video"
         raise InputError(f"{mask_dir}: masks {', '.join(unknown[:4])} match no frame (names must be {what})")
+    if names is None:
+        by_frame: dict[str, Path] = {}
+        for n, path in masks.items():
+            key = f"{int(n):05d}"
+            if key in by_frame:
+                raise InputError(
+                    f"{mask_dir}: {by_frame[key].name} and {path.name} are both the mask of frame {int(n)}; keep one"
+                )
+            by_frame[key] = path
+        masks = by_frame
     for path in masks.values():
         check_size(mask_size(path), (src.height, src.width), path)
-    if names is None:  # "00012" and "12" both name frame 12
-        masks = {f"{int(n):05d}": p for n, p in masks.items()}
     return masks
+
+
+def _is_index(name: str) -> bool:
+    return name.isascii() and name.isdigit()
 
 
 def first_masks(mask, mask_dir, src) -> tuple[np.ndarray, dict]:
@@ -231,11 +244,11 @@ def first_masks(mask, mask_dir, src) -> tuple[np.ndarray, dict]:
     names = [f.stem for f in list_frame_files(src.path)] if src.is_folder else None
     first_name = names[0] if names else "00000"
     listed = list_masks(mask_dir) if mask_dir is not None else {}
+    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
     if mask is None:
-        mask = listed.get(first_name)
+        mask = references.get(first_name)
         if mask is None:
             raise InputError(f"no mask for frame 0 ({first_name}): give --mask, or put {first_name}.png in --mask-dir")
-    references = _later_masks(Path(mask_dir), listed, src, names) if mask_dir is not None else {}
     references.pop(first_name, None)  # frame 0's mask is ``mask``
     if not isinstance(mask, np.ndarray):  # fail before the run, not at frame 0; the run gets the ids, not the file
         path = Path(mask)

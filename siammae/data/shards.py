@@ -29,7 +29,6 @@ frame), so an HTML error page, a truncated or oversized answer or a damaged inde
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import tarfile
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from siammae.errors import InputError, VideoError
+from siammae.io import parse_json
 
 FORMAT = "siammae-prepared-frames"
 VERSION = 1
@@ -132,6 +132,8 @@ def write_index(root: Path, meta: dict, shard_parts: list[dict]) -> dict:
 MAX_INDEX_BYTES = 256 * 2**20  # index.json: ~200 bytes per video, so about a million videos
 MAX_NPY_HEADER = 64 * 2**10  # offsets.npy's header (numpy writes 128 bytes); its body is 16 bytes per frame
 MAX_FRAME_BYTES = 64 * 2**20  # one JPEG frame (a 256-px frame is ~24 KB; 4K at quality 100 is ~10 MB)
+MAX_TOTAL_FRAMES = 2**40  # frames (and video ids) of one data set: 16 bytes of offsets each stays far inside int64
+MAX_SIDE = 65535  # a JPEG's largest side
 _SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\.tar")
 _VIDEO_KEYS = ("id", "source", "shard", "frames", "first", "height", "width")
 
@@ -223,44 +225,59 @@ def _bad(location: str, what: str) -> InputError:
 
 
 def _parse_index(location: str, data: bytes) -> dict:
-    """``index.json``'s bytes -> the index dict, every field a reader uses checked (types, shard names)."""
+    """``index.json``'s bytes -> the index dict, every field a reader uses checked (types, ranges, shard names)."""
     where = _join(location, INDEX)
+    head = data[:40].decode("utf-8", "replace").strip()
+    if head.lower().startswith(("<!doctype", "<html")):
+        raise _bad(where, f"{INDEX} is an HTML page, starting {head!r}")
     try:
-        index = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as e:
-        head = data[:40].decode("utf-8", "replace").strip()
-        kind = "an HTML page" if head.lower().startswith(("<!doctype", "<html")) else f"not JSON ({e})"
-        raise _bad(where, f"{INDEX} is {kind}, starting {head!r}") from None
+        index = parse_json(data, where, (dict, list))
+    except InputError as e:
+        raise _bad(where, f"{INDEX} is {str(e).removeprefix(where + ': ')}, starting {head!r}") from None
     if not isinstance(index, dict) or index.get("format") != FORMAT:
         raise InputError(f"{where}: {INDEX} is not a {FORMAT} index (made by siammae-prepare)")
     if index.get("version") != VERSION:
         raise InputError(f"{where}: prepared format version {index.get('version')}, expected {VERSION}")
     for key, kind in (("shards", list), ("videos", list), ("total_frames", int)):
-        if not isinstance(index.get(key), kind):
+        if not isinstance(index.get(key), kind) or isinstance(index.get(key), bool):
             raise _bad(where, f"its {key!r} entry is missing or not a {kind.__name__}")
-    for name in index["shards"]:
+    if not 0 <= index["total_frames"] <= MAX_TOTAL_FRAMES:
+        raise _bad(where, f"total_frames {index['total_frames']} is outside 0..{MAX_TOTAL_FRAMES}")
+    _check_shard_names(where, index["shards"])
+    for i, v in enumerate(index["videos"]):
+        _check_video(where, i, v, len(index["shards"]), index["total_frames"])
+    return index
+
+
+def _check_shard_names(where: str, names: list) -> None:
+    for name in names:
         # names are data, never paths: a shard outside the folder (../../etc/passwd, /abs, a URL) is refused
         if not isinstance(name, str) or not _SHARD_NAME.fullmatch(name):
             raise _bad(where, f"shard name {name!r} is not a plain file name ending in .tar (letters, digits, ._-)")
-    n_shards, total = len(index["shards"]), index["total_frames"]
-    for i, v in enumerate(index["videos"]):
-        missing = [k for k in _VIDEO_KEYS if not isinstance(v, dict) or k not in v]
-        if missing:
-            raise _bad(where, f"video {i} lacks {', '.join(repr(k) for k in missing)}")
-        if not isinstance(v["source"], str):
-            raise _bad(where, f"video {i}: source {v['source']!r} is not a string")
-        ints = [v[k] for k in _VIDEO_KEYS if k != "source"]
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in ints):
-            raise _bad(where, f"video {i}: {', '.join(_VIDEO_KEYS[2:])} must be whole numbers")
-        if not 0 <= v["shard"] < n_shards:
-            raise _bad(where, f"video {i}: shard {v['shard']} is not one of the {n_shards} shards")
-        if v["frames"] < 1 or v["first"] < 0 or v["first"] + v["frames"] > total:
-            raise _bad(
-                where, f"video {i}: rows {v['first']}..{v['first'] + v['frames'] - 1} beyond the index's {total} frames"
-            )
-        if v["height"] < 1 or v["width"] < 1:
-            raise _bad(where, f"video {i}: frame size {v['width']}x{v['height']}")
-    return index
+
+
+def _check_video(where: str, i: int, v, n_shards: int, total: int) -> None:
+    """One entry of the index's ``videos``: its keys present, ``source`` a string, every number a whole number in
+    its range (so that no later arithmetic or int64 column overflows: ``height`` 10**30 is an error here)."""
+    missing = [k for k in _VIDEO_KEYS if not isinstance(v, dict) or k not in v]
+    if missing:
+        raise _bad(where, f"video {i} lacks {', '.join(repr(k) for k in missing)}")
+    if not isinstance(v["source"], str):
+        raise _bad(where, f"video {i}: source {v['source']!r} is not a string")
+    bounds = {"id": (0, MAX_TOTAL_FRAMES), "shard": (0, MAX_TOTAL_FRAMES), "frames": (1, MAX_TOTAL_FRAMES),
+              "first": (0, MAX_TOTAL_FRAMES), "height": (1, MAX_SIDE), "width": (1, MAX_SIDE)}  # fmt: skip
+    for key in bounds:
+        if not isinstance(v[key], int) or isinstance(v[key], bool):
+            raise _bad(where, f"video {i}: {key} {v[key]!r} is not a whole number")
+    if v["first"] + v["frames"] > total:
+        raise _bad(
+            where, f"video {i}: rows {v['first']}..{v['first'] + v['frames'] - 1} beyond the index's {total} frames"
+        )
+    if not 0 <= v["shard"] < n_shards:
+        raise _bad(where, f"video {i}: shard {v['shard']} is not one of the {n_shards} shards")
+    for key, (lo, hi) in bounds.items():
+        if not lo <= v[key] <= hi:
+            raise _bad(where, f"video {i}: {key} {v[key]} is outside {lo}..{hi}")
 
 
 def _check_offsets(location: str, offsets, total: int):

@@ -244,62 +244,25 @@ def count_frames(path: str | os.PathLike) -> int:
 def read_frames(path: str | os.PathLike, indices: Iterable[int]) -> list[np.ndarray]:
     """Frames at ``indices`` (any order, repeats allowed) as (H, W, 3) uint8 arrays, in the order asked.
 
-    For a video file, each run of wanted frames starts with a seek to the key frame before it, so a pair of frames
-    from a long video costs two short decodes, not the whole video. Frame ``i`` is the one whose presentation time
-    is ``start + i / fps``.
+    Frame ``i`` is the ``i``-th frame that decodes. A video file is read through its frame index
+    (:mod:`siammae.data.frame_index`): each run of wanted frames starts with a seek to the key frame before it, so a
+    pair of frames from a long video costs two short decodes, not the whole video, and variable frame rates or a
+    header's wrong frame count change nothing.
     """
+    from siammae.data.frame_index import read_indexed
+
     indices = [int(i) for i in indices]
     path = Path(path)
     wanted = sorted(set(indices))
     if wanted and wanted[0] < 0:
         raise VideoError(f"{path}: frame index {wanted[0]} is negative")
-    # one pass over the source: no VideoSource (it would open the container, or decode a frame, for metadata)
-    if _check_source(path):
-        files = _frame_files(path)
-        if wanted and wanted[-1] >= len(files):
-            raise VideoError(f"{path}: frame {wanted[-1]} asked but the folder has {len(files)} frames")
-        got = {i: read_image(files[i]) for i in wanted}
-        return [got[i] for i in indices]
-    av = _av()
-    got: dict[int, np.ndarray] = {}
-    try:
-        with av.open(str(path)) as container:
-            stream = _video_stream(path, container)
-            rate = stream.average_rate or stream.guessed_rate
-            if not rate:
-                raise VideoError(f"{path}: video has no frame rate, cannot seek")
-            tb = stream.time_base
-            start = stream.start_time or 0
-            to_pts = lambda i: start + int(round(i / (rate * tb)))  # noqa: E731
-            to_index = lambda pts: int(round((pts - start) * tb * rate))  # noqa: E731
-            pending = list(wanted)  # sorted, unique; every pass of the loop below takes at least one off
-            while pending:
-                # the seek lands on the key frame at or before the target, which may be many seconds earlier
-                container.seek(to_pts(pending[0]), stream=stream, backward=True, any_frame=False)
-                for frame in container.decode(stream):
-                    if frame.pts is None:
-                        continue
-                    i = to_index(frame.pts)
-                    if i < pending[0]:
-                        continue
-                    if i > pending[0]:  # passed over a wanted frame without seeing it (rounding of pts)
-                        raise VideoError(f"{path}: frame {pending[0]} not found when seeking")
-                    got[i] = frame.to_ndarray(format="rgb24")
-                    pending.pop(0)
-                    # the next wanted frame is far ahead: seeking to it is cheaper than decoding up to it
-                    if not pending or pending[0] > i + 2 * _keyframe_gap_guess(rate):
-                        break
-                else:
-                    if pending:
-                        raise VideoError(f"{path}: frame {pending[0]} asked but the video ends before it")
-    except av.error.FFmpegError as e:
-        raise VideoError(f"{path}: decoding failed while reading frames {wanted} ({cause(e, path)})") from e
+    if not _check_source(path):
+        return read_indexed(path, indices)
+    files = _frame_files(path)
+    if wanted and wanted[-1] >= len(files):
+        raise VideoError(f"{path}: frame {wanted[-1]} asked but the folder has {len(files)} frames")
+    got = {i: read_image(files[i]) for i in wanted}
     return [got[i] for i in indices]
-
-
-def _keyframe_gap_guess(rate) -> int:
-    """Frames worth decoding forward rather than seeking again (about 2 s of video, a typical GOP)."""
-    return max(1, int(2 * float(rate)))
 
 
 def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float = 25.0, crf: int = 20) -> int:

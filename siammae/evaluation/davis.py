@@ -30,7 +30,7 @@ from siammae.evaluation.metrics.davis import GLOBAL_COLUMNS, SequenceScores, eva
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.results import EvalResult, ResultsDir
-from siammae.outputs import check_name
+from siammae.output_folder import check_name
 
 if TYPE_CHECKING:  # the model side (torch, propagation) is not needed to score existing predictions
     from siammae.evaluation.runner import Runner

@@ -29,7 +29,8 @@ from siammae.errors import InputError
 from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
 from siammae.evaluation.protocol import Benchmark
 from siammae.evaluation.results import EvalResult, ResultsDir
-from siammae.outputs import check_name
+from siammae.io import read_json, read_text
+from siammae.output_folder import check_name
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner
@@ -55,7 +56,7 @@ def list_videos(root: str | Path, split: int = 1) -> list[str]:
     names = []
     for path in files:
         action = path.name[: -len(f"_test_split{split}.txt")]
-        for line in path.read_text().splitlines():
+        for line in read_text(path, "JHMDB split file").splitlines():
             parts = line.split()
             if len(parts) != 2 or parts[1] not in ("1", "2"):
                 if parts:
@@ -99,10 +100,7 @@ def read_prediction(path: Path, num_frames: int) -> tuple[np.ndarray, np.ndarray
     """([T, 15, 2] pixels, [T, 15] visible) from a keypoint-track JSON file."""
     if not path.is_file():
         raise InputError(f"prediction {path} is missing (one keypoint-track JSON per video)")
-    try:
-        frames = json.loads(path.read_text())["frames"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
-        raise InputError(f"prediction {path} is not a keypoint-track JSON with a 'frames' list ({err})") from None
+    frames = read_json(path, keys={"frames": list}, what="prediction")["frames"]
     if len(frames) != num_frames:
         raise InputError(f"prediction {path} has {len(frames)} frames, the video has {num_frames}")
     xy = np.full((num_frames, len(JOINT_NAMES), 2), np.nan)
@@ -139,7 +137,7 @@ class Jhmdb(Benchmark):
 
     @property
     def title(self) -> str:
-        return f"JHMDB split {self.split}"
+        return f"JHMDB split {self.split}{self.subset_text}"
 
     def names(self, root) -> list[str]:
         return list_videos(root, self.split)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from siammae.errors import InputError
-from siammae.outputs import check_name
+from siammae.output_folder import check_name
 
 
 def read_names(listing: Path, what: str, hint: str = "") -> list[str]:

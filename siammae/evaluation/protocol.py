@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -38,15 +38,27 @@ class Benchmark(ABC):
 
     name: ClassVar[str]  # "davis" | "jhmdb" | "vip"
     label: ClassVar[str]  # how errors and titles name it: "DAVIS-2017", "JHMDB", "VIP"
+    # ``--sequences``: the part of the split that was run, named in the title and the settings (None: all of it)
+    sequences: tuple[str, ...] | None = field(default=None, kw_only=True)
 
     @property
     def title(self) -> str:
         """The heading of the results table."""
-        return f"{self.label} {self.split}"  # type: ignore[attr-defined]
+        return f"{self.label} {self.split}{self.subset_text}"  # type: ignore[attr-defined]
+
+    @property
+    def subset_text(self) -> str:
+        """``", 2 sequences: dog, libby"`` for a subset (a table of part of a split must not read as the split's)."""
+        if self.sequences is None:
+            return ""
+        names = ", ".join(self.sequences[:6]) + (
+            f", ... ({len(self.sequences) - 6} more)" if len(self.sequences) > 6 else ""
+        )
+        return f", {len(self.sequences)} sequence{'s' if len(self.sequences) != 1 else ''}: {names}"
 
     def data_settings(self) -> dict:
-        """What identifies the data of a run besides its root: split (and year)."""
-        return asdict(self)
+        """What identifies the data of a run besides its root: split (and year), and the subset when one was given."""
+        return {k: v for k, v in asdict(self).items() if k != "sequences" or v is not None}
 
     # ------------------------------------------------------------------------------- what each benchmark supplies
     @abstractmethod

@@ -27,11 +27,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from siammae.errors import InputError
-from siammae.io import write_json, write_text
+from siammae.io import read_json, write_json, write_text
 
 # Settings that say where things are, not what was computed: a resume may find the data set or the checkpoint
 # moved (the checkpoint's identity is its sha256, which must match).
-LOCATION_KEYS = frozenset({"root", "checkpoint", "results"})
+LOCATION_KEYS = frozenset({"root", "checkpoint", "results", "sequences"})  # sequences: a resume may run more
 
 
 def _jsonable(value):
@@ -82,9 +82,9 @@ class ResultsDir:
         path = self.root / "settings.json"
         if cache and path.exists() and not overwrite:
             try:
-                previous = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as err:
-                raise InputError(f"{path} is unreadable ({err}); pass --overwrite to start again") from None
+                previous = read_json(path)
+            except InputError as err:
+                raise InputError(f"{err}; pass --overwrite to start again") from None
             keys = (set(previous) | set(self.settings)) - LOCATION_KEYS
             changed = sorted(k for k in keys if previous.get(k) != self.settings.get(k))
             if changed:
@@ -109,9 +109,9 @@ class ResultsDir:
         if not self.cache or not path.exists():
             return None
         try:
-            return json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise InputError(f"{path} is unreadable ({err}); delete it or pass --overwrite") from None
+            return read_json(path)
+        except InputError as err:
+            raise InputError(f"{err}; delete it or pass --overwrite") from None
 
     def save(self, sequence: str, record: dict) -> None:
         if self.cache:

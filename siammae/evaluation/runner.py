@@ -22,6 +22,17 @@ class Runner:
     """The tracker of one evaluation: encoder, preset, overrides, input convention (``tracker.inputs``)."""
 
     tracker: Tracker
+    progress: bool = False  # a bar per sequence, in frames (done, frames/s, time left), under the sequences' bar
+
+    def _counted(self, items: Iterator, frame_paths: list[Path]) -> Iterator:
+        """``items`` (one per frame of ``frame_paths``) through a frame progress bar when ``progress``: the
+        sequences' bar alone says nothing for the minutes a long sequence takes on a CPU."""
+        if not self.progress:
+            return items
+        from tqdm import tqdm
+
+        name = frame_paths[0].parent.name if frame_paths else ""
+        return tqdm(items, total=len(frame_paths), desc=f"  {name}", unit="frame", leave=False, dynamic_ncols=True)
 
     @property
     def config(self):
@@ -52,7 +63,7 @@ class Runner:
 
     def propagate_mask(self, frame_paths: list[Path], first_mask: np.ndarray) -> Iterator[np.ndarray]:
         """Masks [H, W] of frames 1.. from the id map [H, W] of frame 0 (original resolution in and out)."""
-        for index, mask in self.tracker.masks(frame_paths, first_mask):
+        for index, mask in self._counted(self.tracker.masks(frame_paths, first_mask), frame_paths):
             if index > 0:
                 yield mask
 
@@ -60,5 +71,5 @@ class Runner:
         self, frame_paths: list[Path], first_points: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """([J, 2] pixels, [J] visible) of frames 1.. from the [J, 2] (x, y) pixels of frame 0."""
-        for _, xy, visible in self.tracker.keypoints(frame_paths, first_points):
+        for _, xy, visible in self._counted(self.tracker.keypoints(frame_paths, first_points), frame_paths):
             yield xy, visible

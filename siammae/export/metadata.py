@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from siammae.errors import InputError
+from siammae.io import parse_json
 
 INPUT_NAME, OUTPUT_NAME = "frames", "features"
 DEFAULT_OPSET = 18  # LayerNormalization needs 17; 18 is read by onnxruntime and TensorRT 10 alike
@@ -79,7 +80,11 @@ class ExportInfo:
         if missing:
             raise InputError(f"{path}: not an encoder exported by siammae-export (metadata lacks {', '.join(missing)})")
         try:
-            kw = {k: v if k in _STR_FIELDS else json.loads(v) for k, v in stored.items() if k in names}
+            kw = {
+                k: v if k in _STR_FIELDS else parse_json(v, f"{path}: metadata {k}", object)
+                for k, v in stored.items()
+                if k in names
+            }
             kw["mean"], kw["std"] = tuple(kw["mean"]), tuple(kw["std"])
             return cls(**kw)
         except (ValueError, TypeError) as e:

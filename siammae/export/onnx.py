@@ -47,12 +47,12 @@ from siammae.export.metadata import (
     STD_NAMES,
     ExportInfo,
 )
-from siammae.export.outputs import check_outputs, default_output, size_text
+from siammae.export.paths import check_outputs, default_output, size_text
 from siammae.export.verify import verify_onnx
 from siammae.io import TMP_PREFIX, atomic_write, umask, write_error
 from siammae.memory import check_encoder_fits
-from siammae.model.checkpoint import load_model
 from siammae.model.encoder import POS_INTERP, ViTEncoder
+from siammae.model.load import load_weights
 from siammae.propagation.config import get_preset
 
 log = logging.getLogger(__name__)
@@ -288,7 +288,7 @@ def max_opset() -> int:
 
 
 def export_onnx(
-    ckpt,
+    ckpt=None,
     out: str | os.PathLike | None = None,
     *,
     arch: str | None = None,
@@ -306,8 +306,12 @@ def export_onnx(
     external_data: bool | None = None,
     attention: str = "auto",
     overwrite: bool = False,
+    weights=None,
 ) -> Path:
-    """Export the encoder of ``ckpt`` (a checkpoint path, or a SiamMAE / ViTEncoder) to ONNX; return the path.
+    """Export the encoder of ``ckpt`` (a checkpoint path or weights name, loaded by the one loader
+    :func:`siammae.model.load.load_weights`: None is the default weights, or the shipped model when they cannot be
+    had, ``weights`` that :class:`~siammae.model.load.WeightsChoice` when already made; or a SiamMAE / ViTEncoder)
+    to ONNX; return the path.
 
     Size: ``height`` x ``width``, or ``size`` and ``preset`` (see :func:`resolve_size`); ``mean`` and ``std``
     default to the preset's input rule (DINO's std 0.228 for ``dino``, ImageNet's otherwise). ``out`` defaults to
@@ -340,12 +344,14 @@ def export_onnx(
         model = ckpt
         if out is None:
             raise InputError("export_onnx needs an output path when given a model instead of a checkpoint")
-    else:
-        model = load_model(ckpt, arch=arch)
-        weights = model.provenance.to_dict()  # load_model hashed the file
+    else:  # the one loader: ckpt None is the default weights (or the shipped model when they cannot be had)
+        model = load_weights(ckpt, arch=arch, choice=weights)
+        provenance = model.provenance.to_dict()  # load_model hashed the file
         # the file's name, or the weights name (dino-vits8) when asked for by name
-        checkpoint = Path(weights["path"]).name if Path(ckpt).exists() else weights["weights"]
-        sha = weights["sha256"]
+        by_path = ckpt is not None and Path(ckpt).exists()
+        checkpoint = Path(provenance["path"]).name if by_path else provenance["weights"]
+        sha = provenance["sha256"]
+        ckpt = ckpt if by_path else provenance["weights"]  # default output: beside a file, or <name>_HxW.onnx here
     encoder = getattr(model, "encoder", model)
     if not isinstance(encoder, ViTEncoder):
         raise TypeError(f"export_onnx takes a SiamMAE or ViTEncoder, got {type(model).__name__}")

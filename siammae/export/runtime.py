@@ -9,7 +9,6 @@ graph's ``max_batch`` are run in chunks.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,6 +20,7 @@ import torch
 from siammae.device import resolve_device
 from siammae.errors import InputError, MissingExtraError, SiamMAEError
 from siammae.export.metadata import read_info
+from siammae.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,16 @@ def check_frames(frames: torch.Tensor, size: tuple[int, int], path: Path) -> Non
 
 def require_tensorrt(purpose: str = "building a TensorRT engine"):
     """The ``tensorrt`` module, after checking that it is installed and that there is a CUDA GPU."""
+    if not torch.cuda.is_available():  # first: installing tensorrt would not help
+        raise SiamMAEError(
+            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
+            f"CUDA {torch.version.cuda or 'not built in'}): TensorRT runs only on an NVIDIA GPU; on this machine "
+            "use the ONNX graph (onnxruntime)"
+        )
     try:
         import tensorrt as trt
     except ImportError as e:
         raise MissingExtraError("tensorrt", "trt", purpose) from e
-    if not torch.cuda.is_available():
-        raise SiamMAEError(
-            f"{purpose} needs a CUDA GPU, and torch sees none (torch {torch.__version__}, "
-            f"CUDA {torch.version.cuda or 'not built in'})"
-        )
     return trt
 
 
@@ -62,6 +63,24 @@ def torch_dtype(trt, dtype) -> torch.dtype:
     return table[dtype]
 
 
+# onnxruntime's switch for its non-Windows telemetry: unset, importing it writes a device id and a SQLite file to
+# $HOME/.cache/Microsoft/DeveloperTools/.onnxruntime (seen with 1.31). It is read once, at import, so it is set here
+# before the one import of onnxruntime in the package; ``ORT_DISABLE_TELEMETRY=0`` in the environment opts back in.
+ORT_TELEMETRY_ENV = "ORT_DISABLE_TELEMETRY"
+
+
+def import_onnxruntime():
+    """The ``onnxruntime`` module, imported with its telemetry off (:data:`ORT_TELEMETRY_ENV`; on Windows builds
+    ``disable_telemetry_events()``), so that no run writes outside its outputs. Every use of onnxruntime in siammae
+    imports it through here."""
+    os.environ.setdefault(ORT_TELEMETRY_ENV, "1")
+    import onnxruntime
+
+    if os.environ[ORT_TELEMETRY_ENV] != "0":
+        onnxruntime.disable_telemetry_events()
+    return onnxruntime
+
+
 class OnnxEncoder:
     """An exported ``.onnx`` encoder run by onnxruntime: CUDA provider on a CUDA device, CPU provider otherwise.
 
@@ -71,7 +90,7 @@ class OnnxEncoder:
     """
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto", threads: int | None = None):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         self.path = Path(path)
@@ -184,10 +203,7 @@ class TensorRTEncoder:
         self._in_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._input))
         self._out_dtype = torch_dtype(trt, self.engine.get_tensor_dtype(self._output))
         sidecar = self.path.with_name(self.path.name + ".json")
-        try:
-            self.build_info = json.loads(sidecar.read_text()) if sidecar.is_file() else None
-        except ValueError as e:
-            raise InputError(f"{sidecar}: not valid JSON ({e})") from e
+        self.build_info = read_json(sidecar) if sidecar.is_file() else None
         self.dtype = (self.build_info or {}).get("metadata", {}).get("siammae.dtype", "unknown")
 
     def __repr__(self) -> str:
@@ -225,3 +241,17 @@ def load_encoder(path: str | os.PathLike, device: str | torch.device = "auto", *
         f"{path}: unknown encoder file type {path.suffix or '(none)'}; "
         f"expected one of {', '.join(ONNX_SUFFIXES + ENGINE_SUFFIXES)}"
     )
+
+
+def load_frame_encoder(ckpt=None, encoder=None, *, arch=None, device="auto", rank=None, progress=True, choice=None):
+    """The :class:`~siammae.propagation.features.FrameEncoder` of a run, as every command loads it: the runtime of
+    ``encoder`` (``.onnx`` / ``.engine``, :func:`load_encoder`) on ``device``, or the PyTorch weights of ``ckpt``
+    through the one weights loader (:func:`siammae.model.load.load_weights`: None is the default weights, or the
+    shipped model when they cannot be had; fetched once per machine under torchrun, ``rank``)."""
+    if ckpt is not None and encoder is not None:
+        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
+    if encoder is not None:
+        return load_encoder(encoder, device=device)
+    from siammae.model.load import load_weights
+
+    return load_weights(ckpt, arch=arch, rank=rank, progress=progress, choice=choice)

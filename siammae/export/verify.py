@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from siammae.data.transforms import normalize
 from siammae.errors import SiamMAEError
 from siammae.export.metadata import ExportInfo, read_info
-from siammae.export.runtime import OnnxEncoder, TensorRTEncoder
+from siammae.export.runtime import OnnxEncoder, TensorRTEncoder, import_onnxruntime
 from siammae.io import write_json
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def verify_onnx(
         outs.append(runtime(frames).flatten(1, 2).cpu())  # (b, h*w, D)
         refs.append(reference_features(model, frames, info.mean, info.std, info.pos_interp))
     figures = compare(torch.cat(outs), torch.cat(refs))
-    import onnxruntime
+    onnxruntime = import_onnxruntime()
 
     report = {
         "model": path.name,

@@ -4,7 +4,8 @@ position embeddings and checkpoints.
 Reads bottom-up: :mod:`config` -> :mod:`pos_embed`, :mod:`masking` -> :mod:`encoder`, :mod:`decoder` ->
 :mod:`siammae` (the model) -> :mod:`registry` (named variants) -> :mod:`checkpoint` (save / load, foreign formats).
 Weights by name: :mod:`statedict` (reading weight files) and :mod:`hub` (checked downloads, sha256 records) ->
-:mod:`named` (the official files, their published hashes, the checks before a file enters the cache) ->
+:mod:`packaged` (the shipped ``siammae-cpu`` and its format) -> :mod:`named` (the official files, their published
+hashes, the checks before a file enters the cache) ->
 :mod:`weights` (names and paths to files, with their :mod:`provenance`) -> :mod:`checkpoint`.
 """
 

@@ -16,17 +16,18 @@ import torch
 import torch.nn as nn
 
 from siammae.errors import CheckpointError
-from siammae.io import atomic_write
+from siammae.io import atomic_stream
 from siammae.model.config import LIMITS, MAX_MLP_RATIO, ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.model.hub import (
     delete_hint,
     file_sha256,  # noqa: F401  (re-exported: reports hash weights with it)
 )
+from siammae.model.named import import_hint
 from siammae.model.provenance import Provenance
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
-from siammae.model.statedict import encoder_state, infer_config, read_checkpoint  # noqa: F401  (re-exported)
+from siammae.model.statedict import check_finite, encoder_state, infer_config, read_checkpoint  # noqa: F401
 from siammae.model.weights import Weights, resolve_weights
 
 FORMAT = "siammae"
@@ -59,8 +60,10 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
         **extra,
     }
     path = Path(path)
-    with atomic_write(path) as tmp:
-        torch.save(payload, tmp)
+    # through a writer, not a path: a full disk is then "cannot write PATH: No space left on device", not torch's
+    # "[enforce fail at inline_container.cc] unexpected pos"
+    with atomic_stream(path) as f:
+        torch.save(payload, f)
     return path
 
 
@@ -79,12 +82,9 @@ def load_model(
     """
     weights = resolve_weights(path, progress)
     with _cache_hint(weights):
-        if weights.state is not None:  # timm: loaded by timm, a state dict without its head
-            model = _load_foreign(Path(weights.spec), {"model": weights.state}, arch)
-        else:
-            file = weights.path
-            ckpt = read_checkpoint(file, map_location)
-            model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
+        file = weights.path
+        ckpt = read_checkpoint(file, map_location)
+        model = _load_native(file, ckpt) if ckpt.get("format") == FORMAT else _load_foreign(file, ckpt, arch)
     model.provenance = weights.provenance
     return model.eval()
 
@@ -97,7 +97,7 @@ def _cache_hint(weights: Weights):
     except CheckpointError as e:
         if not weights.in_cache or "delete " in str(e):
             raise
-        raise CheckpointError(f"{e}; {delete_hint(weights.path)}") from None
+        raise CheckpointError(f"{e}; {delete_hint(weights.path)}{import_hint(weights.spec)}") from None
 
 
 def check_stored_config(path: Path, stored) -> ModelConfig:
@@ -150,17 +150,13 @@ def read_encoder_init(spec: str | os.PathLike, progress: bool = True) -> Encoder
     a SiamMAE checkpoint gives its encoder, its decoder is left out."""
     weights = resolve_weights(spec, progress)
     with _cache_hint(weights):
-        if weights.state is not None:
-            state, label = weights.state, Path(weights.spec)
-        else:
-            ckpt = read_checkpoint(weights.path)
-            if ckpt.get("format") == FORMAT:
-                model = _load_native(weights.path, ckpt)
-                encoder = model.encoder if isinstance(model, SiamMAE) else model
-                return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.provenance)
-            state, label = ckpt, weights.path
-        state = encoder_state(label, state)
-        return EncoderInit(state, infer_config(label, state).pos_embed, weights.provenance)
+        ckpt = read_checkpoint(weights.path)
+        if ckpt.get("format") == FORMAT:
+            model = _load_native(weights.path, ckpt)
+            encoder = model.encoder if isinstance(model, SiamMAE) else model
+            return EncoderInit(encoder.state_dict(), encoder.config.pos_embed, weights.provenance)
+        state = encoder_state(weights.path, ckpt)
+        return EncoderInit(state, infer_config(weights.path, state).pos_embed, weights.provenance)
 
 
 def init_encoder(encoder: ViTEncoder, init: EncoderInit) -> None:
@@ -215,6 +211,7 @@ def _load_foreign(path: Path, ckpt: dict, arch: str | None) -> ViTEncoder:
 
 def _load_strict(path: Path, model: nn.Module, state: dict) -> None:
     _check_fit(path, model.state_dict(), state)
+    check_finite(path, state)
     model.load_state_dict(state, strict=True)
 
 

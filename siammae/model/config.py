@@ -7,7 +7,9 @@ normalised pixels.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+
+from siammae.config_rules import apply, bad, check_names, setting
 
 ENCODER_MODES = ("siam", "joint")
 DECODERS = ("cross-self", "cross", "joint")
@@ -35,50 +37,43 @@ MAX_MLP_RATIO = 16.0
 POS_INTERP = ("auto", "sincos", "bicubic")
 
 
+def _size(default: int, name: str, help: str):
+    lo, hi = LIMITS[name]
+    return setting(default, help, lo=lo, hi=hi)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network's shape and its pretraining task; every field checked by the one validator
+    (:mod:`siammae.config_rules`): its type, its range (:data:`LIMITS`) or choices, then the divisibility rules."""
+
     # encoder (ViT)
-    img_size: int = 224
-    patch_size: int = 16
-    in_chans: int = 3
-    embed_dim: int = 384
-    depth: int = 12
-    num_heads: int = 6
-    mlp_ratio: float = 4.0
-    qkv_bias: bool = True
-    pos_embed: str = "sincos"  # "sincos": fixed 2-D sin-cos (MAE); "learned": a trained table (DINO, timm)
-    encoder_mode: str = "siam"  # "siam": each frame alone, shared weights; "joint": one pass over both frames
+    img_size: int = _size(224, "img_size", "input side in pixels")
+    patch_size: int = _size(16, "patch_size", "patch side in pixels")
+    in_chans: int = _size(3, "in_chans", "input channels")
+    embed_dim: int = _size(384, "embed_dim", "encoder width")
+    depth: int = _size(12, "depth", "encoder blocks")
+    num_heads: int = _size(6, "num_heads", "encoder attention heads")
+    mlp_ratio: float = setting(4.0, "MLP hidden width / embed_dim", lo=0, lo_open=True, hi=MAX_MLP_RATIO)
+    qkv_bias: bool = setting(True, "bias in the q, k, v projection")
+    pos_embed: str = setting("sincos", "sincos: fixed 2-D sin-cos (MAE); learned: a trained table (DINO, timm)",
+                             choices=POS_EMBEDS)  # fmt: skip
+    encoder_mode: str = setting("siam", "siam: each frame alone, shared weights; joint: one pass over both frames",
+                                choices=ENCODER_MODES)  # fmt: skip
     # decoder
-    decoder: str = "cross-self"  # "cross-self" (paper), "cross", "joint"
-    decoder_embed_dim: int = 512
-    decoder_depth: int = 8
-    decoder_num_heads: int = 16
+    decoder: str = setting("cross-self", "cross-self (paper), cross, joint", choices=DECODERS)
+    decoder_embed_dim: int = _size(512, "decoder_embed_dim", "decoder width")
+    decoder_depth: int = _size(8, "decoder_depth", "decoder blocks")
+    decoder_num_heads: int = _size(16, "decoder_num_heads", "decoder attention heads")
     # masking and loss
-    mask_ratio_f1: float = 0.0
-    mask_ratio_f2: float = 0.95
-    masking: str = "random"  # "random" (MAE) or "grid" (regular lattice; ratios 0.5 and 0.75)
-    norm_pix_loss: bool = True
+    mask_ratio_f1: float = setting(0.0, "mask ratio of f1", lo=0, hi=1, hi_open=True)
+    # the loss is over the masked patches of f2: there must be some
+    mask_ratio_f2: float = setting(0.95, "mask ratio of f2", lo=0, lo_open=True, hi=1, hi_open=True)
+    masking: str = setting("random", "random (MAE) or grid (regular lattice; ratios 0.5 and 0.75)", choices=MASKINGS)
+    norm_pix_loss: bool = setting(True, "loss on per-patch normalised pixels")
 
     def __post_init__(self):
-        _choice("pos_embed", self.pos_embed, POS_EMBEDS)
-        _choice("encoder_mode", self.encoder_mode, ENCODER_MODES)
-        _choice("decoder", self.decoder, DECODERS)
-        _choice("masking", self.masking, MASKINGS)
-        if self.img_size % self.patch_size:
-            raise ValueError(f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if self.embed_dim % 4:
-            raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of 4 (2-D sin-cos embedding)")
-        if self.decoder_embed_dim % self.decoder_num_heads:
-            raise ValueError(
-                f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by decoder_num_heads "
-                f"{self.decoder_num_heads}"
-            )
-        if not 0.0 <= self.mask_ratio_f1 < 1.0:
-            raise ValueError(f"mask_ratio_f1 must be in [0, 1), got {self.mask_ratio_f1}")
-        if not 0.0 < self.mask_ratio_f2 < 1.0:  # the loss is over the masked patches of f2: there must be some
-            raise ValueError(f"mask_ratio_f2 must be in (0, 1), got {self.mask_ratio_f2}")
+        apply(self, _check_relations)
 
     @property
     def grid_size(self) -> int:
@@ -91,13 +86,21 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         """Rebuild from a stored dict; unknown keys are an error (a checkpoint from a different tool)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+        check_names(cls, d, "model config", what="key")
         return cls(**d)
 
 
-def _choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
-        raise ValueError(f"{name} must be one of {valid}, got {value!r}")
+def _check_relations(v: dict) -> None:
+    """The divisibility rules: whole patches, whole heads, a 2-D sin-cos table (embed_dim a multiple of 4)."""
+    if v["img_size"] % v["patch_size"]:
+        raise bad("img_size", v["img_size"], f"is not divisible by patch_size {v['patch_size']}")
+    if v["embed_dim"] % v["num_heads"]:
+        raise bad("embed_dim", v["embed_dim"], f"is not divisible by num_heads {v['num_heads']}")
+    if v["embed_dim"] % 4:
+        raise bad("embed_dim", v["embed_dim"], "must be a multiple of 4 (2-D sin-cos embedding)")
+    if v["decoder_embed_dim"] % v["decoder_num_heads"]:
+        raise bad(
+            "decoder_embed_dim",
+            v["decoder_embed_dim"],
+            f"is not divisible by decoder_num_heads {v['decoder_num_heads']}",
+        )

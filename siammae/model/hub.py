@@ -1,52 +1,53 @@
-"""Downloads into torch's cache, checked before they are kept: the file layer under :mod:`siammae.model.weights`.
+"""Files from the network, through the libraries made for it, checked before they are kept.
 
-Files go where ``torch.hub`` puts them, ``$TORCH_HOME/hub/checkpoints/<official file name>`` (``torch.hub.get_dir()``),
-so weights that timm or ``torch.hub.load_state_dict_from_url`` already fetched are found, and a file placed there by
-hand is used. A download streams into a temporary file in that folder, with a progress bar on stderr, and is renamed
-to its final name only when it is complete AND has passed the caller's check (``validate``: for named weights, that
-it loads with ``weights_only=True`` as a state dict of the expected architecture). A short body (fewer bytes than
-``Content-Length``), an empty body, an HTML page, a body cut short without ``Content-Length`` (it does not load), a
-server too slow to finish in time: each leaves nothing at the final path, and the next run starts again.
+Official files are fetched by ``torch.hub.download_url_to_file`` (with ``hash_prefix`` where a sha256 is published)
+into torch's cache, ``$TORCH_HOME/hub/checkpoints/<official file name>``, where timm and
+``torch.hub.load_state_dict_from_url`` look too; ``hf:`` and ``timm:`` names by ``huggingface_hub.hf_hub_download``
+into the Hugging Face cache. What siammae adds is what they do not do:
 
-Integrity: the sha256 of each kept file is written beside it (``<file>.sha256``, the format of ``sha256sum``, so
-``sha256sum -c`` checks it too) and compared on every later use: a file changed since is an error naming the file to
-delete. A file is hashed once per process (:func:`file_digests` remembers it by device, inode, size and mtime).
+- a file is moved to its final name only once it is complete AND passed the caller's check (for named weights: it
+  loads with ``weights_only=True`` as a state dict of the expected architecture, every tensor finite); a torn, empty
+  or HTML body leaves nothing in the cache, and the next run starts again;
+- its sha256 is recorded beside it (``<file>.sha256``, the ``sha256sum`` format) and compared on every later use;
+- no waiting on a machine without network: one connection attempt of ``CONNECT_TIMEOUT_S`` to the host (or its
+  proxy) first, no retry loop; ``SIAMMAE_OFFLINE=1`` / ``HF_HUB_OFFLINE=1`` asks nothing of the network at all;
+- ``SIAMMAE_DOWNLOAD_TIMEOUT`` (seconds, default 1800) bounds a whole download, a trickle included;
+- every failure is one line naming the URL, the file, and ``siammae-weights import`` (the caller's ``hint``).
 
-No hangs: ``SIAMMAE_DOWNLOAD_TIMEOUT`` (seconds, default 1800) is the TOTAL time a download may take, connecting
-included; a connection that sends nothing for 30 s (or for what is left of the total, if less) fails sooner.
-Offline (``SIAMMAE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) nothing is fetched. ``SIAMMAE_WEIGHTS_URL_BASE`` replaces the
-``https://dl.fbaipublicfiles.com`` prefix of the official URLs (a mirror; the tests' local server).
+``SIAMMAE_WEIGHTS_URL_BASE`` replaces the ``https://dl.fbaipublicfiles.com`` prefix of the official URLs (a mirror).
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import math
 import os
+import re
+import shutil
+import socket
 import sys
-import time
+import tempfile
+import threading
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from siammae.errors import CheckpointError
-from siammae.io import atomic_write, write_text
+from siammae.io import TMP_PREFIX, write_text
 
 OFFICIAL_BASE = "https://dl.fbaipublicfiles.com"
 DEFAULT_TIMEOUT_S = 1800.0  # total: the 330 MB ViT-B files at 0.2 MB/s
+CONNECT_TIMEOUT_S = 5.0  # one attempt to reach the host: offline fails in seconds, not after retries
 STALL_TIMEOUT_S = 30.0  # no byte for this long: the connection is dead
-_TRUE = ("1", "true", "yes", "on")
 
 
 def offline_variable() -> str | None:
     """The environment variable that turns downloads off (``SIAMMAE_OFFLINE`` or ``HF_HUB_OFFLINE``), or None."""
-    for var in ("SIAMMAE_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in _TRUE:
-            return var
-    return None
+    on = ("1", "true", "yes", "on")
+    return next((v for v in ("SIAMMAE_OFFLINE", "HF_HUB_OFFLINE") if os.environ.get(v, "").lower() in on), None)
 
 
 def url_base() -> str:
@@ -83,20 +84,13 @@ def _hash_file(path: Path, chunk: int = 1 << 20) -> Digests:
 
 
 def file_digests(path: str | os.PathLike) -> Digests:
-    """sha256 and md5 of a file, computed once per process: remembered by (device, inode, size, mtime_ns), so a
-    batch that resolves the weights and then loads them reads the 87 MB once; a file written since is hashed again."""
+    """sha256 and md5 of a file, computed once per process: remembered by (device, inode, size, mtime_ns), which a
+    rename keeps, so a download checked under its temporary name and then loaded is read once."""
     st = os.stat(path)
     key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    found = _DIGESTS.get(key)
-    if found is None:
-        found = _DIGESTS[key] = _hash_file(Path(path))
-    return found
-
-
-def _remember(path: Path, digests: Digests) -> None:
-    """Digests computed while a file was written: the rename keeps its inode and mtime, so they stay valid."""
-    st = os.stat(path)
-    _DIGESTS[(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)] = digests
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(Path(path))
+    return _DIGESTS[key]
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -104,114 +98,7 @@ def file_sha256(path: str | os.PathLike) -> str:
     return file_digests(path).sha256
 
 
-# ----------------------------------------------------------------------------------------------------- download
-def download_timeout() -> float:
-    """``SIAMMAE_DOWNLOAD_TIMEOUT``: the total seconds a download may take, a finite positive number."""
-    raw = os.environ.get("SIAMMAE_DOWNLOAD_TIMEOUT", str(DEFAULT_TIMEOUT_S))
-    try:
-        value = float(raw)
-    except ValueError:
-        raise CheckpointError(f"SIAMMAE_DOWNLOAD_TIMEOUT={raw!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise CheckpointError(f"SIAMMAE_DOWNLOAD_TIMEOUT={raw!r} must be a finite positive number of seconds")
-    return value
-
-
-def _set_read_timeout(response, seconds: float) -> None:
-    """The socket timeout of the next read: urlopen's applies to every read, this shortens it to the deadline."""
-    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.01))
-
-
-def download(
-    url: str,
-    dest: str | os.PathLike,
-    progress: bool = True,
-    validate: Callable[[Path, str], None] | None = None,
-) -> Digests:
-    """Fetch ``url`` to ``dest`` (temp file, checked, then renamed); return its digests.
-
-    ``validate(tmp, url)`` checks the complete temporary file and raises a CheckpointError if it is not what was
-    asked for; nothing is renamed then. Redirects are followed; an HTTP error, no network, the deadline
-    (:func:`download_timeout`), a short or empty body is a :class:`CheckpointError` naming the URL and ``dest``,
-    and nothing is left at ``dest``.
-    """
-    from tqdm import tqdm
-
-    import siammae
-
-    dest = Path(dest)
-    total_s = download_timeout()
-    deadline = time.monotonic() + total_s
-    kept = f"nothing was kept at {dest}: run again to retry"
-    by_hand = f"; or fetch it yourself and put it at {dest}"
-    late = f"download of {url} did not finish within SIAMMAE_DOWNLOAD_TIMEOUT={total_s:g} s"
-    request = urllib.request.Request(url, headers={"User-Agent": f"siammae/{siammae.__version__}"})
-    try:
-        response = urllib.request.urlopen(request, timeout=min(STALL_TIMEOUT_S, total_s))
-    except urllib.error.HTTPError as e:
-        e.close()
-        if 300 <= e.code < 400:  # urllib gives up on a loop or after 10 redirects; its reason is three lines
-            raise CheckpointError(f"cannot download {url}: redirect loop or too many redirects{by_hand}") from None
-        reason = (str(e.reason).splitlines() or [""])[0]
-        raise CheckpointError(f"cannot download {url}: HTTP {e.code} {reason}{by_hand}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:  # no network, DNS, refused, timeout
-        reason = getattr(e, "reason", None) or e
-        raise CheckpointError(f"cannot download {url} ({reason}){by_hand}") from None
-    with response:
-        length = response.headers.get("Content-Length")
-        total = int(length) if length and length.isdigit() else None
-        kind = response.headers.get("Content-Type", "")
-        if kind.startswith("text/html"):
-            raise CheckpointError(
-                f"cannot download {url}: the server sent an HTML page (Content-Type {kind}), not the weights "
-                f"(a proxy's or a login page?); {kept}{by_hand}"
-            )
-        digests, got = (hashlib.sha256(), hashlib.md5(usedforsecurity=False)), 0
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"downloading {dest.name}",
-                   disable=not progress, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
-        try:
-            with bar, atomic_write(dest) as tmp:
-                with open(tmp, "wb") as f:
-                    while True:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            raise CheckpointError(f"{late} (got {got} bytes); {kept}{by_hand}")
-                        _set_read_timeout(response, min(STALL_TIMEOUT_S, left))
-                        try:
-                            block = response.read1(1 << 20)  # what has arrived: a trickle cannot outlast the deadline
-                        except (OSError, http.client.HTTPException) as e:  # a timeout or a dropped connection
-                            if time.monotonic() >= deadline:
-                                raise CheckpointError(f"{late} (got {got} bytes); {kept}{by_hand}") from None
-                            raise CheckpointError(
-                                f"download of {url} failed after {got} bytes ({type(e).__name__}: {e}); {kept}{by_hand}"
-                            ) from None
-                        if not block:
-                            break
-                        f.write(block)
-                        for h in digests:
-                            h.update(block)
-                        got += len(block)
-                        bar.update(len(block))
-                if total is not None and got != total:
-                    raise CheckpointError(f"download of {url} stopped after {got} of {total} bytes; {kept}{by_hand}")
-                if got == 0:
-                    raise CheckpointError(f"download of {url} sent an empty body; {kept}{by_hand}")
-                _remember(tmp, Digests(digests[0].hexdigest(), digests[1].hexdigest()))  # hashed while streaming
-                if validate is not None:
-                    try:
-                        validate(tmp, url)
-                    except CheckpointError as e:
-                        raise CheckpointError(f"downloaded {e}; {kept}{by_hand}") from None
-        except CheckpointError:
-            raise
-        except OSError as e:  # the cache folder is not writable, the disk is full
-            raise CheckpointError(f"cannot write {dest}: {e.strerror or e}") from None
-    return Digests(digests[0].hexdigest(), digests[1].hexdigest())
-
-
-# --------------------------------------------------------------------------------------------- sha256 records
+# ------------------------------------------------------------------------------------------------- sha256 records
 def sidecar(path: Path) -> Path:
     """``<file>.sha256``: the sha256 recorded when the file entered the cache."""
     return path.with_name(path.name + ".sha256")
@@ -223,30 +110,155 @@ def delete_hint(path: Path) -> str:
     return f"delete {path}{record} to fetch it again"
 
 
-def recorded_sha256(path: Path) -> str | None:
-    """The sha256 recorded beside ``path``, or None if none was."""
-    side = sidecar(path)
-    if not side.exists():
-        return None
-    words = side.read_text(errors="replace").split()
-    if not words or len(words[0]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in words[0]):
-        raise CheckpointError(
-            f"{side}: not a sha256 record (expected '<64 hex digits>  {path.name}'); {delete_hint(path)}"
-        )
-    return words[0].lower()
-
-
 def record_sha256(path: Path, sha: str) -> None:
     """Write ``<file>.sha256`` (atomically) in the ``sha256sum`` format."""
     write_text(sidecar(path), f"{sha}  {path.name}\n")
 
 
 def check_recorded(path: Path, sha: str) -> bool:
-    """Whether ``path`` has a record; a record that differs from ``sha`` is an error naming what to delete."""
-    recorded = recorded_sha256(path)
-    if recorded is not None and sha != recorded:
+    """Whether ``path`` has a record; a record that differs from ``sha`` (or is no sha256) is an error."""
+    if not sidecar(path).exists():
+        return False
+    words = sidecar(path).read_text(errors="replace").split()
+    if not words or not re.fullmatch(r"[0-9a-fA-F]{64}", words[0]):
+        raise CheckpointError(f"{sidecar(path)}: not a sha256 record ('<64 hex digits>  {path.name}')")
+    if words[0].lower() != sha:
         raise CheckpointError(
-            f"{path}: sha256 {sha[:16]}... differs from {recorded[:16]}... recorded when it entered the cache: the "
-            f"file changed since; {delete_hint(path)}"
+            f"{path}: sha256 {sha[:16]}... differs from {words[0][:16]}... recorded when it entered the cache: the "
+            f"file changed since"
         )
-    return recorded is not None
+    return True
+
+
+# ------------------------------------------------------------------------------------------------------ network
+def download_timeout() -> float:
+    """``SIAMMAE_DOWNLOAD_TIMEOUT``: the total seconds a download may take, a finite positive number."""
+    raw = os.environ.get("SIAMMAE_DOWNLOAD_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise CheckpointError(f"SIAMMAE_DOWNLOAD_TIMEOUT={raw!r} must be a finite positive number of seconds")
+    return value
+
+
+def check_reachable(url: str, hint: str) -> None:
+    """One TCP connection to ``url``'s host (or the proxy that urllib would use), ``CONNECT_TIMEOUT_S`` at most:
+    without network this fails in seconds, where the libraries would wait and retry."""
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise CheckpointError(
+            f"cannot download {url}: no connection to {parts.hostname}:{port} ({why}){hint}"
+        ) from None
+
+
+def _reason(url: str, e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        if 300 <= e.code < 400:  # urllib gives up on a loop or after 10 redirects
+            return f"cannot download {url}: redirect loop or too many redirects"
+        return f"cannot download {url}: HTTP {e.code} {(str(e.reason).splitlines() or [''])[0]}"
+    reason = getattr(e, "reason", None) or e
+    return f"cannot download {url} ({type(e).__name__}: {str(reason).splitlines()[0] if str(reason) else ''})"
+
+
+def _fetch_within(url: str, part: Path, hash_prefix: str | None, progress: bool, total: float) -> str | None:
+    """``torch.hub.download_url_to_file`` in a thread, so that a trickle cannot outlast ``total`` seconds (the
+    library has no deadline); None when it finished in time, else why not. An abandoned thread's file goes with the
+    caller's temporary folder, and its final rename then fails."""
+    import torch.hub
+
+    failed = []
+
+    def fetch():
+        socket.setdefaulttimeout(STALL_TIMEOUT_S)  # the library's urlopen takes no timeout: a dead link ends
+        try:
+            torch.hub.download_url_to_file(url, str(part), hash_prefix, progress)
+        except BaseException as e:  # reported by the caller's thread
+            if isinstance(e, urllib.error.HTTPError):
+                e.close()  # its response holds the socket
+            failed.append(e)
+        finally:
+            socket.setdefaulttimeout(None)
+
+    worker = threading.Thread(target=fetch, name="siammae-download", daemon=True)
+    worker.start()
+    worker.join(total)
+    if worker.is_alive():
+        return f"download of {url} did not finish within SIAMMAE_DOWNLOAD_TIMEOUT={total:g} s"
+    return _reason(url, failed[0]) if failed else None
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike,
+    progress: bool = True,
+    validate: Callable[[Path, str], None] | None = None,
+    hash_prefix: str | None = None,
+    hint: str = "",
+) -> Digests:
+    """Fetch ``url`` to ``dest`` with ``torch.hub.download_url_to_file``, in a private folder beside ``dest``; the
+    file is renamed to ``dest`` only when complete, non-empty, within :func:`download_timeout`, and accepted by
+    ``validate(tmp, url)`` (which raises a CheckpointError otherwise). Every failure is one CheckpointError naming
+    the URL and ``dest``, ending with ``hint``; nothing is left behind. Returns the file's digests."""
+    dest, total = Path(dest), download_timeout()
+    kept = f"; nothing was kept at {dest}: run again to retry{hint}"
+    check_reachable(url, hint)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=dest.parent))
+    except OSError as e:  # the cache folder is not writable
+        raise CheckpointError(f"cannot write {dest}: {e.strerror or e}{hint}") from None
+    part = folder / dest.name
+    try:
+        if progress:
+            print(f"downloading {dest.name} from {url}", file=sys.stderr)
+        if (failure := _fetch_within(url, part, hash_prefix, progress, total)) is not None:
+            raise CheckpointError(failure + kept)
+        if part.stat().st_size == 0:
+            raise CheckpointError(f"download of {url} sent an empty body{kept}")
+        if validate is not None:
+            try:
+                validate(part, url)
+            except CheckpointError as e:
+                raise CheckpointError(f"downloaded {e}{kept}") from None
+        digests = file_digests(part)
+        os.replace(part, dest)
+    except OSError as e:  # the disk is full
+        raise CheckpointError(f"cannot write {dest}: {e.strerror or e}{hint}") from None
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return digests
+
+
+def hf_file(repo: str, filename: str, revision: str | None = None, hint: str = "") -> Path:
+    """``repo``'s ``filename`` through ``huggingface_hub`` (its cache, HF_HOME / HF_HUB_CACHE / HF_ENDPOINT
+    respected): the cached file without asking the network; else, unless offline, one quick connection attempt
+    (:func:`check_reachable`) and then ``hf_hub_download``. Its sha256 is checked against its blob name (the hub
+    names LFS blobs by their sha256)."""
+    from huggingface_hub import constants, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    url = hf_hub_url(repo, filename, revision=revision)
+    try:
+        file = Path(hf_hub_download(repo, filename, revision=revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        where = f"not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+        if (var := offline_variable()) is not None:
+            raise CheckpointError(f"{where} and downloads are off ({var}=1): fetch {url} with network{hint}") from None
+        check_reachable(url, hint)
+        try:
+            file = Path(hf_hub_download(repo, filename, revision=revision))
+        except (OSError, ValueError) as e:  # hub errors are OSErrors
+            raise CheckpointError(f"cannot download {url} ({(str(e).splitlines() or [''])[0]}){hint}") from None
+    sha, blob = file_sha256(file), file.resolve().name
+    if re.fullmatch(r"[0-9a-f]{64}", blob) and blob != sha:
+        raise CheckpointError(f"{file}: sha256 {sha[:16]}... differs from its blob name {blob[:16]}...: it changed")
+    return file

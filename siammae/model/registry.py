@@ -32,6 +32,16 @@ def tiny() -> dict:
 
 
 @register_model
+def cpu8() -> dict:
+    """The CPU recipe's model (recipes/cpu8.toml, the shipped ``siammae-cpu`` weights): ViT patch 8, 192 wide
+    (DeiT-Tiny's width), 6 blocks, 3 heads, crops of 112; decoder 128 wide, 2 blocks, 4 heads. Chosen by step time
+    on a 2-core CPU (benchmarks/results/train_cpu_recipe.md): patch 8 because correspondence needs the fine grid
+    (paper, Table 1: ViT-S/8 >> ViT-S/16), half of ViT-S's depth and width to fit 2 hours of one core."""
+    encoder = dict(img_size=112, patch_size=8, embed_dim=192, depth=6, num_heads=3)
+    return dict(encoder, decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4)
+
+
+@register_model
 def vits16() -> dict:
     """ViT-S/16 (paper, Table 1): 384 wide, 12 blocks, 6 heads."""
     return dict(patch_size=16, embed_dim=384, depth=12, num_heads=6)

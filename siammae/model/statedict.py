@@ -9,6 +9,7 @@ the cache) use it.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -49,12 +50,7 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", label: str | No
     if st.st_size == 0:
         raise CheckpointError(f"{name}: file is empty")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-
-            return load_file(str(path), device=str(map_location))
-        except Exception as e:  # safetensors raises several unrelated types for a corrupt header
-            raise CheckpointError(f"{name}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+        return _read_safetensors(path, name, map_location)
     with open(path, "rb") as f:
         head = f.read(64)
     if not head.startswith(b"PK") and head[:1] != b"\x80":  # torch.save writes a zip; legacy files are pickles
@@ -62,6 +58,14 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", label: str | No
         if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
             raise CheckpointError(f"{name}: an HTML page, not a PyTorch checkpoint (a proxy's or a login page?)")
         raise CheckpointError(f"{name}: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
+    obj = _torch_load(path, name, map_location)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{name}: expected a dict of weights, found {type(obj).__name__}")
+    return obj
+
+
+def _torch_load(path: Path, name: str, map_location):
+    """``torch.load(weights_only=True)``, its failures as one line."""
     try:
         with warnings.catch_warnings():  # a foreign pickle protocol: torch warns, then fails or loads; we report
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -76,9 +80,36 @@ def read_checkpoint(path: str | os.PathLike, map_location="cpu", label: str | No
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{name}: file is truncated or corrupt ({first})") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{name}: expected a dict of weights, found {type(obj).__name__}")
     return obj
+
+
+def _read_safetensors(path: Path, name: str, map_location) -> dict:
+    """A state dict; or, for a shipped siammae encoder (:mod:`siammae.model.packaged`), its siammae checkpoint with
+    the fp16 tensors as fp32."""
+    from safetensors import safe_open
+
+    from siammae.model.packaged import FORMAT
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118  (safe_open has no __iter__)
+        if meta.get("format") != FORMAT:
+            return state
+        config = json.loads(meta["config"])
+    except Exception as e:  # safetensors raises several unrelated types for a corrupt header; json, a missing key
+        raise CheckpointError(f"{name}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return {"format": "siammae", "version": 1, "kind": "encoder", "config": config, "model": state}
+
+
+def check_finite(path: Path, state: dict) -> None:
+    """Every floating tensor of ``state`` finite; else a CheckpointError naming the first that is not (a NaN in the
+    weights makes every frame after the first background, silently)."""
+    for key, t in state.items():
+        if isinstance(t, torch.Tensor) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            what = "NaN" if bool(torch.isnan(t).any()) else "inf"
+            raise CheckpointError(f"{path}: {key} holds {what} values: the weights are broken (a diverged run?)")
 
 
 def find_state_dict(path: Path, ckpt: dict) -> dict:

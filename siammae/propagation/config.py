@@ -18,9 +18,9 @@ The names are written only here (and in docs and tests); everything else asks th
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
+from siammae.config_rules import apply, setting
 from siammae.data.transforms import DINO_STD
 from siammae.errors import InputError
 from siammae.model.config import FEATURE_ATTENTIONS
@@ -53,38 +53,20 @@ class PropagationConfig:
         (``aff[aff < tk_val_min] = 0``); False: exactly k keys, softmax (CRW). Bit for bit on the CPU path.
     """
 
-    topk: int = 5
-    temperature: float = 0.1
-    n_last: int = 7
-    radius: float | None = 12
-    neighbourhood: str = "square"
-    restrict_reference: bool = True
-    prefill_queue: bool = False
-    norm_mask: bool = True
-    upsample: str = "patch"
-    keep_ties: bool = True
+    topk: int = setting(5, "context keys each query patch takes its label from", lo=1)
+    temperature: float = setting(0.1, "softmax temperature of the top-k weights", lo=0, lo_open=True)
+    n_last: int = setting(7, "preceding frames in the context, besides the reference frames", lo=0)
+    # int | float: a radius given as 12 stays 12 (it is part of a run's stored settings)
+    radius: int | float | None = setting(12, "neighbourhood size in patches; None: no restriction", lo=0)
+    neighbourhood: str = setting("square", "square (DINO) or circle (CRW)", choices=NEIGHBOURHOODS)
+    restrict_reference: bool = setting(True, "the neighbourhood applies to the reference frames too")
+    prefill_queue: bool = setting(False, "start the queue with n_last copies of frame 0")
+    norm_mask: bool = setting(True, "min-max normalise each class map before the argmax")
+    upsample: str = setting("patch", "patch (DINO) or image (CRW)", choices=UPSAMPLINGS)
+    keep_ties: bool = setting(True, "DINO's weights, ties with the k-th kept; False: exactly k keys, softmax")
 
     def __post_init__(self):
-        if isinstance(self.topk, bool) or not isinstance(self.topk, int) or self.topk < 1:
-            raise InputError(f"topk must be an integer >= 1, got {self.topk!r}")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature > 0:
-            raise InputError(f"temperature must be a number > 0, got {self.temperature!r}")
-        if isinstance(self.n_last, bool) or not isinstance(self.n_last, int) or self.n_last < 0:
-            raise InputError(f"n_last must be an integer >= 0, got {self.n_last!r}")
-        if self.radius is not None and (
-            isinstance(self.radius, bool)
-            or not isinstance(self.radius, (int, float))
-            or not math.isfinite(self.radius)
-            or self.radius < 0
-        ):
-            raise InputError(f"radius must be a number >= 0 or None (no restriction), got {self.radius!r}")
-        if self.neighbourhood not in NEIGHBOURHOODS:
-            raise InputError(f"neighbourhood must be one of {NEIGHBOURHOODS}, got {self.neighbourhood!r}")
-        if self.upsample not in UPSAMPLINGS:
-            raise InputError(f"upsample must be one of {UPSAMPLINGS}, got {self.upsample!r}")
-        for name in ("restrict_reference", "prefill_queue", "norm_mask", "keep_ties"):
-            if not isinstance(getattr(self, name), bool):
-                raise InputError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        apply(self)
 
     def replace(self, **overrides) -> PropagationConfig:
         """A copy with the given fields replaced (validated), e.g. ``cfg.replace(topk=7, radius=None)``."""

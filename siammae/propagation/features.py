@@ -15,7 +15,7 @@ from typing import Protocol, runtime_checkable
 import torch
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from siammae.device import resolve_device, resolve_dtype
+from siammae.device import QUANTIZED, resolve_device, resolve_dtype
 
 
 @runtime_checkable
@@ -39,7 +39,8 @@ class FrameEncoder(Protocol):
 
 class TorchEncoder:
     """A SiamMAE or ViTEncoder as a :class:`FrameEncoder`: normalise, run ``model.features`` in inference mode,
-    under autocast for fp16 / bf16 on GPU (features returned in fp32).
+    under autocast for fp16 / bf16 on GPU (features returned in fp32); ``dtype="int8"`` on a CPU runs the linear
+    layers quantised to int8 (:mod:`siammae.model.quantize`).
 
     On a CPU the activations' allocations are much cheaper with glibc's malloc tuned
     (:func:`siammae.allocator.tune_cpu_allocator`); that is a setting of the whole process, so the commands apply it
@@ -62,6 +63,10 @@ class TorchEncoder:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
+        if dtype in QUANTIZED:  # int8 on a CPU: the linear layers quantised (a copy; the caller's model unchanged)
+            from siammae.model.quantize import quantize_linear
+
+            self.model = quantize_linear(self.model)
         self.mean, self.std = tuple(mean), tuple(std)
         # on the device once, not rebuilt for every chunk
         self._mean = torch.tensor(self.mean, device=self.device)

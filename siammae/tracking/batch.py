@@ -13,8 +13,8 @@ ended (complete, failed or interrupted), so a folder is always one run's outputs
 says "complete" is skipped on the next run (``overwrite=True`` redoes it); any other is redone from the start. A
 video that fails is recorded with its error (its report says "error") and the batch goes on.
 
-The batch claims ``out`` as a single-video run claims its folder (:class:`siammae.outputs.OutputFolder`): one batch
-at a time (a second one into the same ``out`` stops with an error naming the first one's pid), no symbolic link
+The batch claims ``out`` as a single-video run claims its folder (:class:`siammae.output_folder.OutputFolder`): one
+batch at a time (a second one into the same ``out`` stops with an error naming the first one's pid), no symbolic link
 anywhere inside (a planted ``out/<name>`` or ``out/.<name>.partial`` link is refused, never followed), leftovers of
 a killed run removed. A video "complete" in ``out`` is skipped only when it is the same work: the same video and
 the same settings (the preset's record, the size, the weights' sha256, the dtype and encoder type:
@@ -31,7 +31,6 @@ the model loads). Under ``torchrun`` rank 0 holds the claim for every rank.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import time
@@ -40,11 +39,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from siammae.data.video import count_frames
-from siammae.distributed import Rank, current_rank, finish, gather, init
 from siammae.errors import InputError, OutputError, SiamMAEError
-from siammae.io import write_json, write_text
-from siammae.outputs import OutputFolder
+from siammae.io import read_json, write_json, write_text
+from siammae.output_folder import OutputFolder
 from siammae.propagation.driver import Tracker
+from siammae.torchrun import Rank, current_rank, finish, gather, init
 from siammae.tracking.manifest import BatchItem, check_batch_folder, check_items
 from siammae.tracking.report import RunReport, now_iso
 from siammae.tracking.run import settings
@@ -218,8 +217,8 @@ def _read_report(path: Path) -> RunReport | None:
     if path.is_symlink() or path.parent.is_symlink():
         return None
     try:
-        return RunReport.from_json(json.loads(path.read_text()))
-    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return RunReport.from_json(read_json(path))
+    except (InputError, KeyError, TypeError, ValueError, AttributeError):  # unreadable, or not a whole report
         return None
 
 
@@ -319,7 +318,7 @@ def run_batch(
 
     ``out`` is claimed before the first video (:func:`claim_batch_folder`; by rank 0 for every rank, which all stop
     with its error if it fails). Under torchrun the process group is joined here if the caller has not
-    (:func:`siammae.distributed.init`)."""
+    (:func:`siammae.torchrun.init`)."""
     rank = rank or current_rank()
     items = check_items(list(items), source="the batch")
     init(rank)

@@ -9,7 +9,7 @@ a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then
 The policy lives in the library, not the command, so that Python callers get the same behaviour:
 :func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
 the keypoint preset), :meth:`Tracker.chunk_for <siammae.propagation.driver.Tracker.chunk_for>` (real time tracks
-frame by frame), :func:`~siammae.tracking.outputs.default_out` (where outputs go when none is given).
+frame by frame), :func:`~siammae.tracking.run_outputs.default_out` (where outputs go when none is given).
 
 This module imports neither torch nor the model until :meth:`TrackJob.run`.
 """
@@ -17,6 +17,8 @@ This module imports neither torch nor the model until :meth:`TrackJob.run`.
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,29 +35,6 @@ def default_preset(keypoints: bool) -> str:
     return for_task("keypoints" if keypoints else "masks")
 
 
-def load_frame_encoder(ckpt=None, encoder=None, arch=None, device: str = "auto", rank=None, progress: bool = True):
-    """The model of ``ckpt`` (PyTorch weights: a name or a file; None: the default weights,
-    :data:`~siammae.model.weights.DEFAULT_WEIGHTS`) or the runtime of ``encoder`` (``.onnx`` / ``.engine``) on
-    ``device``, as ``siammae-track`` loads it. Under torchrun (``rank``, :class:`siammae.distributed.Rank`) named
-    weights are fetched once per machine (local rank 0) while the other ranks wait, then loaded by every rank."""
-    if ckpt is not None and encoder is not None:
-        raise InputError("give --ckpt (PyTorch weights) or --encoder (model.onnx / model.engine), not both")
-    if encoder is not None:
-        from siammae.export.runtime import load_encoder as load_runtime  # optional runtimes load only when asked for
-
-        return load_runtime(encoder, device=device)
-    from siammae.model.checkpoint import load_model
-    from siammae.model.weights import DEFAULT_WEIGHTS, fetch_once_per_machine
-
-    weights = ckpt or DEFAULT_WEIGHTS
-    if rank is not None and rank.distributed:
-        from siammae.distributed import init
-
-        init(rank)
-        fetch_once_per_machine(weights, rank, progress)
-    return load_model(weights, arch=arch, progress=progress)
-
-
 def load_tracker(
     ckpt=None,
     *,
@@ -66,16 +45,22 @@ def load_tracker(
     device: str = "auto",
     rank=None,
     progress: bool = True,
+    choice=None,
     **kwargs,
 ):
-    """A :class:`~siammae.propagation.driver.Tracker` as ``siammae-track`` builds it: the model of
-    :func:`load_frame_encoder` on this rank's device (``cuda:LOCAL_RANK`` under torchrun), ``preset`` or
-    :func:`default_preset`; ``kwargs`` are the Tracker's (``dtype``, ``size``, ``chunk``, ``backend``, propagation
-    overrides)."""
+    """A :class:`~siammae.propagation.driver.Tracker` as ``siammae-track`` builds it: the model of the one loader
+    (:func:`siammae.export.runtime.load_frame_encoder`: ``ckpt`` None is the default weights, or the shipped model
+    when they cannot be had; ``choice``: the :class:`~siammae.model.load.WeightsChoice` a job's check made) on this
+    rank's device (``cuda:LOCAL_RANK`` under torchrun), ``preset`` or :func:`default_preset`; ``kwargs`` are the
+    Tracker's (``dtype``, ``size``, ``chunk``, ``backend``, propagation overrides)."""
+    from siammae.export.runtime import load_frame_encoder
+    from siammae.model.load import resolve_run
     from siammae.propagation.driver import Tracker
 
     device = rank.device(device) if rank is not None else device
-    model = load_frame_encoder(ckpt, encoder, arch, device, rank, progress)
+    if encoder is None:
+        resolve_run(device, kwargs.get("dtype", "fp32"))  # no GPU, fp16 on a CPU: before the weights load
+    model = load_frame_encoder(ckpt, encoder, arch=arch, device=device, rank=rank, progress=progress, choice=choice)
     return Tracker(model, preset=preset or default_preset(keypoints), device=device, **kwargs)
 
 
@@ -129,8 +114,8 @@ class TrackJob:
         return bool(self.realtime or self.max_frames or self.duration or self.format)
 
     def outputs(self):
-        """The single video's :class:`~siammae.tracking.outputs.RunOutputs`, the default ``out`` when none given."""
-        from siammae.tracking.outputs import RunOutputs
+        """The single video's :class:`~siammae.tracking.run_outputs.RunOutputs`, the default ``out`` when none given."""
+        from siammae.tracking.run_outputs import RunOutputs
 
         given = RunOutputs.of(self.out, self.overlay, self.report, self.jsonl)
         return given.or_default(self.videos[0], self.keypoints is not None)
@@ -138,11 +123,15 @@ class TrackJob:
     # --------------------------------------------------------------------------------------------- check
     def check(self) -> TrackJob:
         """Everything checkable without torch or a model (module docstring); InputError naming the problem."""
+        from siammae.model.load import check_input_size, check_run
+
+        check_run(self.device, self.dtype)  # --device cuda with no GPU, fp16 on a CPU: at once
+        check_input_size(self.size)
         if self.batch:
             self._check_batch()
         else:
             self._check_single()
-        self._check_model()
+        self._check_model()  # the weights last: every input is checked before the offline-weights error
         return self
 
     def _check_single(self) -> None:
@@ -183,7 +172,8 @@ class TrackJob:
             # the model loads: the video's header only (a folder: its first frame), the masks are small PNGs
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", MaskResizeWarning)  # the run warns, once
-                first_masks(self.mask, self.mask_dir, open_video(self.videos[0]))
+                _, later = first_masks(self.mask, self.mask_dir, open_video(self.videos[0]))
+            _check_mask_contents(later)
         if self.keypoints is not None:
             from siammae.data.keypoints import read_keypoints
 
@@ -213,10 +203,16 @@ class TrackJob:
         from siammae.propagation.config import check_attention_override
 
         check_attention_override(self.encoder, self.overrides)
-        if self.ckpt is not None:
-            from siammae.model.weights import check_spec
+        if self.encoder is None:
+            self.weights  # noqa: B018  (a missing file or an unknown name, or the default's fallback: no torch)
 
-            check_spec(self.ckpt)  # a missing file or an unknown name, without downloading or importing torch
+    @cached_property
+    def weights(self):
+        """The :class:`~siammae.model.load.WeightsChoice` of ``ckpt`` (None: the default weights, or the shipped
+        model when they cannot be had), made once, without torch or a download."""
+        from siammae.model.load import choose_weights
+
+        return choose_weights(self.ckpt)
 
     @cached_property
     def items(self) -> list:
@@ -233,7 +229,7 @@ class TrackJob:
         self.check()
         tracker_args = dict(encoder=self.encoder, arch=self.arch, device=self.device, dtype=self.dtype,
                             size=self.size, chunk=self.chunk, backend=self.backend, progress=self.progress,
-                            **self.overrides)  # fmt: skip
+                            choice=None if self.encoder is not None else self.weights, **self.overrides)  # fmt: skip
         if self.batch:
             return self._run_batch(tracker_args)
         outputs = self.outputs()
@@ -245,6 +241,10 @@ class TrackJob:
         early = self.live and source == "-"
         if early:
             source = self._open_live()
+        elif not self.live and self.progress and self.encoder is None:
+            hint = self.cpu_hint()
+            if hint is not None:
+                print(f"note: {hint}", file=sys.stderr)  # once, before the model loads: the run's first update waits
         tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
         if self.live and not early:
             source = self._open_live()
@@ -254,6 +254,23 @@ class TrackJob:
             return track_video(tracker, source, keypoints=self.keypoints, **common)
         return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=outputs.jsonl, **common)
 
+    def cpu_hint(self) -> str | None:
+        """On a CPU, when one video's run will take long: what it will take and what is faster (:func:`cpu_hint`);
+        None otherwise (a GPU, a short run, weights of unknown size)."""
+        from siammae.model.load import gpu_absent
+        from siammae.model.weights import WEIGHTS
+
+        on_cpu = self.device == "cpu" or (self.device == "auto" and gpu_absent() is not None)
+        w = WEIGHTS.get(self.weights.spec)
+        if not on_cpu or w is None:
+            return None
+        from siammae.data.video import open_video
+        from siammae.propagation.config import get_preset
+
+        video = open_video(self.videos[0])
+        preset = get_preset(self.preset or default_preset(self.keypoints is not None), size=self.size)
+        return cpu_hint(video.num_frames, (video.height, video.width), preset, w, os.cpu_count() or 1)
+
     def _open_live(self):
         from siammae.data.live import open_source
 
@@ -261,7 +278,7 @@ class TrackJob:
                            duration=self.duration)  # fmt: skip
 
     def _run_batch(self, tracker_args: dict) -> dict:
-        from siammae.distributed import current_rank
+        from siammae.torchrun import current_rank
         from siammae.tracking.batch import run_batch
 
         rank = current_rank()
@@ -277,4 +294,50 @@ class TrackJob:
         return dataclasses.replace(self, **changes)
 
 
-__all__ = ["TrackJob", "default_preset", "load_frame_encoder", "load_tracker"]
+# What a CPU run takes: the default (dino-vits16, 480x880, 1650 patches) ran 0.36 frames/s on a 2-core CPU, and
+# --size 240 (240x416) 1.9-2.8 frames/s (issue 29, a fresh clone). The encoder's work grows with the patches and the
+# square of the width (its linear layers dominate at these sizes), and shrinks with the cores.
+CPU_RATE = 0.36  # frames/s, the default on 2 cores
+SMALL_SIZE, SMALL_RATE = 240, "1.9-2.8 frames/s"
+LONG_RUN_S = 600.0  # a run estimated longer than this on a CPU says what is faster, once
+
+
+def cpu_estimate_s(frames: int, hw: tuple[int, int], patch: int, dim: int, depth: int, cores: int) -> float:
+    """Seconds to track ``frames`` frames of encoder input ``hw`` on ``cores`` CPU cores with a ViT of ``patch``,
+    width ``dim`` and ``depth`` blocks: the measured default rate (:data:`CPU_RATE`) scaled by the work."""
+    patches = (hw[0] // patch) * (hw[1] // patch)
+    work = patches / 1650 * (dim / 384) ** 2 * depth / 12
+    return frames * work / CPU_RATE * 2 / max(cores, 1)
+
+
+def cpu_hint(frames: int | None, video_hw: tuple[int, int], preset, w, cores: int) -> str | None:
+    """What a run of ``frames`` frames of ``video_hw`` will take with ``preset`` and the named weights ``w`` on
+    ``cores`` CPU cores, and what is faster, when over :data:`LONG_RUN_S`; else None."""
+    if not frames:
+        return None
+    hw = preset.inputs.frame_size(*video_hw, w.patch_size)
+    seconds = cpu_estimate_s(frames, hw, w.patch_size, w.embed_dim, w.depth, cores)
+    if seconds < LONG_RUN_S:
+        return None
+    faster = ""
+    if min(hw) > SMALL_SIZE:
+        small = preset.replace(size=SMALL_SIZE).inputs.frame_size(*video_hw, w.patch_size)
+        speedup = seconds / cpu_estimate_s(frames, small, w.patch_size, w.embed_dim, w.depth, cores)
+        faster = (f"; --size {SMALL_SIZE} is about {speedup:.0f}x faster ({SMALL_RATE} measured on a 2-core CPU), "
+                  "at some cost in accuracy")  # fmt: skip
+    return (
+        f"{frames} frames at {hw[0]}x{hw[1]} on this CPU will take about {seconds / 60:.0f} min (the default weights "
+        f"run {CPU_RATE} frames/s at 480x880 on 2 cores){faster}; a GPU (--device cuda) is far faster"
+    )
+
+
+def _check_mask_contents(masks: dict) -> None:
+    """Every later mask of ``--mask-dir`` read and checked as the run will (an image of ids, at least one object),
+    before the model loads: a bad mask at frame 500 fails now, not after the weights and 499 frames."""
+    from siammae.data.masks import check_objects, read_mask
+
+    for path in masks.values():
+        check_objects(read_mask(path), path)
+
+
+__all__ = ["TrackJob", "default_preset", "load_tracker"]

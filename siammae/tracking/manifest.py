@@ -10,7 +10,6 @@ rejected up front, naming the row, never silently changed. Paths in a manifest m
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,7 +17,8 @@ from pathlib import Path
 
 from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from siammae.errors import InputError, OutputError
-from siammae.outputs import LOCK_NAME
+from siammae.io import parse_json
+from siammae.output_folder import LOCK_NAME, check_folder_free
 
 MANIFEST_COLUMNS = ("video", "mask", "mask_dir", "keypoints", "out")
 SUMMARY_FILES = ("summary.json", "summary.md")
@@ -49,14 +49,7 @@ def _rows_jsonl(path: Path, text: str) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}: line {n} is not JSON ({e.msg})") from e
-        except RecursionError as e:  # json nests by recursion: a hostile line of 100,000 brackets
-            raise InputError(f"{path}: line {n} is nested too deeply to be a manifest row") from e
-        if not isinstance(row, dict):
-            raise InputError(f"{path}: line {n} is not a JSON object")
+        row = parse_json(line, f"{path}: line {n}")
         for k, v in row.items():
             if v is not None and not isinstance(v, str):
                 raise InputError(f"{path}: line {n}: {k!r} must be a string (a path or a name), got {type(v).__name__}")
@@ -177,10 +170,9 @@ def check_batch_folder(root: Path, items: list[BatchItem], overwrite: bool) -> l
     with ``overwrite``, any other entry a batch does not write. (The claim, :func:`siammae.tracking.batch.
     claim_batch_folder`, asks again under the lock, and refuses links anywhere inside.)"""
     root = Path(root)
-    if not root.exists() and not root.is_symlink():
+    check_folder_free(root, overwrite, exclusive=False)  # not a link, not a file
+    if not root.exists():
         return []
-    if not root.is_dir():
-        raise OutputError(f"--out {root}: exists and is not a folder")
     entries = sorted(root.iterdir())
     for e in entries:
         if e.is_symlink():

@@ -36,10 +36,9 @@ from siammae.data.live import LiveSource
 from siammae.data.video import VideoSource, check_video_output, write_video
 from siammae.errors import InputError
 from siammae.memory import check_encoder_fits
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 from siammae.propagation.driver import Tracked, Tracker
 from siammae.propagation.features import TorchEncoder
-from siammae.tracking.outputs import OWNED_OUTPUTS, RunOutputs, check_output_files
 from siammae.tracking.report import (
     LatencyStats,
     Memory,
@@ -54,15 +53,17 @@ from siammae.tracking.report import (
     peak_host_memory_mib,
     versions,
 )
+from siammae.tracking.run_outputs import OWNED_OUTPUTS, RunOutputs, check_output_files
 
 
 def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -> OutputFolder | None:
     """Before the first frame: memory for a chunk of frames, a writable overlay format, free output files; then
-    the claim on ``out`` (:class:`~siammae.outputs.OutputFolder`: one writer, no planted links, ``--overwrite``
+    the claim on ``out`` (:class:`~siammae.output_folder.OutputFolder`: one writer, no planted links, ``--overwrite``
     leaves this run's outputs only), released by :meth:`TrackingRun.run`."""
     H, W = tracker.frame_size(src.height, src.width)
     chunk = tracker.chunk_for(src)
-    check_encoder_fits(tracker.encoder, H, W, chunk, tracker.device, f"{src.path} at {H}x{W} (height x width)")
+    what = f"{src.path} at {H}x{W} (height x width)"
+    check_encoder_fits(tracker.encoder, H, W, chunk, tracker.device, what, context_frames=tracker.config.n_last + 1)
     if outputs.overlay is not None:
         check_video_output(outputs.overlay, "--overlay")
     files = outputs.files()
@@ -70,8 +71,7 @@ def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -
         check_output_files(files, overwrite)
         return None
     # the overlay and report may sit in --out: --overwrite replaces them there too
-    owned = OWNED_OUTPUTS + outputs.inside_out()
-    folder = OutputFolder(outputs.out, overwrite=overwrite, exclusive=True, owned=owned)
+    folder = OutputFolder(outputs.out, overwrite=overwrite, exclusive=True, owned=outputs.owned())
     return folder.open(lambda: check_output_files(files, overwrite))
 
 
@@ -98,8 +98,8 @@ class TrackingRun:
     """Stream ``src`` through ``tracker`` into ``sink``, the overlay video and the report.
 
     outputs: where (checked by :func:`claim_outputs` before the run); claim: the claim on ``outputs.out`` (an
-    :class:`~siammae.outputs.OutputFolder`), released once the report is written. ``run(first_labels, references)``
-    returns the :class:`~siammae.tracking.report.RunReport`.
+    :class:`~siammae.output_folder.OutputFolder`), released once the report is written.
+    ``run(first_labels, references)`` returns the :class:`~siammae.tracking.report.RunReport`.
     """
 
     def __init__(self, tracker: Tracker, src, sink: Sink, outputs: RunOutputs, claim=None, progress: bool = True):

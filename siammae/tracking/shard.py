@@ -3,7 +3,7 @@
 Every rank computes the same split from the same manifest (no communication): the videos sorted by frame count,
 longest first, each given to the rank with the fewest frames so far (the LPT rule, within 4/3 of the best
 balance). Each video has its own output folder, so no two ranks ever write the same file. Ranks themselves
-(parsing torchrun's environment, meeting at the end) are :mod:`siammae.distributed`.
+(parsing torchrun's environment, meeting at the end) are :mod:`siammae.torchrun`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ outputs (:func:`~siammae.tracking.run.claim_outputs`) before the first frame is 
 the two sinks here: :class:`MaskSink` (one indexed PNG per frame, atomically; a JSON Lines log) or
 :class:`KeypointSink` (the keypoint track). A path that names a live source (``-``, a URL, a camera) is opened with
 :func:`~siammae.data.live.open_source`; with no output given, the masks go where the command puts them
-(:func:`~siammae.tracking.outputs.default_out`).
+(:func:`~siammae.tracking.run_outputs.default_out`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from siammae.errors import InputError
 from siammae.io import open_append
 from siammae.propagation.driver import Tracked, Tracker
 from siammae.propagation.heatmaps import heatmaps_to_keypoints, keypoints_to_heatmaps
-from siammae.tracking.outputs import RunOutputs
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
 from siammae.tracking.report import RunReport
 from siammae.tracking.run import TrackingRun, claim_outputs, settings
+from siammae.tracking.run_outputs import RunOutputs
 
 Source = str | os.PathLike | VideoSource | LiveSource
 

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, count_frames, read_frames
+from siammae.data.frame_index import frame_index, read_indexed
+from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, list_frame_files, read_frames
 from siammae.data.video_decoders import read_frames_torchcodec, video_decoder
 from siammae.errors import InputError, VideoError
 
@@ -32,9 +33,10 @@ COLOR_JITTER = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue (Si
 
 
 # ---------------------------------------------------------------------------------------------- finding videos
-def find_videos(paths) -> list[str]:
+def find_videos(paths, option: str = "--data") -> list[str]:
     """Resolve ``paths`` (folders searched recursively, video files, frame folders, ``.txt`` lists of any of these,
-    one per line, relative to the list file) to a sorted, de-duplicated list of clips.
+    one per line, relative to the list file) to a sorted, de-duplicated list of clips. ``option``: how errors name
+    where a path came from (``--data`` for siammae-train; "" for siammae-prepare's arguments).
 
     A folder that directly holds images is a frame-folder clip; its sub-folders are searched as well.
     """
@@ -45,7 +47,7 @@ def find_videos(paths) -> list[str]:
         raise InputError("no training data given (--data FOLDER, a video file or a .txt list)")
     found: set[str] = set()
     for p in paths:
-        found.update(_expand(p, depth=0))
+        found.update(_expand(p, 0, f"{option} " if option else ""))
     if not found:
         raise InputError(
             f"no videos or frame folders found in {', '.join(str(p) for p in paths)} "
@@ -54,9 +56,9 @@ def find_videos(paths) -> list[str]:
     return sorted(found)
 
 
-def _expand(path: Path, depth: int) -> list[str]:
+def _expand(path: Path, depth: int, given: str = "--data ") -> list[str]:
     if not path.exists():
-        raise InputError(f"--data {path}: no such file or folder")
+        raise InputError(f"{given}{path}: no such file or folder")
     if path.is_dir():
         return _scan(path)
     suffix = path.suffix.lower()
@@ -64,15 +66,15 @@ def _expand(path: Path, depth: int) -> list[str]:
         return [str(path)]
     if suffix == ".txt":
         if depth > 0:
-            raise InputError(f"--data {path}: a list file cannot name another list file")
+            raise InputError(f"{given}{path}: a list file cannot name another list file")
         out = []
         for line in path.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 entry = Path(line) if Path(line).is_absolute() else path.parent / line
-                out.extend(_expand(entry, depth + 1))
+                out.extend(_expand(entry, depth + 1, given))
         return out
-    raise InputError(f"--data {path}: not a folder, a video ({', '.join(VIDEO_EXTENSIONS)}) or a .txt list of them")
+    raise InputError(f"{given}{path}: not a folder, a video ({', '.join(VIDEO_EXTENSIONS)}) or a .txt list of them")
 
 
 def _scan(root: Path) -> list[str]:
@@ -275,7 +277,10 @@ class PairSampling(torch.utils.data.Dataset, ABC):
 
 class PairDataset(PairSampling):
     """Training pairs from videos and frame folders (:func:`find_videos`); only the frames of the pairs are
-    decoded (torchcodec where it loads, else PyAV; see :mod:`siammae.data.video_decoders`)."""
+    decoded. A video file is read through its frame index (:mod:`siammae.data.frame_index`: the frames that
+    decode, found by their timestamps, whatever the header's count or the frame rate), built once per file and
+    cached; torchcodec reads the same frames when it is chosen (``SIAMMAE_VIDEO_DECODER``,
+    :mod:`siammae.data.video_decoders`)."""
 
     def __init__(self, videos: list[str], size: int, seed: int, gap=(4, 48), repeat: int = 2, crop_scale=(0.5, 1.0),
                  augment: str = "spatial"):  # fmt: skip
@@ -295,17 +300,21 @@ class PairDataset(PairSampling):
         return self.videos[i].decode()
 
     def num_frames(self, i: int) -> int:
+        """Frames that decode (a frame folder: its image files; a video: its frame index, not the header)."""
         n = self._counts.get(i)
         if n is None:
-            n = self._counts[i] = count_frames(self.path(i))
+            path = self.path(i)
+            n = self._counts[i] = len(list_frame_files(Path(path))) if os.path.isdir(path) else len(frame_index(path))
         return n
 
     def read(self, video: int, indices: list[int]) -> list:
         """Frames ``indices`` of clip ``video``: (H, W, 3) uint8 arrays (or (3, H, W) tensors, see crop_resize)."""
         path = self.path(video)
-        if self.decoder == "torchcodec" and not os.path.isdir(path):
+        if os.path.isdir(path):
+            return read_frames(path, indices)
+        if self.decoder == "torchcodec":
             return read_frames_torchcodec(path, indices)
-        return read_frames(path, indices)
+        return read_indexed(path, indices)
 
 
 def collate(samples: list[dict]) -> dict:

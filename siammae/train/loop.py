@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
+import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from siammae import torchrun as D
 from siammae.data.shards import PreparedFrames, is_prepared
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from siammae.device import autocast_dtype
@@ -29,10 +31,10 @@ from siammae.memory import check_pair_fits
 from siammae.model.checkpoint import init_encoder, save_checkpoint, unwrap
 from siammae.model.registry import model_config
 from siammae.model.siammae import SiamMAE
-from siammae.outputs import OutputFolder
-from siammae.train import distributed as D
+from siammae.output_folder import OutputFolder
 from siammae.train.config import TrainConfig
 from siammae.train.data import PairDataset, collate, find_videos
+from siammae.train.launch import init_distributed, load_init
 from siammae.train.monitor import Monitor
 from siammae.train.optim import build_optimizer, cut_schedule_warning, lr_at, set_lr
 from siammae.train.preflight import capped_workers, check_machine, check_run, usable_cores
@@ -59,6 +61,39 @@ class TrainingDivergedError(SiamMAEError):
     """The loss (or a weight) became NaN or infinite."""
 
 
+class TrainingInterrupted(SiamMAEError):
+    """SIGINT / SIGTERM stopped the run; a checkpoint of the last finished step was saved first."""
+
+    def __init__(self, message: str, step: int, checkpoint: Path | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM ask the run to stop at the end of the current step (``requested``) instead
+    of killing it; a second signal kills it as before (the default handlers are back). Only in the main thread."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = signal.Signals(signum).name
+        for sig, old in self._old.items():  # a second Ctrl-C stops at once
+            signal.signal(sig, old)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
 @dataclass(frozen=True)
 class TrainResult:
     out: Path
@@ -72,24 +107,29 @@ class TrainResult:
     samples_per_s: float  # frame pairs per second over all processes, this call
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Pretrain SiamMAE as ``cfg`` says; under torchrun every process calls this with the same ``cfg``."""
+def train(cfg: TrainConfig, changes: dict | None = None) -> TrainResult:
+    """Pretrain SiamMAE as ``cfg`` says; under torchrun every process calls this with the same ``cfg``.
+
+    ``changes``: the settings a ``--resume`` changed (:func:`siammae.train.resume.resume_config`), recorded in
+    ``run.json``. SIGINT / SIGTERM save a checkpoint of the last finished step, then raise
+    :class:`TrainingInterrupted`; checkpoints are also saved every ``save_minutes`` of wall time."""
     check_run(cfg)  # data present, --out not another run's: before joining a group or building a model
     owns_group = not dist.is_initialized()
-    info = D.init_distributed(cfg.device)
+    info, device = init_distributed(cfg.device)
     try:
-        check_machine(cfg, info.device.type)
+        check_machine(cfg, device.type)
         # rank 0 claims --out: one run at a time, no planted links, no temp files of a killed run
         with OutputFolder(cfg.out) if info.is_main else contextlib.nullcontext():
-            return Trainer(cfg, info).run()
+            return Trainer(cfg, info, device, changes).run()
     finally:
         if owns_group:
             D.close_distributed()
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, info: D.DistInfo):
-        self.cfg, self.info, self.device = cfg, info, info.device
+    def __init__(self, cfg: TrainConfig, info: D.Rank, device: torch.device, changes: dict | None = None):
+        self.cfg, self.info, self.device = cfg, info, device
+        self.changes = changes or {}
         self.out = Path(cfg.out)
         # --- model: the same initial weights on every rank (DDP broadcasts rank 0's anyway)
         try:
@@ -100,7 +140,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         # --init: the encoder from pretrained weights (strict), the decoder fresh; on resume too, so that the model
         # has the same position table kind (a learned DINO table trains, a sin-cos one does not)
-        self.init = D.load_init(cfg.init, info) if cfg.init else None
+        self.init = load_init(cfg.init, info) if cfg.init else None
         if self.init is not None:
             self.model_cfg = replace(self.model_cfg, pos_embed=self.init.pos_embed)
         self.model = SiamMAE(self.model_cfg)
@@ -113,7 +153,7 @@ class Trainer:
         self.dataset, self.collate = self._dataset()
         try:
             self.sampler = StepSampler(
-                len(self.dataset), cfg.batch_size // cfg.repeat, info.world_size, info.rank, cfg.accum_steps, cfg.seed
+                len(self.dataset), cfg.batch_size // cfg.repeat, info.world, info.rank, cfg.accum_steps, cfg.seed
             )
         except ValueError as e:
             raise InputError(f"--batch-size {cfg.batch_size}: {e}") from e
@@ -134,15 +174,8 @@ class Trainer:
         self.mask_gen = torch.Generator(device=self.device)  # reseeded for every shard, see train_step
 
         # --- resume
-        self.start_step, self.checkpoint = 0, None
         check_run(cfg)  # again, now that --out is held: another run may have written there meanwhile
-        latest = latest_checkpoint(self.out)
-        resumed = None
-        if latest is not None:
-            resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
-            self._check_resume(latest, resumed)
-            self.start_step, self.checkpoint = resumed["step"], latest
-            set_rng_state(resumed["rng"])
+        latest, resumed = self._resume()
 
         self.ddp = info.distributed
         self.net = self.model
@@ -150,7 +183,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
 
-        self.workers = capped_workers(cfg.workers, int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size)))
+        self.workers = capped_workers(cfg.workers, info.local_size)
         self.monitor = None
         if info.is_main:
             self.monitor = Monitor(self.out, self.stop_step, self.start_step, cfg.quiet)
@@ -177,6 +210,18 @@ class Trainer:
         videos = D.broadcast_object(find_videos(cfg.data) if info.is_main else None, info)
         return PairDataset(videos, *args), collate
 
+    def _resume(self) -> tuple[Path | None, dict | None]:
+        """Restore the latest checkpoint in ``out``, if any -> (its path, its ``train`` entry) or (None, None)."""
+        self.start_step, self.checkpoint = 0, None
+        latest = latest_checkpoint(self.out)
+        if latest is None:
+            return None, None
+        resumed = load_training_checkpoint(latest, self.model, self.optimizer, self.scaler)
+        self._check_resume(latest, resumed)
+        self.start_step, self.checkpoint = resumed["step"], latest
+        set_rng_state(resumed["rng"])
+        return latest, resumed
+
     def _check_resume(self, path: Path, state: dict) -> None:
         saved = state["config"]
         now = self.cfg.to_dict()
@@ -191,13 +236,18 @@ class Trainer:
             )
 
     def _write_run_info(self) -> None:
+        resumes = _previous_resumes(self.out)
+        if self.cfg.resume and self.start_step > 0:
+            changed = {k: {"was": a, "now": b} for k, (a, b) in self.changes.items()}
+            resumes.append({"step": self.start_step, "changed": changed})
         write_json(
             self.out / "run.json",
             {
+                "resumes": resumes,
                 "train": self.cfg.to_dict(),
                 "model": self.model_cfg.to_dict(),
                 "init": self.init.weights if self.init is not None else None,  # name / path + sha256
-                "world_size": self.info.world_size,
+                "world_size": self.info.world,
                 "workers": self.workers,
                 "videos": len(self.dataset),
                 "steps_per_epoch": self.steps_per_epoch,
@@ -226,50 +276,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- loop
     def run(self) -> TrainResult:
-        cfg, info = self.cfg, self.info
+        cfg = self.cfg
         losses, window = [], []
         t0 = t_log = time.perf_counter()
+        self._last_save = time.monotonic()
         pairs_per_step = cfg.batch_size
         step = self.start_step
         batches = iter(self._loader())
         model_path = None
         try:
-            while step < self.stop_step:
-                out, loss, grad_norm = self.train_step(step, batches)
-                step += 1
-                losses.append(loss)
-                window.append(loss)
-                lr = self.optimizer.param_groups[0]["lr"]
-                if self.monitor is not None:
-                    rate = (step - self.start_step) * pairs_per_step / max(time.perf_counter() - t0, 1e-9)
-                    self.monitor.progress(step, loss, lr, rate)
-                if step % cfg.log_every == 0 or step == self.stop_step:
-                    now = time.perf_counter()
-                    self._report_data()
-                    if self.monitor is not None:
-                        self.monitor.log(
-                            self._record(
-                                step, window, lr, grad_norm, len(window) * pairs_per_step / (now - t_log), now - t0
-                            )
-                        )
-                    window, t_log = [], now
-                if self.monitor is not None and cfg.vis_every and step % cfg.vis_every == 0:
-                    f1, f2, pred, mask = out
-                    self.monitor.save_reconstruction(
-                        step, f1, f2, pred, mask, self.model_cfg.patch_size, self.model_cfg.norm_pix_loss
-                    )
-                if step % cfg.save_every == 0 or step == self.stop_step:
-                    self.save(step)
-            self._warn_if_cut(step)
-            if info.is_main:
-                model_path = save_checkpoint(
-                    self.out / "model.pt",
-                    self.model,
-                    step=step,
-                    train_config=cfg.to_dict(),
-                    init=self.init.weights if self.init is not None else None,
-                )
-            D.barrier(info)
+            with StopSignals() as signals:
+                step, model_path = self._loop(step, batches, signals, losses, window, t0, t_log)
         finally:
             batches = None  # shuts the DataLoader workers down now, even when an error is propagating
             if self.monitor is not None:
@@ -285,6 +302,91 @@ class Trainer:
             model_path=model_path,
             bad_videos=len(self.monitor.bad_videos) if self.monitor else 0,
             samples_per_s=len(losses) * pairs_per_step / elapsed if elapsed > 0 else 0.0,
+        )
+
+    def _loop(self, step, batches, signals, losses, window, t0, t_log):
+        """The optimiser steps from ``step`` to the stop step -> (last step, OUT/model.pt or None)."""
+        cfg, info = self.cfg, self.info
+        while step < self.stop_step:
+            out, loss, grad_norm = self._step_or_stop(step, batches, signals)
+            step += 1
+            losses.append(loss)
+            window.append(loss)
+            if self._report(step, out, loss, grad_norm, window, t0, t_log):
+                window, t_log = [], time.perf_counter()
+            stop, due = self._agree(signals.requested is not None, self._save_due())
+            if step % cfg.save_every == 0 or step == self.stop_step or due or stop:
+                self.save(step)
+            if stop:
+                self._interrupted(step, signals.requested or "a signal on another process", saved=True)
+        self._warn_if_cut(step)
+        model_path = None
+        if info.is_main:
+            model_path = save_checkpoint(
+                self.out / "model.pt",
+                self.model,
+                step=step,
+                train_config=cfg.to_dict(),
+                init=self.init.weights if self.init is not None else None,
+            )
+        D.barrier(info)
+        return step, model_path
+
+    def _step_or_stop(self, step: int, batches, signals):
+        """:meth:`train_step`; when a stop signal killed the DataLoader workers mid-step, the step is dropped (the
+        optimiser never ran) and the run stops at the last finished one."""
+        try:
+            return self.train_step(step, batches)
+        except Exception:
+            if signals.requested is None:
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            self._interrupted(step, signals.requested)
+
+    def _report(self, step, out, loss, grad_norm, window, t0, t_log) -> bool:
+        """Progress bar, log record, reconstruction PNG on their schedules; True when a log record was written."""
+        cfg = self.cfg
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.monitor is not None:
+            rate = (step - self.start_step) * cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+            self.monitor.progress(step, loss, lr, rate)
+        logged = step % cfg.log_every == 0 or step == self.stop_step
+        if logged:
+            now = time.perf_counter()
+            self._report_data()
+            if self.monitor is not None:
+                rate = len(window) * cfg.batch_size / (now - t_log)
+                self.monitor.log(self._record(step, window, lr, grad_norm, rate, now - t0))
+        if self.monitor is not None and cfg.vis_every and step % cfg.vis_every == 0:
+            f1, f2, pred, mask = out
+            self.monitor.save_reconstruction(
+                step, f1, f2, pred, mask, self.model_cfg.patch_size, self.model_cfg.norm_pix_loss
+            )
+        return logged
+
+    # ------------------------------------------------------------------------------------------ stopping
+    def _save_due(self) -> bool:
+        """A checkpoint is due by wall time (``save_minutes`` since the last one)."""
+        minutes = self.cfg.save_minutes
+        return bool(minutes) and time.monotonic() - self._last_save >= minutes * 60
+
+    def _agree(self, stop: bool, due: bool) -> tuple[bool, bool]:
+        """Every process stops and saves on the same step: the flags of all processes, or-ed."""
+        if not self.info.distributed:
+            return stop, due
+        flags = D.all_reduce_max(torch.tensor([float(stop), float(due)], device=self.device), self.info)
+        return bool(flags[0]), bool(flags[1])
+
+    def _interrupted(self, step: int, signal_name: str, saved: bool = False):
+        """Save the last finished ``step`` (unless just saved) and stop with :class:`TrainingInterrupted`."""
+        if not saved and step > self.start_step:
+            self.save(step)
+        where = f"checkpoint {self.checkpoint}" if self.checkpoint else "no checkpoint (no step finished)"
+        raise TrainingInterrupted(
+            f"{signal_name}: training stopped after step {step} of {self.stop_step}; {where}; continue with "
+            f"siammae-train --out {self.out} --resume",
+            step,
+            self.checkpoint,
         )
 
     def train_step(self, step: int, batches):
@@ -346,10 +448,7 @@ class Trainer:
         """Bring every rank's unreadable videos to rank 0's monitor (all ranks call this on the same steps)."""
         local = (self._pending_bad, self._pending_short)
         self._pending_bad, self._pending_short = [], 0
-        gathered = [local]
-        if self.info.distributed:
-            gathered = [None] * self.info.world_size
-            dist.all_gather_object(gathered, local)
+        gathered = D.gather(self.info, local)
         if self.monitor is not None:
             for skipped, short in gathered:
                 self.monitor.data_report(skipped, short)
@@ -383,12 +482,13 @@ class Trainer:
                 "model_config": self.model_cfg.to_dict(),
                 "steps_per_epoch": self.steps_per_epoch,
                 "epoch": step / self.steps_per_epoch,
-                "world_size": self.info.world_size,
+                "world_size": self.info.world,
                 "init": self.init.weights if self.init is not None else None,
             }
             self.checkpoint = save_training_checkpoint(
                 self.out, step, unwrap(self.model), self.optimizer, self.scaler, state, self.cfg.keep_last
             )
+        self._last_save = time.monotonic()
         D.barrier(self.info)
 
     def _diverged(self, step: int, what: str) -> TrainingDivergedError:
@@ -398,3 +498,14 @@ class Trainer:
             f"training stopped at step {step + 1} (epoch {step / self.steps_per_epoch:.2f}): {what}; {keep}; "
             "resume from it with a lower --blr or with --clip-grad"
         )
+
+
+def _previous_resumes(out: Path) -> list:
+    """The ``resumes`` list of the run's ``run.json`` so far (empty for a new run or an unreadable record)."""
+    import json
+
+    try:
+        resumes = json.loads((out / "run.json").read_text()).get("resumes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return resumes if isinstance(resumes, list) else []

@@ -9,13 +9,13 @@ is resumable at shard granularity: a shard whose tar and ``.json`` part are both
 (re)made, in parallel over ``workers`` processes. A video that cannot be decoded is rolled back out of its shard,
 listed in ``skipped.txt`` and left out of the index. ``prepare.json`` records the inputs and settings; running again
 into the same folder with other ones is refused rather than mixing two data sets. The output folder is held with
-:class:`~siammae.outputs.OutputFolder` (one run at a time; a killed run's temporary tar is removed on the next run).
+:class:`~siammae.output_folder.OutputFolder` (one run at a time; a killed run's temporary tar is removed on the next
+run).
 """
 
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
 import os
 import sys
@@ -29,8 +29,8 @@ from PIL import Image
 
 from siammae.data import shards as S
 from siammae.errors import InputError, SiamMAEError, VideoError
-from siammae.io import atomic_write, write_json, write_text
-from siammae.outputs import LOCK_NAME, OutputFolder
+from siammae.io import atomic_write, parse_json, read_json, write_json, write_text
+from siammae.output_folder import LOCK_NAME, OutputFolder, check_folder_free
 
 MANIFEST = "prepare.json"
 
@@ -102,13 +102,19 @@ def _add_video(writer: S.ShardWriter, vid: int, source: str, settings: PrepareSe
     from siammae.data.video import open_video
 
     offsets, size = [], None
-    for frame in open_video(source):
-        img = resize_short_side(Image.fromarray(frame.rgb), settings.short_side)
-        if size is None:
-            size = img.size
-        elif img.size != size:
-            raise VideoError(f"{source}: frame {frame.index} is {img.size[0]}x{img.size[1]}, the first {size}")
-        offsets.append(writer.add(S.frame_member(vid, frame.index), encode_jpeg(img, settings.quality)))
+    try:
+        for frame in open_video(source):
+            img = resize_short_side(Image.fromarray(frame.rgb), settings.short_side)
+            if size is None:
+                size = img.size
+            elif img.size != size:
+                raise VideoError(f"{source}: frame {frame.index} is {img.size[0]}x{img.size[1]}, the first {size}")
+            offsets.append(writer.add(S.frame_member(vid, frame.index), encode_jpeg(img, settings.quality)))
+    except VideoError as e:
+        # the header promised more frames than decode (real clips state one too many), or the tail is damaged:
+        # every frame that decoded before is good training data; a size change or no pair at all is not
+        if size is None or len(offsets) < 2 or "decoding stopped" not in str(e):
+            raise
     if len(offsets) < 2:
         raise VideoError(f"{source}: {len(offsets)} frame(s), a pair needs at least 2")
     width, height = size
@@ -139,13 +145,14 @@ def _part_path(out: Path, shard: int) -> Path:
 
 def _finished_part(out: Path, shard: int, videos: list[tuple[int, str]]) -> dict | None:
     """The index part of a shard an earlier run finished, or None (absent, incomplete or not these videos)."""
-    try:
-        part = json.loads(_part_path(out, shard).read_text())
+    path = _part_path(out, shard)
+    try:  # a damaged part (not JSON, other types: an InputError, a ValueError) only means the shard is redone
+        part = parse_json(path.read_bytes(), path, keys={"videos": list, "skipped": list, "bytes": int})
         size = (out / S.shard_name(shard)).stat().st_size
-    except (OSError, ValueError):
+        got = {v["source"] for v in part["videos"]} | {s for s, _ in part["skipped"]}
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    got = {v["source"] for v in part.get("videos", [])} | {s for s, _ in part.get("skipped", [])}
-    if size != part.get("bytes") or got != {source for _, source in videos}:
+    if size != part["bytes"] or got != {source for _, source in videos}:
         return None
     return part
 
@@ -165,9 +172,8 @@ def prepare(
     if workers < 1:
         raise InputError(f"--workers {workers}: must be at least 1")
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out}: exists and is not a folder")
-    sources = [str(Path(v).resolve()) for v in find_videos(inputs)]
+    check_folder_free(out, exclusive=False)  # not a file, not a link: before the videos are listed
+    sources = [str(Path(v).resolve()) for v in find_videos(inputs, option="")]
     # one writer per folder (the lock tracking and training take too); opening it also removes the temporary
     # files of a killed run (a half-written shard tar of a kill -9), which nothing else would ever clean
     with OutputFolder(out, what="--out"):
@@ -250,19 +256,19 @@ def _check_manifest(out: Path, sources: list[str], settings: PrepareSettings) ->
     path = out / MANIFEST
     if path.is_file():
         try:
-            old = json.loads(path.read_text())
-        except ValueError as e:
-            raise InputError(f"{path}: unreadable ({e}); choose another --out") from e
-        if old.get("settings") != manifest["settings"]:
+            old = read_json(path, keys={"settings": dict, "videos": list})
+        except InputError as e:
+            raise InputError(f"{e}; choose another --out") from None
+        if old["settings"] != manifest["settings"]:
             what = ", ".join(
                 f"{k} {old['settings'].get(k)} -> {v}"
                 for k, v in asdict(settings).items()
-                if old.get("settings", {}).get(k) != v
+                if old["settings"].get(k) != v
             )
             raise InputError(f"--out {out} was prepared with other settings ({what}); choose another --out")
-        if old.get("videos") != sources:
+        if old["videos"] != sources:
             raise InputError(
-                f"--out {out} was prepared from other videos ({len(old.get('videos', []))} then, {len(sources)} now); "
+                f"--out {out} was prepared from other videos ({len(old['videos'])} then, {len(sources)} now); "
                 "choose another --out"
             )
         return

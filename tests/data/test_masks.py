@@ -163,3 +163,36 @@ def test_list_masks(tmp_path):
     Image.fromarray(_ids()).save(tmp_path / "00004.jpg")
     with pytest.raises(InputError, match="two masks for frame '00004'"):
         M.list_masks(tmp_path)
+
+
+class _Video:
+    """What first_masks reads of an open video file: 4 frames of 16x16, numbered, not a folder."""
+
+    path, is_folder, num_frames, height, width = "v.mp4", False, 4, 16, 16
+
+
+@pytest.mark.parametrize(
+    "names, both",
+    [
+        (["00003", "3"], "00003.png and 3.png"),  # object 5 and object 7: frame 3 got {1, 2, 7}, 5 silently dropped
+        (["003", "00003"], "00003.png and 003.png"),
+        (["00000", "0"], "0.png and 00000.png"),  # 0.png was dropped
+    ],
+)
+def test_two_mask_files_for_one_video_frame_are_an_error_naming_both(tmp_path, names, both):
+    folder = tmp_path / "md"
+    folder.mkdir()
+    M.write_mask(folder / "00000.png", np.pad(np.ones((8, 8), np.uint8), 4))
+    for i, name in enumerate(names):
+        M.write_mask(folder / f"{name}.png", np.full((16, 16), 5 + 2 * i, np.uint8))
+    with pytest.raises(InputError, match=f"{both} are both the mask of frame {int(names[0])}; keep one"):
+        M.first_masks(None, folder, _Video())
+
+
+def test_mask_names_of_a_video_frame_in_any_number_of_digits(tmp_path):
+    folder = tmp_path / "md"
+    folder.mkdir()
+    M.write_mask(folder / "0.png", np.pad(np.ones((8, 8), np.uint8), 4))  # frame 0 by its short name
+    M.write_mask(folder / "003.png", np.full((16, 16), 5, np.uint8))
+    first, later = M.first_masks(None, folder, _Video())
+    assert first.max() == 1 and list(later) == ["00003"] and later["00003"].name == "003.png"

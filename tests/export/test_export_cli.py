@@ -68,10 +68,32 @@ def test_errors_are_one_line_with_status_2(ckpt, tmp_path, args, message):
 
 
 @pytest.mark.skipif(TENSORRT_INSTALLED, reason="TensorRT is installed")
-def test_trt_without_tensorrt_fails_before_exporting(ckpt, tmp_path):
+def test_trt_without_tensorrt_fails_before_exporting(ckpt, tmp_path, monkeypatch):
+    import siammae.export.runtime as runtime
+
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: True)  # a GPU, but no tensorrt
+    monkeypatch.setattr("siammae.model.load.gpu_absent", lambda: None)
     r = _run("--ckpt", ckpt, "--height", 64, "--width", 96, "--trt", "--out", tmp_path / "x.onnx")
     assert r.exit_code == 2
     assert "error: building a TensorRT engine needs tensorrt: pip install 'siammae[trt]'" in r.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_trt_without_a_gpu_says_so_before_tensorrt(ckpt, tmp_path, monkeypatch):
+    """No GPU: the error says so, at once (before torch when no driver is there), and not "install tensorrt"."""
+    monkeypatch.setattr("siammae.model.load.gpu_absent", lambda: "this machine has no GPU driver (test)")
+    r = _run("--ckpt", ckpt, "--height", 64, "--width", 96, "--trt", "--out", tmp_path / "x.onnx")
+    assert r.exit_code == 2
+    assert "--trt builds a TensorRT engine, which needs an NVIDIA GPU, and this machine has no GPU driver" in r.stderr
+    assert "pip install" not in r.stderr
+    # a driver, but torch sees no GPU: the library's check names the GPU before the missing package
+    monkeypatch.setattr("siammae.model.load.gpu_absent", lambda: None)
+    import siammae.export.runtime as runtime
+
+    monkeypatch.setattr(runtime.torch.cuda, "is_available", lambda: False)
+    r = _run("--ckpt", ckpt, "--height", 64, "--width", 96, "--trt", "--out", tmp_path / "x.onnx")
+    assert r.exit_code == 2 and "needs a CUDA GPU, and torch sees none" in r.stderr, r.stderr
+    assert "pip install" not in r.stderr
     assert not (tmp_path / "x.onnx").exists()
 
 

@@ -58,7 +58,7 @@ def test_paper_configs():
     assert (cfg.mask_ratio_f1, cfg.mask_ratio_f2, cfg.encoder_mode) == (0.0, 0.95, "siam")
     with pytest.raises(ValueError, match="unknown model 'vits99'"):
         create_model("vits99")
-    with pytest.raises(ValueError, match="decoder must be one of"):
+    with pytest.raises(ValueError, match="decoder = 'mlp': valid: cross-self, cross, joint"):
         create_model("tiny", decoder="mlp")
     with pytest.raises(ValueError, match="unknown config fields"):
         create_model("tiny", decoder_width=3)
@@ -211,5 +211,5 @@ def test_position_tables_are_built_once_per_grid_and_follow_the_weights():
 
 
 def test_f2_must_be_masked():
-    with pytest.raises(ValueError, match=r"mask_ratio_f2 must be in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"mask_ratio_f2 = 0\.0: must be in \(0, 1\)"):
         create_model("tiny", mask_ratio_f2=0.0)

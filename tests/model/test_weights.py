@@ -89,7 +89,7 @@ def test_named_dino_weights_give_timm_features(server, dino_file, vit):
 
 def test_truncated_download_leaves_nothing_and_next_run_retries(server, dino_file, tmp_path):
     server.faults[dino_file] = "truncate"
-    with pytest.raises(CheckpointError, match=r"stopped after \d+ of \d+ bytes.*nothing was kept"):
+    with pytest.raises(CheckpointError, match=r"truncated or corrupt.*nothing was kept"):  # the check before keeping
         resolve_weights("dino-vits16", progress=False)
     assert folder_listing(tmp_path) == []  # neither the final file nor a temp file
     server.faults.clear()
@@ -208,6 +208,8 @@ def test_hf_offline_cold_cache(server, monkeypatch, tmp_path):
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
     with pytest.raises(CheckpointError, match=r"https://huggingface\.co/owner/repo/resolve/main/sub/w\.pth"):
         resolve_weights("hf:owner/repo/sub/w.pth")
+    with pytest.raises(CheckpointError, match=r"huggingface\.co/owner/repo/resolve/0123abc/w\.pth"):  # pinned
+        resolve_weights("hf:owner/repo/w.pth@0123abc")
     with pytest.raises(CheckpointError, match="expected hf:<owner>/<repo>/<file>"):
         resolve_weights("hf:owner/w.pth")
 
@@ -217,7 +219,8 @@ def test_timm_offline_cold_cache(server, monkeypatch, tmp_path):
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
-    with pytest.raises(CheckpointError, match=r"not in timm's cache .*huggingface\.co/timm/vit_small_patch8_224\.dino"):
+    hub_url = r"huggingface\.co/timm/vit_small_patch8_224\.dino"
+    with pytest.raises(CheckpointError, match=rf"not in the Hugging Face cache .*SIAMMAE_OFFLINE=1.*{hub_url}"):
         load_model("timm:vit_small_patch8_224.dino")
     with pytest.raises(CheckpointError, match=r"did you mean vit_small_patch8_224\.dino"):
         load_model("timm:vit_small_patch8_224.dnio")
@@ -340,15 +343,15 @@ def test_wrong_architecture_is_not_kept(server, tmp_path, monkeypatch):
 
 
 def test_trickle_past_the_total_deadline(server, dino_file, tmp_path, monkeypatch):
-    """A byte every 0.5 s never trips a per-read timeout of 1.2 s; SIAMMAE_DOWNLOAD_TIMEOUT bounds the whole
-    download (before, a 40 KB file trickled this way held the run for hours)."""
+    """A byte every 0.5 s never trips a per-read timeout; SIAMMAE_DOWNLOAD_TIMEOUT bounds the whole download (before,
+    a 40 KB file trickled this way held the run for hours). The bound on the time is loose (a loaded machine)."""
     monkeypatch.setenv("SIAMMAE_DOWNLOAD_TIMEOUT", "1.2")
     server.faults[dino_file], server.trickle_s = "trickle", 0.5
     t0 = time.perf_counter()
-    late = r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=1\.2 s \(got [1-4] bytes\).*nothing was kept"
+    late = r"did not finish within SIAMMAE_DOWNLOAD_TIMEOUT=1\.2 s.*nothing was kept"
     with pytest.raises(CheckpointError, match=late):
         resolve_weights("dino-vits16", progress=False)
-    assert 1.1 < time.perf_counter() - t0 < 2.5
+    assert time.perf_counter() - t0 < 10
     assert folder_listing(tmp_path) == []
 
 
@@ -412,10 +415,12 @@ def test_weights_are_hashed_once_per_process(server, dino_file, tmp_path, monkey
     calls = []
     real = hub._hash_file
     monkeypatch.setattr(hub, "_hash_file", lambda path, *a: calls.append(path) or real(path, *a))
-    resolve_weights("dino-vits16", progress=False)  # downloaded: hashed while streaming, never read back
+    resolve_weights("dino-vits16", progress=False)  # downloaded: hashed once, under its temporary name
+    assert len(calls) == 1 and calls[0].name == DINO_S16.filename and calls[0].parent != cached(tmp_path).parent
     load_model("dino-vits16")
     load_model("dino-vits16")
-    assert calls == []
+    assert len(calls) == 1  # the rename kept the inode and mtime: not read again
+    calls.clear()
     path = cached(tmp_path)
     with open(path, "ab") as f:  # changed: hashed again (and refused)
         f.write(b"\0")
@@ -506,3 +511,70 @@ def test_weights_cli_path_of_hub_names_downloads_nothing(monkeypatch, tmp_path):
         assert got.exit_code == 0 and got.stdout.strip() == str(tmp_path / "hf" / folder)
         assert f"{name} is not downloaded yet" in got.stderr
     assert not (tmp_path / "hf").exists()
+
+
+# ------------------------------------------------------------------------------------------------- issue 29
+def test_download_checks_a_recorded_file_loads(server, dino_file, tmp_path):
+    """A forged ``.sha256`` record beside an HTML page: ``siammae-weights download`` loads the file before it reports
+    it present (a record proves the file did not change, not that it loads)."""
+    from siammae.cli.weights import main
+
+    path = cached(tmp_path)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"<!DOCTYPE html><html>sign in</html>")
+    hub.record_sha256(path, file_sha256(path))
+    got = CliRunner().invoke(main, ["download", "--quiet", "dino-vits16"])
+    assert got.exit_code == 2 and got.output.startswith("error: ") and len(got.output.splitlines()) == 1
+    assert "HTML page" in got.output and f"delete {path} and {path.name}.sha256" in got.output
+    assert server.requests == []
+
+
+@pytest.mark.parametrize("fault", ["404", "html", "no-network", "offline", "changed"])
+def test_every_weights_error_names_import(server, dino_file, tmp_path, monkeypatch, fault):
+    if fault == "404":
+        server.files.clear()
+    elif fault == "html":
+        server.faults[dino_file] = "html"
+    elif fault == "no-network":
+        server.close()
+    elif fault == "offline":
+        monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    else:
+        resolve_weights("dino-vits16", progress=False)
+        with open(cached(tmp_path), "ab") as f:
+            f.write(b"\0")
+    with pytest.raises(CheckpointError) as info:
+        load_model("dino-vits16", progress=False)
+    assert "siammae-weights import FILE dino-vits16" in str(info.value) and "\n" not in str(info.value)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens once it is closed
+
+
+@pytest.mark.parametrize("spec", ["hf:owner/repo/w.pth", "timm:vit_small_patch8_224.dino"])
+def test_hub_names_fail_fast_without_network(spec, monkeypatch, tmp_path):
+    """No network and downloads not turned off: one connection attempt, no retry loop (huggingface_hub's own retries
+    took 31 s for hf: and 57 s for timm: names here)."""
+    import huggingface_hub.constants as C
+    import huggingface_hub.utils._http as hf_http
+
+    base = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setattr(C, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(C, "ENDPOINT", base)
+    monkeypatch.setattr(C, "HUGGINGFACE_CO_URL_TEMPLATE", base + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.delenv("SIAMMAE_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    sleeps = []
+    monkeypatch.setattr(hf_http.time, "sleep", lambda s: sleeps.append(s))  # huggingface_hub's back-off between tries
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError) as info:
+        resolve_weights(spec, progress=False)
+    assert time.perf_counter() - t0 < 10 and sleeps == []
+    msg = str(info.value)
+    assert msg.startswith(f"{spec}: cannot download {base}/") and "no connection to 127.0.0.1" in msg
+    assert "pass the file to --ckpt" in msg and "\n" not in msg

@@ -346,7 +346,7 @@ def test_presets_follow_the_protocols():
     for bad in (dict(topk=0), dict(temperature=0), dict(n_last=-1), dict(radius=-1), dict(topk=2.0)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             get_preset("dino", **bad)
-    with pytest.raises(ValueError, match="\\('square', 'circle'\\)"):
+    with pytest.raises(ValueError, match="neighbourhood = 'diamond': valid: square, circle"):
         get_preset("dino", neighbourhood="diamond")
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from siammae.distributed import Rank, first_on_local_rank0
 from siammae.errors import SiamMAEError
+from siammae.torchrun import Rank, first_on_local_rank0
 
 
 def _worker(rank: int, world: int, store: str, log: str, fail: bool) -> None:

@@ -148,7 +148,7 @@ def test_mp4_index_position_is_read_from_the_first_bytes(tmp_path):
     assert mp4_index_last(io.BytesIO((tmp_path / "first.mp4").read_bytes()))[0] is False
     ts = b"G" + bytes(range(256)) * 8  # MPEG-TS and anything else: not an MP4, replayed byte for byte
     replay, spooled = stdin_input(io.BytesIO(ts), realtime=False)
-    assert spooled is None and replay.read(7) + replay.read() == ts
+    assert spooled is False and replay.read(7) + replay.read() == ts
     with pytest.raises(VideoError, match="faststart"):
         stdin_input(io.BytesIO(data), realtime=True)
 
@@ -189,3 +189,42 @@ def test_real_mp4_with_its_index_last_streams_from_a_pipe(tmp_path, ckpt):
     assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert lines[0].startswith("error: -: an MP4") and "faststart" in lines[0] and "mpegts" in lines[0]
     assert not (tmp_path / "rt").exists()
+
+
+# ------------------------------------------------------------------------------------ a long run on a CPU
+def test_a_long_cpu_run_says_what_is_faster():
+    from siammae.model.weights import WEIGHTS
+    from siammae.propagation.config import get_preset
+    from siammae.tracking.job import cpu_hint
+
+    w = WEIGHTS["dino-vits16"]
+    hint = cpu_hint(1500, (480, 854), get_preset(None), w, 2)  # a 1-minute 480p clip, the default, 2 cores
+    assert hint.startswith("1500 frames at 480x880 on this CPU will take about 69 min")
+    assert "--size 240 is about 4x faster (1.9-2.8 frames/s" in hint
+    assert "--size" not in cpu_hint(1500, (480, 854), get_preset(None, size=240), w, 2)  # already small
+    assert cpu_hint(50, (480, 854), get_preset(None), w, 2) is None  # 2 minutes: nothing to say
+    assert cpu_hint(1500, (480, 854), get_preset(None), w, 32) is None  # 32 cores: about 4 minutes
+    assert cpu_hint(None, (480, 854), get_preset(None), w, 2) is None  # a frame count the header does not give
+
+
+def test_the_hint_comes_once_before_the_model_loads(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    import siammae.tracking.job as job
+    from siammae.cli.track import main
+
+    monkeypatch.setattr(job, "LONG_RUN_S", 0.0)  # every run is "long"
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # the weights cannot load: the hint came first
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(frames / f"{i:05d}.png")
+    write_mask(tmp_path / "m.png", np.pad(np.ones((8, 8), np.uint8), ((20, 20), (28, 28))))
+    args = [str(frames), "--mask", str(tmp_path / "m.png"), "--ckpt", "dino-vits16", "--device", "cpu",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    r = CliRunner().invoke(main, args)
+    lines = r.stderr.splitlines()
+    assert [ln for ln in lines if ln.startswith("note:")] == [lines[0]], r.stderr
+    assert lines[0].startswith("note: 3 frames at 480x880 on this CPU will take about") and "--size 240" in lines[0]
+    assert lines[-1].startswith("error: dino-vits16 is not in the cache")

@@ -18,7 +18,7 @@ from siammae.data.shards import PreparedFrames
 from siammae.data.video import write_video
 from siammae.errors import InputError, OutputError, VideoError
 from siammae.io import TMP_PREFIX
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 from siammae.train.prepare import PrepareSettings, prepare
 
 
@@ -84,9 +84,16 @@ def _video0(ix, drop=None, **change):
         (lambda ix: {k: v for k, v in ix.items() if k != "shards"}, "its 'shards' entry is missing or not a list"),
         (lambda ix: _video0(ix, drop="first"), "video 0 lacks 'first'"),
         (lambda ix: _video0(ix, shard=9), "video 0: shard 9 is not one of the 2 shards"),
-        (lambda ix: _video0(ix, frames="6"), "must be whole numbers"),
+        (lambda ix: _video0(ix, frames="6"), "frames '6' is not a whole number"),
         (lambda ix: _video0(ix, first=10**9), "video 0: rows 1000000000..1000000005 beyond the index's 18 frames"),
         (lambda ix: ix | {"total_frames": 30}, "offsets.npy: not a usable prepared data set: 18 rows but index.json"),
+        # integers past int64 (an OverflowError in the numpy columns before): each bounded, named
+        (lambda ix: _video0(ix, height=10**30), "video 0: height 1000000000000000000000000000000 is outside 1..65535"),
+        (lambda ix: _video0(ix, width=2**63), f"video 0: width {2**63} is outside 1..65535"),
+        (lambda ix: _video0(ix, id=2**63), f"video 0: id {2**63} is outside 0..{2**40}"),
+        (lambda ix: _video0(ix, id=-1), f"video 0: id -1 is outside 0..{2**40}"),
+        (lambda ix: ix | {"total_frames": 10**30}, "total_frames 1000000000000000000000000000000 is outside"),
+        (lambda ix: _video0(ix, height=True), "video 0: height True is not a whole number"),
     ],
 )
 def test_index_fields_are_checked(damaged, change, message):
@@ -197,8 +204,9 @@ def serve(good):
     "body, message",
     [
         (b"<!DOCTYPE html><html><body>Sign in</body></html>", "index.json is an HTML page"),
-        (b"\x00\x01garbage\xff", "index.json is not JSON"),
+        (b"\x00\x01garbage\xff", "index.json is not readable JSON"),
         (b'{"format": "other"}', "index.json is not a siammae-prepared-frames index"),
+        (b"[" * 100_000, "index.json is JSON nested too deeply"),  # a RecursionError before
     ],
 )
 def test_wrong_answers_for_the_index(serve, body, message):

@@ -72,7 +72,8 @@ def test_files_and_overrides(tmp_path):
         ('{"resume": 1}', "resume = 1: must be true or false"),
         ('{"crop_scale": [0, 1]}', r"crop_scale = \(0\.0, 1\.0\): must be in \(0, 1\]"),
         ("[1, 2]", "expected a table of settings"),
-        ("{oops", "invalid JSON"),
+        ("{oops", "not readable JSON"),
+        ("[" * 100_000, "nested too deeply"),  # a RecursionError before
     ],
 )
 def test_bad_files_say_what_is_wrong(tmp_path, text, match):
@@ -104,7 +105,8 @@ def test_every_field_declares_its_rule_and_checkpoint_configs_load():
     and a stored config (to_dict, lists for tuples, ints for floats) rebuilds the same config with TrainConfig(**d)."""
     from dataclasses import fields
 
-    from siammae.train.config import Rule, describe
+    from siammae.config_rules import Rule
+    from siammae.train.config import describe
 
     assert all(isinstance(f.metadata.get("rule"), Rule) and f.metadata["rule"].help for f in fields(TrainConfig))
     cfg = TrainConfig(data="videos", gap=[2, 9], warmup_epochs=3, total_steps=50, warmup_frac=0.1, lr=1)
@@ -159,3 +161,45 @@ def test_lr_schedule_warms_up_then_follows_half_cosine():
     assert lr_at(110, **kw) == pytest.approx(0.1)
     values = [lr_at(e / 4, **kw) for e in range(40, 441)]
     assert all(a >= b for a, b in itertools.pairwise(values))  # monotone after warm-up
+
+
+def test_every_setting_is_an_option_with_the_settings_own_help():
+    """siammae-train's options are made from TrainConfig's fields: one each (a new field gets one without a line in
+    cli/train.py), named after the field, with its default, its choices and its help, which lives only in the field."""
+    from dataclasses import fields
+
+    from siammae.cli.train import cli
+    from siammae.config_rules import rule_of
+
+    options = {p.name: p for p in cli.params}
+    assert set(options) == {f.name for f in fields(TrainConfig)} | {"config_file"}
+    for f in fields(TrainConfig):
+        option = options[f.name]
+        assert option.help == rule_of(f).help + ".", f.name
+        assert option.default == (None if f.default in (None, ()) else f.default), f.name
+    assert options["encoder_mode"].opts == ["--encoder"] and options["max_steps"].opts == ["--max-steps"]
+    assert options["resume"].is_flag and options["data"].multiple and options["gap"].nargs == 2
+    assert list(options["augment"].type.choices) == ["spatial", "none", "color", "both"]
+
+
+def test_flags_reach_the_config_as_the_fields_they_name(tmp_path, monkeypatch):
+    """Only the flags given are passed on (a config file's values stand otherwise), each to its field."""
+    from click.testing import CliRunner
+
+    import siammae.cli.train as T
+
+    seen = []
+
+    def stop(cfg):  # the first thing the command does with the config: look at it, then stop
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(T, "check_run", stop)
+    config = tmp_path / "c.json"
+    config.write_text('{"epochs": 7, "warmup_epochs": 1, "repeat": 4, "batch_size": 8}')
+    args = ["--config", config, "--encoder", "joint", "--gap", "2", "3", "--data", "a", "--data", "b", "--resume"]
+    result = CliRunner().invoke(T.cli, [*map(str, args), "--repeat", "2"])
+    assert result.exit_code == 0, result.output
+    cfg = seen[0]
+    assert (cfg.encoder_mode, cfg.gap, cfg.data, cfg.resume) == ("joint", (2, 3), ("a", "b"), True)
+    assert (cfg.epochs, cfg.repeat, cfg.batch_size, cfg.blr) == (7, 2, 8, 1.5e-4)  # file, flag over file, default

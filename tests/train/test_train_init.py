@@ -106,13 +106,14 @@ def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
 
     import siammae.model.named as N
     from siammae.model.hub import file_digests
-    from siammae.train.distributed import DistInfo, load_init
+    from siammae.torchrun import Rank
+    from siammae.train.launch import load_init
 
     os.environ.pop("SIAMMAE_OFFLINE", None)
     os.environ["TORCH_HOME"] = cache
     N.WEIGHTS["dino-vits16"] = dataclasses.replace(N.WEIGHTS["dino-vits16"], embed_dim=64, patch_size=8, depth=2)
 
-    def fake_download(url, dest, progress=True, validate=None):
+    def fake_download(url, dest, progress=True, validate=None, **_):  # hash_prefix, hint
         with open(log, "a") as f:
             f.write(f"{rank}\n")
         time.sleep(0.5)
@@ -127,7 +128,7 @@ def _init_worker(rank: int, store: str, cache: str, log: str) -> None:
     N.download = fake_download
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
-        init = load_init("dino-vits16", DistInfo(rank, 2, rank, torch.device("cpu")))
+        init = load_init("dino-vits16", Rank(rank, 2, rank))
         torch.save(init.state, f"{log}.{rank}.pt")
     finally:
         dist.destroy_process_group()

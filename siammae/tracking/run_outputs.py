@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from siammae.data.video import check_video_output
-from siammae.errors import InputError, OutputError
+from siammae.errors import OutputError
 from siammae.io import TMP_PREFIX
-from siammae.outputs import LOCK_NAME
+from siammae.output_folder import check_file_free, check_folder_free
 from siammae.tracking.report import report_paths
 
-# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.outputs)
+# the files a run writes at the top of --out: what --overwrite may remove there (see siammae.output_folder)
 OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
 
 
@@ -65,6 +65,11 @@ class RunOutputs:
             return ()
         return tuple(p.name for p in self.files() if p.absolute().parent == self.out.absolute())
 
+    def owned(self) -> tuple[str, ...]:
+        """The names ``--overwrite`` may replace at the top of ``out``: the masks or keypoints, and the single
+        files that sit there."""
+        return OWNED_OUTPUTS + self.inside_out()
+
     def as_report(self) -> dict:
         """As the report lists them (``jsonl`` only when written)."""
         d = {k: (None if v is None else str(v)) for k, v in dataclasses.asdict(self).items()}
@@ -77,24 +82,18 @@ class RunOutputs:
         empty or ``overwrite`` (the run claims it later), and free output files (:func:`check_output_files`)."""
         if self.overlay is not None:
             check_video_output(self.overlay, "--overlay")
-        out = self.out
-        if out is not None and (out.exists() or out.is_symlink()):  # the folder first, as the run claims it first
-            if not out.is_dir():
-                raise OutputError(f"--out {out}: exists and is not a folder")
-            if not overwrite and any(e.name != LOCK_NAME for e in out.iterdir()):
-                raise OutputError(f"--out {out}: output folder is not empty (use --overwrite to replace its files)")
+        if self.out is not None:  # the folder first, as the run claims it first
+            check_folder_free(self.out, overwrite, owned=self.owned())
         inside = set(self.inside_out())  # replaced with --out's files: the folder check above decides for them
         check_output_files([p for p in self.files() if p.name not in inside], overwrite, probe=False)
 
 
 def check_output_files(paths: list[Path], overwrite: bool, probe: bool = True) -> None:
-    """Each path names a file (not a folder) that is free, or ``overwrite``; with ``probe``, its folder is made
-    and a file can be created there."""
+    """Each path names a file (not a folder) that is free, or ``overwrite``
+    (:func:`~siammae.output_folder.check_file_free`); with ``probe``, its folder is made and a file can be created
+    there."""
     for path in paths:
-        if path.is_dir():
-            raise InputError(f"{path}: is a folder, expected an output file name")
-        if path.exists() and not overwrite:
-            raise InputError(f"{path}: output file exists (use --overwrite to replace it)")
+        check_file_free(path, overwrite)
         if not probe:
             continue
         try:
@@ -102,7 +101,7 @@ def check_output_files(paths: list[Path], overwrite: bool, probe: bool = True) -
             with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f"{TMP_PREFIX}write-test."):
                 pass
         except OSError as e:
-            raise InputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
+            raise OutputError(f"{path.parent}: cannot write there ({e.strerror or e})") from e
 
 
 __all__ = ["OWNED_OUTPUTS", "RunOutputs", "check_output_files", "default_out"]

@@ -1,4 +1,4 @@
-"""torchrun's environment, parsed and checked in one place (siammae.distributed): a bad variable is one error naming
+"""torchrun's environment, parsed and checked in one place (siammae.torchrun): a bad variable is one error naming
 it and what is valid, and a job whose peers never join ends with an error after the timeout instead of hanging."""
 
 import socket
@@ -7,8 +7,8 @@ import time
 import pytest
 import torch.distributed as dist
 
-from siammae.distributed import DEFAULT_TIMEOUT, TIMEOUT_ENV, Rank, current_rank, init, timeout_seconds
 from siammae.errors import InputError, SiamMAEError
+from siammae.torchrun import DEFAULT_TIMEOUT, TIMEOUT_ENV, Rank, current_rank, init, timeout_seconds
 
 JOB = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "10.0.0.1",
        "MASTER_PORT": "29500"}  # fmt: skip
@@ -19,10 +19,11 @@ def test_no_environment_is_one_process():
 
 
 def test_a_torchrun_environment():
-    assert current_rank(JOB) == Rank(rank=3, world=4, local_rank=1)
+    rank = current_rank(JOB)
+    assert rank == Rank(rank=3, world=4, local_rank=1, local_world=2) and rank.local_size == 2 and not rank.is_main
     # without LOCAL_WORLD_SIZE, every rank may be on one machine
     env = {k: v for k, v in JOB.items() if k != "LOCAL_WORLD_SIZE"} | {"LOCAL_RANK": "3"}
-    assert current_rank(env) == Rank(3, 4, 3)
+    assert current_rank(env) == Rank(3, 4, 3) and current_rank(env).local_size == 4
 
 
 @pytest.mark.parametrize(

@@ -34,54 +34,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from siammae.attention.spec import HEADS_HELP, check_output, default_output, resolve_heads  # noqa: F401  (public)
 from siammae.data.colormaps import _CMAP_POLY, CMAPS
 from siammae.data.transforms import normalize
-from siammae.data.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Frame, open_video, read_image, write_video
+from siammae.data.video import Frame, open_video, read_image, write_video
 from siammae.device import resolve_device, resolve_dtype
 from siammae.errors import InputError
 from siammae.io import atomic_write
 from siammae.memory import check_encoder_fits
 from siammae.model.checkpoint import unwrap
 from siammae.model.encoder import ViTEncoder
-from siammae.outputs import OutputFolder
+from siammae.output_folder import OutputFolder
 from siammae.propagation.config import Preset, get_preset
 from siammae.propagation.inputs import chunks, resize_frame, to_batch
 
-HEADS_HELP = "'all', 'mean' or comma-separated head indices such as 0,2,5"
-
-OUT_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-
 
 # --------------------------------------------------------------------------------------------------- the maps
-def resolve_heads(heads, num_heads: int) -> list[int] | str:
-    """The heads to show: a list of indices, or "mean" for the mean over all heads.
-
-    ``heads``: None or "all" (every head), "mean", a list of indices, or a string such as "0,2,5".
-    A malformed spec or an index outside 0..num_heads-1 is an :class:`InputError` naming it.
-    """
-    if heads is None or heads == "all":
-        return list(range(num_heads))
-    if heads == "mean":
-        return "mean"
-    if isinstance(heads, str):
-        try:
-            heads = [int(s) for s in heads.split(",")]
-        except ValueError:
-            raise InputError(f"heads {heads!r} is not valid: use {HEADS_HELP}") from None
-    heads = list(heads)
-    if not heads:
-        raise InputError(f"no heads selected: use {HEADS_HELP}")
-    for i in heads:
-        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
-            raise InputError(f"head {i!r} is not an integer: use {HEADS_HELP}")
-        if not 0 <= i < num_heads:
-            raise InputError(f"head {i} is out of range: the model has {num_heads} heads (0-{num_heads - 1})")
-    dup = sorted({i for i in heads if heads.count(i) > 1})
-    if dup:
-        raise InputError(f"head {dup[0]} is selected twice in {heads}")
-    return [int(i) for i in heads]
-
-
 def _encoder(model) -> ViTEncoder:
     model = unwrap(model)
     encoder = getattr(model, "encoder", model)
@@ -275,19 +243,6 @@ def iter_attention(
         yield from run(batch)
 
 
-def _kind(path: Path) -> str:
-    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        return "image"
-    return "video"  # a video file or a frame folder; open_video reports anything else
-
-
-def default_output(input: str | os.PathLike) -> Path:
-    """``<input name>_attn.png`` for an image, ``<input name>_attn.mp4`` for a video or frame folder, in the
-    current folder."""
-    path = Path(input)
-    return Path(f"{path.stem}_attn{'.png' if _kind(path) == 'image' else '.mp4'}")
-
-
 def render_attention(
     model,
     input: str | os.PathLike,
@@ -313,22 +268,10 @@ def render_attention(
     """
     get_preset(preset, size=size)  # a bad preset or size fails before the input is opened
     input = Path(input)
-    out = Path(out) if out is not None else default_output(input)
-    suffix = out.suffix.lower()
-    is_image, to_folder = _kind(input) == "image", False
+    out, is_image, to_folder = check_output(input, out)
     if is_image:
-        if suffix not in OUT_IMAGE_EXTENSIONS:
-            raise InputError(
-                f"{input} is an image: the output {out} must be an image file ({', '.join(OUT_IMAGE_EXTENSIONS)})"
-            )
         source, total, fps = [Frame(0, input.stem, read_image(input))], 1, None
     else:
-        to_folder = out.is_dir() or not suffix
-        if not to_folder and suffix not in VIDEO_EXTENSIONS:
-            raise InputError(
-                f"{input} is a video: the output {out} must be a video file ({', '.join(VIDEO_EXTENSIONS)}) "
-                "or a folder for one PNG per frame"
-            )
         video = open_video(input)
         source, total, fps = video, video.num_frames, video.fps or 25.0  # frame folders have no rate: 25 fps
     model = unwrap(model).to(resolve_device(device)).eval()

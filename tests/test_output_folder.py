@@ -27,7 +27,7 @@ from siammae.data.video import open_video, read_image
 from siammae.errors import CheckpointError, InputError, OutputError
 from siammae.memory import check_fits, vit_bytes
 from siammae.model.checkpoint import load_model, save_checkpoint
-from siammae.outputs import LOCK_NAME, OutputFolder, check_name
+from siammae.output_folder import LOCK_NAME, OutputFolder, check_file_free, check_folder_free, check_name
 from siammae.tracking.report import report_paths
 from siammae.train.monitor import Monitor
 
@@ -254,3 +254,46 @@ def test_sigint_during_start_up_is_a_clean_interrupt(tmp_path):
     assert proc.returncode in (130, 0), err  # 0: the tiny run finished before the signal landed
     if proc.returncode == 130:
         assert err.strip().splitlines()[-1].startswith("interrupted")
+
+
+# ------------------------------------------------------------------------------- free or not: one check, one error
+def test_one_check_for_an_output_file(tmp_path):
+    (tmp_path / "a.onnx").write_text("x")
+    (tmp_path / "d").mkdir()
+    assert check_file_free(tmp_path / "new.onnx", overwrite=False) == tmp_path / "new.onnx"
+    with pytest.raises(OutputError, match="a.onnx: output file exists"):
+        check_file_free(tmp_path / "a.onnx", overwrite=False)
+    check_file_free(tmp_path / "a.onnx", overwrite=True)
+    with pytest.raises(OutputError, match="d: is a folder"):
+        check_file_free(tmp_path / "d", overwrite=True)
+
+
+def test_one_check_for_an_output_folder(tmp_path):
+    out = tmp_path / "out"
+    assert check_folder_free(out) == []  # not there yet: free
+    out.mkdir()
+    (out / "00000.png").write_text("x")
+    with pytest.raises(OutputError, match="output folder is not empty"):
+        check_folder_free(out)
+    assert check_folder_free(out, overwrite=True, owned=("*.png",)) == [out / "00000.png"]
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="holds notes.txt, which this command does not write"):
+        check_folder_free(out, overwrite=True, owned=("*.png",))
+    assert check_folder_free(out, exclusive=False) == []  # a batch's folder may hold other things
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(OutputError, match="exists and is not a folder"):
+        check_folder_free(tmp_path / "f", exclusive=False)
+
+
+def test_an_out_that_is_a_link_is_refused_before_anything_is_written(tmp_path):
+    """Decision (issue 29): refuse, naming the target, rather than write into (and lock) the folder it points to."""
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "out").symlink_to(target)
+    for check in (lambda: check_folder_free(tmp_path / "out", exclusive=False), OutputFolder(tmp_path / "out").open):
+        with pytest.raises(OutputError, match=f"--out {tmp_path / 'out'}: is a symbolic link \\(to {target}\\).*"
+                                              f"give the real folder \\({target}\\)"):  # fmt: skip
+            check()
+    assert list(target.iterdir()) == []  # no lock file, nothing
+    with OutputFolder(tmp_path / "out" / "sub") as claim:  # a link above the folder is followed as usual
+        assert (target / "sub" / LOCK_NAME).is_file() and claim.path == tmp_path / "out" / "sub"

@@ -1,10 +1,12 @@
-"""Processes under ``torchrun``: this process's rank from torchrun's environment, and the few collective steps
-every multi-process command needs (join, gather, once-per-machine, leave).
+"""Processes under ``torchrun``: this process's :class:`Rank` from torchrun's environment, and every collective
+step the commands need (join, gather, broadcast, mean, barrier, once-per-machine, leave). The one place of both:
+training (:mod:`siammae.train.launch` adds the rank's device) and batch tracking (:mod:`siammae.tracking.batch`)
+use this :class:`Rank` and these functions, and nothing else reads torchrun's variables or calls
+``torch.distributed``'s collectives.
 
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and ``LOCAL_WORLD_SIZE``) and the rendezvous address
 ``MASTER_ADDR`` / ``MASTER_PORT``; without them the run is one process and every function here is a no-op.
-Training (:mod:`siammae.train.distributed`) and batch tracking (:mod:`siammae.tracking.batch`) both read the rank
-here, so the environment is parsed, and checked, in one place: a malformed or inconsistent variable (``RANK=abc``,
+The environment is parsed, and checked, in one place: a malformed or inconsistent variable (``RANK=abc``,
 ``RANK`` >= ``WORLD_SIZE``, which would otherwise wait forever for a peer that cannot exist, a missing
 ``MASTER_PORT``) is one :class:`~siammae.errors.InputError` naming the variable and what would be valid, and
 joining the group has a timeout (:data:`TIMEOUT_ENV`), so a peer that never starts is an error, not a hang.
@@ -26,16 +28,27 @@ DEFAULT_TIMEOUT = 1800.0
 
 @dataclass(frozen=True)
 class Rank:
-    """This process's place in a ``torchrun`` job: ``rank`` of ``world`` processes, ``local_rank`` on its machine
-    (the GPU it uses: ``cuda:local_rank``)."""
+    """This process's place in a ``torchrun`` job: ``rank`` of ``world`` processes, ``local_rank`` of
+    ``local_world`` on its machine (the GPU it uses: ``cuda:local_rank``; None: every process on one machine)."""
 
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int | None = None
 
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, saves and writes summaries."""
+        return self.rank == 0
+
+    @property
+    def local_size(self) -> int:
+        """Processes on this machine (``LOCAL_WORLD_SIZE``; all of ``world`` when torchrun did not say)."""
+        return self.local_world if self.local_world is not None else self.world
 
     def device(self, requested: str) -> str:
         """The device of this rank: ``cuda:LOCAL_RANK`` for "auto" / "cuda" when several ranks share CUDA."""
@@ -70,6 +83,7 @@ def current_rank(env: Mapping[str, str] | None = None) -> Rank:
     rank = _int(env, "RANK", 0, last)
     if not 0 <= rank < world:
         raise InputError(f"torchrun environment: RANK={rank} is outside the job; valid: {last}")
+    given = env.get("LOCAL_WORLD_SIZE", "").strip() != ""
     local_world = _int(env, "LOCAL_WORLD_SIZE", world, f"1..{world} processes per machine")
     if not 1 <= local_world <= world:
         raise InputError(
@@ -81,7 +95,7 @@ def current_rank(env: Mapping[str, str] | None = None) -> Rank:
         raise InputError(f"torchrun environment: LOCAL_RANK={local_rank} is outside this machine; valid: {local_valid}")
     if world > 1:
         rendezvous(env)
-    return Rank(rank, world, local_rank)
+    return Rank(rank, world, local_rank, local_world if given else None)
 
 
 def rendezvous(env: Mapping[str, str] | None = None) -> tuple[str, int]:
@@ -185,3 +199,52 @@ def finish(rank: Rank) -> None:
 
         dist.barrier()
         dist.destroy_process_group()
+
+
+def close_distributed() -> None:
+    """Leave the process group if one was joined (no barrier: also on the way out of an error)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_mean(x, rank: Rank):
+    """Mean of the tensor ``x`` over processes (a copy; ``x`` itself is left alone)."""
+    x = x.detach().clone()
+    if rank.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        x /= rank.world
+    return x
+
+
+def all_reduce_max(x, rank: Rank):
+    """Element-wise maximum of the tensor ``x`` over processes (a copy): flags or-ed, so that every process acts
+    on the same step when one of them asks (a stop signal, a checkpoint due by wall time)."""
+    x = x.detach().clone()
+    if rank.distributed:
+        import torch.distributed as dist
+
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
+def barrier(rank: Rank) -> None:
+    """Wait for every process."""
+    if rank.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def broadcast_object(obj, rank: Rank):
+    """``obj`` of rank 0 on every process."""
+    if not rank.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

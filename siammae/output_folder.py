@@ -1,4 +1,12 @@
-"""One run's claim on its output folder: one writer at a time, no planted links, no stale outputs, no leftovers.
+"""Whether an output is free, and one run's claim on its output folder: one writer at a time, no planted links, no
+stale outputs, no leftovers.
+
+"May this be written?" is answered here only, with one error class (:class:`~siammae.errors.OutputError`):
+:func:`check_file_free` for an output file (an export's ``.onnx``, a run's report, overlay, JSON Lines) and
+:func:`check_folder_free` for an output folder, asked by every command before anything loads and again by the
+claim. ``--out`` that is itself a symbolic link is refused (``--out runs`` where ``runs -> /data/runs``: give the
+real folder), so that a run never writes into, nor leaves its lock in, a folder it was not named; links in the
+parents of the path are the system's business and are followed.
 
 Every command that writes a folder (``siammae-track --out``, ``siammae-eval --out``, ``siammae-train --out``,
 ``siammae-attn`` into a folder) opens it with :class:`OutputFolder`, before its first frame:
@@ -35,6 +43,65 @@ except ImportError:  # Windows: no flock; the pid file alone documents the owner
     fcntl = None
 
 LOCK_NAME = ".siammae.lock"
+
+
+# ---------------------------------------------------------------------------------------------- free or not
+def _shown(names: list[str]) -> str:
+    return ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+
+
+def check_file_free(path: str | os.PathLike, overwrite: bool) -> Path:
+    """``path`` as a Path when an output file may be written there: not a folder, and free unless ``overwrite``
+    (the atomic write then replaces it; a link there is replaced, never followed). An OutputError otherwise."""
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder, expected an output file name")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise OutputError(f"{path}: output file exists (use --overwrite to replace it)")
+    return path
+
+
+def check_folder_free(
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    *,
+    exclusive: bool = True,
+    owned: tuple[str, ...] = (),
+    what: str = "--out",
+) -> list[Path]:
+    """Whether a run may write the folder ``path``, asked before anything is written: not a symbolic link, not a
+    file, and with ``exclusive`` (a folder of this run's outputs only) empty, or with ``overwrite`` holding only
+    files whose names match ``owned``. Returns the entries ``overwrite`` replaces; an OutputError names the
+    problem. A folder that does not exist yet is free."""
+    path = Path(path)
+    if path.is_symlink():
+        raise OutputError(
+            f"{what} {path}: is a symbolic link (to {os.readlink(path)}); siammae writes only into the folder it "
+            f"is given: give the real folder ({path.resolve()})"
+        )
+    if not path.exists():
+        return []
+    if not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is not a folder")
+    if not exclusive:
+        return []
+    entries = sorted(e for e in path.iterdir() if e.name != LOCK_NAME)
+    mine = [any(fnmatch.fnmatch(e.name, p) for p in owned) for e in entries]
+    links = [e for e, ours in zip(entries, mine, strict=True) if e.is_symlink() and not (overwrite and ours)]
+    if links:  # a link named like an output goes with --overwrite (its target stays); any other is refused
+        raise OutputError(
+            f"{links[0]}: is a symbolic link inside {what} {path}; siammae never writes through a link it did not "
+            "create: remove it or choose another folder"
+        )
+    if entries and not overwrite:
+        raise OutputError(f"{what} {path}: output folder is not empty (use --overwrite to replace its files)")
+    foreign = [e.name for e, ours in zip(entries, mine, strict=True) if not ours or (e.is_dir() and not e.is_symlink())]
+    if foreign:
+        raise OutputError(
+            f"{what} {path}: holds {_shown(foreign)}, which this command does not write; --overwrite only "
+            "replaces its own outputs: move them away or choose another folder"
+        )
+    return entries
 
 
 def _read_pid(path: Path) -> str:
@@ -77,8 +144,7 @@ class OutputFolder:
         """Create and lock the folder, then tidy it (leftovers, links, earlier outputs); errors before any write.
         ``check``: more checks to run once the folder is held (the claim is released when they fail)."""
         p = self.path
-        if p.exists() and not p.is_dir():
-            raise OutputError(f"{self.what} {p}: exists and is not a folder")
+        check_folder_free(p, exclusive=False, what=self.what)  # not a link, not a file: before anything is made
         self._created = not p.exists()
         try:
             p.mkdir(parents=True, exist_ok=True)
@@ -178,21 +244,7 @@ class OutputFolder:
             raise write_error(getattr(e, "filename", None) or self.path, e) from e
 
     def _empty(self) -> None:
-        entries = sorted(e for e in self.path.iterdir() if e.name != LOCK_NAME)
-        if not entries:
-            return
-        if not self.overwrite:
-            raise OutputError(
-                f"{self.what} {self.path}: output folder is not empty (use --overwrite to replace its files)"
-            )
-        foreign = [e.name for e in entries if e.is_dir() or not self._is_owned(e.name)]
-        if foreign:
-            shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
-            raise OutputError(
-                f"{self.what} {self.path}: holds {shown}, which this command does not write; --overwrite only "
-                "replaces its own outputs: move them away or choose another folder"
-            )
-        for e in entries:
+        for e in check_folder_free(self.path, self.overwrite, owned=self.owned, what=self.what):
             e.unlink()
 
 

@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from siammae.cli.attn import main
-from siammae.data.transforms import normalize
-from siammae.data.video import Frame, open_video, read_image, write_video
-from siammae.errors import InputError
-from siammae.model.checkpoint import save_checkpoint
-from siammae.model.registry import create_model
-from siammae.propagation.attention_maps import (
+from siammae.attention.maps import (
     attention_maps,
     colormap_lut,
     grid_shape,
@@ -25,6 +19,12 @@ from siammae.propagation.attention_maps import (
     overlay,
     resolve_heads,
 )
+from siammae.cli.attn import main
+from siammae.data.transforms import normalize
+from siammae.data.video import Frame, open_video, read_image, write_video
+from siammae.errors import InputError
+from siammae.model.checkpoint import save_checkpoint
+from siammae.model.registry import create_model
 from siammae.propagation.config import get_preset
 from siammae.propagation.driver import Tracker
 from siammae.propagation.inputs import resize_frame, to_batch

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from siammae.errors import OutputError
+from siammae.output_folder import check_file_free
 
 
 def size_text(height: int, width: int) -> str:
@@ -39,13 +40,11 @@ def engine_path(onnx_path: str | os.PathLike) -> Path:
 
 def check_outputs(out: str | os.PathLike, trt: bool = False, overwrite: bool = False) -> Path:
     """``out`` as a Path when the export may write it: not a folder, and (unless ``overwrite``) neither it nor,
-    with ``trt``, its engine exists. An :class:`~siammae.errors.OutputError` naming the file otherwise."""
+    with ``trt``, its engine exists (:func:`~siammae.output_folder.check_file_free`). An
+    :class:`~siammae.errors.OutputError` naming the file otherwise."""
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise OutputError(f"{out}: the output must be an .onnx file")
     for path in (out, engine_path(out)) if trt else (out,):
-        if path.is_dir():
-            raise OutputError(f"{path}: is a folder; give the .onnx file to write")
-        if path.exists() and not overwrite:
-            raise OutputError(f"{path}: output file exists (use --overwrite to replace it)")
+        check_file_free(path, overwrite)
     return out
