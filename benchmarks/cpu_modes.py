@@ -56,16 +56,16 @@ class Recorder:
 
 def run_mode(model, preset_name: str, size: str, mode: dict, frames: list[Path], first: np.ndarray):
     from siammae.propagation.config import get_preset
-    from siammae.propagation.driver import Driver
+    from siammae.propagation.driver import Tracker
 
     preset = get_preset(preset_name, size=size)
     if "attention" in mode:
         preset = preset.replace(attention=mode["attention"])
-    driver = Driver(model, preset, device="cpu", dtype=mode.get("dtype", "fp32"))
-    rec = Recorder(driver.encoder)
-    driver.encoder = rec
+    tracker = Tracker(model, preset, device="cpu", dtype=mode.get("dtype", "fp32"), prefetch=False)
+    rec = Recorder(tracker.encoder)
+    tracker.encoder = rec
     t = time.perf_counter()
-    masks = [m for _, m in driver.masks(frames, first)]
+    masks = [m for _, m in tracker.masks(frames, first)]
     return masks, rec.features, rec.seconds, time.perf_counter() - t
 
 

@@ -39,7 +39,7 @@ from benchmarks._meta import environment, environment_markdown, write_results  #
 from siammae.data.masks import read_mask  # noqa: E402
 from siammae.model.encoder import ViTEncoder  # noqa: E402
 from siammae.model.registry import model_config  # noqa: E402
-from siammae.propagation.driver import Driver  # noqa: E402
+from siammae.propagation.driver import Tracker  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "davis2016"
 CRW_ARGS = dict(topk=10, videoLen=20, radius=12.0, temperature=0.05, cropSize=480)
@@ -159,7 +159,7 @@ def run_siammae(sequences: list[str], model) -> dict[str, list[np.ndarray]]:
     for seq in sequences:
         frames = sorted((DATA / "JPEGImages/480p" / seq).glob("*.jpg"))
         first = DATA / "Annotations/480p" / seq / "00000.png"
-        out[seq] = [m for _, m in Driver(model, "crw", device="cpu").masks(frames, first)]
+        out[seq] = [m for _, m in Tracker(model, "crw", device="cpu", prefetch=False).masks(frames, first)]
     return out
 
 
@@ -207,7 +207,7 @@ def main():
         "",
         f"Random ViT-S/16 (seed 0, {args.depth} blocks) in both; CRW's `test.py` `test()`, its `data/vos.py` loader "
         "(`--cropSize 480 --topk 10 --videoLen 20 --radius 12 --temperature 0.05`) and `eval/convert_davis.py`, "
-        'unmodified, its encoder slot holding the ViT; siammae: `Driver(model, "crw")`, what `siammae-track '
+        'unmodified, its encoder slot holding the ViT; siammae: `Tracker(model, "crw")`, what `siammae-track '
         f"--preset crw` runs. CRW took {t1 - t0:.0f} s, siammae {t2 - t1:.0f} s (wall, a loaded 2-core machine). "
         "Frames 1.. compared (frame 0 is given); ids are CRW's: the DAVIS-palette index of the argmax channel's "
         "colour (intermediate greys of the bilinear annotation keep their grey level as id).",

@@ -68,8 +68,8 @@ def _overrides(info: dict) -> dict:
     return {k: v for k, v in info["model"].items() if base.get(k) != v}
 
 
-def score(doc: dict) -> dict:
-    g = doc["global"]
+def score(result) -> dict:
+    g = result.metrics  # an EvalResult
     return {"J&F": g["J&F-Mean"], "J": g["J-Mean"], "F": g["F-Mean"]}
 
 
@@ -89,14 +89,14 @@ def eval_pixels(patch: int, root: Path, args, out: Path) -> dict:
     from siammae.evaluation.runner import Runner
     from siammae.propagation.baselines import PixelEncoder
     from siammae.propagation.config import get_preset
-    from siammae.propagation.driver import Driver
+    from siammae.propagation.driver import Tracker
 
     preset = get_preset(args.preset, size=args.size)
     encoder = PixelEncoder(patch, mean=preset.inputs.mean, std=preset.inputs.std)
     bench = get_benchmark("davis", root, year="2016")
     t = time.perf_counter()
-    doc = bench.run_model(Runner(Driver(encoder, preset)), root, out, None, None, {"encoder": f"pixels/{patch}"},
-                          True, False)  # fmt: skip
+    runner = Runner(Tracker(encoder, preset, prefetch=False))
+    doc = bench.run_model(runner, root, out, None, None, {"encoder": f"pixels/{patch}"}, True, False)
     return {**score(doc), "seconds": round(time.perf_counter() - t, 1)}
 
 

@@ -7,7 +7,7 @@ ViT-S/16 (dino-vits16's architecture, random weights with a learned position tab
     sdpa   fp32, the fused attention (``F.scaled_dot_product_attention``; ``--attention sdpa``)
     bf16   ``--dtype bf16``: autocast bf16 (SDPA)
 
-one frame a pass with the allocator setting that tracking applies (``siammae.device.tune_cpu_allocator``), and for
+one frame a pass with the allocator setting that tracking applies (``siammae.allocator.tune_cpu_allocator``), and for
 the exact mode also on 1 thread (how it scales), 8 frames in one pass, and with glibc's default allocator (a child
 process: the setting cannot be undone in a process), each with its page faults per frame. Then the exact mode under
 ``torch.profiler``, its time grouped by what the operators do: the linear layers split into qkv, projection and MLP
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _meta import environment, environment_markdown, write_results  # noqa: E402
 
-from siammae.device import tune_cpu_allocator  # noqa: E402
+from siammae.allocator import tune_cpu_allocator  # noqa: E402
 from siammae.model.encoder import ViTEncoder  # noqa: E402
 from siammae.model.registry import model_config  # noqa: E402
 

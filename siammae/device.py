@@ -6,8 +6,6 @@ one error for an fp16 request without a GPU.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -50,39 +48,3 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     dtype = resolve_dtype(precision, device)
     return None if dtype == torch.float32 else dtype
-
-
-# glibc mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_CPU_ALLOCATOR_TUNED = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Keep glibc's malloc from handing a CPU run's activations back to the kernel after every layer.
-
-    By default glibc serves blocks above a threshold that starts at 128 KiB with ``mmap`` and returns freed memory at
-    the top of the heap above 128 KiB, so a ViT on a CPU page-faults its activations in anew on every pass (for
-    ViT-S/16 at 480x832, 20 000 faults a frame; with 8 frames a pass, 380 000 faults and as much system time as
-    compute). This sets the mmap threshold to glibc's largest (32 MiB) and the trim threshold to 256 MiB: blocks up
-    to 32 MiB are reused from the heap, and at most 256 MiB of free heap is kept. Returns whether it was applied.
-
-    Not applied (False): a libc other than glibc, or when the environment already chooses (``MALLOC_*`` glibc
-    tunables, ``GLIBC_TUNABLES``, an allocator in ``LD_PRELOAD`` such as jemalloc or tcmalloc). Idempotent.
-    """
-    global _CPU_ALLOCATOR_TUNED
-    if _CPU_ALLOCATOR_TUNED:
-        return True
-    if os.environ.get("LD_PRELOAD") or os.environ.get("GLIBC_TUNABLES"):
-        return False
-    if any(k.startswith("MALLOC_") for k in os.environ):
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 (glibc only: musl and macOS have no such symbol)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20) == 1
-    except (OSError, AttributeError):
-        return False
-    _CPU_ALLOCATOR_TUNED = ok
-    return ok

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from PIL import Image
 
-from siammae.attention import (
+from siammae.attention.maps import (
     attention_maps,
     colormap_lut,
     grid_shape,
@@ -26,7 +26,7 @@ from siammae.errors import InputError
 from siammae.model.checkpoint import save_checkpoint
 from siammae.model.registry import create_model
 from siammae.propagation.config import get_preset
-from siammae.propagation.driver import Driver
+from siammae.propagation.driver import Tracker
 from siammae.propagation.inputs import resize_frame, to_batch
 
 
@@ -272,7 +272,7 @@ def test_attention_sees_the_trackers_encoder_input(preset, size):
     model.features = spy("track", features)
     model.encoder.prepare_tokens = spy("attn", prepare)
     try:
-        list(Driver(model, preset, device="cpu", size=size).masks([rgb], np.ones(rgb.shape[:2], np.uint8)))
+        list(Tracker(model, preset, device="cpu", size=size).masks([rgb], np.ones(rgb.shape[:2], np.uint8)))
         seen.pop("attn")  # the driver's own call of the encoder
         list(iter_attention(model, [Frame(0, "f", rgb)], heads="mean", size=size, preset=preset))
     finally:

@@ -21,34 +21,47 @@ def test_reader_yields_in_order_then_raises_where_the_source_broke():
 
 
 def test_reader_is_bounded():
-    made = []
+    """The producer is never more than ``maxsize`` items (+ the one in its hand) ahead of the consumer. After each
+    item the consumer waits until the producer has gone as far ahead as the bound lets it, so the check cannot pass
+    because the producer's thread got no CPU; an unbounded reader runs to the end while the consumer waits."""
+    maxsize, n = 3, 40
+    cond = threading.Condition()
+    made, taken, ahead = [0], [0], []
 
     def source():
-        for i in range(100):
-            made.append(i)
+        for i in range(n):
+            with cond:
+                ahead.append(made[0] - taken[0])  # produced and not yet taken, before this one
+                made[0] += 1
+                cond.notify_all()
             yield i
 
-    reader = BackgroundReader(source(), maxsize=3)
-    time.sleep(0.3)
-    assert len(made) <= 3 + 1  # the queue holds 3, the producer at most one more in hand
-    reader.close()
+    got = []
+    with BackgroundReader(source(), maxsize=maxsize) as reader:
+        for x in reader:
+            got.append(x)
+            with cond:
+                taken[0] += 1
+                assert cond.wait_for(lambda: made[0] >= min(n, taken[0] + maxsize), timeout=30)  # as far as allowed
+    assert got == list(range(n))
+    assert max(ahead) <= maxsize + 1, ahead  # the queue's maxsize, plus one taken but not yet counted
 
 
 def test_drop_oldest_keeps_the_first_and_the_newest_and_counts_the_rest():
     dropped = []
-    go = threading.Event()
+    go, finished = threading.Event(), threading.Event()
 
     def source():
         yield 0
-        go.wait(5)
+        go.wait(30)
         yield from range(1, 20)
+        finished.set()  # asked for the item after 19: every item has been handed over
 
     reader = BackgroundReader(source(), maxsize=1, drop_oldest=True, keep_first=True, on_drop=dropped.append)
     it = iter(reader)
-    time.sleep(0.1)  # item 0 waits: the producer holds on until it is taken, so nothing can push it out
-    assert next(it) == 0
+    assert next(it) == 0  # the first item is never pushed out (the producer holds on until it is taken)
     go.set()
-    time.sleep(0.3)  # the consumer is "slow": items 1..19 arrive while it sleeps
+    assert finished.wait(30)  # the consumer is "slow": items 1..19 all arrive before it takes the next one
     rest = list(it)
     assert rest == [19] and dropped == list(range(1, 19))
     reader.close()

@@ -1,4 +1,4 @@
-"""siammae.device: the CPU allocator setting that keeps a CPU run's activations out of the page-fault path."""
+"""siammae.allocator: the CPU allocator setting that keeps a CPU run's activations out of the page-fault path."""
 
 import platform
 import subprocess
@@ -15,7 +15,7 @@ glibc = pytest.mark.skipif(
 _PROBE = """
 import json, resource, sys
 import torch
-from siammae.device import tune_cpu_allocator
+from siammae.allocator import tune_cpu_allocator
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import model_config
 applied = tune_cpu_allocator() if sys.argv[1] == "tune" else None
@@ -66,7 +66,46 @@ def test_tuned_allocator_reuses_large_blocks_instead_of_faulting_them_in():
 
 
 @glibc
-@pytest.mark.parametrize("env", [{"MALLOC_ARENA_MAX": "2"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"}])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MALLOC_ARENA_MAX": "2"},
+        {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+        {"SIAMMAE_NO_MALLOC_TUNING": "1"},  # the documented opt-out
+    ],
+)
 def test_an_allocator_the_environment_chooses_is_left_alone(env):
     probe = _probe("tune", env, run=False)
     assert probe["applied"] is False and probe["again"] is False, probe
+
+
+_ENTRY = """
+import sys
+import siammae.allocator as allocator
+from siammae.propagation.features import TorchEncoder
+from siammae.model.registry import create_model
+TorchEncoder(create_model("tiny"), device="cpu")
+library = allocator._CPU_ALLOCATOR_TUNED
+from siammae.cli.track import main
+try:
+    main(["missing.mp4", "--mask", "m.png"])
+except SystemExit:
+    pass
+print(library, allocator._CPU_ALLOCATOR_TUNED)
+"""
+
+
+@glibc
+@pytest.mark.parametrize(("env", "command"), [({}, True), ({"SIAMMAE_NO_MALLOC_TUNING": "1"}, False)])
+def test_the_library_leaves_malloc_alone_and_the_command_tunes_it_once(tmp_path, env, command):
+    """Building an encoder on a CPU changes nothing of the process; ``siammae-track`` tunes malloc at its entry
+    (even when it then stops on bad input), unless ``SIAMMAE_NO_MALLOC_TUNING=1``."""
+    import os
+
+    full = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD",)}
+    full.pop("GLIBC_TUNABLES", None)
+    full.pop("SIAMMAE_NO_MALLOC_TUNING", None)
+    full.update(env)
+    out = subprocess.run([sys.executable, "-c", _ENTRY], cwd=tmp_path, capture_output=True, text=True, env=full,
+                         check=True)  # fmt: skip
+    assert out.stdout.split() == ["False", str(command)], out.stdout + out.stderr

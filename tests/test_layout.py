@@ -20,6 +20,7 @@ LAYERS = {
     "siammae.config_rules": 1,
     "siammae.io": 1,
     "siammae.device": 1,
+    "siammae.allocator": 1,
     "siammae.torchrun": 1,
     "siammae.memory": 1,
     "siammae.background": 1,

@@ -159,5 +159,5 @@ def test_python_blocks_run_as_written(code, example_files, tmp_path, monkeypatch
     exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})  # noqa: S102
     assert {f.name for f in example_files.iterdir()} <= before and before <= set(os.listdir(tmp_path))
     printed = capsys.readouterr().out
-    if 'print(report["status"], report["frames"])  # complete 20' in code:  # what the README says it prints
+    if "print(report.status, report.frames)  # complete 20" in code:  # what the README says it prints
         assert printed.splitlines()[-1] == "complete 20"

@@ -62,9 +62,10 @@ def _encoder(model) -> ViTEncoder:
 def attention_maps(model, frames: torch.Tensor, heads=None, pos_interp: str = "auto") -> torch.Tensor:
     """[CLS] attention of the last encoder block over the patches: (B, 3, H, W) -> (B, n, h, w) float32.
 
-    ``frames`` are ImageNet-normalised, as for ``model.features`` (``siammae.data.transforms.preprocess`` gives
-    them); H and W multiples of the patch size. ``heads`` (see :func:`resolve_heads`) picks the n maps, in the
-    order given; "mean" gives one map, the mean over all heads. Every map sums to 1 over the h*w patches.
+    ``frames`` are ImageNet-normalised, as for ``model.features`` (:func:`render_attention` makes
+    them by the preset's input rule); H and W multiples of the patch size. ``heads`` (see :func:`resolve_heads`)
+    picks the n maps, in the order given; "mean" gives one map, the mean over all heads. Every map sums to 1 over the
+    h*w patches.
     """
     encoder = _encoder(model)
     if frames.ndim != 4 or frames.shape[1] != encoder.config.in_chans:
@@ -205,7 +206,7 @@ def iter_attention(
     """Stream frames through :func:`attention_maps`; yields ``(frame, rendered)`` in order, rendered an RGB uint8
     grid of the chosen heads over the encoder's input frame (see :func:`overlay`).
 
-    ``preset`` and ``size`` choose the input as for the tracker (``Driver(model, preset, size=size)``): the preset's
+    ``preset`` and ``size`` choose the input as for the tracker (``Tracker(model, preset, size=size)``): the preset's
     input rule (None: the default preset), ``size`` a short side (``480``) or a fixed size (``"480x880"``).
 
     The model runs on the device its parameters are on, ``batch_size`` frames at a time; only one batch is held.

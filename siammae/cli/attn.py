@@ -56,8 +56,10 @@ from siammae.propagation.config import default_preset
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def main(input, ckpt, arch, heads, out, preset, size, batch_size, device, dtype, cmap, alpha, no_labels, quiet):
     """Render the [CLS] attention of the last encoder block over INPUT (a video, a frame folder or an image)."""
+    from siammae.allocator import tune_cpu_allocator
     from siammae.attention.job import AttnJob
 
+    tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
     job = AttnJob(input=input, ckpt=ckpt, arch=arch, heads=heads, out=out, preset=preset, size=size,
                   batch_size=batch_size, device=device, dtype=dtype, cmap=cmap, alpha=alpha, labels=not no_labels,
                   progress=not quiet)  # fmt: skip

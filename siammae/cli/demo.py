@@ -21,7 +21,10 @@ from siammae.cli.options import CONTEXT, Command, Device, errors
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def cli(out, steps, device, overwrite, quiet):
     """Pretrain a tiny SiamMAE on a synthetic video and show that it tracks better than the untrained network."""
+    from siammae.allocator import tune_cpu_allocator
     from siammae.demo import DemoSettings, run_demo  # deferred: --help stays fast
+
+    tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
 
     settings = DemoSettings() if steps is None else DemoSettings(steps=steps)
     log = (lambda msg: None) if quiet else (lambda msg: click.echo(msg, err=True))

@@ -61,9 +61,11 @@ def _common(f):
 
 
 def _run(benchmark: str, split, year: str | None = None, **opts):
+    from siammae.allocator import tune_cpu_allocator
     from siammae.evaluation.job import EvalJob  # deferred: --help stays fast
     from siammae.evaluation.results import markdown_table
 
+    tune_cpu_allocator()  # the process's malloc, once, at the command's entry (opt-out: SIAMMAE_NO_MALLOC_TUNING=1)
     changed = overrides(click.get_current_context(), opts)
     sequences = opts.pop("sequences")
     job = EvalJob(benchmark, split=split, year=year, overrides=changed, **opts,
@@ -71,8 +73,8 @@ def _run(benchmark: str, split, year: str | None = None, **opts):
     log_to_stderr()  # the DAVIS year detected, when --year is not given
     with errors():
         doc = job.run()
-    click.echo(markdown_table(doc["title"], doc["global"]))
-    click.echo(f"results in {doc['out']}")
+    click.echo(markdown_table(doc.title, doc.metrics))
+    click.echo(f"results in {doc.out}")
 
 
 @click.group(cls=Group, context_settings=CONTEXT)

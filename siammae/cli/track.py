@@ -118,9 +118,11 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
     --out (masks/, report.json), with --mask-dir ROOT (ROOT/<video name>/ per video) or --keypoints ROOT
     (ROOT/<video name>.json) and a summary.json / summary.md; under torchrun the videos are shared out over the
     processes."""
+    from siammae.allocator import tune_cpu_allocator
     from siammae.data.masks import MaskResizeWarning
     from siammae.tracking.job import TrackJob
 
+    tune_cpu_allocator()  # the process's malloc, once, here (README: SIAMMAE_NO_MALLOC_TUNING=1 leaves it alone)
     changed = overrides(ctx, opts)
     job = TrackJob(videos=tuple(videos), manifest=manifest, mask=mask, mask_dir=mask_dir, keypoints=keypoints,
                    ckpt=ckpt, arch=arch, encoder=encoder, preset=preset, overrides=changed, size=size, device=device,
@@ -147,17 +149,18 @@ def main(ctx, videos, manifest, mask, mask_dir, keypoints, ckpt, arch, encoder, 
         _single_done(result, job)
 
 
-def _single_done(result: dict, job) -> None:
-    if job.keypoints is not None:
-        what = f"{len(result['keypoints'])} keypoints"
+def _single_done(report, job) -> None:
+    """One line about a finished run (``report``: its :class:`~siammae.tracking.report.RunReport`)."""
+    if report.keypoints is not None:
+        what = f"{len(report.keypoints)} keypoints"
     else:
-        what = f"objects {', '.join(str(i) for i in result['objects'])}"
+        what = f"objects {', '.join(str(i) for i in report.objects)}"
     where = ", ".join(str(p) for p in dataclasses.astuple(job.outputs()) if p is not None)
-    weights = result["settings"].get("weights") or {}
+    weights = report.weights or {}
     used = f" with {weights['weights']} (sha256 {weights['sha256'][:12]})" if weights.get("sha256") else ""
     click.echo(
-        f"tracked {result['frames']} frames ({what}){used} in {result['time']['total_seconds']:.1f} s, "
-        f"{result['fps']} frames/s -> {where}",
+        f"tracked {report.frames} frames ({what}){used} in {report.time.total_seconds:.1f} s, "
+        f"{report.fps} frames/s -> {where}",
         err=True,
     )
 

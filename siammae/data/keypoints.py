@@ -1,16 +1,8 @@
 """Keypoint files: the user's first-frame points and the tracked track (JSON and JSON Lines).
 
-The heatmap read-out that turns propagated label maps into points is :mod:`siammae.propagation.keypoints`.
-
-The JHMDB pose-propagation protocol (CRW ``data/jhmdb.py`` + ``test.py``, used by DINO-style evaluations and
-SiamMAE): each joint becomes a heatmap on the feature grid, peak 1 with ``sigma = 0.5`` cells, drawn in a
-``+/- 3 sigma`` window; channel 0 is the background (1 where no joint heatmap is nonzero). The maps propagate
-through the video exactly like one-hot masks. A joint's position in a later frame is the weighted mean of the
-``topk = 3`` highest cells of its propagated map, weights the map values, mapped back to pixels.
-
-Coordinates are (x, y) pixels of the original frame, 0-based: (0, 0) is the centre of the top-left pixel
-(JHMDB's 1-based ``pos_img`` minus 1). Pixel ``x`` is cell ``x * w / W`` on a ``w``-wide grid and back, as CRW
-(``pos_img * new_w / ori_w / stride``, ``coord / feat_res * width``).
+How points become heatmaps that propagate like masks, and back (the JHMDB protocol of CRW and DINO-style
+evaluations), is :mod:`siammae.propagation.heatmaps`. Coordinates here are (x, y) pixels of the original frame,
+0-based: (0, 0) is the centre of the top-left pixel (JHMDB's 1-based ``pos_img`` minus 1).
 
 User keypoints for ``siammae-track --keypoints first.json`` (schema, read by :func:`read_keypoints`)::
 

@@ -1,7 +1,7 @@
 """One entry point for the three benchmarks: run a checkpoint or an exported encoder, or score existing predictions.
 
->>> doc = evaluate("davis", "data/DAVIS", ckpt="siammae_vits16.pth", year="2017")   # doctest: +SKIP
->>> doc["global"]["J&F-Mean"]                                                         # doctest: +SKIP
+>>> result = evaluate("davis", "data/DAVIS", ckpt="siammae_vits16.pth", year="2017")  # doctest: +SKIP
+>>> result.metrics["J&F-Mean"]                                                         # doctest: +SKIP
 >>> evaluate("davis", "data/DAVIS", encoder="vits16_480x880.onnx")                    # doctest: +SKIP
 
 ``siammae-eval`` is a thin shell around :func:`evaluate`.
@@ -18,6 +18,7 @@ from siammae.errors import InputError
 from siammae.evaluation.davis import Davis, detect_year
 from siammae.evaluation.jhmdb import Jhmdb
 from siammae.evaluation.protocol import Benchmark
+from siammae.evaluation.results import EvalResult
 from siammae.evaluation.vip import Vip
 from siammae.output_folder import OutputFolder, check_name
 
@@ -58,7 +59,7 @@ def load_runner(
     from siammae.model.checkpoint import file_sha256
     from siammae.model.load import resolve_run
     from siammae.propagation.config import check_attention_override, default_preset, get_preset
-    from siammae.propagation.driver import Driver
+    from siammae.propagation.driver import Tracker
 
     if ckpt is not None and encoder is not None:
         raise InputError("give a checkpoint (ckpt) or an exported encoder (model.onnx / model.engine), not both")
@@ -80,11 +81,11 @@ def load_runner(
         }
     else:
         settings = {"encoder": str(Path(encoder).resolve()), "encoder_sha256": file_sha256(encoder)}
-        info = getattr(model, "info", None)
-        settings["model"] = info.config if info is not None else None
-    settings["dtype"] = getattr(model, "dtype", dtype) if encoder is not None else dtype
-    driver = Driver(model, preset, device=device, dtype=dtype, chunk=batch_size)
-    return Runner(driver, progress=progress), settings  # progress: a frame bar per sequence
+        settings["model"] = model.info.config if model.info is not None else None  # FrameEncoder: info, dtype
+    settings["dtype"] = model.dtype if encoder is not None else dtype
+    # frames decoded in this thread, as evaluation always has (prefetch changes the speed only, never a mask)
+    tracker = Tracker(model, preset, device=device, dtype=dtype, chunk=batch_size, prefetch=False)
+    return Runner(tracker, progress=progress), settings  # progress: a frame bar per sequence
 
 
 def get_benchmark(
@@ -129,7 +130,7 @@ def evaluate(
     overwrite: bool = False,
     progress: bool = True,
     choice=None,
-) -> dict:
+) -> EvalResult:
     """Evaluate a checkpoint (``ckpt``; none of ``ckpt``, ``encoder``, ``results``: the default weights, or the
     shipped model when they cannot be had, as the commands do; ``choice``: that choice when already made,
     :class:`~siammae.model.load.WeightsChoice`), an exported encoder (``encoder``: ``model.onnx`` /
@@ -142,7 +143,8 @@ def evaluate(
     ``eval/<benchmark>...-<ckpt name>``); the run resumes where it stopped unless ``overwrite``. ``size`` overrides
     the preset's input size: a short side (``480``) or a fixed size (``"480x880"``), as ``siammae-track --size``.
     With ``results`` the predictions there are scored (tables to ``out``, default the results folder). Returns the
-    results document (``doc["global"]``: the benchmark's table, official column order).
+    :class:`~siammae.evaluation.results.EvalResult` (``metrics``: the benchmark's table, official column order;
+    ``to_json()``: ``results.json``).
 
     Everything that can be checked without the model is checked before it loads (and before torch is imported):
     the data set's lists, ``sequences``, the checkpoint or encoder file, the results and output folders.

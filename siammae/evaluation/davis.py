@@ -29,7 +29,7 @@ from siammae.evaluation.layout import annotated_frames, read_names
 from siammae.evaluation.metrics.davis import GLOBAL_COLUMNS, SequenceScores, evaluate_sequence, global_results
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.protocol import Benchmark
-from siammae.evaluation.results import ResultsDir
+from siammae.evaluation.results import EvalResult, ResultsDir
 from siammae.output_folder import check_name
 
 if TYPE_CHECKING:  # the model side (torch, propagation) is not needed to score existing predictions
@@ -216,7 +216,7 @@ class Davis(Benchmark):
         runner.write_masks(pred_dir, list(seq.frames), first)
         return scores_to_record(score_predictions(seq, pred_dir, self.year))
 
-    def tables(self, results: ResultsDir, records: list[dict]) -> dict:
+    def tables(self, results: ResultsDir, records: list[dict]) -> EvalResult:
         """Per-object CSV rows (``<sequence>_<id>``, as the official per-sequence table) and the global table."""
         rows = []
         all_scores = [scores_from_record(r) for r in records]

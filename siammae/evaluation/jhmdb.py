@@ -28,7 +28,7 @@ from siammae.data.keypoints import write_keypoint_track
 from siammae.errors import InputError
 from siammae.evaluation.metrics.jhmdb import JOINT_NAMES, PCK_THRESHOLDS, normalized_distances, pck
 from siammae.evaluation.protocol import Benchmark
-from siammae.evaluation.results import ResultsDir
+from siammae.evaluation.results import EvalResult, ResultsDir
 from siammae.io import read_json, read_text
 from siammae.output_folder import check_name
 
@@ -161,7 +161,7 @@ class Jhmdb(Benchmark):
         write_keypoint_track(path, JOINT_NAMES, track, size)
         return score_prediction(video, *read_prediction(path, len(video.frames)))
 
-    def tables(self, results: ResultsDir, records: list[dict]) -> dict:
+    def tables(self, results: ResultsDir, records: list[dict]) -> EvalResult:
         rows, all_dist = [], []
         for record in records:
             dist = np.array(record["distances"], dtype=np.float64).reshape(-1, len(JOINT_NAMES))  # None -> NaN

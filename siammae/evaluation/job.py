@@ -13,8 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from siammae.errors import InputError
+
+if TYPE_CHECKING:
+    from siammae.evaluation.results import EvalResult
 
 MODEL_ONLY = ("preset", "size", "arch", "max_frames")  # options that apply only when a model runs
 
@@ -83,8 +87,8 @@ class EvalJob:
 
         return choose_weights(self.ckpt)
 
-    def run(self) -> dict:
-        """Check, then :func:`~siammae.evaluation.benchmark.evaluate`: the results document."""
+    def run(self) -> EvalResult:
+        """Check, then :func:`~siammae.evaluation.benchmark.evaluate`: the results (:class:`EvalResult`)."""
         from siammae.evaluation.benchmark import evaluate
 
         self.check()

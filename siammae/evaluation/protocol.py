@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from siammae.errors import InputError
-from siammae.evaluation.results import ResultsDir
+from siammae.evaluation.results import EvalResult, ResultsDir
 
 if TYPE_CHECKING:  # the model side (torch, propagation) is not needed to score existing predictions
     from siammae.evaluation.runner import Runner
@@ -71,7 +71,7 @@ class Benchmark(ABC):
     def predict(self, runner: Runner, root: Path, name: str, results: ResultsDir, max_frames: int | None) -> dict: ...
 
     @abstractmethod
-    def tables(self, results: ResultsDir, records: list[dict]) -> dict: ...
+    def tables(self, results: ResultsDir, records: list[dict]) -> EvalResult: ...
 
     # ------------------------------------------------------------------------------------------ the shared paths
     def score_results(
@@ -81,10 +81,10 @@ class Benchmark(ABC):
         out: str | Path | None = None,
         sequences: list[str] | None = None,
         progress: bool = True,
-    ) -> dict:
+    ) -> EvalResult:
         """Score existing predictions in ``results_dir`` (the benchmark's official results layout). The tables go
-        to ``out`` (default: ``results_dir``, as davis2017-evaluation does); returns the results document
-        (``doc["global"]``: the global table in the official column order)."""
+        to ``out`` (default: ``results_dir``, as davis2017-evaluation does); returns the :class:`EvalResult`
+        (``metrics``: the global table in the official column order)."""
         root, results_dir = Path(root), Path(results_dir)
         if not results_dir.is_dir():
             raise InputError(f"results folder {results_dir} does not exist")
@@ -104,7 +104,7 @@ class Benchmark(ABC):
         settings: dict | None = None,
         overwrite: bool = False,
         progress: bool = True,
-    ) -> dict:
+    ) -> EvalResult:
         """Propagate the first frame's labels through every sequence, write the predictions to
         ``out/predictions`` and score them. Resumable: sequences already scored in ``out`` (same settings) are read
         back. ``max_frames`` keeps the first frames of each sequence only (quick checks; not the benchmark).

@@ -21,6 +21,7 @@ import json
 import math
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -42,6 +43,29 @@ def _jsonable(value):
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What an evaluation returns: the table's ``title``, ``metrics`` (the global table: metric -> value in [0, 1],
+    None where undefined, in the official column order), the ``settings`` stored with the results, one row per
+    sequence (or object), benchmark-specific ``extra`` tables (VIP: ``per_class_iou``) and the folder ``out``.
+    :meth:`to_json` is ``results.json``, field for field."""
+
+    title: str
+    metrics: dict[str, float | None]
+    settings: dict
+    per_sequence: list[dict]
+    out: str
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "global": self.metrics, "settings": self.settings, **self.extra,
+                "per_sequence": self.per_sequence}  # fmt: skip
+
+    def to_markdown(self) -> str:
+        """``results.md``: the global table in percent, then the settings."""
+        return markdown_table(self.title, self.metrics, self.settings)
 
 
 class ResultsDir:
@@ -111,8 +135,8 @@ class ResultsDir:
         per_sequence: list[dict],
         global_row: dict[str, float],
         extra: dict | None = None,
-    ) -> dict:
-        """Write the per-sequence CSV and the global CSV / Markdown / JSON; returns the JSON document.
+    ) -> EvalResult:
+        """Write the per-sequence CSV and the global CSV / Markdown / JSON (:class:`EvalResult`, which it returns).
 
         per_sequence: rows with a "Sequence" key and the metric columns; global_row: metric -> value in [0, 1],
         in the order the table shows them.
@@ -121,11 +145,11 @@ class ResultsDir:
         if per_sequence:
             write_text(self.root / f"per-sequence_results-{split}.csv", _csv(list(per_sequence[0]), per_sequence))
         write_text(self.root / f"global_results-{split}.csv", _csv(list(global_row), [global_row]))
-        doc = {"title": title, "global": global_row, "settings": self.settings, **(extra or {})}
-        doc["per_sequence"] = per_sequence
-        write_json(self.root / "results.json", _jsonable(doc))
-        write_text(self.root / "results.md", markdown_table(title, global_row, self.settings))
-        return {**_jsonable(doc), "out": str(self.root)}
+        result = EvalResult(title, _jsonable(global_row), self.settings, _jsonable(per_sequence), str(self.root),
+                            _jsonable(extra or {}))  # fmt: skip
+        write_json(self.root / "results.json", result.to_json())
+        write_text(self.root / "results.md", result.to_markdown())
+        return result
 
 
 def _csv(columns: list[str], rows: list[dict]) -> str:

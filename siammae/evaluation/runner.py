@@ -1,6 +1,6 @@
 """Running a frame encoder plus label propagation over the sequences of a benchmark.
 
-A :class:`Runner` is a :class:`~siammae.propagation.driver.Driver` (the path ``siammae-track`` runs too, so a
+A :class:`Runner` is a :class:`~siammae.propagation.driver.Tracker` (the path ``siammae-track`` runs too, so a
 score describes what tracking does) plus the settings stored with the results. Each preset
 (:mod:`siammae.propagation.config`) holds its input rule (size, resize, normalisation; ``dino`` DINO's
 ``read_frame``, the ``siammae-*`` presets CropMAE's test code), with one override, ``size``, that lands in the
@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from siammae.evaluation.png import write_index_png
-from siammae.propagation.driver import Driver
+from siammae.propagation.driver import Tracker
 
 
 @dataclass
 class Runner:
-    """The driver of one evaluation: encoder, preset, overrides, input convention (``driver.inputs``)."""
+    """The tracker of one evaluation: encoder, preset, overrides, input convention (``tracker.inputs``)."""
 
-    driver: Driver
+    tracker: Tracker
     progress: bool = False  # a bar per sequence, in frames (done, frames/s, time left), under the sequences' bar
 
     def _counted(self, items: Iterator, frame_paths: list[Path]) -> Iterator:
@@ -36,12 +36,12 @@ class Runner:
 
     @property
     def config(self):
-        return self.driver.config
+        return self.tracker.config
 
     def settings(self) -> dict:
         """The preset's record (name, propagation constants, size override, input rule): what decides the
         scores, so a resumed run must match it; the batch size does not and may change."""
-        return self.driver.preset.record()
+        return self.tracker.preset.record()
 
     def run_settings(self, benchmark: str, root, max_frames: int | None, extra: dict | None = None, **split) -> dict:
         """The settings stored with a benchmark's results: the benchmark and its split, the data root, the frame
@@ -63,7 +63,7 @@ class Runner:
 
     def propagate_mask(self, frame_paths: list[Path], first_mask: np.ndarray) -> Iterator[np.ndarray]:
         """Masks [H, W] of frames 1.. from the id map [H, W] of frame 0 (original resolution in and out)."""
-        for index, mask in self._counted(self.driver.masks(frame_paths, first_mask), frame_paths):
+        for index, mask in self._counted(self.tracker.masks(frame_paths, first_mask), frame_paths):
             if index > 0:
                 yield mask
 
@@ -71,5 +71,5 @@ class Runner:
         self, frame_paths: list[Path], first_points: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """([J, 2] pixels, [J] visible) of frames 1.. from the [J, 2] (x, y) pixels of frame 0."""
-        for _, xy, visible in self._counted(self.driver.keypoints(frame_paths, first_points), frame_paths):
+        for _, xy, visible in self._counted(self.tracker.keypoints(frame_paths, first_points), frame_paths):
             yield xy, visible

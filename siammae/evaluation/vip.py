@@ -27,7 +27,7 @@ from siammae.evaluation.layout import annotated_frames, read_names
 from siammae.evaluation.metrics.vip import NUM_CLASSES, confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
 from siammae.evaluation.png import read_index_png
 from siammae.evaluation.protocol import Benchmark
-from siammae.evaluation.results import ResultsDir
+from siammae.evaluation.results import EvalResult, ResultsDir
 
 if TYPE_CHECKING:
     from siammae.evaluation.runner import Runner
@@ -128,7 +128,7 @@ class Vip(Benchmark):
         runner.write_masks(pred_dir, list(video.frames), first)
         return score_predictions(video, pred_dir)
 
-    def tables(self, results: ResultsDir, records: list[dict]) -> dict:
+    def tables(self, results: ResultsDir, records: list[dict]) -> EvalResult:
         rows = []
         total = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
         for record in records:

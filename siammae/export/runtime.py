@@ -164,6 +164,8 @@ class TensorRTEncoder:
     Runs on torch's current CUDA stream, with torch tensors as the engine's I/O buffers.
     """
 
+    info = None  # an engine holds no ExportInfo (its sidecar's record is ``build_info``)
+
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "auto"):
         self.path = Path(path)
         if not self.path.is_file():

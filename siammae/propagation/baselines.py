@@ -19,6 +19,9 @@ class PixelEncoder:
     (``c * p * p + y * p + x``), as a ViT's patch embedding sees them before its linear layer."""
 
     fixed_size = None
+    dtype = torch.float32  # the FrameEncoder Protocol's declared fields
+    path = None
+    info = None
 
     def __init__(self, patch_size: int = 8, mean=IMAGENET_MEAN, std=IMAGENET_STD, device: str = "cpu"):
         if patch_size < 1:

@@ -1,10 +1,17 @@
 """The one path from frames to masks and keypoints: frames -> encoder input -> features -> soft labels -> read-out.
 
-Tracking (:class:`~siammae.tracking.Tracker`, which adds a decode thread and stage timings), evaluation
-(:class:`~siammae.evaluation.runner.Runner`) and keypoint propagation all run a :class:`Driver`, so for the same
-preset and size they encode the same frames to the same tensors and give the same masks:
+:class:`Tracker` is the library's one predictor (as SAM 2 has one video predictor): tracking runs
+(:mod:`siammae.tracking.run`), evaluation (:class:`~siammae.evaluation.runner.Runner`) and keypoint propagation all
+stream frames through it, so for the same preset and size they encode the same frames to the same tensors and give
+the same masks:
 
-    frames --decode, resize (inputs.py)--> chunk --encoder--> (T, h, w, D) --Propagator--> (T, C, h, w) --> masks
+    decode + resize (inputs.py; a reader thread with ``prefetch``) --(bounded queue)--> chunk --encoder-->
+    (T, h, w, D) --Propagator--> (T, C, h, w) --> masks / keypoints
+
+Two options compose what a run needs, instead of a subclass: ``prefetch`` decodes and resizes in a background
+thread (:class:`~siammae.background.BackgroundReader`, at most ``2 * chunk`` frames ahead; a live source decodes in
+its own reader thread, :meth:`~siammae.data.live.LiveSource.read`), and a timer passed to :meth:`Tracker.stream`
+(``tracking.report.StageTimes``) receives each stage's busy seconds.
 
 The encoder is any :class:`~siammae.propagation.features.FrameEncoder`: a SiamMAE / ViTEncoder (wrapped in a
 ``TorchEncoder`` with the preset's normalisation), or an ONNX / TensorRT runtime (``siammae.export.load_encoder``).
@@ -22,19 +29,22 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from siammae.background import BackgroundReader
+from siammae.data.live import LiveSource
 from siammae.data.masks import check_objects, fit_mask, read_mask
 from siammae.data.video import Frame, VideoSource, open_video, read_image
 from siammae.errors import InputError
 from siammae.propagation.config import Preset, get_preset
 from siammae.propagation.engine import Propagator
 from siammae.propagation.features import FrameEncoder, TorchEncoder
+from siammae.propagation.heatmaps import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.propagation.inputs import chunks, resize_frame, to_batch
-from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.propagation.labels import (
     crw_first_labels,
     crw_palette,
@@ -45,6 +55,16 @@ from siammae.propagation.labels import (
 )
 
 MaskLike = np.ndarray | str | os.PathLike
+DEFAULT_CHUNK = 8  # frames per encoder call; 1 for a real-time live source (a chunk would wait for its frames)
+
+
+class Timer(Protocol):
+    """Where a stream adds its stages' busy seconds (``decode``, ``encode``, ``propagate``) and counts its frames:
+    ``tracking.report.StageTimes``."""
+
+    frames: int
+
+    def add(self, stage: str, seconds: float) -> None: ...
 
 
 @dataclass
@@ -62,7 +82,7 @@ class Tracked:
     object_ids: np.ndarray  # (C,) uint8, channel -> object id; a snapshot (later masks add channels)
 
 
-class Driver:
+class Tracker:
     """Propagate first-frame labels through a video with an encoder and a preset, in constant memory.
 
     model: a SiamMAE / ViTEncoder (wrapped in a :class:`~siammae.propagation.features.TorchEncoder` that normalises
@@ -76,8 +96,10 @@ class Driver:
     ``self.preset`` is the resolved :class:`~siammae.propagation.config.Preset` (overrides and size applied);
     ``self.config`` and ``self.inputs`` are its propagation constants and input rule.
     device, dtype: for a PyTorch model ("auto" | "cpu" | "cuda"; "fp32" | "fp16" | "bf16").
-    chunk: frames encoded together, and propagated with one top-k call (no effect on the results).
+    chunk: frames encoded together, and propagated with one top-k call (no effect on the results); None:
+        :data:`DEFAULT_CHUNK`, and 1 for a live source read in real time (:meth:`chunk_for`).
     backend: kernel backend of the propagation engine ("auto" | "triton" | "torch").
+    prefetch: decode and resize in a background thread, ahead of the encoder (no effect on the results).
     """
 
     def __init__(
@@ -87,14 +109,15 @@ class Driver:
         device: str | torch.device = "auto",
         dtype: str = "fp32",
         size=None,
-        chunk: int = 8,
+        chunk: int | None = None,
         backend: str = "auto",
+        prefetch: bool = True,
         **overrides,
     ):
         self.preset = get_preset(preset, size=size, **overrides)
         self.config = self.preset.propagation
         self.inputs = self.preset.inputs
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
             raise InputError(f"chunk must be an integer >= 1, got {chunk!r}")
         mean, std = self.inputs.mean, self.inputs.std
         if isinstance(model, nn.Module):
@@ -106,10 +129,10 @@ class Driver:
                 raise InputError(f"device {device!s} / dtype {dtype}: {e}") from e
         elif isinstance(model, FrameEncoder):
             self.encoder = model
-            info = getattr(model, "info", None)  # exported graphs carry their normalisation inside
+            info = model.info  # exported graphs carry their normalisation inside
             if info is not None and (tuple(info.mean), tuple(info.std)) != (tuple(mean), tuple(std)):
                 warnings.warn(
-                    f"{getattr(model, 'path', 'the encoder')} normalises with mean {tuple(info.mean)}, std "
+                    f"{model.path or 'the encoder'} normalises with mean {tuple(info.mean)}, std "
                     f"{tuple(info.std)} but preset {self.preset.name} expects {tuple(mean)}, {tuple(std)}; export "
                     f"with siammae-export --preset {self.preset.name} to follow the protocol exactly",
                     stacklevel=2,
@@ -117,8 +140,10 @@ class Driver:
         else:
             raise TypeError(f"model must be a SiamMAE, a ViTEncoder or a FrameEncoder, got {type(model).__name__}")
         self.size = self.preset.size  # the size override, parsed (None: the preset's own)
-        self.chunk = chunk
+        self.chunk_given = chunk is not None
+        self.chunk = DEFAULT_CHUNK if chunk is None else chunk
         self.backend = backend
+        self.prefetch = prefetch
         self.patch_size = self.encoder.patch_size
         self.device = torch.device(self.encoder.device)
         self.inputs.frame_size(480, 854, self.patch_size)  # a size the patch size does not fit fails here, not later
@@ -130,7 +155,7 @@ class Driver:
         fixed = self.encoder.fixed_size
         if fixed is not None and tuple(fixed) != tuple(hw):
             # sizes as HEIGHTxWIDTH, as --size and the exported file names spell them
-            name = getattr(self.encoder, "path", None)
+            name = self.encoder.path
             asked = f"preset {self.preset.name}"
             if self.size is not None:
                 asked += f" at --size {_size_text(self.size)}"
@@ -141,22 +166,21 @@ class Driver:
             )
         return hw
 
+    def chunk_for(self, frames) -> int:
+        """Frames per encoder call for ``frames``: ``chunk``, or 1 for a real-time live source when no chunk was
+        given (a chunk waits for all its frames: real time tracks each frame as it comes)."""
+        if not self.chunk_given and isinstance(frames, LiveSource) and frames.realtime:
+            return 1
+        return self.chunk
+
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) patch grid of a ``height`` x ``width`` video, the shape of the soft labels."""
         H, W = self.frame_size(height, width)
         return H // self.patch_size, W // self.patch_size
 
-    def settings(self) -> dict:
-        """The settings record of a run: the preset's :meth:`~siammae.propagation.config.Preset.record` (name,
-        propagation constants, size override, input rule) and the run options (chunk, dtype, kernel backend,
-        encoder type). ``siammae-track`` reports it; ``siammae-eval`` stores the preset's record."""
-        return {
-            **self.preset.record(),
-            "chunk": self.chunk,
-            "dtype": str(getattr(self.encoder, "dtype", "n/a")).replace("torch.", ""),
-            "backend": self.backend,
-            "encoder": type(self.encoder).__name__,
-        }
+    def dtype_name(self) -> str:
+        """The encoder's compute precision as a report names it ("float32", "fp16", ...)."""
+        return str(self.encoder.dtype).replace("torch.", "")
 
     # ----------------------------------------------------------------------------------------------- public
     def masks(
@@ -209,25 +233,45 @@ class Driver:
         return ids
 
     # ------------------------------------------------------------------------------------------------ stream
-    def stream(self, frames, first_labels, references=None) -> Iterator[Tracked]:
-        """The generator under ``masks``, ``soft`` and ``keypoints``: one :class:`Tracked` per frame, in order."""
-        yield from self.propagate(self.inputs_of(frames), first_labels, references)
+    def stream(self, frames, first_labels, references=None, times: Timer | None = None) -> Iterator[Tracked]:
+        """The generator under ``masks``, ``soft`` and ``keypoints``: one :class:`Tracked` per frame, in order.
+
+        times: a :class:`Timer` that receives the busy seconds of decoding, encoding and propagation, and counts
+        the frames (a run's own, so that one tracker can serve several streams at once).
+        """
+        chunk = self.chunk_for(frames)
+        if isinstance(frames, LiveSource):
+            source = frames.read(self._prepare)  # decoded and resized in the live source's reader thread
+        elif self.prefetch:
+            source = BackgroundReader(self.inputs_of(frames), maxsize=2 * chunk, name="siammae-decode")
+        else:
+            yield from self._propagate(self.inputs_of(frames), first_labels, references, times, chunk)
+            return
+        try:
+            yield from self._propagate(source, first_labels, references, times, chunk)
+        finally:
+            source.close()
+            if times is not None:
+                times.add("decode", source.busy_s)
 
     def inputs_of(self, frames) -> Iterator[tuple[Frame, np.ndarray]]:
         """Decode and resize: ``(frame, encoder input)`` per frame, the input as :func:`inputs.resize_frame` makes
-        it at ``frame_size``. Pure CPU work, which :class:`~siammae.tracking.Tracker` runs in its decode thread."""
+        it at ``frame_size``. Pure CPU work, which ``prefetch`` runs in a background thread."""
         size = None
         for frame in _frames(frames):
             if size is None:
                 size = self.frame_size(*frame.rgb.shape[:2])
             yield frame, resize_frame(frame.rgb, size, self.inputs.resize)
 
-    def propagate(
-        self, source: Iterable[tuple[Frame, np.ndarray]], first_labels, references=None, times=None, chunk=None
-    ):
-        """``(frame, input)`` pairs (see :meth:`inputs_of`) -> one :class:`Tracked` per frame. ``times``: an object
-        with ``add(stage, seconds)`` and a ``frames`` count (``tracking.report.StageTimes``), or None. ``chunk``:
-        frames per encoder call for this stream (default ``self.chunk``)."""
+    def _prepare(self, frame: Frame) -> tuple[Frame, np.ndarray]:
+        """One frame as :meth:`inputs_of` prepares it: (frame, encoder input at ``frame_size``)."""
+        return frame, resize_frame(frame.rgb, self.frame_size(*frame.rgb.shape[:2]), self.inputs.resize)
+
+    def _propagate(
+        self, source: Iterable[tuple[Frame, np.ndarray]], first_labels, references, times: Timer | None, chunk: int
+    ) -> Iterator[Tracked]:
+        """``(frame, input)`` pairs (see :meth:`inputs_of`) -> one :class:`Tracked` per frame, ``chunk`` frames per
+        encoder call."""
         references = dict(references or {})
         if references and self.config.first_labels == "crw":
             raise InputError(
@@ -247,7 +291,7 @@ class Driver:
             return frame, x, None if ref is None else _load_mask(ref, frame, f"mask of frame {frame.name}")
 
         # a frame given a mask ends its chunk, so that the frames after it see it as a reference
-        for batch in chunks(map(given_mask, source), chunk or self.chunk, ends=lambda item: item[2] is not None):
+        for batch in chunks(map(given_mask, source), chunk, ends=lambda item: item[2] is not None):
             if grid is None:
                 grid = self.grid_size(*batch[0][0].rgb.shape[:2])
             t0 = time.perf_counter()

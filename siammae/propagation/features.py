@@ -9,34 +9,46 @@ the mean / std it was given.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-from siammae.device import QUANTIZED, resolve_device, resolve_dtype, tune_cpu_allocator
+from siammae.device import QUANTIZED, resolve_device, resolve_dtype
 
 
 @runtime_checkable
 class FrameEncoder(Protocol):
     """``encoder(frames)``: (B, 3, H, W) float RGB in [0, 1] -> (B, h, w, D) features (any scale; the
     propagation engine L2-normalises). ``fixed_size`` is the (H, W) a compiled runtime was built for, None when any
-    multiple of ``patch_size`` works."""
+    multiple of ``patch_size`` works. ``dtype``: the compute precision (a ``torch.dtype`` or its name). ``path``:
+    the exported file it runs (None for a PyTorch model); ``info``: that file's metadata
+    (:class:`siammae.export.metadata.ExportInfo`: normalisation, weights' sha256), None where there is none."""
 
     patch_size: int
     embed_dim: int
     fixed_size: tuple[int, int] | None
     device: torch.device
+    dtype: object
+    path: Path | None
+    info: object | None
 
     def __call__(self, frames: torch.Tensor) -> torch.Tensor: ...
 
 
 class TorchEncoder:
     """A SiamMAE or ViTEncoder as a :class:`FrameEncoder`: normalise, run ``model.features`` in inference mode,
-    under autocast for fp16 / bf16 (features returned in fp32); ``dtype="int8"`` on a CPU runs the linear layers
-    quantised to int8 (:mod:`siammae.model.quantize`)."""
+    under autocast for fp16 / bf16 on GPU (features returned in fp32); ``dtype="int8"`` on a CPU runs the linear
+    layers quantised to int8 (:mod:`siammae.model.quantize`).
+
+    On a CPU the activations' allocations are much cheaper with glibc's malloc tuned
+    (:func:`siammae.allocator.tune_cpu_allocator`); that is a setting of the whole process, so the commands apply it
+    once at their entry, never this class."""
 
     fixed_size = None
+    path = None  # a PyTorch model, not an exported file
+    info = None
 
     def __init__(
         self,
@@ -50,8 +62,6 @@ class TorchEncoder:
     ):
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        if self.device.type == "cpu":
-            tune_cpu_allocator()  # activations reused, not page-faulted in again every frame
         self.model = model.to(self.device).eval()
         if dtype in QUANTIZED:  # int8 on a CPU: the linear layers quantised (a copy; the caller's model unchanged)
             from siammae.model.quantize import quantize_linear

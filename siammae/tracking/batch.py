@@ -16,7 +16,12 @@ video that fails is recorded with its error (its report says "error") and the ba
 The batch claims ``out`` as a single-video run claims its folder (:class:`siammae.output_folder.OutputFolder`): one
 batch at a time (a second one into the same ``out`` stops with an error naming the first one's pid), no symbolic link
 anywhere inside (a planted ``out/<name>`` or ``out/.<name>.partial`` link is refused, never followed), leftovers of
-a killed run removed. A video's folder is replaced only when it holds nothing but what a batch writes
+a killed run removed. A video "complete" in ``out`` is skipped only when it is the same work: the same video and
+the same settings (the preset's record, the size, the weights' sha256, the dtype and encoder type:
+:meth:`~siammae.tracking.report.RunSettings.changes`); a manifest row that now names another video, or a run with
+other weights or options, stops with an error before the first video (``overwrite`` redoes them).
+
+A video's folder is replaced only when it holds nothing but what a batch writes
 (:data:`siammae.tracking.manifest.VIDEO_FILES`); any other file there is an error before the first video, never
 deleted. With ``overwrite`` the folder ends up holding this batch's outputs only: other video folders a batch wrote
 are removed, any other entry is an error (:func:`siammae.tracking.manifest.check_batch_folder`, also asked before
@@ -37,12 +42,13 @@ from siammae.data.video import count_frames
 from siammae.errors import InputError, OutputError, SiamMAEError
 from siammae.io import read_json, write_json, write_text
 from siammae.output_folder import OutputFolder
+from siammae.propagation.driver import Tracker
 from siammae.torchrun import Rank, current_rank, finish, gather, init
 from siammae.tracking.manifest import BatchItem, check_batch_folder, check_items
-from siammae.tracking.report import now_iso
+from siammae.tracking.report import RunReport, now_iso
+from siammae.tracking.run import settings
 from siammae.tracking.shard import shard
-from siammae.tracking.track import track_keypoints_video, track_video
-from siammae.tracking.tracker import Tracker
+from siammae.tracking.track import track_video
 
 
 @dataclass
@@ -54,25 +60,24 @@ class VideoResult:
     status: str
     folder: Path
     error: str | None = None
-    report: dict | None = field(default=None, repr=False)
+    report: RunReport | None = field(default=None, repr=False)
 
     def row(self) -> dict:
         """One line of the summary."""
-        r = self.report or {}
-        v, mem, t = r.get("video") or {}, r.get("memory") or {}, r.get("time") or {}
+        r = self.report
         return {
             "name": self.item.name,
             "video": self.item.video,
             "status": self.status,
             "error": self.error,
-            "frames": r.get("frames", 0),
-            "width": v.get("width"),
-            "height": v.get("height"),
-            "seconds": t.get("total_seconds"),
-            "fps": r.get("fps"),
-            "stage_fps": {s: x["fps"] for s, x in (t.get("stages") or {}).items()},
-            "peak_host_mib": mem.get("peak_host_mib"),
-            "peak_gpu_mib": mem.get("peak_gpu_mib"),
+            "frames": 0 if r is None else r.frames,
+            "width": None if r is None else r.video.width,
+            "height": None if r is None else r.video.height,
+            "seconds": None if r is None else r.time.total_seconds,
+            "fps": None if r is None else r.fps,
+            "stage_fps": {} if r is None else {s: x.fps for s, x in r.time.stages.items()},
+            "peak_host_mib": None if r is None else r.memory.peak_host_mib,
+            "peak_gpu_mib": None if r is None else r.memory.peak_gpu_mib,
             "output": str(self.folder),
         }
 
@@ -135,10 +140,19 @@ def track_many(
     items = check_items([BatchItem(**i) if isinstance(i, dict) else i for i in items], source="track_many")
     root = Path(out)
     held = claim_batch_folder(root, items, overwrite) if claim else None
+    try:
+        done = check_resume(tracker, items, root, overwrite)
+    except BaseException:
+        if held is not None:
+            held.close()
+        raise
     bar = tqdm(total=len(items), unit="video", desc="videos", disable=not progress, dynamic_ncols=True)
     try:
         for item in items:
-            result = _track_one(tracker, item, root, overlay, overwrite, progress)
+            if item.name in done:
+                result = VideoResult(item, "skipped", root / item.name, None, done[item.name])
+            else:
+                result = _track_one(tracker, item, root, overlay, progress)
             bar.update(1)
             yield result
     finally:
@@ -147,11 +161,31 @@ def track_many(
             held.close()
 
 
-def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: bool, progress: bool) -> VideoResult:
+def check_resume(tracker: Tracker, items: list[BatchItem], root: Path, overwrite: bool) -> dict[str, RunReport]:
+    """The reports of the videos an earlier run finished with the same video and settings (skipped), by name;
+    an :class:`~siammae.errors.OutputError` for a finished video that is another video or was tracked with other
+    settings, before any video is tracked. Nothing with ``overwrite`` (every video is redone)."""
+    if overwrite:
+        return {}
+    now = settings(tracker)
+    done = {}
+    for item in items:
+        report = _read_report(root / item.name / "report.json")
+        if report is None or report.status != "complete":
+            continue  # redone from the start
+        if report.video.path != str(Path(item.video)):
+            raise OutputError(f"--out {root}: {item.name}/ holds the finished results of {report.video.path}, not of "
+                              f"{item.video}; give --overwrite to redo it, or another --out")  # fmt: skip
+        changed = report.settings.changes(now)
+        if changed:
+            raise OutputError(f"--out {root}: {item.name}/ was finished with other settings ({', '.join(changed)} "
+                              "differ); give --overwrite to redo it, or another --out")  # fmt: skip
+        done[item.name] = report
+    return done
+
+
+def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, progress: bool) -> VideoResult:
     folder = root / item.name
-    done = _read_report(folder / "report.json")
-    if done is not None and done.get("status") == "complete" and not overwrite:
-        return VideoResult(item, "skipped", folder, None, done)
     partial = root / f".{item.name}.partial"
     if partial.exists() or partial.is_symlink():  # left by a run that was killed (a link: removed, not followed)
         _remove(partial)
@@ -161,7 +195,7 @@ def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: b
     started = now_iso()
     try:
         if item.keypoints is not None:
-            report = track_keypoints_video(tracker, item.video, item.keypoints, out=partial, **outputs)
+            report = track_video(tracker, item.video, keypoints=item.keypoints, out=partial, **outputs)
         else:
             report = track_video(tracker, item.video, item.mask, mask_dir=item.mask_dir, out=partial / "masks",
                                  **outputs)  # fmt: skip
@@ -177,22 +211,25 @@ def _track_one(tracker, item: BatchItem, root: Path, overlay: bool, overwrite: b
     return result
 
 
-def _read_report(path: Path) -> dict | None:
-    """A video's report, never through a link (a planted ``out/<name>`` link must not count as done)."""
+def _read_report(path: Path) -> RunReport | None:
+    """A video's run report, never through a link (a planted ``out/<name>`` link must not count as done); None
+    when there is none or it is not a whole report (a run that failed before it started writes a short one)."""
     if path.is_symlink() or path.parent.is_symlink():
         return None
     try:
-        return read_json(path)
-    except InputError:
+        return RunReport.from_json(read_json(path))
+    except (InputError, KeyError, TypeError, ValueError, AttributeError):  # unreadable, or not a whole report
         return None
 
 
-def _replace(partial: Path, folder: Path, item: BatchItem, started: str, status: str, error: str | None) -> dict:
+def _replace(
+    partial: Path, folder: Path, item: BatchItem, started: str, status: str, error: str | None
+) -> RunReport | None:
     """Put the run's folder in place of ``folder``; a run that failed before its report gets a short one."""
     report = _read_report(partial / "report.json")
-    if report is None:  # failed before the run started (unreadable video, bad mask)
-        report = {"status": status, "error": error, "started": started, "frames": 0, "video": {"path": item.video}}
-        write_json(partial / "report.json", report)
+    if report is None and not (partial / "report.json").exists():  # failed before the run started (bad mask)
+        short = {"status": status, "error": error, "started": started, "frames": 0, "video": {"path": item.video}}
+        write_json(partial / "report.json", short)
     old = folder.with_name(f".{folder.name}.old")
     if old.exists() or old.is_symlink():
         _remove(old)
@@ -295,6 +332,7 @@ def run_batch(
     if errors:
         raise error if error is not None else OutputError(errors[0])
     try:
+        check_resume(tracker, items, Path(out), overwrite)  # every rank, every video: all stop alike
         summary = _run_share(tracker, items, out, rank, overlay, overwrite, progress)
     finally:
         if claim is not None:

@@ -3,12 +3,12 @@
 :meth:`TrackJob.check` validates everything that can be validated without torch or a model (inputs exist, the
 first mask is an image, option combinations, outputs free or ``overwrite``) in well under a second, so
 a typo fails at once instead of after the model loads. :meth:`TrackJob.run` then loads the model as the command does
-(:func:`load_tracker`) and calls :func:`~siammae.tracking.track.track_video`,
-:func:`~siammae.tracking.track.track_keypoints_video` or :func:`~siammae.tracking.batch.run_batch`.
+(:func:`load_tracker`) and calls :func:`~siammae.tracking.track.track_video` (masks or keypoints) or
+:func:`~siammae.tracking.batch.run_batch`.
 
 The policy lives in the library, not the command, so that Python callers get the same behaviour:
 :func:`load_tracker` (default weights, weights fetched once per machine under torchrun, ONNX / TensorRT encoders,
-the keypoint preset), :meth:`Tracker.chunk_for <siammae.tracking.tracker.Tracker.chunk_for>` (real time tracks
+the keypoint preset), :meth:`Tracker.chunk_for <siammae.propagation.driver.Tracker.chunk_for>` (real time tracks
 frame by frame), :func:`~siammae.tracking.run_outputs.default_out` (where outputs go when none is given).
 
 This module imports neither torch nor the model until :meth:`TrackJob.run`.
@@ -48,14 +48,14 @@ def load_tracker(
     choice=None,
     **kwargs,
 ):
-    """A :class:`~siammae.tracking.tracker.Tracker` as ``siammae-track`` builds it: the model of the one loader
+    """A :class:`~siammae.propagation.driver.Tracker` as ``siammae-track`` builds it: the model of the one loader
     (:func:`siammae.export.runtime.load_frame_encoder`: ``ckpt`` None is the default weights, or the shipped model
     when they cannot be had; ``choice``: the :class:`~siammae.model.load.WeightsChoice` a job's check made) on this
     rank's device (``cuda:LOCAL_RANK`` under torchrun), ``preset`` or :func:`default_preset`; ``kwargs`` are the
     Tracker's (``dtype``, ``size``, ``chunk``, ``backend``, propagation overrides)."""
     from siammae.export.runtime import load_frame_encoder
     from siammae.model.load import resolve_run
-    from siammae.tracking.tracker import Tracker
+    from siammae.propagation.driver import Tracker
 
     device = rank.device(device) if rank is not None else device
     if encoder is None:
@@ -248,12 +248,10 @@ class TrackJob:
         tracker = load_tracker(self.ckpt, preset=self.preset, keypoints=self.keypoints is not None, **tracker_args)
         if self.live and not early:
             source = self._open_live()
-        if self.keypoints is not None:
-            from siammae.tracking.track import track_keypoints_video
-
-            return track_keypoints_video(tracker, source, self.keypoints, **common)
         from siammae.tracking.track import track_video
 
+        if self.keypoints is not None:
+            return track_video(tracker, source, keypoints=self.keypoints, **common)
         return track_video(tracker, source, self.mask, mask_dir=self.mask_dir, jsonl=outputs.jsonl, **common)
 
     def cpu_hint(self) -> str | None:

@@ -13,6 +13,7 @@ thread of each stage and each thread's total, rounded so that this holds exactly
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -35,10 +36,45 @@ def _up(x: float) -> float:
     return math.ceil(x * 1e4) / 1e4
 
 
+@dataclass(frozen=True)
+class StageTime:
+    """One stage of a run: busy seconds in its thread, frames per busy second (None for no time), the thread."""
+
+    seconds: float
+    fps: float | None
+    thread: str
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The report's ``time``: the wall time (rounded up), the busy time per stage (rounded down) and per thread."""
+
+    total_seconds: float
+    stages: dict[str, StageTime]
+    busy_seconds_per_thread: dict[str, float]
+
+    NOTE = ("stage seconds are busy time in the stage's thread; threads overlap, so stages of different threads may "
+            "add up to more than total_seconds, the stages of one thread never do")  # fmt: skip
+
+    def to_json(self) -> dict:
+        return {
+            "total_seconds": self.total_seconds,
+            "stages": {s: dataclasses.asdict(t) for s, t in self.stages.items()},
+            "busy_seconds_per_thread": dict(self.busy_seconds_per_thread),
+            "note": self.NOTE,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Timing:
+        stages = {s: StageTime(t["seconds"], t["fps"], t.get("thread", "n/a")) for s, t in d["stages"].items()}
+        return cls(d["total_seconds"], stages, dict(d.get("busy_seconds_per_thread") or {}))
+
+
 @dataclass
 class StageTimes:
     """Busy seconds per pipeline stage, the number of frames that went through, and the thread of each stage
-    (``read_out`` runs in the writer thread on a CPU; see the module docstring)."""
+    (``read_out`` runs in the writer thread on a CPU; see the module docstring). The timer a stream adds to
+    (:meth:`siammae.propagation.driver.Tracker.stream`); :meth:`timing` is what the report keeps."""
 
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     frames: int = 0
@@ -47,25 +83,37 @@ class StageTimes:
     def add(self, stage: str, seconds: float) -> None:
         self.seconds[stage] += seconds
 
-    def as_dict(self) -> dict:
+    def stages(self) -> dict[str, StageTime]:
         return {
-            s: {"seconds": _down(t), "fps": round(self.frames / t, 2) if t > 0 else None, "thread": self.threads[s]}
+            s: StageTime(_down(t), round(self.frames / t, 2) if t > 0 else None, self.threads[s])
             for s, t in self.seconds.items()
         }
 
-    def report(self, total_seconds: float) -> dict:
-        """The report's ``time``: the wall time (rounded up), the busy time per stage (rounded down) and per thread."""
-        stages = self.as_dict()
+    def timing(self, total_seconds: float) -> Timing:
+        """The wall time (rounded up) with the stages (rounded down) and each thread's busy total."""
+        stages = self.stages()
         per_thread: dict[str, float] = {}
         for st in stages.values():
-            per_thread[st["thread"]] = round(per_thread.get(st["thread"], 0.0) + st["seconds"], 4)
-        return {
-            "total_seconds": _up(total_seconds),
-            "stages": stages,
-            "busy_seconds_per_thread": per_thread,
-            "note": "stage seconds are busy time in the stage's thread; threads overlap, so stages of different "
-            "threads may add up to more than total_seconds, the stages of one thread never do",
-        }
+            per_thread[st.thread] = round(per_thread.get(st.thread, 0.0) + st.seconds, 4)
+        return Timing(_up(total_seconds), stages, per_thread)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-frame latency, decoded -> written, in milliseconds (None before the first frame)."""
+
+    frames: int
+    median_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Peak host memory of the process and peak GPU memory of the run (None on a CPU), MiB."""
+
+    peak_host_mib: float
+    peak_gpu_mib: float | None
 
 
 class LatencyStats:
@@ -98,10 +146,10 @@ class LatencyStats:
                 return min(self._LO * math.exp((b + 0.5) * self._log_ratio), self.max_s)
         return self.max_s
 
-    def as_dict(self) -> dict:
+    def summary(self) -> Latency:
         ms = lambda s: None if s is None else round(1000 * s, 2)  # noqa: E731
-        return {"frames": self.count, "median_ms": ms(self.quantile(0.5)), "p95_ms": ms(self.quantile(0.95)),
-                "max_ms": ms(self.max_s if self.count else None)}  # fmt: skip
+        last = self.max_s if self.count else None
+        return Latency(self.count, ms(self.quantile(0.5)), ms(self.quantile(0.95)), ms(last))
 
 
 def _proc_status_kib(key: str) -> int | None:
@@ -193,12 +241,165 @@ def report_paths(path: str | os.PathLike | None) -> tuple[Path, Path] | tuple[()
     return path, path.with_suffix(".md")
 
 
-def write_report(path: str | os.PathLike, report: dict) -> tuple[Path, Path]:
-    """Write ``report`` as JSON and as Markdown (the pair :func:`report_paths` names), atomically."""
-    json_path, md = report_paths(path)
-    write_json(json_path, report)
-    write_text(md, to_markdown(report))
-    return json_path, md
+# ------------------------------------------------------------------------------------------------ the report
+@dataclass(frozen=True)
+class SourceInfo:
+    """What was read: the source as given, its kind ("video" | "folder" | "live"), size, frame rate and frames."""
+
+    path: str
+    kind: str
+    width: int
+    height: int
+    fps: float | None
+    frames_in_source: int | None
+
+
+@dataclass(frozen=True)
+class Processing:
+    """The size frames were encoded at (height x width), the patch grid (rows, columns) and the patch size."""
+
+    width: int
+    height: int
+    grid: tuple[int, int]
+    patch_size: int
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What decides a run's outputs: the preset's record (:meth:`~siammae.propagation.config.Preset.record`: name,
+    propagation constants, size override, input rule, attention), the run options, and the weights' provenance
+    (name or path and sha256; None for an encoder without a record)."""
+
+    preset: dict
+    chunk: int
+    dtype: str
+    backend: str
+    encoder: str
+    weights: dict | None
+
+    _OPTIONS = ("chunk", "dtype", "backend", "encoder", "weights")
+
+    def to_json(self) -> dict:
+        return {**self.preset, **{k: getattr(self, k) for k in self._OPTIONS}}
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunSettings:
+        return cls({k: v for k, v in d.items() if k not in cls._OPTIONS}, *(d.get(k) for k in cls._OPTIONS))
+
+    def changes(self, other: RunSettings) -> list[str]:
+        """What differs from ``other`` among the settings that decide the outputs (every field of the preset record,
+        the dtype, the encoder type, the weights' sha256), as names; the chunk, the kernel backend and where the
+        weights were read from do not change the outputs."""
+        changed = [k for k in sorted(set(self.preset) | set(other.preset)) if self.preset.get(k) != other.preset.get(k)]
+        sha = lambda w: (w or {}).get("sha256")  # noqa: E731
+        if sha(self.weights) != sha(other.weights) or (self.weights is None) != (other.weights is None):
+            changed.append("weights")
+        changed += [k for k in ("dtype", "encoder") if getattr(self, k) != getattr(other, k)]
+        return changed
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one tracking run did (``report.json`` / ``report.md``; :meth:`to_json` is the JSON, field for field).
+
+    status: "complete" | "input-gaps" (a live source with holes, every frame decoded tracked) | "interrupted" |
+    "error" (``error`` says why). ``objects`` (masks) or ``keypoints`` (names) say what was tracked; ``gaps`` (a
+    live source's damage) and ``dropped`` (frames a real-time source skipped: count and index ranges) only for
+    live sources.
+    """
+
+    status: str
+    error: str | None
+    started: str
+    frames: int
+    video: SourceInfo
+    processing: Processing
+    settings: RunSettings
+    outputs: dict[str, str | None]
+    versions: dict
+    device: dict
+    time: Timing
+    fps: float | None
+    latency: Latency
+    memory: Memory
+    objects: tuple[int, ...] | None = None
+    keypoints: tuple[str, ...] | None = None
+    gaps: dict | None = None
+    dropped: dict | None = None
+
+    @property
+    def interrupted(self) -> bool:
+        return self.status == "interrupted"
+
+    @property
+    def weights(self) -> dict | None:
+        return self.settings.weights
+
+    def to_json(self) -> dict:
+        d = {
+            "status": self.status,
+            "interrupted": self.interrupted,
+            "error": self.error,
+            "started": self.started,
+            "frames": self.frames,
+            "video": dataclasses.asdict(self.video),
+            "processing": {**dataclasses.asdict(self.processing), "grid": list(self.processing.grid)},
+        }
+        if self.objects is not None:
+            d["objects"] = list(self.objects)
+        if self.keypoints is not None:
+            d["keypoints"] = list(self.keypoints)
+        d |= {
+            "settings": self.settings.to_json(),
+            "outputs": dict(self.outputs),
+            "versions": dict(self.versions),
+            "device": dict(self.device),
+            "time": self.time.to_json(),
+            "fps": self.fps,
+            "latency": dataclasses.asdict(self.latency),
+            "memory": dataclasses.asdict(self.memory),
+        }
+        if self.gaps is not None:
+            d["gaps"] = self.gaps
+        if self.dropped is not None:
+            d["dropped"] = self.dropped
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> RunReport:
+        """A report as :meth:`to_json` wrote it (a finished video of a batch, read back); KeyError / TypeError /
+        ValueError when it is not one."""
+        p = d["processing"]
+        return cls(
+            status=d["status"],
+            error=d["error"],
+            started=d["started"],
+            frames=int(d["frames"]),
+            video=SourceInfo(**d["video"]),
+            processing=Processing(p["width"], p["height"], tuple(p["grid"]), p["patch_size"]),
+            settings=RunSettings.from_json(d["settings"]),
+            outputs=dict(d["outputs"]),
+            versions=dict(d["versions"]),
+            device=dict(d["device"]),
+            time=Timing.from_json(d["time"]),
+            fps=d["fps"],
+            latency=Latency(**d["latency"]),
+            memory=Memory(**d["memory"]),
+            objects=None if d.get("objects") is None else tuple(d["objects"]),
+            keypoints=None if d.get("keypoints") is None else tuple(d["keypoints"]),
+            gaps=d.get("gaps"),
+            dropped=d.get("dropped"),
+        )
+
+    def write(self, path: str | os.PathLike) -> tuple[Path, Path]:
+        """As JSON and as Markdown (the pair :func:`report_paths` names), atomically."""
+        json_path, md = report_paths(path)
+        write_json(json_path, self.to_json())
+        write_text(md, self.to_markdown())
+        return json_path, md
+
+    def to_markdown(self) -> str:
+        return to_markdown(self.to_json())
 
 
 def _fmt(x, unit: str = "") -> str:
@@ -210,7 +411,7 @@ def _fmt(x, unit: str = "") -> str:
 
 
 def to_markdown(r: dict) -> str:
-    """A report dict (see :meth:`siammae.tracking.run.TrackingRun.report`) as a Markdown page."""
+    """A report (:meth:`RunReport.to_json`) as a Markdown page."""
     v, p = r["video"], r["processing"]
     lines = [
         f"# siammae-track report: {Path(v['path']).name}",

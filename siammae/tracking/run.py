@@ -1,11 +1,12 @@
-"""One tracking run: a :class:`Tracker` streaming one source into one set of outputs.
+"""One tracking run: a :class:`~siammae.propagation.driver.Tracker` streaming one source into one set of outputs.
 
     reader thread (decode, resize) -> bounded queue -> main thread (chunked encode, Propagator) -> bounded queue
     -> writer thread (PNGs / keypoint track, overlay video)
 
 A :class:`TrackingRun` owns everything that belongs to one run and not to the tracker: its outputs
 (:class:`RunOutputs`, checked and claimed before the first frame by :func:`claim_outputs`), the writer thread, the
-overlay video, the status, the stage times, the frame latencies and the report. The tracker (model, preset, device)
+overlay video, the status, the stage times (the timer it hands the tracker's stream), the frame latencies and the
+report (:class:`~siammae.tracking.report.RunReport`). The tracker (model, preset, device)
 holds no per-run state, so one tracker can serve several runs, one after the other or at once. What to make of each
 tracked frame is a sink (:class:`~siammae.tracking.track.MaskSink`, :class:`~siammae.tracking.track.KeypointSink`).
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,22 +32,28 @@ import numpy as np
 import torch
 
 from siammae.background import BackgroundWriter
-from siammae.data.video import check_video_output, write_video
+from siammae.data.live import LiveSource
+from siammae.data.video import VideoSource, check_video_output, write_video
 from siammae.errors import InputError
 from siammae.memory import check_encoder_fits
 from siammae.output_folder import OutputFolder
+from siammae.propagation.driver import Tracked, Tracker
+from siammae.propagation.features import TorchEncoder
 from siammae.tracking.report import (
     LatencyStats,
+    Memory,
+    Processing,
+    RunReport,
+    RunSettings,
+    SourceInfo,
     StageTimes,
     device_info,
     now_iso,
     peak_gpu_memory_mib,
     peak_host_memory_mib,
     versions,
-    write_report,
 )
 from siammae.tracking.run_outputs import OWNED_OUTPUTS, RunOutputs, check_output_files
-from siammae.tracking.tracker import Tracked, Tracker
 
 
 def claim_outputs(outputs: RunOutputs, overwrite: bool, tracker: Tracker, src) -> OutputFolder | None:
@@ -80,7 +88,7 @@ class Sink(Protocol):
         """The frame as the overlay shows it."""
 
     def summary(self) -> dict:
-        """What the report says about the tracked things."""
+        """What the report says about the tracked things: ``{"objects": ids}`` or ``{"keypoints": names}``."""
 
     def finish(self, status: str) -> None:
         """Once at the end, however the run stopped ("complete" | "interrupted" | "error")."""
@@ -91,7 +99,7 @@ class TrackingRun:
 
     outputs: where (checked by :func:`claim_outputs` before the run); claim: the claim on ``outputs.out`` (an
     :class:`~siammae.output_folder.OutputFolder`), released once the report is written.
-    ``run(first_labels, references)`` returns the report dict.
+    ``run(first_labels, references)`` returns the :class:`~siammae.tracking.report.RunReport`.
     """
 
     def __init__(self, tracker: Tracker, src, sink: Sink, outputs: RunOutputs, claim=None, progress: bool = True):
@@ -109,7 +117,7 @@ class TrackingRun:
             self.times.threads["read_out"] = "writer"
 
     # ------------------------------------------------------------------------------------------------ run
-    def run(self, first_labels, references: dict) -> dict:
+    def run(self, first_labels, references: dict) -> RunReport:
         device = self.tracker.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -125,7 +133,7 @@ class TrackingRun:
         report = self.report()
         try:
             if self.outputs.report is not None:
-                write_report(self.outputs.report, report)
+                report.write(self.outputs.report)
         finally:
             if self._claim is not None:
                 self._claim.close()
@@ -192,80 +200,66 @@ class TrackingRun:
                 yield self.sink.draw(item.frame.rgb, result)
 
     # ------------------------------------------------------------------------------------------- report
-    def report(self) -> dict:
+    def report(self) -> RunReport:
         tracker, src, frames, total = self.tracker, self.src, self.written, self.total_s
         try:
             H, W = tracker.frame_size(src.height, src.width)
         except InputError:  # an encoder built for another size: the run stopped on it, the report says so
             H, W = 0, 0
-        gaps = getattr(src, "gaps", None)
+        live = src if isinstance(src, LiveSource) else None
         status = self.status
-        if status == "complete" and gaps:  # every frame decoded was tracked, but the input had holes
+        if status == "complete" and live is not None and live.gaps:  # every frame decoded was tracked, with holes
             status = "input-gaps"
-        report = {
-            "status": status,
-            "interrupted": status == "interrupted",
-            "error": self.error,
-            "started": self.started,
-            "frames": frames,
-            "video": source_info(src),
-            "processing": {
-                "width": W,
-                "height": H,
-                "grid": [H // tracker.patch_size, W // tracker.patch_size],
-                "patch_size": tracker.patch_size,
-            },
-            **self.sink.summary(),
-            "settings": settings(tracker, tracker.chunk_for(src)),
-            "outputs": self.outputs.as_report(),
-            "versions": versions(),
-            "device": device_info(tracker.device),
-            "time": self.times.report(total),
-            "fps": round(frames / total, 2) if total > 0 else None,
-            "latency": self.latency.as_dict(),
-            "memory": {
-                "peak_host_mib": round(peak_host_memory_mib(), 1),
-                "peak_gpu_mib": _round(peak_gpu_memory_mib(tracker.device)),
-            },
-        }
-        if gaps is not None:  # a live source: damage found in the stream (none: zeros)
-            report["gaps"] = gaps.as_dict()
-        dropped = getattr(src, "dropped", None)
-        if dropped is not None:  # a live source read in real time
-            report["dropped"] = {"frames": dropped.count, "indices": dropped.ranges()}
-        return report
+        dropped = None if live is None else live.dropped  # a live source read in real time counts what it skipped
+        summary = self.sink.summary()
+        return RunReport(
+            status=status,
+            error=self.error,
+            started=self.started,
+            frames=frames,
+            video=source_info(src),
+            processing=Processing(W, H, (H // tracker.patch_size, W // tracker.patch_size), tracker.patch_size),
+            settings=settings(tracker, tracker.chunk_for(src)),
+            outputs=self.outputs.as_report(),
+            versions=versions(),
+            device=device_info(tracker.device),
+            time=self.times.timing(total),
+            fps=round(frames / total, 2) if total > 0 else None,
+            latency=self.latency.summary(),
+            memory=Memory(round(peak_host_memory_mib(), 1), _round(peak_gpu_memory_mib(tracker.device))),
+            objects=None if "objects" not in summary else tuple(summary["objects"]),
+            keypoints=None if "keypoints" not in summary else tuple(summary["keypoints"]),
+            gaps=None if live is None else live.gaps.as_dict(),  # a live source: its damage (none: zeros)
+            dropped=None if dropped is None else {"frames": dropped.count, "indices": dropped.ranges()},
+        )
 
 
-def settings(tracker: Tracker, chunk: int | None = None) -> dict:
-    """The settings a report records: :meth:`Driver.settings` (preset record + run options) and the weights."""
-    record = {**tracker.settings(), "weights": _weights(tracker.encoder)}
-    if chunk is not None:  # this stream's own chunk (a real-time live source encodes frame by frame)
-        record["chunk"] = chunk
-    return record
+def settings(tracker: Tracker, chunk: int | None = None) -> RunSettings:
+    """The settings a report records: the preset's record, the run options and the weights' provenance."""
+    return RunSettings(
+        preset=json.loads(json.dumps(tracker.preset.record())),  # as report.json holds it (tuples as lists)
+        chunk=tracker.chunk if chunk is None else chunk,  # this stream's own (a real-time source: frame by frame)
+        dtype=tracker.dtype_name(),
+        backend=tracker.backend,
+        encoder=type(tracker.encoder).__name__,
+        weights=_weights(tracker.encoder),
+    )
 
 
 def _weights(encoder) -> dict | None:
     """Which weights: load_model's record (name or path, sha256), or what an exported encoder's metadata says."""
-    from siammae.propagation.features import TorchEncoder
-
-    if isinstance(encoder, TorchEncoder) and encoder.model.provenance is not None:
-        return encoder.model.provenance.to_dict()
-    info = getattr(encoder, "info", None)
-    if getattr(info, "checkpoint_sha256", None):
+    if isinstance(encoder, TorchEncoder):
+        provenance = encoder.model.provenance
+        return None if provenance is None else provenance.to_dict()
+    info = encoder.info
+    if info is not None and info.checkpoint_sha256:
         return {"weights": info.checkpoint, "sha256": info.checkpoint_sha256, "encoder": str(encoder.path)}
     return None
 
 
-def source_info(src) -> dict:
-    live = getattr(src, "is_live", False)
-    return {
-        "path": str(src.path),
-        "kind": "live" if live else "folder" if src.is_folder else "video",
-        "width": src.width,
-        "height": src.height,
-        "fps": src.fps,
-        "frames_in_source": src.num_frames,
-    }
+def source_info(src: VideoSource | LiveSource) -> SourceInfo:
+    kind = "live" if isinstance(src, LiveSource) else "folder" if src.is_folder else "video"
+    return SourceInfo(str(src.path), kind, src.width, src.height, src.fps, src.num_frames)
 
 
 def _round(x):

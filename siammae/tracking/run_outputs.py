@@ -23,8 +23,10 @@ OWNED_OUTPUTS = ("*.png", "keypoints.json", "keypoints.jsonl")
 
 def default_out(video, keypoints: bool = False) -> Path:
     """Where one video's outputs go when none is given (``siammae-track video.mp4 --mask first.png``):
-    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder."""
-    return Path(f"{Path(str(video)).stem or 'video'}_{'track' if keypoints else 'masks'}")
+    ``<video name>_masks/`` (``_track/`` for keypoints) in the current folder; ``stdin_masks/`` for standard input
+    (``-``: a folder named ``-_masks`` would read as an option to ``ls`` and ``rm``)."""
+    name = "stdin" if str(video) == "-" else Path(str(video)).stem or "video"
+    return Path(f"{name}_{'track' if keypoints else 'masks'}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,11 @@ class RunOutputs:
 
     def or_default(self, video, keypoints: bool = False) -> RunOutputs:
         """These outputs, or :func:`default_out` of ``video`` when none is given."""
-        return self if self.any() else RunOutputs(out=default_out(getattr(video, "path", video), keypoints))
+        from siammae.data.live import LiveSource
+        from siammae.data.video import VideoSource
+
+        path = video.path if isinstance(video, (VideoSource, LiveSource)) else video
+        return self if self.any() else RunOutputs(out=default_out(path, keypoints))
 
     def files(self) -> list[Path]:
         """The single files of the run (overlay, report pair, JSON Lines)."""

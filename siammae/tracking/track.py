@@ -1,7 +1,7 @@
-"""``track_video`` / ``track_keypoints_video``: what ``siammae-track`` runs for one video (file, frame folder or
-live stream), as thin constructors of one :class:`~siammae.tracking.run.TrackingRun`.
+""":func:`track_video`: one video (file, frame folder or live stream) tracked into files, what ``siammae-track`` runs
+for one video: a thin constructor of one :class:`~siammae.tracking.run.TrackingRun` with a mask or a keypoint sink.
 
-Each checks its inputs (frame-0 mask read once and checked against the video, later masks, keypoints), claims its
+It checks its inputs (frame-0 mask read once and checked against the video, later masks, keypoints), claims its
 outputs (:func:`~siammae.tracking.run.claim_outputs`) before the first frame is decoded, and hands the run one of
 the two sinks here: :class:`MaskSink` (one indexed PNG per frame, atomically; a JSON Lines log) or
 :class:`KeypointSink` (the keypoint track). A path that names a live source (``-``, a URL, a camera) is opened with
@@ -23,11 +23,12 @@ from siammae.data.masks import first_masks, write_mask
 from siammae.data.video import VideoSource
 from siammae.errors import InputError
 from siammae.io import open_append
-from siammae.propagation.keypoints import heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.propagation.driver import Tracked, Tracker
+from siammae.propagation.heatmaps import heatmaps_to_keypoints, keypoints_to_heatmaps
 from siammae.tracking.overlay import draw_keypoints, overlay_masks
+from siammae.tracking.report import RunReport
 from siammae.tracking.run import TrackingRun, claim_outputs, settings
 from siammae.tracking.run_outputs import RunOutputs
-from siammae.tracking.tracker import Tracked, Tracker
 
 Source = str | os.PathLike | VideoSource | LiveSource
 
@@ -109,7 +110,7 @@ class KeypointSink:
 # ------------------------------------------------------------------------------------------------- inputs
 def open_input(video: Source) -> VideoSource | LiveSource:
     """An open source: as given, a live source for ``-`` / a URL / a camera, else a file or frame folder."""
-    if hasattr(video, "is_folder"):
+    if isinstance(video, (VideoSource, LiveSource)):
         return video
     return open_source(video) if is_live(video) else VideoSource(video)
 
@@ -120,6 +121,7 @@ def track_video(
     video: Source,
     mask: str | os.PathLike | np.ndarray | None = None,
     *,
+    keypoints: str | os.PathLike | Keypoints | np.ndarray | None = None,
     mask_dir: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
     overlay: str | os.PathLike | None = None,
@@ -127,18 +129,25 @@ def track_video(
     jsonl: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict:
-    """Track the objects of ``mask`` (frame 0) and ``mask_dir`` (later frames) through ``video``.
+) -> RunReport:
+    """Track the objects of ``mask`` (frame 0) and ``mask_dir`` (later frames), or the ``keypoints`` of frame 0,
+    through ``video`` into files; what ``siammae-track`` runs for one video.
 
     video: a video file, a frame folder, a live source (``-``, a URL, a camera) or an open source
     (:func:`~siammae.data.live.open_source`). mask: frame 0's mask (file or id map); optional when ``mask_dir`` holds
     a mask named like frame 0. out: folder for one indexed PNG per frame (named like the frame); with no output at
     all, ``default_out``. overlay: an h264 video of the frames with the masks drawn on. report: a JSON report
     (with a Markdown twin beside it). jsonl: a JSON Lines file, one line per frame written as it goes
-    (:func:`frame_objects`: area and box per object).
-    Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
-    was done.
+    (:func:`frame_objects`: area and box per object). keypoints: see :func:`_track_keypoints` (instead of masks;
+    ``out`` then holds the keypoint track).
+    Returns the :class:`~siammae.tracking.report.RunReport`. Raises InputError / VideoError on bad input;
+    KeyboardInterrupt after saving what was done.
     """
+    if keypoints is not None:
+        if mask is not None or mask_dir is not None or jsonl is not None:
+            raise InputError("give either keypoints or a mask / mask_dir (and jsonl), not both")
+        return _track_keypoints(tracker, video, keypoints, out=out, overlay=overlay, report=report,
+                                overwrite=overwrite, progress=progress)  # fmt: skip
     outputs = RunOutputs.of(out, overlay, report, jsonl).or_default(video)
     src = open_input(video)
     first, references = first_masks(mask, mask_dir, src)
@@ -152,7 +161,7 @@ def track_video(
     return TrackingRun(tracker, src, sink, outputs, claim, progress).run(first, references)
 
 
-def track_keypoints_video(
+def _track_keypoints(
     tracker: Tracker,
     video: Source,
     keypoints: str | os.PathLike | Keypoints | np.ndarray,
@@ -162,7 +171,7 @@ def track_keypoints_video(
     report: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: bool = True,
-) -> dict:
+) -> RunReport:
     """Track the keypoints of frame 0 through ``video``; what ``siammae-track --keypoints`` runs.
 
     keypoints: a keypoint JSON file (:func:`siammae.data.keypoints.read_keypoints` schema), a
@@ -174,8 +183,6 @@ def track_keypoints_video(
     ``keypoints.jsonl`` (one line per frame, appended as each frame is done); with no output at all,
     ``default_out``. overlay: an h264 video of the frames with the points drawn on. report: a JSON report (with
     a Markdown twin beside it).
-    Returns the report dict. Raises InputError / VideoError on bad input; KeyboardInterrupt after saving what
-    was done.
     """
     outputs = RunOutputs.of(out, overlay, report).or_default(video, keypoints=True)
     src = open_input(video)
@@ -198,7 +205,8 @@ def track_keypoints_video(
     track = None
     try:
         if outputs.out is not None:
-            info, d = {"video": str(src.path), "settings": settings(tracker, tracker.chunk_for(src))}, outputs.out
+            d = outputs.out
+            info = {"video": str(src.path), "settings": settings(tracker, tracker.chunk_for(src)).to_json()}
             track = KeypointTrackWriter(d / "keypoints.json", d / "keypoints.jsonl", keypoints.names, size, info)
     except BaseException:
         if claim is not None:  # it failed: release --out
@@ -208,5 +216,4 @@ def track_keypoints_video(
     return TrackingRun(tracker, src, sink, outputs, claim, progress).run(heatmaps, {})
 
 
-__all__ = ["KeypointSink", "MaskSink", "Tracked", "frame_objects", "track_keypoints_video",
-           "track_video"]  # fmt: skip
+__all__ = ["KeypointSink", "MaskSink", "frame_objects", "track_video"]

@@ -140,24 +140,3 @@ def test_real_clip(shared_data):
     sequential = {f.index: f.rgb for f in src if f.index in (0, 58, 116)}
     for i, rgb in zip((116, 0, 58), read_frames(path, [116, 0, 58]), strict=True):
         np.testing.assert_array_equal(rgb, sequential[i])
-
-
-def test_frames_to_batch_matches_the_per_frame_path():
-    import torch
-    import torch.nn.functional as F
-
-    from siammae.data.transforms import IMAGENET_MEAN, IMAGENET_STD, frames_to_batch, normalize, preprocess, to_tensor
-
-    rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (30, 50, 3), dtype=np.uint8) for _ in range(3)]
-    frames[1].flags.writeable = False  # decoder buffers are read-only
-    want = F.interpolate(
-        torch.stack([to_tensor(f) for f in frames]),
-        size=(16, 24),
-        mode="bilinear",
-        align_corners=False,
-        antialias=False,
-    )
-    assert torch.allclose(frames_to_batch(frames, (16, 24)), want, atol=1e-6)
-    assert torch.equal(frames_to_batch(frames)[2], to_tensor(frames[2]))
-    assert torch.allclose(preprocess(frames, (16, 24)), normalize(want, IMAGENET_MEAN, IMAGENET_STD), atol=1e-5)

@@ -59,9 +59,9 @@ def test_davis_perfect_and_shifted(tmp_path):
     root = make_davis(tmp_path / "DAVIS")
     results = copy_predictions(root, tmp_path / "perfect")
     doc = davis.Davis().score_results(root, results, out=tmp_path / "out-perfect", progress=False)
-    assert tuple(doc["global"]) == GLOBAL_COLUMNS
-    assert doc["global"]["J&F-Mean"] == doc["global"]["J-Recall"] == doc["global"]["F-Mean"] == 1.0
-    assert doc["global"]["J-Decay"] == 0.0
+    assert tuple(doc.metrics) == GLOBAL_COLUMNS
+    assert doc.metrics["J&F-Mean"] == doc.metrics["J-Recall"] == doc.metrics["F-Mean"] == 1.0
+    assert doc.metrics["J-Decay"] == 0.0
     # Object 1 of seq-a moved 3 px right in the scored frames 1..3: J = 70/130, F = 20/40 (test_metrics_davis).
     for t in (1, 2, 3):
         ids = _davis_frame()
@@ -72,11 +72,11 @@ def test_davis_perfect_and_shifted(tmp_path):
     doc = davis.Davis().score_results(root, results, out=out, progress=False)
     j_mean = (7 / 13 + 3) / 4  # four objects, one at 7/13
     f_mean = (0.5 + 3) / 4
-    assert doc["global"]["J-Mean"] == pytest.approx(j_mean)
-    assert doc["global"]["F-Mean"] == pytest.approx(f_mean)
-    assert doc["global"]["J&F-Mean"] == pytest.approx((j_mean + f_mean) / 2)
-    assert doc["global"]["J-Recall"] == 1.0  # 7/13 > 0.5
-    assert doc["global"]["F-Recall"] == pytest.approx(3 / 4)  # 0.5 is not > 0.5
+    assert doc.metrics["J-Mean"] == pytest.approx(j_mean)
+    assert doc.metrics["F-Mean"] == pytest.approx(f_mean)
+    assert doc.metrics["J&F-Mean"] == pytest.approx((j_mean + f_mean) / 2)
+    assert doc.metrics["J-Recall"] == 1.0  # 7/13 > 0.5
+    assert doc.metrics["F-Recall"] == pytest.approx(3 / 4)  # 0.5 is not > 0.5
     # Official outputs: per-object rows <sequence>_<id>, global CSV in the official order, JSON and Markdown.
     with open(out / "per-sequence_results-val.csv") as f:
         rows = list(csv.DictReader(f))
@@ -86,7 +86,8 @@ def test_davis_perfect_and_shifted(tmp_path):
         header = next(csv.reader(f))
     assert tuple(header) == GLOBAL_COLUMNS
     saved = json.loads((out / "results.json").read_text())
-    assert saved["global"]["J&F-Mean"] == pytest.approx(doc["global"]["J&F-Mean"])
+    assert saved == doc.to_json() and doc.out == str(out)  # the typed result is the file, field for field
+    assert saved["global"]["J&F-Mean"] == pytest.approx(doc.metrics["J&F-Mean"])
     assert saved["settings"]["year"] == "2017"
     assert "| J&F-Mean | J-Mean |" in (out / "results.md").read_text()
 
@@ -99,8 +100,8 @@ def test_davis_2016_merges_ids(tmp_path):
             ids = _davis_frame()
             write_index_png(tmp_path / "res" / name / f"{t:05d}.png", np.where(ids > 0, 3 - ids, 0))
     doc = davis.Davis(year="2016").score_results(root, tmp_path / "res", out=tmp_path / "out", progress=False)
-    assert doc["global"]["J&F-Mean"] == 1.0
-    assert len(doc["per_sequence"]) == 2  # one object per sequence
+    assert doc.metrics["J&F-Mean"] == 1.0
+    assert len(doc.per_sequence) == 2  # one object per sequence
 
 
 def test_davis_bad_layouts(tmp_path):
@@ -190,14 +191,14 @@ def test_vip_perfect_and_wrong_part(tmp_path):
         # Predictions at half resolution: nearest resizing gives back the 2x2-blocky ground truth.
         write_index_png(tmp_path / "res/videos7" / f"{t:012d}.png", gt[::2, ::2])
     doc = vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o1", progress=False)
-    assert doc["global"]["mIoU"] == 1.0 and doc["global"]["Pixel-Acc"] == 1.0
-    assert doc["per_class_iou"]["hair"] == 1.0 and doc["per_class_iou"]["hat"] is None  # absent class
+    assert doc.metrics["mIoU"] == 1.0 and doc.metrics["Pixel-Acc"] == 1.0
+    assert doc.extra["per_class_iou"]["hair"] == 1.0 and doc.extra["per_class_iou"]["hat"] is None  # absent class
     wrong = gt.copy()
     wrong[gt == 4] = 5  # clothes predicted as dress in one of three frames
     write_index_png(tmp_path / "res/videos7/000000000001.png", wrong)
     doc = vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o2", progress=False)
     # Summed over frames: clothes 96 px/frame, tp 2 * 96, union 3 * 96 -> 2/3; dress 0/96 -> 0; bg, hair 1.
-    assert doc["global"]["mIoU"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
+    assert doc.metrics["mIoU"] == pytest.approx((1 + 1 + 2 / 3 + 0) / 4)
     (tmp_path / "res/videos7/000000000002.png").unlink()
     with pytest.raises(InputError, match=r"000000000002.png is missing"):
         vip.Vip().score_results(root, tmp_path / "res", out=tmp_path / "o3", progress=False)
@@ -236,15 +237,15 @@ def test_jhmdb_perfect_and_shifted(tmp_path):
     track = lambda xy: [(f"{t + 1:05d}", p) for t, p in enumerate(xy)]
     write_keypoint_track(path, ("j",) * 15, track(joints), (240, 320))
     doc = jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
-    assert doc["global"] == {"PCK@0.1": 1.0, "PCK@0.2": 1.0}
+    assert doc.metrics == {"PCK@0.1": 1.0, "PCK@0.2": 1.0}
     pred = joints.copy()
     pred[:, 2] += [3.0, 4.0]  # 5 px = 1/6 of the scale: wrong at 0.1, right at 0.2
     pred[1:, 3] = np.nan  # joint 3 vanished: not scored
     pred[0] = 0.0  # frame 0 is never scored
     write_keypoint_track(path, ("j",) * 15, track(pred), (240, 320))
     doc = jhmdb.Jhmdb().score_results(root, tmp_path / "res", out=tmp_path / "o", progress=False)
-    assert doc["global"]["PCK@0.1"] == pytest.approx(13 / 14)
-    assert doc["global"]["PCK@0.2"] == 1.0
+    assert doc.metrics["PCK@0.1"] == pytest.approx(13 / 14)
+    assert doc.metrics["PCK@0.2"] == 1.0
     data = json.loads(path.read_text())
     data["frames"][2]["keypoints"][4] = "here"
     path.write_text(json.dumps(data))

@@ -11,7 +11,7 @@ from siammae.data.keypoints import read_keypoints, write_keypoint_track
 from siammae.errors import InputError
 from siammae.evaluation.metrics.jhmdb import normalized_distances, pck
 from siammae.evaluation.metrics.vip import confusion_matrix, mean_iou, per_class_iou, pixel_accuracy
-from siammae.propagation.keypoints import draw_gaussian, heatmaps_to_keypoints, keypoints_to_heatmaps
+from siammae.propagation.heatmaps import draw_gaussian, heatmaps_to_keypoints, keypoints_to_heatmaps
 
 # ---------------------------------------------------------------- VIP
 

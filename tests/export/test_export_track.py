@@ -13,7 +13,7 @@ from siammae.errors import InputError
 from siammae.export import export_onnx, load_encoder
 from siammae.model.checkpoint import save_checkpoint
 from siammae.model.registry import create_model
-from siammae.tracking.tracker import Tracker
+from siammae.propagation.driver import Tracker
 
 
 def _masks(folder):
@@ -60,7 +60,7 @@ def test_tracker_on_an_onnx_encoder_of_another_size_says_what_to_export(blackswa
     _, onnx_path = tiny
     tracker = Tracker(load_encoder(onnx_path), size=128)  # the graph is for size 96
     with pytest.raises(InputError) as e:
-        list(tracker.track(frames, mask))
+        list(tracker.masks(frames, mask))
     # every size height x width, as --size and the file name spell them; the file, the preset and --size named
     assert str(e.value) == (
         f"{onnx_path.name} was built for 96x168 frames (height x width) but preset siammae-davis at --size 128 "
@@ -69,4 +69,4 @@ def test_tracker_on_an_onnx_encoder_of_another_size_says_what_to_export(blackswa
     assert onnx_path.name.endswith("_96x168.onnx")
     # with the preset's own size (no --size) the message says so, not "size None"
     with pytest.raises(InputError, match=r"but preset siammae-davis encodes this 480x854 video at 480x880;"):
-        list(Tracker(load_encoder(onnx_path)).track(frames, mask))
+        list(Tracker(load_encoder(onnx_path)).masks(frames, mask))

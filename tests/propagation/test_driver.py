@@ -19,13 +19,12 @@ from siammae.data.transforms import normalize
 from siammae.errors import InputError
 from siammae.evaluation.benchmark import load_runner
 from siammae.export import export_onnx, load_encoder
-from siammae.model.checkpoint import load_model, save_checkpoint
+from siammae.model.checkpoint import save_checkpoint
 from siammae.model.encoder import ViTEncoder
 from siammae.model.registry import create_model, model_config
 from siammae.propagation.config import get_preset
-from siammae.propagation.driver import Driver
+from siammae.propagation.driver import Tracker
 from siammae.propagation.inputs import InputConfig, chunks, parse_size
-from siammae.tracking.tracker import Tracker
 
 
 def _seq(shared_data, name="blackswan"):
@@ -38,7 +37,7 @@ def _masks(folder):
 
 
 def _encoder_inputs(model, driver_kwargs, frames, mask):
-    """The tensors that reach ``model.features`` when a Driver runs each of ``frames`` as frame 0 (encoded as every
+    """The tensors that reach ``model.features`` when a Tracker runs each of ``frames`` as frame 0 (encoded as every
     frame is, without the propagation, which would only cost time here)."""
     seen = []
     features = model.features
@@ -49,7 +48,7 @@ def _encoder_inputs(model, driver_kwargs, frames, mask):
 
     model.features = spy
     try:
-        driver = Driver(model, device="cpu", **driver_kwargs)
+        driver = Tracker(model, device="cpu", **driver_kwargs)
         for frame in frames:
             list(driver.masks([frame], mask))
     finally:
@@ -165,22 +164,28 @@ def test_an_exported_encoder_of_another_normalisation_warns(tiny):
     """The graph carries its mean / std; a preset that normalises otherwise (dino: std 0.228) says how to export."""
     _, onnx_path = tiny  # exported for the default preset: ImageNet mean / std
     with pytest.warns(UserWarning, match=r"std \(0\.229, 0\.224, 0\.225\) but preset dino expects .*--preset dino"):
-        Driver(load_encoder(onnx_path), "dino", size=96)
+        Tracker(load_encoder(onnx_path), "dino", size=96)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        Driver(load_encoder(onnx_path), size=96)  # the preset it was exported for: no warning
+        Tracker(load_encoder(onnx_path), size=96)  # the preset it was exported for: no warning
 
 
 def test_track_and_eval_default_to_the_presets_input(tiny):
-    """Without --size both commands leave the size to the preset, so they encode alike by default too."""
-    for command, args in ((track_main, ["v.mp4", "--mask", "m.png"]), (eval_main.commands["davis"], ["--root", "D"])):
-        assert command.make_context("siammae", [*args, "--ckpt", "m.pt"]).params["size"] is None
+    """Without --size both commands leave the size to the preset, so they encode a DAVIS frame alike by default:
+    at the preset's size (480x832 for dino, DINO's read_frame; 480x880 for siammae-davis) to the same tensor."""
+    from siammae.tracking.job import load_tracker
+
+    track_args = ["v.mp4", "--mask", "m.png", "--ckpt", "m.pt"]
+    track_size = track_main.make_context("siammae", track_args).params["size"]
+    eval_size = eval_main.commands["davis"].make_context("siammae", ["--root", "D", "--ckpt", "m.pt"]).params["size"]
     ckpt, _ = tiny
-    for preset in ("dino", "siammae-davis"):
-        runner, _ = load_runner(ckpt, "davis", preset, device="cpu")  # what siammae-eval runs
-        tracker = Tracker(load_model(ckpt), preset, device="cpu")  # what siammae-track runs
-        assert runner.driver.inputs == tracker.inputs == get_preset(preset).inputs
-        assert runner.driver.preset == tracker.preset == get_preset(preset)
+    rgb = np.random.default_rng(0).integers(0, 256, (480, 854, 3), dtype=np.uint8)
+    for preset, want in (("dino", (480, 832)), ("siammae-davis", (480, 880))):
+        runner, _ = load_runner(ckpt, "davis", preset, size=eval_size, device="cpu")  # what siammae-eval builds
+        tracker = load_tracker(ckpt, preset=preset, size=track_size, device="cpu", progress=False)  # siammae-track
+        assert runner.tracker.frame_size(480, 854) == tracker.frame_size(480, 854) == want
+        (_, by_eval), (_, by_track) = next(runner.tracker.inputs_of([rgb])), next(tracker.inputs_of([rgb]))
+        assert by_eval.shape[:2] == want and np.array_equal(by_eval, by_track)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ def test_dino_preset_matches_dinos_script_end_to_end(fixture_data):
     assert len(frames) == 6  # tests/fixtures: frame 0 and its mask, then 5 propagated frames
     model = _dino_format_vit(depth=2)
     theirs = dino_script(model, frames, mask, 240, 16)  # short side 240: 427 -> 384 wide, a 15 x 24 grid
-    ours = [m for i, m in Driver(model, "dino", device="cpu", size=240).masks(frames, mask) if i > 0]
+    ours = [m for i, m in Tracker(model, "dino", device="cpu", size=240).masks(frames, mask) if i > 0]
     for t, (a, b) in enumerate(zip(theirs, ours, strict=True), 1):
         np.testing.assert_array_equal(b, a, err_msg=f"frame {t}")  # every pixel: the same input, the same masks
     assert all(0 < m.sum() < m.size for m in theirs)
@@ -216,7 +221,7 @@ def test_dino_preset_equals_dinos_script_on_a_whole_sequence(shared_data):
     frames, mask = _seq(shared_data)
     model = _dino_format_vit(depth=2)
     theirs = dino_script(model, frames, mask, 240, 16)  # short side 240: 427 -> 384 wide
-    ours = [m for i, m in Driver(model, "dino", device="cpu", size=240).masks(frames, mask) if i > 0]
+    ours = [m for i, m in Tracker(model, "dino", device="cpu", size=240).masks(frames, mask) if i > 0]
     assert len(ours) == len(frames) - 1 == 49
     for t, (a, b) in enumerate(zip(theirs, ours, strict=True), 1):
         assert np.array_equal(a, b), f"frame {t}: {np.mean(a != b):.5f} of the pixels differ"
@@ -258,7 +263,7 @@ def test_the_presets_attention_decides_the_features_and_is_overridable():
     cases = [("dino", {}, "exact"), ("dino", {"attention": "sdpa"}, "sdpa"),
              ("siammae-davis", {}, "sdpa"), ("siammae-davis", {"attention": "exact"}, "exact")]  # fmt: skip
     for preset, overrides, mode in cases:
-        encoder = Driver(model, preset, device="cpu", size=(64, 96), **overrides).encoder
+        encoder = Tracker(model, preset, device="cpu", size=(64, 96), **overrides).encoder
         x = normalize(frames.float(), encoder._mean, encoder._std)
         with torch.inference_mode():
             exact, sdpa = model.features(x, attention="exact"), model.features(x, attention="sdpa")

@@ -1,4 +1,4 @@
-"""Keypoint tracking for users (``track_keypoints_video``, ``siammae-track --keypoints``) on synthetic clips whose
+"""Keypoint tracking for users (``track_video(keypoints=...)``, ``siammae-track --keypoints``) on synthetic clips whose
 keypoints are known in every frame, through the real tracker and propagation engine.
 
 The clips are ``make_synthetic_clip``'s moving ellipse with its striped texture replaced by a colour gradient in
@@ -25,8 +25,8 @@ from siammae.data.synthetic import iter_synthetic_clip, make_synthetic_clip
 from siammae.data.video import open_video, write_video
 from siammae.errors import InputError
 from siammae.model.checkpoint import save_checkpoint
-from siammae.propagation.keypoints import SIGMA, keypoints_to_heatmaps
-from siammae.tracking import Tracker, draw_keypoints, track_keypoints_video
+from siammae.propagation.heatmaps import SIGMA, keypoints_to_heatmaps
+from siammae.tracking import Tracker, draw_keypoints, track_video
 
 SIZE = (96, 120)  # (H, W) of the clips; the tracker encodes them at 128x160 (short side 128)
 PATCH = 4
@@ -106,9 +106,9 @@ def test_tracked_points_follow_the_object_in_original_pixels(clip, tmp_path):
     side = np.exp(-1 / (2 * SIGMA**2))
     tol = cell * (1.0 + 2 * side / (1 + 2 * side))  # (3.64, 3.64) pixels
 
-    result = track_keypoints_video(t, folder, truth[0], out=tmp_path / "out", progress=False)
+    result = track_video(t, folder, keypoints=truth[0], out=tmp_path / "out", progress=False)
     track = read_track(tmp_path / "out")
-    assert result["frames"] == len(track["frames"]) == len(frames) and track["status"] == "complete"
+    assert result.frames == len(track["frames"]) == len(frames) and track["status"] == "complete"
     got = track_xy(track)  # [T, J, 2]
     np.testing.assert_allclose(got[0], truth[0], atol=0.005)  # frame 0: the given points, not their cells
     err = np.abs(got - truth)  # [T, J, 2]
@@ -125,7 +125,7 @@ def test_api_takes_a_file_names_and_null_points(clip, tmp_path):
     first = tmp_path / "first.json"
     first.write_text(json.dumps({"keypoints": {"centre": truth[0, 0].tolist(), "hidden": None}}))
     report = tmp_path / "report.json"
-    result = track_keypoints_video(tracker(), folder, first, out=tmp_path / "out", report=report, progress=False)
+    result = track_video(tracker(), folder, keypoints=first, out=tmp_path / "out", report=report, progress=False)
     track = read_track(tmp_path / "out")
     assert track["names"] == ["centre", "hidden"] and (track["width"], track["height"]) == (120, 96)
     assert [f["frame"] for f in track["frames"]] == [f"{i:05d}" for i in range(6)]
@@ -133,7 +133,7 @@ def test_api_takes_a_file_names_and_null_points(clip, tmp_path):
     assert all(f["keypoints"][1] is None for f in track["frames"])  # a point not given is null in every frame
     assert all(f["keypoints"][0] is not None for f in track["frames"])
     assert track["settings"]["preset"] == "siammae-jhmdb" and track["settings"]["propagation"]["topk"] == 7
-    assert result["keypoints"] == ["centre", "hidden"] and "objects" not in result
+    assert result.keypoints == ("centre", "hidden") and result.objects is None and "objects" not in result.to_json()
     saved = json.loads(report.read_text())
     assert saved["status"] == "complete" and saved["frames"] == 6
     assert "- keypoints: centre, hidden" in report.with_suffix(".md").read_text()
@@ -148,7 +148,7 @@ def test_interrupt_leaves_a_valid_track_of_the_frames_before(clip, tmp_path, mon
     interrupt_reading_at(monkeypatch, "00007")  # Ctrl-C in the middle of decoding
     out, overlay, report = tmp_path / "out", tmp_path / "o.mp4", tmp_path / "r.json"
     with pytest.raises(KeyboardInterrupt):
-        track_keypoints_video(tracker(chunk=3), folder, truth[0], out=out, overlay=overlay, report=report,
+        track_video(tracker(chunk=3), folder, keypoints=truth[0], out=out, overlay=overlay, report=report,
                               progress=False)  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["keypoints.json", "keypoints.jsonl"]  # no temp file
     track = read_track(out)
@@ -162,15 +162,15 @@ def test_api_bad_input(clip, tmp_path, monkeypatch):
     frames, truth = clip
     folder = save_folder(frames[:2], tmp_path / "frames")
     with pytest.raises(InputError, match=r"keypoint '1' at \(130, 5\) is outside the 120x96 frame"):
-        track_keypoints_video(tracker(), folder, [[10, 10], [130, 5]], out=tmp_path / "a", progress=False)
+        track_video(tracker(), folder, keypoints=[[10, 10], [130, 5]], out=tmp_path / "a", progress=False)
     with pytest.raises(InputError, match=r"\[J, 2\] array"):
-        track_keypoints_video(tracker(), folder, [1.0, 2.0, 3.0], out=tmp_path / "a", progress=False)
+        track_video(tracker(), folder, keypoints=[1.0, 2.0, 3.0], out=tmp_path / "a", progress=False)
     with pytest.raises(InputError, match="every point is null"):
-        track_keypoints_video(tracker(), folder, [[np.nan, np.nan]], out=tmp_path / "a", progress=False)
+        track_video(tracker(), folder, keypoints=[[np.nan, np.nan]], out=tmp_path / "a", progress=False)
     assert not (tmp_path / "a").exists()  # inputs are checked before any output is made
     monkeypatch.chdir(tmp_path)  # no output given: the track goes where the command puts it
-    report = track_keypoints_video(tracker(), folder, truth[0], progress=False)
-    assert report["outputs"]["out"] == "frames_track" and (tmp_path / "frames_track" / "keypoints.json").is_file()
+    report = track_video(tracker(), folder, keypoints=truth[0], progress=False)
+    assert report.outputs["out"] == "frames_track" and (tmp_path / "frames_track" / "keypoints.json").is_file()
 
 
 # ------------------------------------------------------------------------------------------ building blocks
@@ -212,13 +212,13 @@ def test_draw_keypoints():
     assert np.array_equal(draw_keypoints(rgb, np.array([[np.nan, np.nan]])), rgb)  # a null point draws nothing
 
 
-def test_first_heatmaps_propagate_through_track_soft(clip):
+def test_first_heatmaps_propagate_through_soft(clip):
     # the building block the pipeline uses: heatmaps on the tracker's grid, propagated as soft labels
     frames, truth = clip
     t = tracker()
     grid = t.grid_size(*SIZE)
     heatmaps = keypoints_to_heatmaps(truth[0], SIZE, grid)
-    soft = [s for _, s in t.track_soft(frames[:3], heatmaps)]
+    soft = [s for _, s in t.soft(frames[:3], heatmaps)]
     assert all(s.shape == (1 + len(OFFSETS), *grid) for s in soft)
     np.testing.assert_array_equal(soft[0].numpy(), heatmaps.numpy())
 

@@ -19,6 +19,7 @@ from siammae.errors import InputError, VideoError
 from siammae.model.config import ModelConfig
 from siammae.model.encoder import ViTEncoder
 from siammae.tracking import Tracker, track_video
+from siammae.tracking.report import RunReport, StageTimes
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +61,15 @@ def test_iter_synthetic_clip_is_lazy_and_equals_the_lists():
 def test_tracks_a_synthetic_object(clip, preset):
     frames, masks = clip
     tracker = Tracker(colour_encoder(), preset=preset, device="cpu", size=128, chunk=4)
-    got = list(tracker.track(frames, masks[0]))
+    got = list(tracker.masks(frames, masks[0]))
     assert [i for i, _ in got] == list(range(len(frames)))
     np.testing.assert_array_equal(got[0][1], masks[0])  # frame 0: the given mask
     scores = [iou(ids == 1, m == 1) for (_, ids), m in zip(got, masks, strict=True)]
     assert min(scores) > 0.9, scores
     assert all(set(np.unique(ids)) <= {0, 1} for _, ids in got)
-    assert tracker.times.frames == len(frames) and tracker.times.seconds["encode"] > 0
+    times = StageTimes()  # the timer a run hands the stream: every stage of every frame, decoding ahead included
+    assert sum(1 for _ in tracker.stream(frames, masks[0], times=times)) == len(frames)
+    assert times.frames == len(frames) and times.seconds["encode"] > 0 and times.seconds["decode"] > 0
 
 
 def test_later_mask_adds_an_object_and_chunking_does_not_change_results():
@@ -76,7 +79,7 @@ def test_later_mask_adds_an_object_and_chunking_does_not_change_results():
     runs = {}
     for chunk in (1, 4):
         tracker = Tracker(colour_encoder(), preset="dino", device="cpu", size=96, chunk=chunk)
-        runs[chunk] = [ids for _, ids in tracker.track(frames, first, later)]
+        runs[chunk] = [ids for _, ids in tracker.masks(frames, first, later)]
     for a, b in zip(runs[1], runs[4], strict=True):
         np.testing.assert_array_equal(a, b)  # chunking changes nothing: the same masks, pixel for pixel
     out = runs[4]
@@ -91,7 +94,7 @@ def test_ids_are_preserved(clip):
     first = np.where(masks[0] > 0, 200, 0).astype(np.uint8)
     first[masks[0].shape[0] // 2 :] = np.where(first[masks[0].shape[0] // 2 :] > 0, 3, 0)  # split in two ids
     tracker = Tracker(colour_encoder(), preset="dino", device="cpu", size=128, chunk=8)
-    for _, ids in tracker.track(frames[:6], first):
+    for _, ids in tracker.masks(frames[:6], first):
         assert set(np.unique(ids)) == {0, 3, 200}
 
 
@@ -100,16 +103,16 @@ def test_track_soft_for_other_read_outs(clip):
     tracker = Tracker(colour_encoder(), preset="dino", device="cpu", size=128, chunk=4)
     h, w = tracker.grid_size(128, 160)
     assert (h, w) == (32, 32)  # DINO floors the long side to a multiple of 64
-    hard = [soft for _, soft in tracker.track_soft(frames[:6], masks[0])]
+    hard = [soft for _, soft in tracker.soft(frames[:6], masks[0])]
     assert all(s.shape == (2, h, w) and s.dtype == torch.float32 for s in hard)
     # (C, h, w) float labels on the patch grid, e.g. keypoint heatmaps, propagate as given
     given = hard[0].clone()
-    soft = [s for _, s in tracker.track_soft(frames[:6], given.numpy())]
+    soft = [s for _, s in tracker.soft(frames[:6], given.numpy())]
     torch.testing.assert_close(soft[0], given)
     for a, b in zip(soft, hard, strict=True):
         torch.testing.assert_close(a, b)
     with pytest.raises(InputError, match=r"soft first labels must be \(C, 32, 32\)"):
-        next(iter(tracker.track_soft(frames, torch.zeros(2, 8, 8))))
+        next(iter(tracker.soft(frames, torch.zeros(2, 8, 8))))
 
 
 def test_decoding_runs_ahead_by_a_bounded_number_of_frames():
@@ -123,7 +126,7 @@ def test_decoding_runs_ahead_by_a_bounded_number_of_frames():
 
     mask = next(iter_synthetic_clip(1, 32, seed=0))[1]
     tracker = Tracker(colour_encoder(), preset="dino", device="cpu", size=32, chunk=2)
-    for _ in tracker.track(frames(), mask):
+    for _ in tracker.masks(frames(), mask):
         consumed[0] += 1
         time.sleep(0.005)  # a slow consumer: the decoder must wait, not pile frames up
     assert consumed[0] == 40
@@ -141,7 +144,7 @@ def test_keyboard_interrupt_in_the_frame_source_reaches_the_caller(clip):
     tracker = Tracker(colour_encoder(), preset="dino", device="cpu", size=128, chunk=2)
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        for i, _ in tracker.track(source(), masks[0]):
+        for i, _ in tracker.masks(source(), masks[0]):
             seen.append(i)
     assert seen == [0, 1, 2, 3, 4]  # every frame before the interrupt
     assert not [t for t in threading.enumerate() if t.name.startswith("siammae-")]  # no thread left behind
@@ -161,6 +164,9 @@ class _FixedSizeEncoder:
     patch_size = 4
     embed_dim = 16
     device = torch.device("cpu")
+    dtype = "fp32"
+    path = None
+    info = None  # an exported file's metadata (normalisation, weights): none here
 
     def __init__(self, fixed_size):
         self.fixed_size = fixed_size
@@ -178,13 +184,13 @@ def test_frame_encoder_objects_are_used_as_they_are(clip):
     encoder = _FixedSizeEncoder((128, 160))
     tracker = Tracker(encoder, preset="siammae-davis", size=128, chunk=8, n_last=4)  # the plumbing, not the preset
     assert tracker.encoder is encoder
-    out = [ids for _, ids in tracker.track(frames[:9], masks[0])]
+    out = [ids for _, ids in tracker.masks(frames[:9], masks[0])]
     assert encoder.calls == 2 and iou(out[-1] == 1, masks[8] == 1) > 0.9
     tracker = Tracker(_FixedSizeEncoder((224, 224)), preset="siammae-davis", size=128)
     with pytest.raises(
         InputError, match=r"built for 224x224 frames \(height x width\) but .* encodes this 128x160 video at 128x160"
     ):
-        list(tracker.track(frames[:2], masks[0]))
+        list(tracker.masks(frames[:2], masks[0]))
 
 
 def test_bad_arguments(clip):
@@ -201,11 +207,11 @@ def test_bad_arguments(clip):
             Tracker(enc, device="cuda")
     tracker = Tracker(enc, preset="dino", device="cpu", size=128)
     with pytest.raises(InputError, match="first mask: mask is empty"):
-        list(tracker.track(frames[:2], np.zeros_like(masks[0])))
+        list(tracker.masks(frames[:2], np.zeros_like(masks[0])))
     with pytest.raises(InputError, match="frame 1 is 80x64 but frame 0 is 160x128"):
-        list(tracker.track([frames[0], frames[1][:64, :80]], masks[0]))
+        list(tracker.masks([frames[0], frames[1][:64, :80]], masks[0]))
     with pytest.raises(InputError, match=r"frame 0: expected an \(H, W, 3\) uint8"):
-        list(tracker.track([frames[0].astype(np.float32)], masks[0]))
+        list(tracker.masks([frames[0].astype(np.float32)], masks[0]))
 
 
 # -------------------------------------------------------------------------------------------- track_video
@@ -237,7 +243,8 @@ def test_track_video_writes_masks_overlay_and_report(tmp_path, video):
     inside = masks[0] == 1
     assert first[inside][:, 0].mean() > first[~inside][:, 0].mean() + 40  # tinted with id 1's red
     saved = json.loads(report.read_text())
-    assert saved == json.loads(json.dumps(result))
+    assert saved == json.loads(json.dumps(result.to_json())) and RunReport.from_json(saved) == result
+    assert result.time.total_seconds == saved["time"]["total_seconds"] and result.objects == (1,)
     assert saved["status"] == "complete" and saved["interrupted"] is False and saved["frames"] == 10
     assert saved["objects"] == [1]
     assert saved["video"]["kind"] == "video" and saved["processing"]["grid"] == [32, 32]
@@ -263,7 +270,7 @@ def test_track_video_refuses_to_overwrite(tmp_path, video, monkeypatch):
         track_video(_tracker(), path, masks[0], report=tmp_path / "r.json", progress=False)
     report = track_video(_tracker(), path, masks[0], progress=False)  # no output given: where the command puts it
     default = Path(f"{Path(path).stem}_masks")
-    assert report["outputs"]["out"] == str(default) and len(list(default.glob("0*.png"))) == 10
+    assert report.outputs["out"] == str(default) and len(list(default.glob("0*.png"))) == 10
     (tmp_path / "file").write_text("")
     with pytest.raises(InputError, match="cannot write .*masks: Not a directory"):
         track_video(_tracker(), path, masks[0], out=tmp_path / "file" / "masks", progress=False)

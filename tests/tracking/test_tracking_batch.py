@@ -12,7 +12,7 @@ from siammae.data.synthetic import make_synthetic_clip
 from siammae.data.video import write_video
 from siammae.errors import InputError
 from siammae.model.registry import create_model
-from siammae.tracking import Tracker
+from siammae.propagation.driver import Tracker
 from siammae.tracking.batch import run_batch, track_many
 from siammae.tracking.manifest import BatchItem, expand_inputs, read_manifest
 from siammae.tracking.shard import shard
@@ -76,9 +76,43 @@ def test_an_interrupted_video_is_redone_and_replaced_whole(tmp_path, tracker):
     (folder / "report.json").write_text(json.dumps({"status": "interrupted"}))
     (out / ".v0.partial").mkdir()  # the killed run's work folder
     (result,) = track_many(tracker, items, out, progress=False)
-    assert result.status == "complete" and result.report["frames"] == 4
+    assert result.status == "complete" and result.report.frames == 4
     assert sorted(p.name for p in (folder / "masks").iterdir()) == [f"{i:05d}.png" for i in range(4)]
     assert sorted(p.name for p in out.iterdir()) == ["v0"]
+
+
+def test_resume_skips_only_the_same_work(tmp_path):
+    """Issue 29: a finished video is skipped only when it is the same video tracked with the same settings; a
+    manifest row that now names another video, or other weights or options, is refused before anything changes
+    (--overwrite redoes it)."""
+    from siammae.errors import OutputError
+    from siammae.model.checkpoint import load_model, save_checkpoint
+
+    torch.manual_seed(0)
+    a = save_checkpoint(tmp_path / "a.pt", create_model("tiny"))
+    torch.manual_seed(1)
+    b = save_checkpoint(tmp_path / "b.pt", create_model("tiny"))
+
+    def track(ckpt, **options):  # what siammae-track builds for each run
+        return Tracker(load_model(ckpt), **{"preset": "dino", "device": "cpu", "size": SIZE[0], "chunk": 2, **options})
+
+    items = make_videos(tmp_path, 2)
+    out = tmp_path / "out"
+    run_batch(track(a), items, out, progress=False)
+    masks = lambda: {p.name: p.read_bytes() for p in (out / "v0" / "masks").iterdir()}  # noqa: E731
+    before = masks()
+    assert run_batch(track(a, chunk=3), items, out, progress=False)["skipped"] == 2  # the same work: skipped
+    swapped = [BatchItem(items[1].video, mask=items[1].mask, out="v0"), items[1]]  # row v0: v0.mp4 -> v1.mp4
+    with pytest.raises(OutputError, match=r"v0/ holds the finished results of .*v0\.mp4, not of .*v1\.mp4"):
+        run_batch(track(a), swapped, out, progress=False)
+    with pytest.raises(OutputError, match=r"v0/ was finished with other settings \(propagation differ"):
+        run_batch(track(a, topk=1), items, out, progress=False)
+    with pytest.raises(OutputError, match=r"v0/ was finished with other settings \(weights differ"):
+        run_batch(track(b), items, out, progress=False)
+    assert masks() == before  # refused: the old results are kept as they were
+    summary = run_batch(track(b), swapped, out, overwrite=True, progress=False)  # redone on request
+    assert [r["status"] for r in summary["rows"]] == ["complete", "complete"]
+    assert json.loads((out / "v0" / "report.json").read_text())["video"]["path"] == items[1].video
 
 
 def test_manifests_csv_and_jsonl(tmp_path):

@@ -204,6 +204,7 @@ def test_mask_dir_errors(ckpt, synthetic, tmp_path):
     write_mask(d / "00003.png", masks[0][:48])
     assert_one_line_error(run(root / "clip.mp4", "--mask", root / "first.png", "--mask-dir", d, *model, ok=False),
                           "00003.png", "another aspect ratio")  # fmt: skip
+    write_mask(d / "00003.png", masks[3])  # a good later mask: every mask is checked before frame 0's is looked up
     assert_one_line_error(run(root / "clip.mp4", "--mask-dir", d, *model, ok=False), "no mask for frame 0")
 
 

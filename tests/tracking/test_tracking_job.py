@@ -81,26 +81,49 @@ def test_bad_arguments_fail_before_torch_is_imported(tmp_path):
     assert not (tmp_path / "frames_masks").exists()
 
 
-def test_the_library_does_what_the_command_does(tmp_path, monkeypatch):
-    from siammae.tracking import Tracker, load_tracker
+def test_the_library_does_what_the_command_does(tmp_path, monkeypatch, ckpt):
+    """TrackJob.run (what siammae-track calls) and the library (load_tracker + track_video) with the same arguments
+    write byte-identical masks and record the same settings; load_tracker's policy: the task's default preset, 8
+    frames a call, 1 for a real-time live source unless a chunk is given; the default output folders."""
+    from siammae.data.live import LiveSource
+    from siammae.tracking import Tracker, load_tracker, track_video
     from siammae.tracking.job import TrackJob, default_preset
 
     assert default_preset(True) == "siammae-jhmdb" and default_preset(False) == "siammae-davis"
-    ckpt = save_checkpoint(tmp_path / "tiny.pt", create_model("tiny"))
     tracker = load_tracker(ckpt, keypoints=True, device="cpu", size=32)
     assert isinstance(tracker, Tracker) and tracker.preset.name == "siammae-jhmdb" and tracker.chunk == 8
+    live = object.__new__(LiveSource)  # its type is what counts here, not an open stream
+    live.realtime = True
+    assert tracker.chunk_for(live) == 1 and tracker.chunk_for([]) == 8
+    assert load_tracker(ckpt, device="cpu", size=32, chunk=4).chunk_for(live) == 4  # given: kept
 
-    class Live:
-        realtime = True
-
-    assert tracker.chunk_for(Live()) == 1 and tracker.chunk_for(object()) == 8
-    assert load_tracker(ckpt, device="cpu", size=32, chunk=4).chunk_for(Live()) == 4  # given: kept
-    job = TrackJob(videos=("clip.mp4",), mask=Path("m.png"))
+    frames, truth = make_synthetic_clip(5, size=(32, 48), num_objects=1)
+    (tmp_path / "clip").mkdir()
+    for i, rgb in enumerate(frames):
+        Image.fromarray(rgb).save(tmp_path / "clip" / f"{i:05d}.png")
+    write_mask(tmp_path / "m.png", truth[0])
+    monkeypatch.chdir(tmp_path)
+    job = TrackJob(videos=("clip",), mask=Path("m.png"), ckpt=str(ckpt), size=32, device="cpu", progress=False)
     assert job.outputs().out == Path("clip_masks")  # the default output folder, as the command's
+    by_job = job.run()
+    by_library = track_video(load_tracker(ckpt, device="cpu", size=32), "clip", "m.png", out="lib", progress=False)
+    assert by_job.status == by_library.status == "complete" and by_job.frames == by_library.frames == 5
+    assert by_job.settings == by_library.settings and by_job.settings.weights["path"] == str(ckpt)
+    written = sorted(p.name for p in Path("clip_masks").iterdir())
+    assert written == sorted(p.name for p in Path("lib").iterdir()) == [f"{i:05d}.png" for i in range(5)]
+    assert all((Path("clip_masks") / n).read_bytes() == (Path("lib") / n).read_bytes() for n in written)
     assert TrackJob(videos=("clip.mp4",), keypoints=Path("k.json")).outputs().out == Path("clip_track")
 
 
-# --------------------------------------------------------------------------------------- MP4 on standard input
+def test_standard_input_writes_to_a_folder_named_stdin():
+    """Issue 29: reading from ``-`` with no output given wrote to ``-_masks``, which ``ls -_masks`` takes for
+    options; it is ``stdin_masks`` (``stdin_track`` for keypoints)."""
+    from siammae.tracking.job import TrackJob
+
+    assert TrackJob(videos=("-",), mask=Path("m.png")).outputs().out == Path("stdin_masks")
+    assert TrackJob(videos=("-",), keypoints=Path("k.json")).outputs().out == Path("stdin_track")
+
+
 def synthetic_mp4(path, faststart: bool):
     frames, masks = make_synthetic_clip(6, (32, 48), seed=0)
     import av

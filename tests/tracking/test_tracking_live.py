@@ -27,6 +27,7 @@ class ColourEncoder:
     cool), optionally slow: ``delay`` seconds per frame, a stand-in for a model slower than the source."""
 
     patch_size, embed_dim, fixed_size, device = 8, 3, None, torch.device("cpu")
+    dtype, path, info = "fp32", None, None  # the rest of the FrameEncoder Protocol: no exported file here
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
@@ -62,7 +63,7 @@ def test_pipe_fed_at_real_time(tmp_path):
     out, jsonl, report = tmp_path / "masks", tmp_path / "frames.jsonl", tmp_path / "r.json"
     with live_writer(n, SIZE, FPS) as proc:
         src = LiveSource(f"pipe:{proc.stdout.fileno()}")
-        result = track_video(tracker(), src, mask_path, out=out, jsonl=jsonl, report=report, progress=False)
+        result = track_video(tracker(), src, mask_path, out=out, jsonl=jsonl, report=report, progress=False).to_json()
     assert result["status"] == "complete" and result["frames"] == n and result["video"]["kind"] == "live"
     assert sorted(p.stem for p in out.glob("*.png")) == [f"{i:05d}" for i in range(n)]
     lines = read_lines(jsonl)
@@ -103,7 +104,7 @@ def test_mpegts_over_http_gives_the_masks_of_the_file(tmp_path, http_root):
     write_mpegts(str(root / "clip.ts"), frames, fps=FPS)
     _, mask_path = first_mask(tmp_path)
     live = track_video(tracker(), open_source(f"{url}/clip.ts"), mask_path, out=tmp_path / "live", progress=False)
-    assert live["frames"] == 12 and live["video"]["kind"] == "live"
+    assert live.frames == 12 and live.video.kind == "live"
     track_video(tracker(), root / "clip.ts", mask_path, out=tmp_path / "file", progress=False)
     for i in range(12):
         name = f"{i:05d}.png"
@@ -118,7 +119,7 @@ def test_realtime_drops_frames_at_the_input_and_bounds_latency(tmp_path):
     out, report = tmp_path / "masks", tmp_path / "r.json"
     with live_writer(n, SIZE, FPS) as proc:
         src = LiveSource(f"pipe:{proc.stdout.fileno()}", realtime=True)
-        result = track_video(tracker(delay, chunk=1), src, mask_path, out=out, report=report, progress=False)
+        result = track_video(tracker(delay, chunk=1), src, mask_path, out=out, report=report, progress=False).to_json()
     dropped = result["dropped"]
     kept = sorted(int(p.stem) for p in out.glob("*.png"))
     assert dropped["frames"] > n // 3 and result["frames"] + dropped["frames"] == n  # every frame accounted for
@@ -171,8 +172,8 @@ def test_one_tracker_runs_two_streams_at_once(tmp_path):
     for t in threads:
         t.join()
     for k in range(2):
-        assert reports[k]["frames"] == alone[k]["frames"] == 10 + 4 * k
-        assert all(s["seconds"] > 0 for s in reports[k]["time"]["stages"].values())
+        assert reports[k].frames == alone[k].frames == 10 + 4 * k
+        assert all(s.seconds > 0 for s in reports[k].time.stages.values())
         for p in (tmp_path / f"alone{k}").iterdir():
             assert (tmp_path / f"both{k}" / p.name).read_bytes() == p.read_bytes()
 
@@ -198,7 +199,7 @@ def test_garbage_in_a_stream_is_counted_warned_and_numbered_honestly(tmp_path):
     Image.fromarray(masks[0]).save(tmp_path / "first.png")
     with pytest.warns(UserWarning) as warned:
         report = track_video(tracker(), open_source(str(path), format="mpegts"),
-                             tmp_path / "first.png", out=tmp_path / "masks", progress=False)  # fmt: skip
+                             tmp_path / "first.png", out=tmp_path / "masks", progress=False).to_json()  # fmt: skip
     messages = [str(w.message) for w in warned]
     assert any("corrupt data in the stream" in m for m in messages)
     assert any("frame(s) missing in the stream before frame" in m for m in messages)
@@ -216,7 +217,7 @@ def test_a_clean_stream_reports_no_gaps(tmp_path):
     write_mpegts(tmp_path / "clean.ts", frames, fps=FPS)
     Image.fromarray(masks[0]).save(tmp_path / "first.png")
     report = track_video(tracker(), open_source(str(tmp_path / "clean.ts"), format="mpegts"), tmp_path / "first.png",
-                         out=tmp_path / "masks", report=tmp_path / "r.json", progress=False)  # fmt: skip
+                         out=tmp_path / "masks", report=tmp_path / "r.json", progress=False).to_json()  # fmt: skip
     assert report["status"] == "complete" and report["frames"] == 20
     assert report["gaps"] == {"count": 0, "frames_missing": 0, "corrupt_packets": 0, "at": []}
     assert sorted(int(p.stem) for p in (tmp_path / "masks").glob("*.png")) == list(range(20))
@@ -229,7 +230,7 @@ def test_stage_times_of_one_thread_never_exceed_the_wall_time(tmp_path):
     Image.fromarray(masks[0]).save(tmp_path / "first.png")
     report = track_video(tracker(delay=0.01), open_source(str(tmp_path / "clip.ts"), format="mpegts"),
                          tmp_path / "first.png", out=tmp_path / "masks", overlay=tmp_path / "o.mp4",
-                         progress=False)  # fmt: skip
+                         progress=False).to_json()  # fmt: skip
     t = report["time"]
     assert set(t["stages"]) == {"decode", "encode", "propagate", "read_out", "write"}
     threads = {s["thread"] for s in t["stages"].values()}
