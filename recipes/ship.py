@@ -1,12 +1,13 @@
-"""Write the shipped ``siammae-cpu`` weights from a cpu8 run: the checkpoint its committed learning curve picks.
+"""Write the shipped ``siammae-cpu`` weights from a cpu8 run, its card filled from the committed learning curve.
 
     python recipes/ship.py --run RUN --curve benchmarks/results/learning_curve-cpu8.json \
         --out siammae/model/shipped/siammae-cpu.safetensors
 
 The checkpoint is the run's last (``--step`` another; picking one by the curve's J&F would be the only use of the
 evaluation sequences beyond reporting, and would make the card's number optimistic). The card holds what it is,
-its data and their licence condition, the recipe, its step and wall time, its J&F and the baselines' (percent, the same sequences, preset and frame size), and the input scale it was
-measured at. The file holds the encoder only, in fp16 (:func:`siammae.model.named.export_shipped`).
+its data and their licence condition, the recipe, its step and wall time, its J&F and the baselines' (percent,
+the same sequences, preset and frame size), and the input scale it was measured at. The file holds the encoder
+only, in fp16 (:func:`siammae.model.named.export_shipped`).
 """
 
 from __future__ import annotations
