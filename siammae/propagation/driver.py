@@ -40,6 +40,7 @@ from siammae.data.live import LiveSource
 from siammae.data.masks import check_objects, fit_mask, read_mask
 from siammae.data.video import Frame, VideoSource, open_video, read_image
 from siammae.errors import InputError
+from siammae.model.packaged import input_scale
 from siammae.propagation.config import Preset, get_preset
 from siammae.propagation.engine import Propagator
 from siammae.propagation.features import FrameEncoder, TorchEncoder
@@ -115,6 +116,9 @@ class Tracker:
         **overrides,
     ):
         self.preset = get_preset(preset, size=size, **overrides)
+        scale = input_scale(model) if self.preset.size is None else None
+        if scale is not None:  # weights measured at another scale of the preset's size (siammae-cpu: half)
+            self.preset = self.preset.scaled(scale)
         self.config = self.preset.propagation
         self.inputs = self.preset.inputs
         if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):

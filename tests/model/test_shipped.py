@@ -160,3 +160,21 @@ def test_default_without_the_shipped_file_is_the_default_error(offline, monkeypa
     monkeypatch.setattr(packaged, "shipped_file", lambda: offline / "nowhere.safetensors")
     with pytest.raises(CheckpointError, match="dino-vits16 is not in the cache and downloads are off"):
         default_or_shipped()
+
+
+def test_the_real_shipped_model_runs_at_its_measured_scale():
+    """siammae-cpu's card says it was measured at half the preset's size: a Tracker without --size follows it (the
+    numbers of its card), an explicit size wins, other weights keep the preset's own size."""
+    from siammae.model import packaged
+    from siammae.model.checkpoint import load_model
+    from siammae.model.registry import create_model
+    from siammae.propagation.driver import Tracker
+
+    if not packaged.shipped_file().is_file():
+        pytest.skip("this build has no shipped siammae-cpu")
+    model = load_model("siammae-cpu")
+    assert packaged.input_scale(model) == 0.5
+    assert Tracker(model, "siammae-davis", device="cpu").frame_size(480, 854) == (240, 440)
+    assert Tracker(model, "siammae-jhmdb", device="cpu").frame_size(240, 320) == (160, 160)
+    assert Tracker(model, "siammae-davis", device="cpu", size="480x880").frame_size(480, 854) == (480, 880)
+    assert Tracker(create_model("tiny"), "siammae-davis", device="cpu").frame_size(480, 854) == (480, 880)

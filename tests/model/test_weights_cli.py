@@ -34,7 +34,35 @@ def offline(tmp_path, monkeypatch):
     frames, masks = make_synthetic_clip(4, (48, 64), seed=3)
     write_video(tmp_path / "video.mp4", iter(frames), fps=10)
     write_mask(tmp_path / "first.png", masks[0])
+    without_shipped_weights(monkeypatch, tmp_path)  # a build without siammae-cpu: the default's own error
     return tmp_path / "torch" / "hub" / "checkpoints" / DEFAULT.filename
+
+
+def without_shipped_weights(monkeypatch, tmp_path):
+    from siammae.model import load, packaged
+
+    monkeypatch.setattr(load, "SHIPPED_DIR", tmp_path / "absent")
+    monkeypatch.setattr(packaged, "shipped_file", lambda: tmp_path / "absent" / "siammae-cpu.safetensors")
+
+
+def test_offline_the_card_command_runs_on_the_shipped_model(offline, monkeypatch):
+    """The card's `siammae-track video.mp4 --mask first.png` on a machine that cannot get the default weights: the
+    shipped siammae-cpu runs (at its measured scale), one warning line says so, the report names it."""
+    import json
+
+    from siammae.cli.track import main
+
+    monkeypatch.undo()  # the real package, its shipped file included; offline again below
+    monkeypatch.setenv("TORCH_HOME", str(offline.parents[2]))
+    monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
+    monkeypatch.chdir(offline.parents[3])
+    result = CliRunner().invoke(main, ["video.mp4", "--mask", "first.png", "--out", "m", "--report", "r.json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "siammae-cpu" in warnings[0] and "siammae-weights download" in warnings[0]
+    report = json.loads(Path("r.json").read_text())
+    assert "siammae-cpu" in json.dumps(report["settings"]) and report["status"] == "complete"
+    assert len(list(Path("m").glob("*.png"))) == 4
 
 
 def test_track_offline_cold_cache_is_one_line_naming_url_and_path(offline):
