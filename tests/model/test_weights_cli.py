@@ -56,7 +56,9 @@ def test_offline_the_card_command_runs_on_the_shipped_model(offline, monkeypatch
     monkeypatch.setenv("TORCH_HOME", str(offline.parents[2]))
     monkeypatch.setenv("SIAMMAE_OFFLINE", "1")
     monkeypatch.chdir(offline.parents[3])
-    result = CliRunner().invoke(main, ["video.mp4", "--mask", "first.png", "--out", "m", "--report", "r.json", "--quiet"])
+    result = CliRunner().invoke(
+        main, ["video.mp4", "--mask", "first.png", "--out", "m", "--report", "r.json", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "siammae-cpu" in warnings[0] and "siammae-weights download" in warnings[0]
