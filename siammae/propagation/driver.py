@@ -294,8 +294,11 @@ class Tracker:
             ref = references.get(frame.index, references.get(frame.name)) if frame.index > 0 else None
             return frame, x, None if ref is None else _load_mask(ref, frame, f"mask of frame {frame.name}")
 
-        # a frame given a mask ends its chunk, so that the frames after it see it as a reference
-        for batch in chunks(map(given_mask, source), chunk, ends=lambda item: item[2] is not None):
+        # a frame given a mask ends its chunk, so that the frames after it see it as a reference; the first chunk is
+        # frames 0 and 1 only, so that the first result (and a progress bar's first update) comes after two frames,
+        # not a whole chunk (the chunks change no result)
+        pairs = map(given_mask, source)
+        for batch in chunks(pairs, chunk, ends=lambda item: item[2] is not None, first=min(chunk, 2)):
             if grid is None:
                 grid = self.grid_size(*batch[0][0].rgb.shape[:2])
             t0 = time.perf_counter()

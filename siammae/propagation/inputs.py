@@ -173,10 +173,12 @@ def to_batch(frames: list[np.ndarray], device) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.contiguous()
 
 
-def chunks(items: Iterable, size: int, ends: Callable[[object], bool] | None = None) -> Iterator[list]:
-    """Lists of up to ``size`` consecutive items; an item for which ``ends(item)`` is true ends its list. When the
-    source fails, the items before the failure come out first, then the exception (a truncated video still gives
-    its decoded frames)."""
+def chunks(
+    items: Iterable, size: int, ends: Callable[[object], bool] | None = None, first: int | None = None
+) -> Iterator[list]:
+    """Lists of up to ``size`` consecutive items (the first list up to ``first``, when given: a quick first
+    result); an item for which ``ends(item)`` is true ends its list. When the source fails, the items before the
+    failure come out first, then the exception (a truncated video still gives its decoded frames)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise InputError(f"chunk size must be an integer >= 1, got {size!r}")
     batch: list = []
@@ -191,8 +193,8 @@ def chunks(items: Iterable, size: int, ends: Callable[[object], bool] | None = N
                 yield batch
             raise
         batch.append(item)
-        if len(batch) == size or (ends is not None and ends(item)):
+        if len(batch) == (first or size) or (ends is not None and ends(item)):
             yield batch
-            batch = []
+            batch, first = [], None
     if batch:
         yield batch

@@ -124,6 +124,35 @@ def test_one_chunking_loop():
     assert got == [[0, 1]]  # the items before the failure come out first
     with pytest.raises(InputError, match="chunk size"):
         list(chunks([], 0))
+    assert list(chunks(range(7), 3, first=2)) == [[0, 1], [2, 3, 4], [5, 6]]
+
+
+def test_the_first_result_comes_after_two_frames_not_a_chunk():
+    """A progress bar's first update: frame 1 is yielded once frames 0 and 1 are encoded, whatever --chunk is."""
+    from siammae.data.synthetic import make_synthetic_clip
+    from siammae.propagation.driver import Tracker
+
+    torch.manual_seed(0)
+    frames, masks = make_synthetic_clip(12, (32, 48), seed=1)
+    tracker = Tracker(create_model("tiny"), "siammae-davis", device="cpu", size=32, chunk=8, prefetch=False)
+    seen = []
+
+    class Counting:  # the tracker's encoder, counting the frames it is given
+        def __init__(self, encoder):
+            self.encoder = encoder
+
+        def __getattr__(self, name):
+            return getattr(self.encoder, name)
+
+        def __call__(self, x):
+            seen.append(x.shape[0])
+            return self.encoder(x)
+
+    tracker.encoder = Counting(tracker.encoder)
+    stream = tracker.masks(list(frames), masks[0])
+    assert [i for i, _ in (next(stream), next(stream))] == [0, 1] and sum(seen) == 2
+    rest = [i for i, _ in stream]
+    assert rest == list(range(2, 12)) and seen == [2, 8, 2]
 
 
 # ------------------------------------------------------------------------------------------------------------
