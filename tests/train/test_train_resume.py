@@ -89,7 +89,9 @@ def test_ctrl_c_with_workers_keeps_the_work_and_says_how_to_resume(data, tmp_pat
     `interrupted: ...` and status 130; `--out OUT --resume` alone then finishes the same schedule."""
     out = tmp_path / "run"
     args = ["--data", str(data), "--out", str(out), *FLAGS, "--max-steps", "8", "--workers", "2"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # the same thread count as this process: the straight run it is compared with ran here, and a sum over 2 threads
+    # rounds otherwise than over 1
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     p = subprocess.Popen(
         [sys.executable, "-m", "siammae.cli.train", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
