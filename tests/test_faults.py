@@ -537,17 +537,12 @@ def _eval_bomb_annotation(w, mp):
 def _no_weights(w, mp):
     """No --ckpt, downloads off, an empty cache and no shipped model: the default weights cannot be had, so a check
     that ran after the weights were resolved would report the offline-weights error instead of the case's own."""
-    import siammae.model.load as load
 
     mp.setenv("SIAMMAE_OFFLINE", "1")
     mp.setenv("TORCH_HOME", str(w["out"] / "torch"))
-    mp.setattr(load, "SHIPPED_DIR", w["out"] / "absent")
-    try:
-        from siammae.model import packaged
+    from siammae.model import packaged
 
-        mp.setattr(packaged, "shipped_file", lambda: w["out"] / "absent" / "siammae-cpu.safetensors")
-    except ImportError:
-        pass
+    mp.setattr(packaged, "shipped_file", lambda: w["out"] / "absent" / "siammae-cpu.safetensors")
 
 
 def _no_gpu(w, mp):

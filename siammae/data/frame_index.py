@@ -21,6 +21,7 @@ never an error. A file that truly cannot be decoded (no frame at all) is a :clas
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import os
@@ -56,6 +57,11 @@ class FrameIndex:
     def seekable(self) -> bool:
         """Frames can be found by timestamp: every one has a distinct timestamp."""
         return len(set(self.pts)) == len(self.pts)
+
+    @functools.cached_property
+    def positions(self) -> dict[int, int]:
+        """Timestamp -> position, built once per index (every read of a pair uses it)."""
+        return {p: i for i, p in enumerate(self.pts)}
 
     def key_before(self, position: int) -> int:
         """The position of the last key frame at or before ``position``."""
@@ -200,7 +206,7 @@ def _read_counting(container, stream, wanted: list[int]) -> dict[int, np.ndarray
 
 def _read_seeking(container, stream, index: FrameIndex, wanted: list[int]) -> dict[int, np.ndarray]:
     """Seek to the key frame before each run of wanted frames and decode forward, matching exact timestamps."""
-    position = {p: i for i, p in enumerate(index.pts)}
+    position = index.positions
     got: dict[int, np.ndarray] = {}
     pending = list(wanted)
     while pending:

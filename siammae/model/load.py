@@ -46,11 +46,8 @@ class WeightsChoice:
 
 
 # ---------------------------------------------------------------------------------------- the default weights
-# The weights side (branch `weights`, siammae/model/named.py and packaged.py) defines the shipped weight
-# (``WEIGHTS["siammae-cpu"]``, its file ``packaged.shipped_file()``), ``can_fetch_quickly(w)`` (a network probe) and
-# ``shipped_fallback_notice(why)``; they are used when present. TODO(merge): once merged, drop SHIPPED_DIR,
-# _local_notice and the getattr probing (the local stand-ins keep this branch whole on its own).
-SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+# The weights side (siammae/model/named.py, packaged.py) defines the shipped weight (its file
+# ``packaged.shipped_file()``), ``can_fetch_quickly(w)`` (a network probe) and ``shipped_fallback_notice(why)``.
 
 
 def _checkpoints_dir() -> Path:
@@ -73,50 +70,15 @@ def _why_not_default() -> str | None:
         return None
     if (var := offline_variable()) is not None:
         return f"not in the cache and downloads are off ({var}=1)"
-    probe = getattr(named, "can_fetch_quickly", None)
-    return probe(default) if probe is not None else None
-
-
-def _shipped_file() -> Path:
-    from siammae.model import named
-
-    if SHIPPED_WEIGHTS in named.WEIGHTS:
-        from siammae.model import packaged
-
-        return packaged.shipped_file()
-    return SHIPPED_DIR / f"{SHIPPED_WEIGHTS}.safetensors"
-
-
-def _notice(why: str) -> str:
-    """The one warning line (without ``warning:``): the weights side's, or the local stand-in's."""
-    from siammae.model import named
-
-    notice = getattr(named, "shipped_fallback_notice", None)
-    return (notice(why) if notice is not None else _local_notice(why)).removeprefix("warning: ")
-
-
-def _local_notice(why: str) -> str:
-    from siammae.model.named import DEFAULT_WEIGHTS
-
-    return (
-        f"{DEFAULT_WEIGHTS} (the default weights): {why}: running on {SHIPPED_WEIGHTS}, the small SiamMAE shipped in "
-        f"the package (README, 'Weights': well below {DEFAULT_WEIGHTS} on DAVIS); for {DEFAULT_WEIGHTS}, run "
-        f"'siammae-weights download {DEFAULT_WEIGHTS}' with network, or 'siammae-weights import FILE {DEFAULT_WEIGHTS}'"
-    )
-
-
-def _shipped_spec(file: Path) -> str:
-    """How load_model is asked for the shipped model: its name once named.py knows it, else its file."""
-    from siammae.model.named import WEIGHTS
-
-    return SHIPPED_WEIGHTS if SHIPPED_WEIGHTS in WEIGHTS else str(file)
+    return named.can_fetch_quickly(default)
 
 
 def _shipped(why: str) -> WeightsChoice | None:
-    file = _shipped_file()
-    if not file.is_file():  # not in this build: the default's own error stands
+    from siammae.model import named, packaged
+
+    if not packaged.shipped_file().is_file():  # not in this build: the default's own error stands
         return None
-    return WeightsChoice(_shipped_spec(file), _notice(why))
+    return WeightsChoice(SHIPPED_WEIGHTS, named.shipped_fallback_notice(why).removeprefix("warning: "))
 
 
 def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
@@ -247,12 +209,7 @@ def load_weights(
 def _load(choice: WeightsChoice, arch, progress: bool, load_model):
     if choice.notice is not None:
         print(f"warning: {choice.notice}", file=sys.stderr)
-    model = load_model(choice.spec, arch=arch, progress=progress)
-    if choice.shipped and model.provenance.weights != SHIPPED_WEIGHTS:  # TODO(merge): a name in named.py already
-        import dataclasses
-
-        model.provenance = dataclasses.replace(model.provenance, weights=SHIPPED_WEIGHTS, origin="shipped")
-    return model
+    return load_model(choice.spec, arch=arch, progress=progress)  # the shipped name's provenance names it
 
 
 __all__ = [

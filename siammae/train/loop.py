@@ -309,7 +309,7 @@ class Trainer:
         """The optimiser steps from ``step`` to the stop step -> (last step, OUT/model.pt or None)."""
         cfg, info = self.cfg, self.info
         while step < self.stop_step:
-            out, loss, grad_norm = self._step_or_stop(step, batches, signals)
+            out, loss, grad_norm = self.train_step(step, batches)
             step += 1
             losses.append(loss)
             window.append(loss)
@@ -319,7 +319,7 @@ class Trainer:
             if step % cfg.save_every == 0 or step == self.stop_step or due or stop:
                 self.save(step)
             if stop:
-                self._interrupted(step, signals.requested or "a signal on another process", saved=True)
+                self._interrupted(step, signals.requested or "a signal on another process")
         self._warn_if_cut(step)
         model_path = None
         if info.is_main:
@@ -332,18 +332,6 @@ class Trainer:
             )
         D.barrier(info)
         return step, model_path
-
-    def _step_or_stop(self, step: int, batches, signals):
-        """:meth:`train_step`; when a stop signal reached a DataLoader worker before it could ignore it (the moment
-        after its start) and the step cannot get its batch, the step is dropped (the optimiser never ran) and the
-        run stops at the last finished one."""
-        try:
-            return self.train_step(step, batches)
-        except Exception:
-            if signals.requested is None:
-                raise
-            self.optimizer.zero_grad(set_to_none=True)
-            self._interrupted(step, signals.requested)
 
     def _report(self, step, out, loss, grad_norm, window, t0, t_log) -> bool:
         """Progress bar, log record, reconstruction PNG on their schedules; True when a log record was written."""
@@ -379,10 +367,8 @@ class Trainer:
         flags = D.all_reduce_max(torch.tensor([float(stop), float(due)], device=self.device), self.info)
         return bool(flags[0]), bool(flags[1])
 
-    def _interrupted(self, step: int, signal_name: str, saved: bool = False):
-        """Save the last finished ``step`` (unless just saved) and stop with :class:`TrainingInterrupted`."""
-        if not saved and step > self.start_step:
-            self.save(step)
+    def _interrupted(self, step: int, signal_name: str):
+        """Stop with :class:`TrainingInterrupted` after ``step``, whose checkpoint was just saved."""
         where = f"checkpoint {self.checkpoint}" if self.checkpoint else "no checkpoint (no step finished)"
         raise TrainingInterrupted(
             f"{signal_name}: training stopped after step {step} of {self.stop_step}; {where}; continue with "

@@ -46,13 +46,9 @@ def offline(tmp_path, monkeypatch):
 def shipped(tmp_path, monkeypatch, offline):
     """The package ships a (tiny) siammae-cpu: the file in a tmp folder, the package's location patched to it."""
     path = _write_shipped(tmp_path / "shipped")
-    monkeypatch.setattr(load, "SHIPPED_DIR", path.parent)
-    try:  # branch `weights`: the package's own location
-        from siammae.model import packaged
+    from siammae.model import packaged
 
-        monkeypatch.setattr(packaged, "shipped_file", lambda: path)
-    except ImportError:
-        pass
+    monkeypatch.setattr(packaged, "shipped_file", lambda: path)
     return path
 
 
@@ -63,13 +59,9 @@ def test_a_given_ckpt_is_checked_without_torch(tmp_path):
 
 
 def test_offline_without_a_shipped_model_the_default_and_its_error(offline, monkeypatch, tmp_path):
-    monkeypatch.setattr(load, "SHIPPED_DIR", tmp_path / "absent")
-    try:
-        from siammae.model import packaged
+    from siammae.model import packaged
 
-        monkeypatch.setattr(packaged, "shipped_file", lambda: tmp_path / "absent" / "siammae-cpu.safetensors")
-    except ImportError:
-        pass
+    monkeypatch.setattr(packaged, "shipped_file", lambda: tmp_path / "absent" / "siammae-cpu.safetensors")
     choice = load.choose_weights(None)
     assert choice == load.WeightsChoice(DEFAULT_WEIGHTS) and not choice.shipped
     with pytest.raises(CheckpointError, match="downloads are off"):

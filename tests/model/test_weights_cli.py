@@ -39,9 +39,8 @@ def offline(tmp_path, monkeypatch):
 
 
 def without_shipped_weights(monkeypatch, tmp_path):
-    from siammae.model import load, packaged
+    from siammae.model import packaged
 
-    monkeypatch.setattr(load, "SHIPPED_DIR", tmp_path / "absent")
     monkeypatch.setattr(packaged, "shipped_file", lambda: tmp_path / "absent" / "siammae-cpu.safetensors")
 
 
