@@ -299,28 +299,32 @@ def spawn(method, device, grid, repeats, dtype="float32", chunk=1, threads=None)
     return row
 
 
-def bench_device(device: str, grids: list[str], repeats: int, threads: int | None = None) -> list[dict]:
-    rows = []
-    for name in grids:
-        grid = GRIDS[name]
-        if device == "cpu":
-            need = dense_estimate_bytes(grid)
-            if need > 0.6 * _available_bytes():
-                free = _available_bytes()
-                rows.append(
-                    dict(method="dense", device=device, grid=name, dtype="float32", chunk=1, skipped=True,
-                         reason=f"needs ~{need / 2**30:.0f} GiB of the {free / 2**30:.0f} GiB free",
-                         estimated_peak_mib=need / 2**20)
-                )  # fmt: skip
-            else:
-                rows.append(spawn("dense", device, grid, repeats, threads=threads))
-            rows.append(spawn("torch", device, grid, repeats, threads=threads))
-        else:
-            rows.append(spawn("dense", device, grid, repeats, threads=threads))
-            rows.append(spawn("torch", device, grid, repeats, threads=threads))
-            for dtype in ("float32", "float16"):
-                rows.append(spawn("triton", device, grid, repeats, dtype=dtype, chunk=1))
-            rows.append(spawn("triton", device, grid, repeats, dtype="float16", chunk=8))
+def _dense_row(device: str, grid_name: str, repeats: int, threads: int | None) -> dict:
+    """The dense row; on the CPU a skipped row with the reason when its estimate exceeds 60 % of the free memory."""
+    grid = GRIDS[grid_name]
+    need = dense_estimate_bytes(grid)
+    if device == "cpu" and need > 0.6 * _available_bytes():
+        free = _available_bytes()
+        return dict(method="dense", device=device, grid=grid_name, dtype="float32", chunk=1, skipped=True,
+                    reason=f"needs ~{need / 2**30:.0f} GiB of the {free / 2**30:.0f} GiB free",
+                    estimated_peak_mib=need / 2**20)  # fmt: skip
+    return spawn("dense", device, grid, repeats, threads=threads)
+
+
+def _grid_rows(device: str, grid_name: str, repeats: int, threads: int | None) -> list[dict]:
+    """One grid's rows: dense (maybe skipped on the CPU) and torch; on a GPU also triton fp32 / fp16 and fp16 x 8."""
+    grid = GRIDS[grid_name]
+    rows = [_dense_row(device, grid_name, repeats, threads), spawn("torch", device, grid, repeats, threads=threads)]
+    if device == "cpu":
+        return rows
+    for dtype in ("float32", "float16"):
+        rows.append(spawn("triton", device, grid, repeats, dtype=dtype, chunk=1))
+    rows.append(spawn("triton", device, grid, repeats, dtype="float16", chunk=8))
+    return rows
+
+
+def _add_vs_dense(rows: list[dict]) -> None:
+    """Speed-ups and memory ratio of every measured row against the dense row of its grid."""
     dense = {r["grid"]: r for r in rows if r["method"] == "dense" and not r.get("skipped")}
     for r in rows:
         if r.get("skipped") or r["grid"] not in dense:
@@ -328,17 +332,29 @@ def bench_device(device: str, grids: list[str], repeats: int, threads: int | Non
         r["speedup_vs_dense"] = dense[r["grid"]]["ms_per_frame"] / r["ms_per_frame"]
         r["cpu_time_speedup_vs_dense"] = dense[r["grid"]]["cpu_ms_per_frame"] / r["cpu_ms_per_frame"]
         r["memory_ratio_vs_dense"] = dense[r["grid"]]["peak_mib"] / max(r["peak_mib"], 1e-9)
+
+
+def _add_tflops(rows: list[dict]) -> None:
+    """Dense-equivalent TFLOP/s against the card's measured peak; for the triton rows the executed ones too."""
+    peaks = {dt: measured_peak_tflops(dt) for dt in ("float32", "float16")}
+    for r in rows:
+        if r.get("skipped"):
+            continue
+        grid = GRIDS[r["grid"]]
+        r["dense_equivalent_tflops"] = dense_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
+        r["card_peak_tflops"] = peaks[r["dtype"]]
+        if r["method"] == "triton":
+            r["executed_tflops"] = triton_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
+            r["fraction_of_peak"] = r["executed_tflops"] / r["card_peak_tflops"]
+
+
+def bench_device(device: str, grids: list[str], repeats: int, threads: int | None = None) -> list[dict]:
+    rows = []
+    for name in grids:
+        rows += _grid_rows(device, name, repeats, threads)
+    _add_vs_dense(rows)
     if device == "cuda":
-        peaks = {dt: measured_peak_tflops(dt) for dt in ("float32", "float16")}
-        for r in rows:
-            if r.get("skipped"):
-                continue
-            grid = GRIDS[r["grid"]]
-            r["dense_equivalent_tflops"] = dense_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
-            r["card_peak_tflops"] = peaks[r["dtype"]]
-            if r["method"] == "triton":
-                r["executed_tflops"] = triton_flops(grid) / (r["ms_per_frame"] * 1e-3) / 1e12
-                r["fraction_of_peak"] = r["executed_tflops"] / r["card_peak_tflops"]
+        _add_tflops(rows)
     return rows
 
 

@@ -218,6 +218,19 @@ class OutputFolder:
         return any(fnmatch.fnmatch(name, pat) for pat in self.owned)
 
     def _tidy(self) -> None:
+        links, leftovers = self._scan()
+        try:
+            for path in leftovers:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            for link in links:
+                self._remove_link(link)
+            if self.exclusive:
+                self._empty()
+        except OSError as e:  # an OutputError is no OSError: it passes through
+            raise write_error(getattr(e, "filename", None) or self.path, e) from e
+
+    def _scan(self) -> tuple[list[Path], list[Path]]:
+        """The symbolic links and the temporary leftovers (``TMP_PREFIX``) anywhere under the folder."""
         links, leftovers = [], []
         for folder, dirs, files in os.walk(self.path):  # followlinks=False: a linked folder is listed, not entered
             for name in dirs + files:
@@ -226,22 +239,16 @@ class OutputFolder:
                     links.append(full)
                 elif name.startswith(TMP_PREFIX):
                     leftovers.append(full)
-        try:
-            for path in leftovers:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            for link in links:
-                if not (self.overwrite and link.parent == self.path and self._is_owned(link.name)):
-                    raise OutputError(
-                        f"{link}: is a symbolic link inside {self.what} {self.path}; siammae never writes through a "
-                        "link it did not create: remove it or choose another folder"
-                    )
-                link.unlink()
-            if self.exclusive:
-                self._empty()
-        except OSError as e:
-            if isinstance(e, OutputError):
-                raise
-            raise write_error(getattr(e, "filename", None) or self.path, e) from e
+        return links, leftovers
+
+    def _remove_link(self, link: Path) -> None:
+        """Unlink ``link`` when it is one of our own outputs at the top and ``overwrite`` is on; refuse it otherwise."""
+        if not (self.overwrite and link.parent == self.path and self._is_owned(link.name)):
+            raise OutputError(
+                f"{link}: is a symbolic link inside {self.what} {self.path}; siammae never writes through a "
+                "link it did not create: remove it or choose another folder"
+            )
+        link.unlink()
 
     def _empty(self) -> None:
         for e in check_folder_free(self.path, self.overwrite, owned=self.owned, what=self.what):

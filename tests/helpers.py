@@ -276,3 +276,13 @@ def dino_script(model, frame_paths, seg_path, scale_size, patch):
     consts = dict(topk=cfg.topk, temperature=cfg.temperature, n_last=cfg.n_last, radius=cfg.radius)
     soft = dino_dense(feats, torch.from_numpy(small.astype(np.int64)), **consts)
     return [dino_output(s.clone(), patch, np.asarray(seg).shape) for s in soft]
+
+
+def noise_frames(folder: Path, count: int, height: int, width: int, suffix: str = ".jpg") -> Path:
+    """A new frame folder ``folder/00000<suffix> ...``: ``count`` frames of uniform RGB noise, ``height`` x
+    ``width``, frame ``i`` drawn from seed ``i`` (the same pixels on every run); returns ``folder``."""
+    folder.mkdir()
+    for i in range(count):
+        rgb = np.random.default_rng(i).integers(0, 255, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(folder / f"{i:05d}{suffix}")
+    return folder

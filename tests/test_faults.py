@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import noise_frames
 from PIL import Image, ImageDraw, ImageFilter
 
 import siammae
@@ -100,16 +101,23 @@ def inputs(tmp_path_factory) -> dict:
 def _wide_video(w, mp):
     """A 5000x16 frame folder of 4 frames and its first mask: at --size 128 a frame is 128x40000 pixels. The work
     check is told of 2 cores, so that the bound does not depend on the machine running the table."""
-    v = w["tmp"] / "wide"
-    v.mkdir()
-    for i in range(4):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (16, 5000, 3), dtype=np.uint8)).save(
-            v / f"{i:05d}.png"
-        )
+    noise_frames(w["tmp"] / "wide", 4, 16, 5000, ".png")
     ids = np.zeros((16, 5000), np.uint8)
     ids[4:12, 100:200] = 1
     _save_p(w["tmp"] / "wide.png", ids)
     _two_cores(w, mp)
+
+
+def _track_work(w, video, mask, size: str) -> list[str]:
+    """siammae-track one frame a step (``--chunk 1``) at ``--size size``: the work check's cases."""
+    return _argv(video, "--mask", mask, "--ckpt", w["ckpt"], "--size", size, "--device", "cpu", "--chunk", "1", "-q",
+                 "--out", w["out"])  # fmt: skip
+
+
+def _track_stdin(w, *extra) -> list[str]:
+    """siammae-track reading its frames from stdin (``-``), ``extra`` before ``--out``."""
+    return _argv("-", "--mask", w["mask"], "--ckpt", w["ckpt"], "--size", "64", "--device", "cpu", "-q", *extra,
+                 "--out", w["out"])  # fmt: skip
 
 
 def _two_cores(w, mp):
@@ -159,6 +167,11 @@ class Case:
     expect: tuple[str, ...]
     setup: Callable | None = None
     outputs: tuple[str, ...] = field(default=())  # more paths (keys of w) a case may write besides "out"
+
+
+def _argv(*parts) -> list[str]:
+    """A command line as written, every part a string (paths included)."""
+    return [str(p) for p in parts]
 
 
 def _track(w, *extra, mask=True):
@@ -1474,44 +1487,14 @@ CASES = [
     Case(
         "track-work-wide-video",
         "track",
-        lambda w: [
-            str(w["tmp"] / "wide"),
-            "--mask",
-            str(w["tmp"] / "wide.png"),
-            "--ckpt",
-            str(w["ckpt"]),
-            "--size",
-            "128",
-            "--device",
-            "cpu",
-            "--chunk",
-            "1",
-            "-q",
-            "--out",
-            str(w["out"]),
-        ],
+        lambda w: _track_work(w, w["tmp"] / "wide", w["tmp"] / "wide.png", "128"),
         ("128x40000", "operations per frame", "SIAMMAE_MAX_FRAME_SECONDS"),
         _wide_video,
     ),  # fmt: skip
     Case(
         "track-work-size-4000",
         "track",
-        lambda w: [
-            str(w["video"]),
-            "--mask",
-            str(w["mask"]),
-            "--ckpt",
-            str(w["ckpt"]),
-            "--size",
-            "4000x4000",
-            "--device",
-            "cpu",
-            "--chunk",
-            "1",
-            "-q",
-            "--out",
-            str(w["out"]),
-        ],
+        lambda w: _track_work(w, w["video"], w["mask"], "4000x4000"),
         ("4000x4000", "operations per frame"),
         _two_cores,
     ),  # fmt: skip
@@ -1546,22 +1529,7 @@ CASES = [
     Case(
         "track-live-format-unknown",
         "track",
-        lambda w: [
-            "-",
-            "--mask",
-            str(w["mask"]),
-            "--ckpt",
-            str(w["ckpt"]),
-            "--size",
-            "64",
-            "--device",
-            "cpu",
-            "-q",
-            "--format",
-            "nosuchformat",
-            "--out",
-            str(w["out"]),
-        ],
+        lambda w: _track_stdin(w, "--format", "nosuchformat"),
         ("--format nosuchformat", "not an input format"),
     ),  # fmt: skip
     Case(

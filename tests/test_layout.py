@@ -73,37 +73,51 @@ def _graph() -> dict[str, set[str]]:
     return {name: _imports(path, name, modules) for name, path in modules.items()}
 
 
+class _Tarjan:
+    """Tarjan's strongly connected components of ``graph``; ``cycles`` keeps those of more than one module."""
+
+    def __init__(self, graph: dict[str, set[str]]):
+        self.graph = graph
+        self.index: dict[str, int] = {}
+        self.low: dict[str, int] = {}
+        self.stack: list[str] = []
+        self.on: set[str] = set()
+        self.cycles: list[list[str]] = []
+
+    def visit(self, v: str) -> None:
+        self.index[v] = self.low[v] = len(self.index)
+        self.stack.append(v)
+        self.on.add(v)
+        for w in self.graph[v]:
+            if w not in self.index:
+                self.visit(w)
+                self.low[v] = min(self.low[v], self.low[w])
+            elif w in self.on:
+                self.low[v] = min(self.low[v], self.index[w])
+        if self.low[v] == self.index[v]:
+            comp = self._pop_component(v)
+            if len(comp) > 1:
+                self.cycles.append(sorted(comp))
+
+    def _pop_component(self, v: str) -> list[str]:
+        """The stack down to ``v``: the component whose root is ``v``."""
+        comp = []
+        while True:
+            w = self.stack.pop()
+            self.on.discard(w)
+            comp.append(w)
+            if w == v:
+                return comp
+
+
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
-    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
-
-    def visit(v):
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                out.append(sorted(comp))
-
+    tarjan = _Tarjan(graph)
     sys.setrecursionlimit(10_000)
     for v in graph:
-        if v not in index:
-            visit(v)
-    return out
+        if v not in tarjan.index:
+            tarjan.visit(v)
+    return tarjan.cycles
 
 
 def test_the_walk_sees_imports():

@@ -48,9 +48,59 @@ def as_tiny(monkeypatch, name: str, embed_dim: int = 128, patch_size: int = 8, d
 
 
 class _Quick(ThreadingHTTPServer):
+    owner: Server  # whose files, faults and redirects the handler serves
+
     def server_bind(self):  # HTTPServer's looks the host name up (socket.getfqdn): seconds on some machines
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = self.server_address[:2]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One GET: a redirect, a 404, or the file at the path with the path's fault (module docstring)."""
+
+    def do_GET(self):
+        server = self.server.owner
+        server.requests.append(self.path)
+        if self.path in server.redirects:
+            self.send_response(302)
+            self.send_header("Location", server.redirects[self.path])
+            self.end_headers()
+            return
+        data = server.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        fault = server.faults.get(self.path)
+        if fault == "html":
+            data = HTML
+        elif fault == "empty":
+            data = b""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if fault == "html" else "application/octet-stream")
+        if fault != "cut":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self._write_body(data, fault)
+
+    def _write_body(self, data: bytes, fault: str | None) -> None:
+        try:
+            if fault in ("truncate", "stall", "cut"):
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                if fault == "stall":
+                    time.sleep(3)
+            elif fault == "trickle":
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(self.server.owner.trickle_s)
+            else:
+                self.wfile.write(data)
+        except OSError:  # the client gave up (the tests' point)
+            pass
+
+    def log_message(self, *args):
+        pass
 
 
 class Server:
@@ -62,50 +112,8 @@ class Server:
         self.faults: dict[str, str] = {}
         self.requests: list[str] = []
         self.trickle_s = trickle_s
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                server.requests.append(self.path)
-                if self.path in server.redirects:
-                    self.send_response(302)
-                    self.send_header("Location", server.redirects[self.path])
-                    self.end_headers()
-                    return
-                data = server.files.get(self.path)
-                if data is None:
-                    self.send_error(404)
-                    return
-                fault = server.faults.get(self.path)
-                if fault == "html":
-                    data = HTML
-                elif fault == "empty":
-                    data = b""
-                self.send_response(200)
-                self.send_header("Content-Type", "text/html" if fault == "html" else "application/octet-stream")
-                if fault != "cut":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                try:
-                    if fault in ("truncate", "stall", "cut"):
-                        self.wfile.write(data[: len(data) // 2])
-                        self.wfile.flush()
-                        if fault == "stall":
-                            time.sleep(3)
-                    elif fault == "trickle":
-                        for i in range(len(data)):
-                            self.wfile.write(data[i : i + 1])
-                            self.wfile.flush()
-                            time.sleep(server.trickle_s)
-                    else:
-                        self.wfile.write(data)
-                except OSError:  # the client gave up (the tests' point)
-                    pass
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = _Quick(("127.0.0.1", 0), Handler)
+        self.httpd = _Quick(("127.0.0.1", 0), _Handler)
+        self.httpd.owner = self
         self.httpd.daemon_threads = True
         self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)

@@ -21,8 +21,29 @@ PLAN = (("eager", ("fp32", "bf16", "fp16"), 15), ("compile", ("bf16",), 50), ("o
 QUICK_PLAN = (("eager", ("fp32", "bf16"), 5), ("onnxruntime", ("fp32",), 15), ("tensorrt", ("fp16",), 1))
 
 
+def _runnable(st, name: str, backend: str, dtypes, device) -> list[str]:
+    """The ``dtypes`` that ``backend`` can run on ``device``; each other one recorded as skipped with its reason."""
+    from benchmarks.bench_encoder import skip_reason
+
+    reasons = {dt: skip_reason(backend, dt, device) for dt in dtypes}
+    for dt, reason in reasons.items():
+        if reason:
+            st.skip(f"encoder {name} {backend} {dt}", reason)
+    return [dt for dt, reason in reasons.items() if not reason]
+
+
+def _best_batches(results: list[dict]) -> list[dict]:
+    """Per (model, backend, dtype), the batch with the most frames/s."""
+    best = {}
+    for r in results:
+        key = (r["model"], r["backend"], r["dtype"])
+        if "frames_per_s" in r and r["frames_per_s"] > best.get(key, {}).get("frames_per_s", 0):
+            best[key] = {"batch": r["batch"], "frames_per_s": r["frames_per_s"]}
+    return [{"model": m, "backend": b, "dtype": d, **v} for (m, b, d), v in best.items()]
+
+
 def run(st) -> None:
-    from benchmarks.bench_encoder import bench_model, skip_reason
+    from benchmarks.bench_encoder import bench_model
 
     sh = st.shapes
     device = torch.device(sh.device)
@@ -33,11 +54,7 @@ def run(st) -> None:
         for backend, dtypes, estimate in QUICK_PLAN if sh.quick else PLAN:
             for name in sh.encoder_models:
                 what = f"encoder {name} {backend} {'/'.join(dtypes)}"
-                reasons = {dt: skip_reason(backend, dt, device) for dt in dtypes}
-                for dt, reason in reasons.items():
-                    if reason:
-                        st.skip(f"encoder {name} {backend} {dt}", reason)
-                dtypes = [dt for dt, reason in reasons.items() if not reason]
+                dtypes = _runnable(st, name, backend, dtypes, device)
                 if not dtypes or not st.fits(what, estimate):
                     continue
                 # torch.compile(dynamic=False) compiles once per batch size: batch 1 and the largest only
@@ -52,9 +69,4 @@ def run(st) -> None:
                         st.add(row)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
-    best = {}
-    for r in st.results:
-        key = (r["model"], r["backend"], r["dtype"])
-        if "frames_per_s" in r and r["frames_per_s"] > best.get(key, {}).get("frames_per_s", 0):
-            best[key] = {"batch": r["batch"], "frames_per_s": r["frames_per_s"]}
-    st.note(best_batch=[{"model": m, "backend": b, "dtype": d, **v} for (m, b, d), v in best.items()])
+    st.note(best_batch=_best_batches(st.results))

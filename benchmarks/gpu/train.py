@@ -47,9 +47,71 @@ def loader_rate(videos: list[str], size: int, samples: int) -> dict:
     return {"pairs": pairs, "pairs_per_s": round(pairs / wall, 2), "pairs_per_cpu_s": round(pairs / cpu, 2)}
 
 
+def _step_row(model: str, path: str, batch: int, sec: float, memory_mib: float, per_pair: float, peaks) -> dict:
+    """One training-step result: ``sec`` the median seconds per step of ``path`` at ``batch`` pairs; MFU against
+    the card's bf16 peak when ``peaks`` are known."""
+    row = {"check": "train step", "model": model, "path": path, "batch": batch,
+           "ms_per_step": round(1e3 * sec, 2), "pairs_per_s": round(batch / sec, 1),
+           "step_memory_mib": memory_mib, "tflops": round(per_pair * batch / sec / 1e12, 2)}  # fmt: skip
+    if peaks:
+        row["mfu"] = round(per_pair * batch / sec / 1e12 / peaks["bf16_tflops"], 4)
+    return row
+
+
+def _quarter_memory_batch(st, dev, batch: int, memory: dict) -> int:
+    """The largest batch (a multiple of 8) whose step fits in a quarter of the GPU's memory beside what is
+    resident, from the step memory measured at ``batch``; noted in the stage."""
+    total = torch.cuda.get_device_properties(dev).total_memory / 2**20
+    resident = torch.cuda.memory_allocated(dev) / 2**20
+    per_batch = max(memory.values()) / batch
+    largest = int((total / 4 - resident) / per_batch) // 8 * 8
+    st.note(largest_batch_in_quarter_memory=largest)
+    return largest
+
+
+def _loader_rates(st, sh) -> dict:
+    """Pairs/s of the loader per source (``frames``: a JPEG frame folder, ``mp4``: the same clip in h264) that ran,
+    at the training model's input size."""
+    from benchmarks.gpu.clips import frame_folder
+    from siammae.model.registry import create_model
+
+    with tempfile.TemporaryDirectory(prefix="gpu_check_loader.") as tmp:
+        clip = frame_folder(Path(tmp) / "clip", 8 if sh.quick else 60, *sh.loader_frame_size)
+        size = create_model(sh.train_model).config.img_size
+        rates = {}
+        if st.fits("loader frame folder", 10):
+            rates["frames"] = loader_rate([str(clip / "frames")], size, sh.loader_samples)
+            st.add({"check": "loader", "source": "frame folder (JPEG)", **rates["frames"]})
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            st.skip("loader mp4", "PyAV is not installed (pip install av): no mp4 decoding")
+        else:
+            from PIL import Image
+
+            from siammae.data.video import write_video
+
+            mp4 = Path(tmp) / "clip.mp4"
+            frames = sorted((clip / "frames").glob("*.jpg"))
+            write_video(mp4, (__import__("numpy").asarray(Image.open(f)) for f in frames))
+            if st.fits("loader mp4", 10):
+                rates["mp4"] = loader_rate([str(mp4)], size, sh.loader_samples)
+                st.add({"check": "loader", "source": "mp4 (h264, PyAV)", **rates["mp4"]})
+    return rates
+
+
+def _bottleneck(compute_pairs_s: float, rates: dict, cores: int) -> dict:
+    """Per loader source: the cores needed to feed ``compute_pairs_s``, and whether loading or compute limits."""
+    verdict = {}
+    for source, r in rates.items():
+        need = compute_pairs_s / r["pairs_per_cpu_s"]
+        verdict[source] = {"cores_needed": round(need, 1), "cores": cores,
+                           "limit": "loading" if need > cores else "compute"}  # fmt: skip
+    return verdict
+
+
 def run(st) -> None:
     from benchmarks.bench_train_step import step_memory_mib, timed_in_turn, train_step
-    from benchmarks.gpu.clips import frame_folder
     from benchmarks.gpu.speed import card_peaks
     from siammae.model.registry import create_model
 
@@ -75,52 +137,17 @@ def run(st) -> None:
             times = timed_in_turn(steps, sh.train_steps, sh.train_warmup, dev)
             for p in paths:
                 sec = statistics.median(times[p])
-                row = {"check": "train step", "model": sh.train_model, "path": p, "batch": batch,
-                       "ms_per_step": round(1e3 * sec, 2), "pairs_per_s": round(batch / sec, 1),
-                       "step_memory_mib": memory[p], "tflops": round(per_pair * batch / sec / 1e12, 2)}  # fmt: skip
-                if peaks:
-                    row["mfu"] = round(per_pair * batch / sec / 1e12 / peaks["bf16_tflops"], 4)
-                st.add(row)
+                st.add(_step_row(sh.train_model, p, batch, sec, memory[p], per_pair, peaks))
                 if p == "fused-triton":
                     compute_pairs_s = max(compute_pairs_s or 0, batch / sec)
         steps = None
         if dev.type == "cuda" and batch == sh.train_batch and memory:
-            total = torch.cuda.get_device_properties(dev).total_memory / 2**20
-            resident = torch.cuda.memory_allocated(dev) / 2**20
-            per_batch = max(memory.values()) / batch
-            largest = int((total / 4 - resident) / per_batch) // 8 * 8
-            st.note(largest_batch_in_quarter_memory=largest)
+            largest = _quarter_memory_batch(st, dev, batch, memory)
             if largest > batch:
                 batches.append(min(largest, 2048))
             torch.cuda.empty_cache()
 
-    with tempfile.TemporaryDirectory(prefix="gpu_check_loader.") as tmp:
-        clip = frame_folder(Path(tmp) / "clip", 8 if sh.quick else 60, *sh.loader_frame_size)
-        size = create_model(sh.train_model).config.img_size
-        rates = {}
-        if st.fits("loader frame folder", 10):
-            rates["frames"] = loader_rate([str(clip / "frames")], size, sh.loader_samples)
-            st.add({"check": "loader", "source": "frame folder (JPEG)", **rates["frames"]})
-        try:
-            import av  # noqa: F401
-        except ImportError:
-            st.skip("loader mp4", "PyAV is not installed (pip install av): no mp4 decoding")
-        else:
-            from PIL import Image
-
-            from siammae.data.video import write_video
-
-            mp4 = Path(tmp) / "clip.mp4"
-            frames = sorted((clip / "frames").glob("*.jpg"))
-            write_video(mp4, (__import__("numpy").asarray(Image.open(f)) for f in frames))
-            if st.fits("loader mp4", 10):
-                rates["mp4"] = loader_rate([str(mp4)], size, sh.loader_samples)
-                st.add({"check": "loader", "source": "mp4 (h264, PyAV)", **rates["mp4"]})
-    cores = os.cpu_count() or 1
+    rates = _loader_rates(st, sh)
     if compute_pairs_s and rates:
-        verdict = {}
-        for source, r in rates.items():
-            need = compute_pairs_s / r["pairs_per_cpu_s"]
-            verdict[source] = {"cores_needed": round(need, 1), "cores": cores,
-                               "limit": "loading" if need > cores else "compute"}  # fmt: skip
+        verdict = _bottleneck(compute_pairs_s, rates, os.cpu_count() or 1)
         st.note(compute_pairs_per_s=round(compute_pairs_s, 1), bottleneck=verdict)

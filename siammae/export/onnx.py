@@ -287,6 +287,41 @@ def max_opset() -> int:
     return min(onnx.defs.onnx_opset_version(), getattr(constants, "ONNX_MAX_OPSET", DEFAULT_OPSET))
 
 
+def _check_options(out, overwrite: bool, max_batch: int, opset: int, attention: str, pos_interp: str) -> None:
+    """:func:`export_onnx`'s options, checked before the checkpoint loads: an InputError / OutputError naming the
+    bad one."""
+    if out is not None:
+        check_outputs(out, overwrite=overwrite)  # before the checkpoint loads
+    if max_batch < 1:
+        raise InputError(f"max batch must be at least 1, got {max_batch}")
+    if opset < MIN_OPSET:
+        raise InputError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
+    if opset > max_opset():
+        raise InputError(f"opset {opset} is newer than this PyTorch and onnx can export (at most {max_opset()})")
+    if attention not in ATTENTIONS:
+        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    if pos_interp not in POS_INTERP:
+        raise InputError(f"pos_interp must be one of {POS_INTERP}, got {pos_interp!r}")
+
+
+def _load_model(ckpt, out, arch: str | None, weights) -> tuple[nn.Module, object, str | None, str | None]:
+    """:func:`export_onnx`'s model: ``ckpt`` itself when a module, else loaded by the one loader. Returns (model,
+    what the default output is named after, the checkpoint's name for the metadata, its sha256); the last two are
+    None for a module."""
+    if isinstance(ckpt, nn.Module):
+        if out is None:
+            raise InputError("export_onnx needs an output path when given a model instead of a checkpoint")
+        return ckpt, ckpt, None, None
+    # the one loader: ckpt None is the default weights (or the shipped model when they cannot be had)
+    model = load_weights(ckpt, arch=arch, choice=weights)
+    provenance = model.provenance.to_dict()  # load_model hashed the file
+    # the file's name, or the weights name (dino-vits8) when asked for by name
+    by_path = ckpt is not None and Path(ckpt).exists()
+    checkpoint = Path(provenance["path"]).name if by_path else provenance["weights"]
+    ckpt = ckpt if by_path else provenance["weights"]  # default output: beside a file, or <name>_HxW.onnx here
+    return model, ckpt, checkpoint, provenance["sha256"]
+
+
 def export_onnx(
     ckpt=None,
     out: str | os.PathLike | None = None,
@@ -327,31 +362,8 @@ def export_onnx(
     """
     import onnx
 
-    if out is not None:
-        check_outputs(out, overwrite=overwrite)  # before the checkpoint loads
-    if max_batch < 1:
-        raise InputError(f"max batch must be at least 1, got {max_batch}")
-    if opset < MIN_OPSET:
-        raise InputError(f"opset {opset} is too old: LayerNormalization needs opset {MIN_OPSET} or newer")
-    if opset > max_opset():
-        raise InputError(f"opset {opset} is newer than this PyTorch and onnx can export (at most {max_opset()})")
-    if attention not in ATTENTIONS:
-        raise InputError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
-    if pos_interp not in POS_INTERP:
-        raise InputError(f"pos_interp must be one of {POS_INTERP}, got {pos_interp!r}")
-    checkpoint = sha = None
-    if isinstance(ckpt, nn.Module):
-        model = ckpt
-        if out is None:
-            raise InputError("export_onnx needs an output path when given a model instead of a checkpoint")
-    else:  # the one loader: ckpt None is the default weights (or the shipped model when they cannot be had)
-        model = load_weights(ckpt, arch=arch, choice=weights)
-        provenance = model.provenance.to_dict()  # load_model hashed the file
-        # the file's name, or the weights name (dino-vits8) when asked for by name
-        by_path = ckpt is not None and Path(ckpt).exists()
-        checkpoint = Path(provenance["path"]).name if by_path else provenance["weights"]
-        sha = provenance["sha256"]
-        ckpt = ckpt if by_path else provenance["weights"]  # default output: beside a file, or <name>_HxW.onnx here
+    _check_options(out, overwrite, max_batch, opset, attention, pos_interp)
+    model, ckpt, checkpoint, sha = _load_model(ckpt, out, arch, weights)
     encoder = getattr(model, "encoder", model)
     if not isinstance(encoder, ViTEncoder):
         raise TypeError(f"export_onnx takes a SiamMAE or ViTEncoder, got {type(model).__name__}")

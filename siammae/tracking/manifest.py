@@ -57,39 +57,49 @@ def _rows_jsonl(path: Path, text: str) -> list[dict]:
     return rows
 
 
-def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
-    """A manifest: CSV with a header row, or JSON Lines (``.jsonl``; one object per line); columns ``video`` and
-    one of ``mask`` / ``mask_dir`` / ``keypoints``, optional ``out``. Relative paths are relative to the manifest."""
-    path = Path(path)
+def _rows_csv(path: Path, text: str) -> list[dict]:
+    try:
+        reader = csv.DictReader(text.splitlines())
+        if not reader.fieldnames or "video" not in reader.fieldnames:
+            raise InputError(f"{path}: a CSV manifest needs a header row with a 'video' column")
+        return list(reader)
+    except csv.Error as e:
+        raise InputError(f"{path}: not a CSV manifest ({e})") from e
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The manifest's rows as read: JSON Lines by its suffix (``.jsonl`` / ``.ndjson``), CSV otherwise."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the manifest ({e})") from e
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        rows = _rows_jsonl(path, text)
-    else:
-        try:
-            reader = csv.DictReader(text.splitlines())
-            if not reader.fieldnames or "video" not in reader.fieldnames:
-                raise InputError(f"{path}: a CSV manifest needs a header row with a 'video' column")
-            rows = list(reader)
-        except csv.Error as e:
-            raise InputError(f"{path}: not a CSV manifest ({e})") from e
-    base = path.parent
-    items = []
-    for n, row in enumerate(rows, 1):
-        unknown = sorted(str(k) for k in set(row) - set(MANIFEST_COLUMNS))
-        if unknown:
-            raise InputError(f"{path}: row {n} has unknown columns {unknown} (columns: {', '.join(MANIFEST_COLUMNS)})")
-        vals = {k: (str(v).strip() or None) if v is not None else None for k, v in row.items()}
-        if not vals.get("video"):
-            raise InputError(f"{path}: row {n} has no video")
-        for k in ("video", "mask", "mask_dir", "keypoints"):
-            if vals.get(k):
-                if "\0" in vals[k]:
-                    raise InputError(f"{path}: row {n}: {k} {vals[k]!r} holds a NUL character")
-                vals[k] = str(base / vals[k])
-        items.append(BatchItem(**vals))
+        return _rows_jsonl(path, text)
+    return _rows_csv(path, text)
+
+
+def _row_item(path: Path, n: int, row: dict) -> BatchItem:
+    """Row ``n`` of the manifest ``path`` as a BatchItem: known columns only, a video, no NUL in a path; the paths
+    made relative to the manifest's folder."""
+    unknown = sorted(str(k) for k in set(row) - set(MANIFEST_COLUMNS))
+    if unknown:
+        raise InputError(f"{path}: row {n} has unknown columns {unknown} (columns: {', '.join(MANIFEST_COLUMNS)})")
+    vals = {k: (str(v).strip() or None) if v is not None else None for k, v in row.items()}
+    if not vals.get("video"):
+        raise InputError(f"{path}: row {n} has no video")
+    for k in ("video", "mask", "mask_dir", "keypoints"):
+        if vals.get(k):
+            if "\0" in vals[k]:
+                raise InputError(f"{path}: row {n}: {k} {vals[k]!r} holds a NUL character")
+            vals[k] = str(path.parent / vals[k])
+    return BatchItem(**vals)
+
+
+def read_manifest(path: str | os.PathLike) -> list[BatchItem]:
+    """A manifest: CSV with a header row, or JSON Lines (``.jsonl``; one object per line); columns ``video`` and
+    one of ``mask`` / ``mask_dir`` / ``keypoints``, optional ``out``. Relative paths are relative to the manifest."""
+    path = Path(path)
+    items = [_row_item(path, n, row) for n, row in enumerate(_read_rows(path), 1)]
     if not items:
         raise InputError(f"{path}: the manifest lists no videos")
     return check_items(items, source=str(path))

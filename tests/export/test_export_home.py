@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import noise_frames
 from PIL import Image
 
 from siammae.model.checkpoint import save_checkpoint
@@ -33,12 +34,7 @@ def test_export_and_track_on_onnx_leave_home_untouched(tmp_path):
     home.mkdir()
     torch.manual_seed(0)
     ckpt = save_checkpoint(tmp_path / "tiny.pt", create_model("tiny"))
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(3):
-        Image.fromarray(np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
-            frames / f"{i:05d}.jpg"
-        )
+    frames = noise_frames(tmp_path / "frames", 3, 64, 64)
     ids = np.zeros((64, 64), np.uint8)
     ids[16:40, 16:40] = 1
     Image.fromarray(ids).save(tmp_path / "mask.png")
