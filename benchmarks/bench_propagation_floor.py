@@ -100,15 +100,17 @@ def gemm_pairs(grid, config) -> int:
 
 
 def _steady(preset: str, grid):
-    """A propagator with a full context, and a chunk of features to step."""
+    """A propagator with a full context of frames of their own, and a chunk of features to step."""
     h, w = grid
     g = torch.Generator().manual_seed(0)
     base = torch.randn(h, w, D, generator=g)
     frames = lambda n: base + 0.8 * torch.randn(n, h, w, D, generator=g)  # noqa: E731 (coherent features)
     prop = Propagator(get_preset(preset).propagation, backend="torch")
     prop.reset(frames(1)[0], torch.randint(0, CLASSES, (h, w), generator=g))
-    while prop.state.n_queue < prop.config.n_last + 1:
-        prop.step(frames(CHUNK))
+    stepped = 0
+    while stepped < prop.config.n_last + 1:  # until the queue holds no copy of frame 0 (prefill_queue): a video's
+        prop.step(frames(CHUNK))  # steady state, where keys tie only by chance
+        stepped += CHUNK
     return prop, frames
 
 

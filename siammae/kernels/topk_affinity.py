@@ -16,17 +16,19 @@ Three implementations, named for what they are: the specification (:mod:`siammae
 matrix in float64, for tiny inputs), the CPU path (:func:`topk_affinity_cpu`) and the GPU kernel
 (:func:`topk_affinity_triton`). Neither fast path materialises the N x (F N) affinity matrix. The GPU kernel streams
 key tiles through on-chip memory with a running top-k per query and skips key tiles wholly outside the
-neighbourhood; the CPU path scores 8x8 tiles of queries against runs of banded keys in their reach, one GEMM per run
-over the frames of a context group, with an exact two-stage top-k per tile. Both hand DINO's tie rule
-(``keep_ties``) their top similarities, so the rule is one piece of code (``_topk_keep_ties``). The tests check both
-paths against the specification.
+neighbourhood; the CPU path scores 8x8 tiles of queries of all the call's frames against runs of banded keys in
+their reach, one GEMM per run and block of bank frames, with an exact two-stage top-k per tile, and breaks ties as
+the specification does. Both hand DINO's tie rule (``keep_ties``) their top similarities, so the rule is one piece
+of code (``_topk_keep_ties``). The tests check both paths against the specification.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -357,6 +359,7 @@ def band_order(h: int, w: int, band: int = KEY_BAND) -> torch.Tensor:
 
 
 GROUP = 8  # consecutive scores per group of the two-stage top-k (_tile_topk)
+SUPER = 8  # consecutive groups per super-group (_groups_to_read)
 MIN_GEMM = 16  # MKL sums a dot product in another order when a GEMM side is below ~12; keep both sides >= 16
 MAX_RUN = 128  # keys per GEMM: (Fg, 128, D) x (D, 64) runs at ~85 % of the sgemm peak and its scores stay in cache
 
@@ -411,6 +414,15 @@ def _spans(h, w, y0, y1, x0, x1, shape, reach, d2_max, band) -> list[tuple[int, 
     return spans
 
 
+def _splits(n: int, size: int) -> list[tuple[int, int]]:
+    """(first, stop) ranges of ``size`` that cover 0 .. n-1; a remainder under half a tile joins the last tile, so
+    that no tile is a sliver (a GEMM side under MIN_GEMM sums in another order)."""
+    cuts = list(range(0, n, size))
+    if len(cuts) > 1 and n - cuts[-1] < size / 2:
+        cuts.pop()
+    return [(a, cuts[i + 1] if i + 1 < len(cuts) else n) for i, a in enumerate(cuts)]
+
+
 @functools.lru_cache(maxsize=8)
 def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
     """The query tiles of an (h, w) grid with, for each, the runs of banded keys a restricted frame contributes.
@@ -424,9 +436,8 @@ def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
     xx = torch.arange(w).repeat(h)
     order = band_order(h, w, band)
     tiles = []
-    for y0 in range(0, h, qh):
-        for x0 in range(0, w, qw):
-            y1, x1 = min(h, y0 + qh), min(w, x0 + qw)
+    for y0, y1 in _splits(h, qh):
+        for x0, x1 in _splits(w, qw):
             queries = (torch.arange(y0, y1)[:, None] * w + torch.arange(x0, x1)[None]).reshape(-1)  # (B,)
             runs = []
             pieces = [(o + i, min(MAX_RUN, size - i)) for o, size in _spans(h, w, y0, y1, x0, x1, shape, reach,
@@ -449,58 +460,145 @@ def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
     return tuple(tiles)
 
 
-def _context_groups(n_ref: int, lo: int, hi: int, restrict_ref: bool, shape: int) -> list[tuple[int, int, bool]]:
-    """The context of a query frame as (first, stop, restricted) ranges of bank frames, adjacent ranges of the same
-    restriction merged (one GEMM batch)."""
-    groups = []
-    for f0, f1, restricted in ((0, n_ref, shape != 0 and restrict_ref), (lo, hi, shape != 0)):
-        if f1 <= f0:
-            continue
-        if groups and groups[-1][1] == f0 and groups[-1][2] == restricted:
-            groups[-1] = (groups[-1][0], f1, restricted)
+def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape) -> list[tuple[int, int, bool, int, int]]:
+    """The bank frames a chunk of T query frames reads, as (first, stop, restricted, t0, t1) blocks: frames
+    first .. stop-1 are in the context of query frames t0 .. t1-1 (and of no other query frame of the block's
+    frames), under one neighbourhood rule. Consecutive frames with the same query frames and rule share a block (one
+    batched GEMM). Reference frames are in every query frame's context; a short-term frame is in frame t's when
+    ctx_start[t] <= f < ctx_stop[t] (a frame whose query frames are not consecutive gets one block per run of them)."""
+    per_frame = []  # (f, restricted, t0, t1)
+    for f in range(n_ref):
+        per_frame.append((f, shape != 0 and restrict_ref, 0, T))
+    short = range(min(ctx_start, default=n_ref), max(ctx_stop, default=n_ref))
+    for f in short:
+        ts = [t for t in range(T) if ctx_start[t] <= f < ctx_stop[t]]
+        runs = []
+        for t in ts:
+            if runs and runs[-1][1] == t:
+                runs[-1][1] = t + 1
+            else:
+                runs.append([t, t + 1])
+        per_frame += [(f, shape != 0, t0, t1) for t0, t1 in runs]
+    blocks: list[tuple[int, int, bool, int, int]] = []
+    for f, restricted, t0, t1 in sorted(per_frame, key=lambda r: (r[2], r[3], r[1], r[0])):
+        last = blocks[-1] if blocks else None
+        if last and last[1] == f and last[2:] == (restricted, t0, t1):
+            blocks[-1] = (last[0], f + 1, restricted, t0, t1)
         else:
-            groups.append((f0, f1, restricted))
-    return groups
+            blocks.append((f, f + 1, restricted, t0, t1))
+    return blocks
 
 
-def _tile_topk(qt, keys, groups, tile, whole, topk, N):
-    """Top-k of one query tile over its context: values (B, k') descending and flat bank indices (B, k').
+class _Scores:
+    """Scratch memory of one call of the CPU path, reused by every query tile: the tile's scores, piece by piece,
+    and the bookkeeping of its rows. Grown when a tile needs more (the first tiles are the largest but for the
+    edges), never shrunk during the call."""
 
-    qt: (D, B) the tile's queries, transposed. keys: (F, N, D) the banded bank. Each group of frames and run of keys
-    is one batched GEMM ((Fg, L, D) x (Fg, D, B), the bank sliced, not copied) written into one (keys, B) score
-    matrix of the tile, -inf added out of reach. The top-k is exact in two stages: the maxima of GROUP consecutive
-    rows, the top-k of those groups (the k best scores lie in the k groups of the largest maxima), then the top-k of
-    their k x GROUP scores."""
-    D, B = qt.shape
+    def __init__(self, dev):
+        self.dev = dev
+        self.values = torch.empty(0, device=dev)
+
+    def take(self, n: int) -> torch.Tensor:
+        if self.values.numel() < n:
+            self.values = torch.empty(n, device=self.dev)
+        return self.values
+
+
+def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
+    """Top-k of one query tile over the contexts of a chunk of query frames: values (T * B, k') descending and flat
+    bank indices (T * B, k'), rows ``t * B + b``.
+
+    qt: (D, T * B) the tile's queries of every frame of the chunk, transposed. keys: (F, N, D) the banded bank.
+    blocks: :func:`_frame_blocks`. Each block of frames and run of keys is one batched GEMM ((Fg, L, D) x
+    (D, (t1 - t0) * B), the bank sliced, not copied, the queries of the block's query frames side by side: each key
+    is read once per chunk, not once per query frame), its scores a piece of their own in ``scratch`` with -inf
+    added out of reach. The top-k is exact in two stages: the maxima of GROUP consecutive rows of a piece (its rows
+    padded to a multiple of GROUP with -inf), the top-k of those groups per query (the k best scores lie in the k
+    groups of the largest maxima; a group holds no score of a query whose frame does not read its piece: -inf),
+    then the top-k of their k x GROUP scores."""
+    D, TB = qt.shape
     dev = qt.device
-    chunks = [(f0, f1, run) for f0, f1, restricted in groups for run in (tile.runs if restricted else whole)]
-    total = sum((f1 - f0) * run.size for f0, f1, run in chunks)
-    rows = -(-total // GROUP) * GROUP
-    if total == 0:
-        return torch.empty(B, 0, device=dev), torch.empty(B, 0, dtype=torch.int64, device=dev)
-    s = torch.empty(rows, B, device=dev)  # (keys, B) the tile's scores
-    s[total:] = float("-inf")
-    groups_max = torch.empty(rows // GROUP, B, device=dev)  # (groups, B) the largest score of GROUP rows
-    ids = torch.full((rows,), -1, dtype=torch.int64, device=dev)  # flat bank index of each row
-    pos = done = 0
-    for f0, f1, run in chunks:
-        n = (f1 - f0) * run.size
-        out = s[pos : pos + n].view(f1 - f0, run.size, B)
-        torch.bmm(keys[f0:f1, run.off : run.off + run.size], qt.expand(f1 - f0, D, B), out=out)
+    pieces = []  # (f0, f1, t0, t1, run, offset in scratch, rows padded)
+    offset = groups = 0
+    for f0, f1, restricted, t0, t1 in blocks:
+        for run in tile.runs if restricted else whole:
+            rows = -(-(f1 - f0) * run.size // GROUP) * GROUP
+            pieces.append((f0, f1, t0, t1, run, offset, rows))
+            offset += rows * (t1 - t0) * B
+            groups += rows // GROUP
+    if groups == 0:
+        return torch.empty(TB, 0, device=dev), torch.empty(TB, 0, dtype=torch.int64, device=dev)
+    values = scratch.take(offset)
+    groups = -(-groups // SUPER) * SUPER  # whole super-groups; the last groups may be -inf padding
+    groups_max = torch.full((groups, TB), float("-inf"), device=dev)
+    row_ids = torch.full((groups * GROUP,), -1, dtype=torch.int64, device=dev)  # flat bank index of each row
+    row_addr = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)  # where the row's scores start
+    row_col0 = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)  # the query column of their first
+    g = 0
+    for f0, f1, t0, t1, run, off, rows in pieces:
+        width, n = (t1 - t0) * B, (f1 - f0) * run.size
+        piece = values[off : off + rows * width].view(rows, width)
+        out = piece[:n].view(f1 - f0, run.size, width)
+        torch.bmm(keys[f0:f1, run.off : run.off + run.size], qt[:, t0 * B : t1 * B].expand(f1 - f0, D, width), out=out)
         if run.mask is not None:
-            out.add_(run.mask)  # (Fg, L, B), -inf out of reach
+            out.view(f1 - f0, run.size, t1 - t0, B).add_(run.mask[:, None])  # -inf out of reach
+        piece[n:] = float("-inf")
+        r0, r1 = g * GROUP, g * GROUP + rows
         frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
-        ids[pos : pos + n] = (frames + run.keys[None]).reshape(-1)
-        pos += n
-        ready = pos // GROUP if pos < total else rows // GROUP  # groups complete so far, reduced while in cache
-        torch.amax(s[done * GROUP : ready * GROUP].view(-1, GROUP, B), 1, out=groups_max[done:ready])
-        done = ready
-    groups_max = groups_max.T  # (B, groups)
-    _, g = groups_max.topk(min(topk, groups_max.shape[1]), dim=1)  # (B, kg) the best groups of each query
-    cand = (g[:, :, None] * GROUP + torch.arange(GROUP, device=dev)).reshape(B, -1)  # (B, kg * GROUP) rows
-    vals = s.view(-1)[cand * B + torch.arange(B, device=dev)[:, None]]  # (B, kg * GROUP)
-    v, sel = vals.topk(min(topk, vals.shape[1]), dim=1)  # (B, k'), descending
-    return v, ids[cand.gather(1, sel)]
+        row_ids[r0 : r0 + n] = (frames + run.keys[None]).reshape(-1)
+        row_addr[r0:r1] = off + torch.arange(rows, device=dev) * width
+        row_col0[r0:r1] = t0 * B
+        groups_max[g : g + rows // GROUP, t0 * B : t1 * B] = torch.amax(piece.view(-1, GROUP, width), 1)
+        g += rows // GROUP
+    best, top_g = _groups_to_read(groups_max, topk)  # (T * B, kg) each query's groups that can hold its top-k
+    cand = (top_g[:, :, None] * GROUP + torch.arange(GROUP, device=dev)).reshape(TB, -1)  # (T * B, kg * GROUP) rows
+    col = torch.arange(TB, device=dev)[:, None] - row_col0[cand]  # the query's column in the row's piece
+    live = (best > float("-inf")).repeat_interleave(GROUP, 1)  # a group of -inf maxima: no score of this query
+    addr = torch.where(live, row_addr[cand] + col, 0)
+    vals = values[addr].masked_fill_(~live, float("-inf"))  # (T * B, kg * GROUP)
+    ids = row_ids[cand]
+    # the specification's order: similarity down, then bank index up (a stable sort by similarity of the
+    # candidates in index order), so tied keys are chosen the same way whatever the tiling, chunk or threads
+    by_id = ids.argsort(dim=1)
+    v, sel = vals.gather(1, by_id).sort(dim=1, descending=True, stable=True)
+    k = min(topk, vals.shape[1])
+    return v[:, :k], ids.gather(1, by_id.gather(1, sel[:, :k]))
+
+
+def _groups_to_read(groups_max: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(groups, T * B) maxima, groups a multiple of SUPER -> (maxima, group numbers) (T * B, kg) of each query's
+    groups that hold its top-k (:func:`_best_groups`). Many groups: first the best super-groups (the maxima of SUPER
+    consecutive groups), then the best groups of those, the same groups for a fraction of the top-k work."""
+    G, TB = groups_max.shape
+    if groups_max.shape[0] < 4 * SUPER * topk:  # few groups: one stage
+        return _best_groups(groups_max.T, topk)
+    sup = groups_max.view(G // SUPER, SUPER, TB).amax(1).T  # (T * B, G / SUPER)
+    s_best, s_top = _best_groups(sup, topk)
+    cand = (s_top[:, :, None] * SUPER + torch.arange(SUPER, device=groups_max.device)).reshape(TB, -1)
+    vals = groups_max.view(-1)[cand * TB + torch.arange(TB, device=groups_max.device)[:, None]]  # (T * B, ks * SUPER)
+    vals.masked_fill_((s_best == float("-inf")).repeat_interleave(SUPER, 1), float("-inf"))  # padding, not groups
+    best, sel = _best_groups(vals, topk)
+    return best, cand.gather(1, sel)
+
+
+def _best_groups(groups_max: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T * B, groups) maxima -> (maxima, group numbers) of each query's best groups: the top-k, and every group
+    tied with the k-th (a key of such a group can tie with the k-th best score and have a lower bank index)."""
+    kg = min(topk, groups_max.shape[1])
+    best, top_g = groups_max.topk(min(kg + 1, groups_max.shape[1]), dim=1)  # one more, to see a tie at the k-th
+    if best.shape[1] == kg:  # no more groups than k
+        return best, top_g
+    tied = ((best[:, kg] == best[:, kg - 1]) & (best[:, kg] > float("-inf"))).nonzero()[:, 0]
+    best, top_g = best[:, :kg], top_g[:, :kg]
+    if tied.numel() == 0:  # the rule on features of a real video: exact ties are rare (copies of a frame)
+        return best, top_g
+    kth = best[tied, -1:]
+    wanted = int((groups_max[tied] >= kth).sum(1).max())  # groups at or above the k-th maximum
+    more, more_g = groups_max[tied].topk(wanted, dim=1)  # only the queries with tied groups look further
+    best = torch.nn.functional.pad(best, (0, wanted - kg), value=float("-inf"))  # the others' extra groups: none
+    top_g = torch.nn.functional.pad(top_g, (0, wanted - kg))
+    best[tied], top_g[tied] = more, more_g
+    return best, top_g
 
 
 def topk_affinity_cpu(
@@ -535,12 +633,17 @@ def topk_affinity_cpu(
 
     ``banded``: ``keys`` are already in the banded layout (:func:`band_order`), as the propagation engine keeps its
     bank; otherwise they are put in it here (one copy). Queries go in ``tile`` = (rows, columns) tiles of the grid;
-    for each tile the keys in reach of any of its queries are runs of bands (``_plan``), each scored by one batched
-    GEMM over the frames of a context group with no copy of the bank, the out-of-reach keys of a run set to -inf by
-    one cached additive mask, bands wholly out of reach never computed. A top-k per run and one over the tile's
-    candidates give the tile's top-k; the affinity rows are never built whole. Peak extra memory: the scores of one
-    run of one tile (Fg x 64 x L floats), the cached masks (about N x the window, in floats) and, unless
-    ``banded``, a banded fp32 copy of the keys. PyTorch's threads run each GEMM and top-k.
+    for each tile the keys in reach of any of its queries are runs of bands (``_plan``). The T query frames of a call
+    are scored together: each run of keys of a block of bank frames that the same query frames read
+    (``_frame_blocks``) is one batched GEMM against those frames' queries side by side, so a key is read once per
+    call, not once per query frame, and each GEMM is wide; the out-of-reach keys of a run are set to -inf by one
+    cached additive mask, bands wholly out of reach are never computed. An exact two-stage top-k per tile (group and
+    super-group maxima, then the scores of the best groups) gives the tile's top-k; the affinity rows are never built
+    whole. Tied similarities are ordered as the specification orders them (bank index up), so the result does not
+    depend on the tiling, the chunk of query frames or the threads. With PyTorch set to n > 1 threads, n threads
+    take the tiles in turn (``_over_tiles``). Peak extra memory per thread: the scores of one tile for the call's
+    query frames (about T x 64 x the keys in reach of a query x the context frames, in floats), plus the cached masks
+    (about N x the window, in floats) and, unless ``banded``, a banded fp32 copy of the keys.
 
     Similarities are sgemm dot products over D, the same numbers as a whole-matrix ``q @ k.T`` (MKL's kernels sum
     over D in the same order whatever the GEMM's shape; tests/kernels checks it on the bank's shapes).
@@ -568,28 +671,62 @@ def topk_affinity_cpu(
     else:
         weights = torch.empty(T, N, out_k, dtype=torch.float32, device=dev)  # similarities when raw
         index = torch.empty(T, N, out_k, dtype=torch.int64, device=dev)
-    for t in range(T):
-        groups = _context_groups(n_ref, int(ctx_start[t]), int(ctx_stop[t]), restrict_ref, shape)
-        for tl_ in plan:
-            v, i = _tile_topk(query[t, tl_.queries].T.contiguous(), keys, groups, tl_, whole, topk, N)
-            pad = topk - v.shape[1]
-            v = torch.nn.functional.pad(v, (0, pad), value=float("-inf"))  # (B, K)
-            i = torch.nn.functional.pad(i, (0, pad), value=-1)
-            kept = v > float("-inf")
-            i = i.masked_fill(~kept, -1)
-            if raw:
-                weights[t, tl_.queries], index[t, tl_.queries] = v, i
-                continue
-            v_max = v[:, :1].masked_fill(~kept[:, :1], 0.0)
-            e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
-            wts = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            if labels is not None:
-                out[t, tl_.queries] = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(1)  # (B, K, C) -> (B, C)
-            else:
-                weights[t, tl_.queries], index[t, tl_.queries] = wts, i
+    blocks = _frame_blocks(T, n_ref, [int(a) for a in ctx_start], [int(b) for b in ctx_stop], restrict_ref, shape)
+
+    def one_tile(tl_: _Tile, scratch: _Scores) -> None:
+        B = tl_.queries.numel()
+        qt = query[:, tl_.queries].reshape(T * B, D).T.contiguous()  # (D, T * B)
+        v, i = _tile_topk(qt, keys, blocks, tl_, whole, topk, N, B, scratch)
+        pad = topk - v.shape[1]
+        v = torch.nn.functional.pad(v, (0, pad), value=float("-inf")).view(T, B, topk)
+        i = torch.nn.functional.pad(i, (0, pad), value=-1).view(T, B, topk)
+        kept = v > float("-inf")
+        i = i.masked_fill(~kept, -1)
+        if raw:
+            weights[:, tl_.queries], index[:, tl_.queries] = v, i
+            return
+        v_max = v[..., :1].masked_fill(~kept[..., :1], 0.0)
+        e = torch.exp((v - v_max) / temperature).masked_fill(~kept, 0.0)
+        wts = e / e.sum(-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        if labels is not None:
+            out[:, tl_.queries] = (lab_flat[i.clamp_min(0)] * wts[..., None]).sum(2)  # (T, B, K, C) -> (T, B, C)
+        else:
+            weights[:, tl_.queries], index[:, tl_.queries] = wts, i
+
+    _over_tiles(one_tile, plan, dev)
     if labels is not None and not raw:
         return out
     return weights, index
+
+
+def _over_tiles(one_tile, plan: tuple[_Tile, ...], dev: torch.device) -> None:
+    """Run ``one_tile(tile, scratch)`` for every tile of the plan. On a CPU with PyTorch set to n > 1 threads, n
+    threads take the tiles in turn, each running its GEMMs on one core (a tile's GEMMs are too small to split
+    well: the per-tile threads scale better); PyTorch's thread count is 1 meanwhile and restored after. The tiles
+    write disjoint query rows of the outputs, and each GEMM is the same sgemm call, so the results do not depend on
+    the threads."""
+    workers = min(torch.get_num_threads(), len(plan)) if dev.type == "cpu" else 1
+    if workers <= 1:
+        scratch = _Scores(dev)
+        for tl_ in plan:
+            one_tile(tl_, scratch)
+        return
+    local = threading.local()
+
+    def run(tl_: _Tile) -> None:
+        scratch = getattr(local, "scratch", None)
+        if scratch is None:
+            scratch = local.scratch = _Scores(dev)
+        one_tile(tl_, scratch)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="siammae-topk") as pool:
+            for _ in pool.map(run, plan):  # re-raises a tile's error here
+                pass
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _to(run: _Run, dev) -> _Run:

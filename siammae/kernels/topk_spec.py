@@ -10,9 +10,9 @@ query's keys, keeps k, and takes the softmax of similarity / T over them. The te
 (tests/kernels/test_topk_affinity.py).
 
 Ties: when keys share the k-th largest similarity, the protocol does not say which of them is kept. This
-specification keeps the lowest flat bank index ``f * N + j`` and lists tied keys in that order; the fast paths may
-keep another of the tied keys. :func:`context_scores` gives every key's similarity, so a test can check that a fast
-path kept keys of exactly the specified similarities.
+specification keeps the lowest flat bank index ``f * N + j`` and lists tied keys in that order, and so does the CPU
+path; the GPU kernel may keep another of the tied keys. :func:`context_scores` gives every key's similarity, so a
+test can check that the kernel kept keys of exactly the specified similarities.
 """
 
 from __future__ import annotations

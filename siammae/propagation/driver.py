@@ -27,7 +27,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -81,6 +81,22 @@ class Tracked:
     soft: torch.Tensor
     given: np.ndarray | None
     object_ids: np.ndarray  # (C,) uint8, channel -> object id; a snapshot (later masks add channels)
+
+
+@dataclass
+class _Objects:
+    """The objects of a run: ``ids`` (C,) uint8, channel -> object id (set by frame 0's labels), and ``lut``,
+    object id -> channel."""
+
+    ids: np.ndarray | None = None
+    lut: np.ndarray = field(default_factory=lambda: np.zeros(256, dtype=np.int64))
+
+    def add(self, found) -> None:
+        """New channels for the ids of a later mask that are not objects yet."""
+        new = [i for i in found if i not in self.ids]
+        if new:
+            self.lut[new] = np.arange(len(self.ids), len(self.ids) + len(new))
+            self.ids = np.concatenate([self.ids, np.asarray(new, dtype=np.uint8)])
 
 
 class Tracker:
@@ -277,16 +293,9 @@ class Tracker:
         """``(frame, input)`` pairs (see :meth:`inputs_of`) -> one :class:`Tracked` per frame, ``chunk`` frames per
         encoder call."""
         references = dict(references or {})
-        if references and self.config.first_labels == "crw":
-            raise InputError(
-                f"preset {self.preset.name} follows CRW's code, which takes one mask, frame 0's; masks of later "
-                "frames need a preset with first_labels 'nearest' (siammae-davis, dino)"
-            )
-        if 0 in references:
-            raise InputError("frame 0's mask is the first mask; references are for later frames")
+        self._check_references(references)
         prop = Propagator(self.config, backend=self.backend)
-        ids = None  # (C,) channel -> object id
-        lut = np.zeros(256, dtype=np.int64)  # object id -> channel
+        objects = _Objects()
         grid = None
 
         def given_mask(pair) -> tuple[Frame, np.ndarray, np.ndarray | None]:
@@ -305,24 +314,7 @@ class Tracker:
             feats = self.encoder(to_batch([x for _, x, _ in batch], self.device))  # (T, h, w, D)
             self._sync()
             t1 = time.perf_counter()
-            out: list[Tracked] = []
-            if prop.state is None:  # frame 0: its labels start the propagator
-                frame0 = batch.pop(0)[0]
-                given, soft0, ids = self._first_labels(first_labels, frame0, grid, lut)
-                prop.reset(feats[0], soft0)
-                feats = feats[1:]
-                out.append(Tracked(frame0, soft0, given, ids))
-            if batch:
-                soft = prop.step(feats)  # (T, C, h, w)
-                for j, (frame, _, given) in enumerate(batch):
-                    soft_j = soft[j]
-                    if given is not None:  # a mask adds objects at this frame (always the chunk's last)
-                        new = [i for i in check_objects(given, f"mask of frame {frame.name}") if i not in ids]
-                        if new:
-                            lut[new] = np.arange(len(ids), len(ids) + len(new))
-                            ids = np.concatenate([ids, np.asarray(new, dtype=np.uint8)])
-                        soft_j = prop.add_reference(torch.from_numpy(lut[mask_to_labels(given, grid).numpy()]))
-                    out.append(Tracked(frame, soft_j, given, ids))
+            out = self._labels_of(prop, batch, feats, grid, first_labels, objects)
             self._sync()
             if times is not None:
                 times.add("encode", t1 - t0)
@@ -331,6 +323,38 @@ class Tracker:
                 if times is not None:
                     times.frames += 1
                 yield item
+
+    def _check_references(self, references: Mapping) -> None:
+        if references and self.config.first_labels == "crw":
+            raise InputError(
+                f"preset {self.preset.name} follows CRW's code, which takes one mask, frame 0's; masks of later "
+                "frames need a preset with first_labels 'nearest' (siammae-davis, dino)"
+            )
+        if 0 in references:
+            raise InputError("frame 0's mask is the first mask; references are for later frames")
+
+    def _labels_of(self, prop: Propagator, batch: list, feats: torch.Tensor, grid, first_labels, objects: _Objects):
+        """The soft labels of one chunk's frames, ``batch`` of (frame, input, given mask or None) and their
+        features (T, h, w, D): frame 0's from its labels (which start ``prop``), the others propagated; a given mask
+        adds its new objects and makes its frame a reference. -> one :class:`Tracked` per frame."""
+        out: list[Tracked] = []
+        if prop.state is None:  # frame 0: its labels start the propagator
+            frame0 = batch.pop(0)[0]
+            given, soft0, objects.ids = self._first_labels(first_labels, frame0, grid, objects.lut)
+            prop.reset(feats[0], soft0)
+            feats = feats[1:]
+            out.append(Tracked(frame0, soft0, given, objects.ids))
+        if batch:
+            soft = prop.step(feats)  # (T, C, h, w)
+            for j, (frame, _, given) in enumerate(batch):
+                if given is None:
+                    out.append(Tracked(frame, soft[j], None, objects.ids))
+                    continue
+                # a mask adds objects at this frame (always the chunk's last)
+                objects.add(check_objects(given, f"mask of frame {frame.name}"))
+                soft_j = prop.add_reference(torch.from_numpy(objects.lut[mask_to_labels(given, grid).numpy()]))
+                out.append(Tracked(frame, soft_j, given, objects.ids))
+        return out
 
     def _first_labels(self, first_labels, frame0: Frame, grid: tuple[int, int], lut: np.ndarray):
         """-> (given (H, W) uint8 or None, labels0 (C, h, w) fp32 on the device, object ids (C,) uint8); fills

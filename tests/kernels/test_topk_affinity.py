@@ -137,14 +137,15 @@ def test_tiled_reference_equals_the_specification(grid, D, T, n_ref, ranges, top
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("case", [0, 1, 4, 5])
 def test_ties_keep_keys_of_the_specified_similarities(backend, case):
-    """Every similarity is 0 or 1: which tied keys are kept is free, their similarities and weights are not."""
+    """Every similarity is 0 or 1: the GPU kernel may keep any of the tied keys, but not other similarities or
+    weights; the CPU path keeps the specification's (similarity down, then bank index up), whatever its layout."""
     grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref = CASES[case]
     F_, start, stop, kw = _case(grid, D, T, n_ref, ranges, topk, radius, shape, restrict_ref)
     q, k = _tied_inputs(grid, max(D, 3), T, F_, seed=case)
     if backend == "torch":
         for layout in LAYOUTS:
             w, i = topk_affinity_cpu(q, k, grid, start, stop, **layout, **kw)
-            _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
+            _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
     else:
         w, i = topk_affinity(q, k, grid, start, stop, backend="triton", **kw)
         _assert_equals_spec_up_to_ties(w, i, q, k, grid, start, stop, **kw)
@@ -384,7 +385,35 @@ def test_cpu_path_blocking_equals_the_specification(grid, D, n_ref, ranges, topk
         _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
         tq, tk = _tied_inputs(grid, max(D, 3), len(ranges), F_, seed=3)  # every similarity 0 or 1
         w, i = topk_affinity_cpu(tq, tk, grid, start, stop, **layout, **kw)
-        _assert_equals_spec_up_to_ties(w, i, tq, tk, grid, start, stop, **kw)
+        _assert_equals_spec(w, i, tq, tk, grid, start, stop, **kw)  # the specification's tied keys too
+
+
+def test_cpu_path_many_groups_equal_the_specification():
+    """A tile with many groups of scores takes its best groups in two steps (super-groups first): still the
+    specification's keys, on random inputs and on inputs where every similarity ties (ties at every level)."""
+    grid, F_, kw = (12, 20), 10, dict(n_ref=1, topk=3, temperature=0.1, radius=None, restrict_ref=True)
+    start, stop = [1, 2], [9, 10]
+    for q, k in (_inputs(grid, 24, 2, F_, seed=6), _tied_inputs(grid, 24, 2, F_, seed=6)):
+        w, i = topk_affinity_cpu(q, k, grid, start, stop, **kw)
+        _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
+
+
+def test_cpu_path_is_the_same_on_any_number_of_threads():
+    """The tiles go to one thread each when PyTorch has several: the same bits as one thread, on random and on tied
+    inputs, and PyTorch's thread count is as it was after the call."""
+    grid, D, n_ref, ranges, topk, radius, shape, restrict_ref = BLOCKED_CASES[0]
+    F_, start, stop, kw = _case(grid, D, len(ranges), n_ref, ranges, topk, radius, shape, restrict_ref)
+    threads = torch.get_num_threads()
+    try:
+        for q, k in (_inputs(grid, D, len(ranges), F_, seed=4), _tied_inputs(grid, D, len(ranges), F_, seed=4)):
+            got = {}
+            for n in (1, 3):
+                torch.set_num_threads(n)
+                got[n] = topk_affinity_cpu(q, k, grid, start, stop, **kw)
+                assert torch.get_num_threads() == n
+            assert torch.equal(got[1][0], got[3][0]) and torch.equal(got[1][1], got[3][1])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_cpu_path_similarities_are_the_whole_matrix_products():
