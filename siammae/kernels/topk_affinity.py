@@ -460,7 +460,7 @@ def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
     return tuple(tiles)
 
 
-def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape) -> list[tuple[int, int, bool, int, int]]:
+def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape) -> tuple[tuple[int, int, bool, int, int], ...]:
     """The bank frames a chunk of T query frames reads, as (first, stop, restricted, t0, t1) blocks: frames
     first .. stop-1 are in the context of query frames t0 .. t1-1 (and of no other query frame of the block's
     frames), under one neighbourhood rule. Consecutive frames with the same query frames and rule share a block (one
@@ -486,7 +486,7 @@ def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape) -> list[tu
             blocks[-1] = (last[0], f + 1, restricted, t0, t1)
         else:
             blocks.append((f, f + 1, restricted, t0, t1))
-    return blocks
+    return tuple(blocks)
 
 
 class _Scores:
@@ -504,6 +504,44 @@ class _Scores:
         return self.values
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Where the scores of one tile go for one set of frame blocks (the same at every step of a steady stream, so
+    cached): ``pieces`` (f0, f1, t0, t1, run, offset, rows padded to GROUP, first group), the scratch floats
+    (``size``), the groups (a whole number of super-groups) and, per row of a group, its flat bank index (-1 for
+    padding), where its scores start and the query column of the first."""
+
+    pieces: tuple
+    size: int
+    groups: int
+    row_ids: torch.Tensor
+    row_addr: torch.Tensor
+    row_col0: torch.Tensor
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(blocks: tuple, tile: _Tile, whole: tuple, N: int, B: int, dev: torch.device) -> _Layout:
+    pieces = []
+    offset = groups = 0
+    for f0, f1, restricted, t0, t1 in blocks:
+        for run in tile.runs if restricted else whole:
+            rows = -(-(f1 - f0) * run.size // GROUP) * GROUP
+            pieces.append((f0, f1, t0, t1, run, offset, rows, groups))
+            offset += rows * (t1 - t0) * B
+            groups += rows // GROUP
+    groups = -(-groups // SUPER) * SUPER  # whole super-groups; the last groups may be -inf padding
+    row_ids = torch.full((groups * GROUP,), -1, dtype=torch.int64, device=dev)
+    row_addr = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
+    row_col0 = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
+    for f0, f1, t0, t1, run, off, rows, g in pieces:
+        r0, n, width = g * GROUP, (f1 - f0) * run.size, (t1 - t0) * B
+        frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
+        row_ids[r0 : r0 + n] = (frames + run.keys[None]).reshape(-1)
+        row_addr[r0 : r0 + rows] = off + torch.arange(rows, device=dev) * width
+        row_col0[r0 : r0 + rows] = t0 * B
+    return _Layout(tuple(pieces), offset, groups, row_ids, row_addr, row_col0)
+
+
 def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
     """Top-k of one query tile over the contexts of a chunk of query frames: values (T * B, k') descending and flat
     bank indices (T * B, k'), rows ``t * B + b``.
@@ -518,38 +556,22 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
     then the top-k of their k x GROUP scores."""
     D, TB = qt.shape
     dev = qt.device
-    pieces = []  # (f0, f1, t0, t1, run, offset in scratch, rows padded)
-    offset = groups = 0
-    for f0, f1, restricted, t0, t1 in blocks:
-        for run in tile.runs if restricted else whole:
-            rows = -(-(f1 - f0) * run.size // GROUP) * GROUP
-            pieces.append((f0, f1, t0, t1, run, offset, rows))
-            offset += rows * (t1 - t0) * B
-            groups += rows // GROUP
-    if groups == 0:
+    lay = _layout(blocks, tile, whole, N, B, dev)
+    if lay.groups == 0:
         return torch.empty(TB, 0, device=dev), torch.empty(TB, 0, dtype=torch.int64, device=dev)
-    values = scratch.take(offset)
-    groups = -(-groups // SUPER) * SUPER  # whole super-groups; the last groups may be -inf padding
-    groups_max = torch.full((groups, TB), float("-inf"), device=dev)
-    row_ids = torch.full((groups * GROUP,), -1, dtype=torch.int64, device=dev)  # flat bank index of each row
-    row_addr = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)  # where the row's scores start
-    row_col0 = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)  # the query column of their first
-    g = 0
-    for f0, f1, t0, t1, run, off, rows in pieces:
+    values = scratch.take(lay.size)
+    groups_max = torch.full((lay.groups, TB), float("-inf"), device=dev)
+    for f0, f1, t0, t1, run, off, rows, g in lay.pieces:
         width, n = (t1 - t0) * B, (f1 - f0) * run.size
         piece = values[off : off + rows * width].view(rows, width)
         out = piece[:n].view(f1 - f0, run.size, width)
         torch.bmm(keys[f0:f1, run.off : run.off + run.size], qt[:, t0 * B : t1 * B].expand(f1 - f0, D, width), out=out)
         if run.mask is not None:
             out.view(f1 - f0, run.size, t1 - t0, B).add_(run.mask[:, None])  # -inf out of reach
-        piece[n:] = float("-inf")
-        r0, r1 = g * GROUP, g * GROUP + rows
-        frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
-        row_ids[r0 : r0 + n] = (frames + run.keys[None]).reshape(-1)
-        row_addr[r0:r1] = off + torch.arange(rows, device=dev) * width
-        row_col0[r0:r1] = t0 * B
+        if rows > n:
+            piece[n:] = float("-inf")
         groups_max[g : g + rows // GROUP, t0 * B : t1 * B] = torch.amax(piece.view(-1, GROUP, width), 1)
-        g += rows // GROUP
+    row_ids, row_addr, row_col0 = lay.row_ids, lay.row_addr, lay.row_col0
     best, top_g = _groups_to_read(groups_max, topk)  # (T * B, kg) each query's groups that can hold its top-k
     cand = (top_g[:, :, None] * GROUP + torch.arange(GROUP, device=dev)).reshape(TB, -1)  # (T * B, kg * GROUP) rows
     col = torch.arange(TB, device=dev)[:, None] - row_col0[cand]  # the query's column in the row's piece
