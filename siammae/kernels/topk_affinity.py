@@ -44,6 +44,24 @@ except ImportError:  # macOS / Windows: only the reference runs
 NEIGHBOURHOODS = ("square", "circle")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """The propagation constants both fast paths take as keywords (see :func:`topk_affinity`): ``n_ref`` reference
+    frames at the start of the bank, ``topk`` keys per query, the softmax ``temperature``, the neighbourhood
+    (``radius`` in patches or None, ``neighbourhood`` "square" / "circle") and whether it applies to the reference
+    frames (``restrict_ref``)."""
+
+    n_ref: int
+    topk: int
+    temperature: float
+    radius: float | None = None
+    neighbourhood: str = "square"
+    restrict_ref: bool = True
+
+    def values(self) -> tuple:
+        return self.n_ref, self.topk, self.temperature, self.radius, self.neighbourhood, self.restrict_ref
+
+
 def neighbourhood_reach(radius: float | None, neighbourhood: str) -> tuple[int, int, int]:
     """Integer form of a neighbourhood: ``(shape, reach, d2_max)``.
 
@@ -259,32 +277,14 @@ def _tile(h: int, w: int, size: int) -> tuple[int, int]:
     return min(shapes, key=lambda s: (padded(s), abs(s[0].bit_length() - s[1].bit_length())))
 
 
-def topk_affinity_triton(
-    query: torch.Tensor,
-    keys: torch.Tensor,
-    grid: tuple[int, int],
-    ctx_start: Sequence[int],
-    ctx_stop: Sequence[int],
-    *,
-    n_ref: int,
-    topk: int,
-    temperature: float,
-    radius: float | None = None,
-    neighbourhood: str = "square",
-    restrict_ref: bool = True,
-    labels: torch.Tensor | None = None,
-    keep_ties: bool = False,
-    raw: bool = False,
-):
-    """The GPU kernel of :func:`topk_affinity` (same arguments and results; CUDA tensors, or CPU tensors under
-    ``TRITON_INTERPRET=1``). ``keep_ties``: DINO's tie rule, applied by the same code as on the CPU path
-    (``_topk_keep_ties``) to the kernel's top ``topk + extra`` similarities (``raw``)."""
+def topk_affinity_triton(query, keys, grid, ctx_start, ctx_stop, *, labels=None, keep_ties=False, raw=False, **rule):
+    """The GPU kernel of :func:`topk_affinity` (the same arguments, typed there, and results; CUDA tensors, or CPU
+    tensors under ``TRITON_INTERPRET=1``); ``rule``: the constants of :class:`Rule`. ``keep_ties``: DINO's tie rule,
+    applied by the same code as on the CPU path (``_topk_keep_ties``) to the kernel's top ``topk + extra``
+    similarities (``raw``)."""
     if keep_ties and not raw:
-        return _topk_keep_ties(
-            topk_affinity_triton, query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk,
-            temperature=temperature, radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref,
-            labels=labels,
-        )  # fmt: skip
+        return _topk_keep_ties(topk_affinity_triton, query, keys, grid, ctx_start, ctx_stop, labels=labels, **rule)
+    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = Rule(**rule).values()
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     if labels is not None and not raw:
         labels = labels.float().contiguous()
@@ -630,20 +630,16 @@ def topk_affinity_cpu(
     ctx_start: Sequence[int],
     ctx_stop: Sequence[int],
     *,
-    n_ref: int,
-    topk: int,
-    temperature: float,
-    radius: float | None = None,
-    neighbourhood: str = "square",
-    restrict_ref: bool = True,
     labels: torch.Tensor | None = None,
     keep_ties: bool = False,
     raw: bool = False,
     banded: bool = False,
     band: int = KEY_BAND,
     tile: tuple[int, int] = QUERY_TILE,
+    **rule,
 ):
-    """The CPU path of :func:`topk_affinity` (same arguments and results), in fp32.
+    """The CPU path of :func:`topk_affinity` (same arguments and results), in fp32; ``rule``: the constants of
+    :class:`Rule`.
 
     ``keep_ties``: DINO's rule, to the bit (``eval_video_segmentation.py`` ``label_propagation``): a key's
     weight is ``exp(s / temperature)`` in fp32 (no max subtracted), every key whose weight is >= the k-th
@@ -672,10 +668,10 @@ def topk_affinity_cpu(
     """
     if keep_ties and not raw:
         return _topk_keep_ties(
-            topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, n_ref=n_ref, topk=topk,
-            temperature=temperature, radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref,
-            labels=labels, banded=banded, band=band, tile=tile,
+            topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, labels=labels, banded=banded, band=band,
+            tile=tile, **rule,
         )  # fmt: skip
+    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = Rule(**rule).values()
     T, N, D = query.shape
     h, w = grid
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
