@@ -89,9 +89,30 @@ def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
 
     if ckpt is not None:
         check_spec(ckpt)
-        return WeightsChoice(str(ckpt))
-    why = _why_not_default()
-    return (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
+        choice = WeightsChoice(str(ckpt))
+    else:
+        why = _why_not_default()
+        choice = (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
+    _prefetch_hash(choice.spec)
+    return choice
+
+
+def _prefetch_hash(spec: str) -> None:
+    """The sha256 that loading will need of a local file or a cached named one, started now in a thread
+    (:func:`siammae.model.hub.prefetch_digests`): it overlaps the import of torch. Opportunistic: a path that
+    cannot be read is left to the loader, which says what is wrong with it."""
+    from siammae.model import named, packaged
+    from siammae.model.hub import prefetch_digests
+
+    try:
+        path = Path(spec)
+        if spec in named.WEIGHTS and not named.path_exists(path):  # a name: its file, found without torch
+            w = named.WEIGHTS[spec]
+            path = packaged.shipped_file() if w.kind == "shipped" else _checkpoints_dir() / w.filename
+        if path.is_file():
+            prefetch_digests(path)
+    except (OSError, CheckpointError):
+        pass
 
 
 def shipped_instead(error: CheckpointError) -> WeightsChoice | None:

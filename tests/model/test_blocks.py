@@ -1,4 +1,4 @@
-"""siammae's ViT blocks against timm's, bit for bit, and the import path they keep free of timm and torchvision.
+"""siammae's ViT blocks against timm's, bit for bit (the start-up they buy: tests/model/test_startup.py).
 
 The blocks (siammae/model/blocks.py) replace timm's so that a run does not import timm (and through it torchvision,
 seconds of start-up). They must be timm's to the last bit: the same parameter names (every state dict loads), the
@@ -6,8 +6,6 @@ same random initialisation for a seed, the same operations in the same order (th
 DINO's script rests on the exact order), forward and backward.
 """
 
-import subprocess
-import sys
 from functools import partial
 
 import pytest
@@ -19,7 +17,6 @@ from timm.models import vision_transformer as timm_vit  # noqa: E402
 
 from siammae.model import blocks  # noqa: E402
 from siammae.model import encoder as encoder_module  # noqa: E402
-from siammae.model.checkpoint import load_model  # noqa: E402
 from siammae.model.encoder import ViTEncoder  # noqa: E402
 from siammae.model.registry import create_model, model_config  # noqa: E402
 
@@ -126,62 +123,3 @@ def test_joint_decoder_blocks_are_siammae_blocks_with_timm_names():
     assert isinstance(model.decoder.blocks[0], blocks.Block)
     names = {k for k in model.state_dict() if k.startswith("decoder.blocks.0.")}
     assert "decoder.blocks.0.attn.qkv.weight" in names and "decoder.blocks.0.mlp.fc2.bias" in names
-
-
-def test_loaded_model_holds_the_file_exactly_and_no_meta_tensors(tmp_path):
-    """Loading builds the model on the meta device and loads into uninitialised memory: every value must come from
-    the file, trainability as a freshly built model has it."""
-    torch.manual_seed(0)
-    enc = ViTEncoder(model_config("tiny"))
-    torch.save(enc.state_dict(), tmp_path / "w.pth")
-    loaded = load_model(tmp_path / "w.pth", arch="tiny")
-    state = loaded.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in enc.state_dict().items())
-    assert not any(t.is_meta for t in [*loaded.parameters(), *loaded.buffers()])
-    fresh = {n: p.requires_grad for n, p in ViTEncoder(loaded.config).named_parameters()}
-    assert {n: p.requires_grad for n, p in loaded.named_parameters()} == fresh
-    assert not loaded.training
-
-
-def _run(code: str) -> dict[str, set[str]]:
-    """Run ``code`` in a fresh interpreter; -> {"ALL": every module imported, and what the code prints as
-    ``NAME m1 m2 ...`` lines}."""
-    code += "\nimport sys\nprint('ALL', ' '.join(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    return {line.split()[0]: set(line.split()[1:]) for line in out.splitlines() if line[:1].isupper()}
-
-
-def _heavy(modules: set[str]) -> list[str]:
-    return sorted(m for m in modules if m.split(".")[0] in ("timm", "torchvision"))
-
-
-def test_the_model_imports_neither_timm_nor_torchvision():
-    modules = _run(
-        "import siammae.model.encoder, siammae.model.decoder, siammae.model.siammae, siammae.model.checkpoint\n"
-        "import siammae.export.runtime, siammae.export.attention, siammae.tracking.job, siammae.cli.track"
-    )["ALL"]
-    assert "torch" in modules and _heavy(modules) == []
-
-
-def test_a_tracking_run_imports_neither_timm_nor_torchvision_nor_dynamo(fixture_data, tmp_path):
-    """A whole small siammae-track run on a local checkpoint: no timm, no torchvision; and the run pulls in no
-    torch._dynamo / sympy that importing torch did not already load (building the meta-device skeleton with
-    ``normal_`` / ``arange``, or ``to_empty``, goes through decompositions that import them: 1 s)."""
-    torch.manual_seed(0)
-    torch.save(ViTEncoder(model_config("tiny")).state_dict(), tmp_path / "w.pth")
-    seq = fixture_data / "davis2016"
-    frames = seq / "JPEGImages" / "480p" / "blackswan"
-    mask = seq / "Annotations" / "480p" / "blackswan" / "00000.png"
-    code = (
-        "import sys, torch\n"
-        "before = set(sys.modules)\n"
-        "from siammae.cli.track import main\n"
-        f"main([{str(frames)!r}, '--mask', {str(mask)!r}, '--ckpt', {str(tmp_path / 'w.pth')!r}, '--arch', 'tiny',"
-        f" '--size', '64', '--quiet', '--out', {str(tmp_path / 'out')!r}], standalone_mode=False)\n"
-        "new = set(sys.modules) - before\n"
-        "print('NEW', ' '.join(sorted(m for m in new if m.split('.')[0] == 'sympy' or m.startswith('torch._dynamo'))))"
-    )
-    modules = _run(code)
-    assert len(list((tmp_path / "out").glob("*.png"))) == len(list(frames.glob("*.jpg")))  # the run ran
-    assert _heavy(modules["ALL"]) == []
-    assert modules["NEW"] == set()
