@@ -14,9 +14,10 @@ process; two kinds, interleaved round by round so that a busy machine slows them
   (the rest before the model), tracking (the 3 frames after the model, less imports), and "ready" = process start to
   the model loaded.
 
-``--tree PATH`` adds the same runs on another checkout (e.g. the commit before this benchmark, for before / after).
+``--tree LABEL=PATH`` adds the same runs on another checkout (e.g. the commit before this change, for before /
+after: ``git archive 45163d5 | tar -x -C /tmp/before``).
 
-    nice -n 19 OMP_NUM_THREADS=1 python benchmarks/bench_startup.py --repeats 5 [--tree /path/to/old/checkout]
+    OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_startup.py --repeats 5 [--tree "45163d5 (before)=/tmp/before"]
 
 Results: benchmarks/results/bench_startup-cpu.{json,md}. Target (issue 30): interpreter + imports + model ready
 under 2 s on the 2-core development machine.
@@ -210,12 +211,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5, help="fresh processes per row and kind (median)")
     ap.add_argument("--frames", type=int, default=3)
     ap.add_argument("--size", type=int, default=128, help="short side of the processed frames")
-    ap.add_argument("--tree", type=Path, action="append", default=[], help="another checkout to measure alike")
+    ap.add_argument("--tree", action="append", default=[], help="LABEL=PATH: another checkout to measure alike")
     ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
     args = ap.parse_args()
     from benchmarks._meta import environment, write_results
 
-    trees = {"this checkout": ROOT, **{str(t): t.resolve() for t in args.tree}}
+    trees = {"this checkout": ROOT}
+    for spec in args.tree:
+        label, _, path = spec.rpartition("=")
+        trees[label or path] = Path(path).resolve()
     load_before = [round(x, 2) for x in os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
