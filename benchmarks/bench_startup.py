@@ -184,7 +184,8 @@ def markdown(rows: list[dict], meta: dict, repeats: int, frames: int, size: int,
         f"- load average before / after the runs: {load[0]} / {load[1]} (the machine is shared: other processes ran)",
         "",
         f"`siammae-track FRAMES --mask MASK --size {size} --quiet`, {frames} frames of the fixture sequence, "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; median of {repeats} fresh processes per row "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, niceness {os.nice(0)}; median of {repeats} "
+        "fresh processes per row "
         f"(plain and timed runs interleaved); `python -c pass` takes {python_s:.3f} s. Seconds. ready = process start "
         "to the model loaded (interpreter + imports so far + checks + model); imports = all imports of the run, "
         "wherever they happen; tracking = the frames after the model, less imports; exit = the rest of the wall time "
@@ -232,7 +233,7 @@ def main() -> None:
     print(md)
     if not args.no_write:
         settings = {"frames": args.frames, "size": args.size, "repeats": args.repeats, "python_start_s": python_s,
-                    "load_average_before_after": load, "target_ready_s": 2.0}  # fmt: skip
+                    "load_average_before_after": load, "niceness": os.nice(0), "target_ready_s": 2.0}  # fmt: skip
         write_results("bench_startup-cpu", meta, rows, md, settings=settings)
 
 
