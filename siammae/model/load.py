@@ -82,9 +82,10 @@ def _shipped(why: str) -> WeightsChoice | None:
 
 
 def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
-    """The weights a command runs, without torch, downloading or hashing: ``ckpt`` (a missing file or an unknown
-    name is a :class:`~siammae.errors.CheckpointError` now), else the default weights, or the shipped model when
-    the default cannot be had now and the package ships one (module docstring)."""
+    """The weights a command runs, without torch or downloading: ``ckpt`` (a missing file or an unknown name is a
+    :class:`~siammae.errors.CheckpointError` now), else the default weights, or the shipped model when the default
+    cannot be had now and the package ships one (module docstring). The file's sha256, which loading needs, starts
+    in a thread here (:func:`_prefetch_hash`); nothing waits for it until then."""
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     if ckpt is not None:
