@@ -8,11 +8,11 @@ runs the same attention blocked (flash) in a few MB (``benchmarks/bench_export_m
 (3.3 GB). onnxruntime's contrib op ``com.microsoft.MultiHeadAttention`` has flash attention on the CPU (and
 flash / memory-efficient attention on CUDA): 40 MB for the same batch, and faster.
 
-How: :func:`use_fused_attention` swaps timm's ``Attention`` modules of an encoder copy for :class:`FusedAttention`,
-whose core is the custom op ``siammae::multi_head_attention`` ((B, N, D) q, k, v -> (B, N, D); in PyTorch it is
-``F.scaled_dot_product_attention``), and :data:`TRANSLATIONS` tells the dynamo exporter to write that op as
-``com.microsoft.MultiHeadAttention``. TensorRT has no com.microsoft ops and fuses the plain pattern itself, so an
-engine is built from the plain graph (``attention="plain"``).
+How: :func:`use_fused_attention` swaps the ``Attention`` modules (:mod:`siammae.model.blocks`) of an encoder copy
+for :class:`FusedAttention`, whose core is the custom op ``siammae::multi_head_attention`` ((B, N, D) q, k, v ->
+(B, N, D); in PyTorch it is ``F.scaled_dot_product_attention``), and :data:`TRANSLATIONS` tells the dynamo exporter
+to write that op as ``com.microsoft.MultiHeadAttention``. TensorRT has no com.microsoft ops and fuses the plain
+pattern itself, so an engine is built from the plain graph (``attention="plain"``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from siammae.model.blocks import Attention
 
 ATTENTIONS = ("auto", "fused", "plain")  # auto: fused, else plain when the exporter cannot write the fused op
 MS_DOMAIN = "com.microsoft"
@@ -69,7 +71,7 @@ TRANSLATIONS = {torch.ops.siammae.multi_head_attention.default: _onnx_multi_head
 
 
 class FusedAttention(nn.Module):
-    """timm's ``Attention`` (qkv -> heads -> proj) with its core as ``siammae::multi_head_attention``; same
+    """The blocks' ``Attention`` (qkv -> heads -> proj) with its core as ``siammae::multi_head_attention``; same
     parameters, same function in eval mode."""
 
     def __init__(self, attn: nn.Module):
@@ -85,18 +87,17 @@ class FusedAttention(nn.Module):
 
 
 def _plain_core(attn: nn.Module) -> bool:
-    """Whether a timm ``Attention`` is exactly qkv -> softmax attention -> proj (no q/k norm, gate, inner norm)."""
+    """Whether an ``Attention`` is exactly qkv -> softmax attention -> proj (no q/k norm, gate, inner norm)."""
     extras = [getattr(attn, name, None) for name in ("q_norm", "k_norm", "norm")]
     return getattr(attn, "gate", None) is None and all(m is None or isinstance(m, nn.Identity) for m in extras)
 
 
 def use_fused_attention(module: nn.Module) -> int:
-    """Replace, in place, every timm ``Attention`` under ``module`` by :class:`FusedAttention`; returns how many.
+    """Replace, in place, every ``Attention`` (:mod:`siammae.model.blocks`) under ``module`` by
+    :class:`FusedAttention`; returns how many.
 
-    A timm attention with parts the fused op does not compute (q/k norm, gates) is an error, not a silent change.
+    An attention with parts the fused op does not compute (q/k norm, gates) is an error, not a silent change.
     """
-    from timm.models.vision_transformer import Attention
-
     count = 0
     for name, child in module.named_children():
         if isinstance(child, Attention):

@@ -1,8 +1,9 @@
 """The network: config, named variants, the SiamMAE model (siamese ViT encoder + cross-self decoder), masking,
 position embeddings and checkpoints.
 
-Reads bottom-up: :mod:`config` -> :mod:`pos_embed`, :mod:`masking` -> :mod:`encoder`, :mod:`decoder` ->
-:mod:`siammae` (the model) -> :mod:`registry` (named variants) -> :mod:`checkpoint` (save / load, foreign formats).
+Reads bottom-up: :mod:`config` -> :mod:`pos_embed`, :mod:`masking`, :mod:`blocks` (timm's ViT blocks, without
+timm) -> :mod:`encoder`, :mod:`decoder` -> :mod:`siammae` (the model) -> :mod:`registry` (named variants) ->
+:mod:`checkpoint` (save / load, foreign formats).
 Weights by name: :mod:`statedict` (reading weight files) and :mod:`hub` (checked downloads, sha256 records) ->
 :mod:`packaged` (the shipped ``siammae-cpu`` and its format) -> :mod:`named` (the official files, their published
 hashes, the checks before a file enters the cache) ->

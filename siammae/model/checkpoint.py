@@ -120,14 +120,34 @@ def check_stored_config(path: Path, stored) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid model config ({e})") from e
 
 
-def _check_shapes(path: Path, model_class: type, cfg: ModelConfig, state: dict) -> None:
-    """Keys and shapes of ``state`` against the model that ``cfg`` describes, built on the meta device (no memory
-    is allocated): a file whose config does not describe its tensors fails here, before the real model exists."""
+def _build_loaded(path: Path, model_class: type, cfg: ModelConfig, state: dict) -> nn.Module:
+    """The model that ``cfg`` describes, holding ``state``.
+
+    Built on the meta device first (no memory, no initialisation), so that a file whose config does not describe its
+    tensors fails on keys and shapes before the real model exists; then given uninitialised memory and loaded
+    strictly, which sets every value (strict: same keys; the models have no buffers outside their state dicts).
+    Skipping the random initialisation that the weights would overwrite saves its time (0.18 s for a ViT-S/16 on a
+    2-core CPU, 0.66 s for a ViT-B/16) from every command's start-up."""
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: the 'model' entry is a {type(state).__name__}, expected a state dict")
     with torch.device("meta"):
         skeleton = model_class(cfg)
     _check_fit(path, skeleton.state_dict(), state)
+    model = _materialise(skeleton)
+    _load_strict(path, model, state)
+    return model
+
+
+def _materialise(skeleton: nn.Module) -> nn.Module:
+    """``skeleton.to_empty(device="cpu")`` by hand: every meta parameter and buffer replaced, in place, by
+    uninitialised CPU memory of its shape and dtype. (``to_empty`` goes through ``torch._refs.empty_like`` for meta
+    tensors, which imports sympy and torch.fx's symbolic shapes: 0.3 s.)"""
+    for module in skeleton.modules():
+        for name, p in list(module.named_parameters(recurse=False)):
+            setattr(module, name, nn.Parameter(torch.empty(p.shape, dtype=p.dtype), requires_grad=p.requires_grad))
+        for name, b in list(module.named_buffers(recurse=False)):
+            setattr(module, name, torch.empty(b.shape, dtype=b.dtype))
+    return skeleton
 
 
 @dataclass(frozen=True)
@@ -174,10 +194,7 @@ def _load_native(path: Path, ckpt: dict) -> nn.Module:
             raise CheckpointError(f"{path}: siammae checkpoint lacks its {key!r} entry")
     cfg = check_stored_config(path, ckpt["config"])
     model_class = SiamMAE if ckpt.get("kind", "siammae") == "siammae" else ViTEncoder
-    _check_shapes(path, model_class, cfg, ckpt["model"])
-    model = model_class(cfg)
-    _load_strict(path, model, ckpt["model"])
-    return model
+    return _build_loaded(path, model_class, cfg, ckpt["model"])
 
 
 def _load_foreign(path: Path, ckpt: dict, arch: str | None) -> ViTEncoder:
@@ -203,10 +220,7 @@ def _load_foreign(path: Path, ckpt: dict, arch: str | None) -> ViTEncoder:
             qkv_bias=cfg.qkv_bias,
         )
     check_stored_config(path, cfg.to_dict())  # sizes inferred from a hostile file are bounded too
-    _check_shapes(path, ViTEncoder, cfg, state)
-    model = ViTEncoder(cfg)
-    _load_strict(path, model, state)
-    return model
+    return _build_loaded(path, ViTEncoder, cfg, state)
 
 
 def _load_strict(path: Path, model: nn.Module, state: dict) -> None:

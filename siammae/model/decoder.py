@@ -14,8 +14,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Mlp
-from timm.models.vision_transformer import Block
+
+from siammae.model.blocks import Block, Mlp
 
 
 class CrossAttention(nn.Module):

@@ -2,7 +2,8 @@
 
 Parameter names are those of timm's ``VisionTransformer`` and DINO's ``vision_transformer.py``
 (``patch_embed.proj``, ``cls_token``, ``pos_embed``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``,
-``norm``), so DINO, MAE and timm weights load unchanged. Blocks are timm's, whose attention runs through
+``norm``), so DINO, MAE and timm weights load unchanged. The blocks are timm's, rewritten in :mod:`siammae.model.blocks`
+(same names, same operations, the same bits; importing timm costs seconds of start-up); their attention runs through
 ``F.scaled_dot_product_attention`` (flash / memory-efficient kernels on GPU).
 
 Frozen features on a CPU in fp32 (``features(..., attention="auto")``) take another route through the same blocks:
@@ -20,10 +21,9 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 
 from siammae.kernels.patch_embed_gather import patch_embed_gather
+from siammae.model.blocks import Block, PatchEmbed
 from siammae.model.config import FEATURE_ATTENTIONS, POS_INTERP, ModelConfig
 from siammae.model.pos_embed import resize_pos_embed, sincos_2d
 
@@ -51,7 +51,6 @@ class ViTEncoder(nn.Module):
             patch_size=cfg.patch_size,
             in_chans=cfg.in_chans,
             embed_dim=cfg.embed_dim,
-            strict_img_size=False,
         )
         num_patches = cfg.grid_size**2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.embed_dim))
@@ -75,7 +74,12 @@ class ViTEncoder(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
-        """MAE's initialisation: sin-cos table, xavier-uniform linear layers and patch projection, N(0, .02) tokens."""
+        """MAE's initialisation: sin-cos table, xavier-uniform linear layers and patch projection, N(0, .02) tokens.
+
+        Nothing to do on the meta device (the shape skeleton that checkpoint loading checks a file against): meta
+        tensors hold no values, and meta ``normal_`` / ``arange`` import ``torch._dynamo`` (0.7 s of start-up)."""
+        if self.cls_token.is_meta:
+            return
         g = self.config.grid_size
         self.pos_embed.data.copy_(sincos_2d(self.embed_dim, g, g).unsqueeze(0))
         w = self.patch_embed.proj.weight.data

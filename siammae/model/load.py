@@ -82,16 +82,38 @@ def _shipped(why: str) -> WeightsChoice | None:
 
 
 def choose_weights(ckpt: str | os.PathLike | None = None) -> WeightsChoice:
-    """The weights a command runs, without torch, downloading or hashing: ``ckpt`` (a missing file or an unknown
-    name is a :class:`~siammae.errors.CheckpointError` now), else the default weights, or the shipped model when
-    the default cannot be had now and the package ships one (module docstring)."""
+    """The weights a command runs, without torch or downloading: ``ckpt`` (a missing file or an unknown name is a
+    :class:`~siammae.errors.CheckpointError` now), else the default weights, or the shipped model when the default
+    cannot be had now and the package ships one (module docstring). The file's sha256, which loading needs, starts
+    in a thread here (:func:`_prefetch_hash`); nothing waits for it until then."""
     from siammae.model.weights import DEFAULT_WEIGHTS, check_spec
 
     if ckpt is not None:
         check_spec(ckpt)
-        return WeightsChoice(str(ckpt))
-    why = _why_not_default()
-    return (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
+        choice = WeightsChoice(str(ckpt))
+    else:
+        why = _why_not_default()
+        choice = (_shipped(why) if why is not None else None) or WeightsChoice(DEFAULT_WEIGHTS)
+    _prefetch_hash(choice.spec)
+    return choice
+
+
+def _prefetch_hash(spec: str) -> None:
+    """The sha256 that loading will need of a local file or a cached named one, started now in a thread
+    (:func:`siammae.model.hub.prefetch_digests`): it overlaps the import of torch. Opportunistic: a path that
+    cannot be read is left to the loader, which says what is wrong with it."""
+    from siammae.model import named, packaged
+    from siammae.model.hub import prefetch_digests
+
+    try:
+        path = Path(spec)
+        if spec in named.WEIGHTS and not named.path_exists(path):  # a name: its file, found without torch
+            w = named.WEIGHTS[spec]
+            path = packaged.shipped_file() if w.kind == "shipped" else _checkpoints_dir() / w.filename
+        if path.is_file():
+            prefetch_digests(path)
+    except (OSError, CheckpointError):
+        pass
 
 
 def shipped_instead(error: CheckpointError) -> WeightsChoice | None:

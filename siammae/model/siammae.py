@@ -61,6 +61,8 @@ class SiamMAE(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self):
+        if self.mask_token.is_meta:  # a shape skeleton: no values to set (see ViTEncoder.initialize_weights)
+            return
         g = self.config.grid_size
         self.decoder_pos_embed.data.copy_(sincos_2d(self.config.decoder_embed_dim, g, g).unsqueeze(0))
         nn.init.normal_(self.mask_token, std=0.02)
