@@ -239,7 +239,7 @@ def _html_server(w, mp):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Login)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     w["url"] = f"http://127.0.0.1:{server.server_address[1]}/set/"
     w["_cleanup"] += [server.shutdown, server.server_close]
 

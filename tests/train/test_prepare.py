@@ -208,7 +208,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
 def served(prepared):
     handler = lambda *a, **kw: RangeHandler(*a, directory=str(prepared[0]), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()

@@ -190,7 +190,7 @@ def serve(good):
         server = http.server.ThreadingHTTPServer(
             ("127.0.0.1", 0), lambda *a, **kw: handler(*a, directory=str(root), **kw)
         )
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}/"
 
