@@ -21,6 +21,7 @@ implementations (CRW normalises and scores in another operation order).
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,7 @@ class CRWSlot(torch.nn.Module):
 
 def _stub(name: str, **attrs) -> None:
     mod = types.ModuleType(name)
+    mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # torch._dynamo, imported later, calls find_spec on it
     mod.__dict__.update(attrs)
     sys.modules.setdefault(name, mod)
 
