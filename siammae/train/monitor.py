@@ -93,7 +93,10 @@ class Monitor:
             if pairs_per_s is not None:
                 post["pairs/s"] = f"{pairs_per_s:.1f}"
             self.bar.set_postfix(post, refresh=False)
+            first = self.bar.n == self.bar.initial  # the run's first step is shown whatever tqdm's print interval
             self.bar.update(step - self.bar.n)
+            if first:
+                self.bar.refresh()
 
     def log(self, record: dict) -> None:
         record = {

@@ -277,7 +277,7 @@ COMPILE_SCRIPT = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from siammae.kernels.topk_affinity import _topk_affinity_kernel
+from siammae.kernels.topk_kernel import _topk_affinity_kernel
 
 def build(dtype, K, shape, restrict_ref, gather, capability):
     sig = {"q_ptr": "*" + dtype, "k_ptr": "*" + dtype, "lab_ptr": "*fp32", "lo_ptr": "*i32", "hi_ptr": "*i32",
