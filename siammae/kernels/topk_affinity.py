@@ -30,7 +30,7 @@ import math
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 
@@ -52,9 +52,6 @@ class Rule:
     radius: float | None = None
     neighbourhood: str = "square"
     restrict_ref: bool = True
-
-    def values(self) -> tuple:
-        return self.n_ref, self.topk, self.temperature, self.radius, self.neighbourhood, self.restrict_ref
 
 
 def neighbourhood_reach(radius: float | None, neighbourhood: str) -> tuple[int, int, int]:
@@ -91,7 +88,7 @@ def topk_affinity_triton(query, keys, grid, ctx_start, ctx_stop, *, labels=None,
     similarities (``raw``)."""
     if keep_ties and not raw:
         return _topk_keep_ties(topk_affinity_triton, query, keys, grid, ctx_start, ctx_stop, labels=labels, **rule)
-    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = Rule(**rule).values()
+    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = astuple(Rule(**rule))
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     if labels is not None and not raw:
         labels = labels.float().contiguous()
@@ -482,17 +479,14 @@ def topk_affinity_cpu(
             topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, labels=labels, banded=banded, band=band,
             tile=tile, **rule,
         )  # fmt: skip
-    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = Rule(**rule).values()
+    n_ref, topk, temperature, radius, neighbourhood, restrict_ref = astuple(Rule(**rule))
     T, N, D = query.shape
     h, w = grid
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     dev = query.device
     query = query.float()
     keys = keys.float() if banded else keys.float()[:, band_order(h, w, band).to(dev)]  # (F, N, D) banded
-    plan = _plan(h, w, shape, reach, d2_max, band, tuple(tile))
-    if dev.type != "cpu":
-        plan = tuple(_Tile(t.queries.to(dev), tuple(_to(r, dev) for r in t.runs)) for t in plan)
-    whole = (_Run(0, N, band_order(h, w, band).to(dev), None),)  # an unrestricted frame: one run, no mask
+    plan, whole = _plan_on(h, w, shape, reach, d2_max, band, tuple(tile), dev)
     out_k = topk
     if labels is not None and not raw:
         lab_flat = labels.float().reshape(-1, labels.shape[-1])  # (F*N, C)
@@ -560,6 +554,16 @@ def _over_tiles(one_tile, plan: tuple[_Tile, ...], dev: torch.device) -> None:
 
 def _to(run: _Run, dev) -> _Run:
     return _Run(run.off, run.size, run.keys.to(dev), None if run.mask is None else run.mask.to(dev))
+
+
+@functools.lru_cache(maxsize=8)
+def _plan_on(h, w, shape, reach, d2_max, band, tile, dev: torch.device) -> tuple[tuple[_Tile, ...], tuple[_Run]]:
+    """``_plan`` on ``dev``, and the one run of an unrestricted frame (every key, no mask): the same objects at every
+    call, so that the tiles' layouts (``_layout``) are found in its cache on any device."""
+    plan = _plan(h, w, shape, reach, d2_max, band, tile)
+    if dev.type != "cpu":
+        plan = tuple(_Tile(t.queries.to(dev), tuple(_to(r, dev) for r in t.runs)) for t in plan)
+    return plan, (_Run(0, h * w, band_order(h, w, band).to(dev), None),)
 
 
 TIE_SLOTS = 3  # candidates beyond k looked at for a tie at the k-th weight (doubled while a tie fills them all)
