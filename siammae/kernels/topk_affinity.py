@@ -268,32 +268,39 @@ def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
     return tuple(tiles)
 
 
-def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape) -> tuple[tuple[int, int, bool, int, int], ...]:
-    """The bank frames a chunk of T query frames reads, as (first, stop, restricted, t0, t1) blocks: frames
+def _frame_blocks(T, n_ref, ctx_start, ctx_stop, restrict_ref, shape, copies=None, topk=0) -> tuple[tuple, ...]:
+    """The bank frames a chunk of T query frames reads, as (first, stop, restricted, t0, t1, src) blocks: frames
     first .. stop-1 are in the context of query frames t0 .. t1-1 (and of no other query frame of the block's
     frames), under one neighbourhood rule. Consecutive frames with the same query frames and rule share a block (one
     batched GEMM). Reference frames are in every query frame's context; a short-term frame is in frame t's when
-    ctx_start[t] <= f < ctx_stop[t] (a frame whose query frames are not consecutive gets one block per run of them)."""
-    per_frame = []  # (f, restricted, t0, t1)
+    ctx_start[t] <= f < ctx_stop[t] (a frame whose query frames are not consecutive gets one block per run of them).
+
+    ``copies`` = (src, c0, c1): bank frames c0 .. c1-1 hold frame src's features (:func:`topk_affinity_cpu`). Their
+    blocks have ``src`` set (-1 otherwise): they are scored once, as frame src. A query frame reads only the first
+    ``topk`` copies of its context: a key of a later copy ties with the same key of each of those (the same score, a
+    lower bank index), so it is never among the top k."""
+    src, c0, c1 = copies if copies is not None else (-1, 0, 0)
+    per_frame = []  # (f, restricted, t0, t1, src)
     for f in range(n_ref):
-        per_frame.append((f, shape != 0 and restrict_ref, 0, T))
+        per_frame.append((f, shape != 0 and restrict_ref, 0, T, -1))
     short = range(min(ctx_start, default=n_ref), max(ctx_stop, default=n_ref))
     for f in short:
-        ts = [t for t in range(T) if ctx_start[t] <= f < ctx_stop[t]]
+        copy = c0 <= f < c1
+        ts = [t for t in range(T) if ctx_start[t] <= f < ctx_stop[t] and (not copy or f < max(ctx_start[t], c0) + topk)]
         runs = []
         for t in ts:
             if runs and runs[-1][1] == t:
                 runs[-1][1] = t + 1
             else:
                 runs.append([t, t + 1])
-        per_frame += [(f, shape != 0, t0, t1) for t0, t1 in runs]
-    blocks: list[tuple[int, int, bool, int, int]] = []
-    for f, restricted, t0, t1 in sorted(per_frame, key=lambda r: (r[2], r[3], r[1], r[0])):
+        per_frame += [(f, shape != 0, t0, t1, src if copy else -1) for t0, t1 in runs]
+    blocks: list[tuple] = []
+    for f, restricted, t0, t1, s in sorted(per_frame, key=lambda r: (r[2], r[3], r[1], r[4], r[0])):
         last = blocks[-1] if blocks else None
-        if last and last[1] == f and last[2:] == (restricted, t0, t1):
-            blocks[-1] = (last[0], f + 1, restricted, t0, t1)
+        if last and last[1] == f and last[2:] == (restricted, t0, t1, s):
+            blocks[-1] = (last[0], f + 1, restricted, t0, t1, s)
         else:
-            blocks.append((f, f + 1, restricted, t0, t1))
+            blocks.append((f, f + 1, restricted, t0, t1, s))
     return tuple(blocks)
 
 
@@ -315,9 +322,11 @@ class _Scores:
 @dataclass(frozen=True)
 class _Layout:
     """Where the scores of one tile go for one set of frame blocks (the same at every step of a steady stream, so
-    cached): ``pieces`` (f0, f1, t0, t1, run, offset, rows padded to GROUP, first group), the scratch floats
+    cached): ``pieces`` (f0, f1, t0, t1, run, offset, rows padded to GROUP, first group, echoes), the scratch floats
     (``size``), the groups (a whole number of super-groups) and, per row of a group, its flat bank index (-1 for
-    padding), where its scores start and the query column of the first."""
+    padding), where its scores start and the query column of the first. A piece of copies (:func:`_frame_blocks`)
+    is one frame, its source, scored once for every query frame that reads a copy: it has no groups of its own
+    (first group -1) but ``echoes`` (first group, t0, t1), one per copy and run, whose rows point at its scores."""
 
     pieces: tuple
     size: int
@@ -331,17 +340,36 @@ class _Layout:
 def _layout(blocks: tuple, tile: _Tile, whole: tuple, N: int, B: int, dev: torch.device) -> _Layout:
     pieces = []
     offset = groups = 0
-    for f0, f1, restricted, t0, t1 in blocks:
+    sources = {}  # (src, restricted) -> (t0, t1): the query frames that read a copy of src
+    for f0, f1, restricted, t0, t1, src in blocks:
+        if src >= 0:
+            a, b = sources.get((src, restricted), (t0, t1))
+            sources[(src, restricted)] = (min(a, t0), max(b, t1))
+            continue
         for run in tile.runs if restricted else whole:
             rows = -(-(f1 - f0) * run.size // GROUP) * GROUP
-            pieces.append((f0, f1, t0, t1, run, offset, rows, groups))
+            pieces.append((f0, f1, t0, t1, run, offset, rows, groups, ()))
             offset += rows * (t1 - t0) * B
             groups += rows // GROUP
+    copies = []  # (f, t0, t1, run, offset, rows, first group) of each echo
+    for (src, restricted), (tc0, tc1) in sources.items():
+        for run in tile.runs if restricted else whole:
+            rows = -(-run.size // GROUP) * GROUP
+            echoes = []
+            for f0, f1, r, t0, t1, s in blocks:
+                if (s, r) == (src, restricted):
+                    for f in range(f0, f1):
+                        echoes.append((groups, t0, t1))
+                        copies.append((f, tc0, tc1, run, offset, rows, groups))
+                        groups += rows // GROUP
+            pieces.append((src, src + 1, tc0, tc1, run, offset, rows, -1, tuple(echoes)))
+            offset += rows * (tc1 - tc0) * B
     groups = -(-groups // SUPER) * SUPER  # whole super-groups; the last groups may be -inf padding
     row_ids = torch.full((groups * GROUP,), -1, dtype=torch.int64, device=dev)
     row_addr = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
     row_col0 = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
-    for f0, f1, t0, t1, run, off, rows, g in pieces:
+    rows_of = [(f0, f1, t0, t1, run, off, rows, g) for f0, f1, t0, t1, run, off, rows, g, _ in pieces if g >= 0]
+    for f0, f1, t0, t1, run, off, rows, g in rows_of + [(f, f + 1, *rest) for f, *rest in copies]:
         r0, n, width = g * GROUP, (f1 - f0) * run.size, (t1 - t0) * B
         frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
         row_ids[r0 : r0 + n] = (frames + run.keys[None]).reshape(-1)
@@ -369,7 +397,7 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
         return torch.empty(TB, 0, device=dev), torch.empty(TB, 0, dtype=torch.int64, device=dev)
     values = scratch.take(lay.size)
     groups_max = torch.full((lay.groups, TB), float("-inf"), device=dev)
-    for f0, f1, t0, t1, run, off, rows, g in lay.pieces:
+    for f0, f1, t0, t1, run, off, rows, g, echoes in lay.pieces:
         width, n = (t1 - t0) * B, (f1 - f0) * run.size
         piece = values[off : off + rows * width].view(rows, width)
         out = piece[:n].view(f1 - f0, run.size, width)
@@ -378,7 +406,12 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
             out.view(f1 - f0, run.size, t1 - t0, B).add_(run.mask[:, None])  # -inf out of reach
         if rows > n:
             piece[n:] = float("-inf")
-        groups_max[g : g + rows // GROUP, t0 * B : t1 * B] = torch.amax(piece.view(-1, GROUP, width), 1)
+        if g >= 0:
+            groups_max[g : g + rows // GROUP, t0 * B : t1 * B] = torch.amax(piece.view(-1, GROUP, width), 1)
+            continue
+        maxima = torch.amax(piece.view(-1, GROUP, width), 1)  # a source frame: each copy's groups, its maxima
+        for ge, e0, e1 in echoes:
+            groups_max[ge : ge + rows // GROUP, e0 * B : e1 * B] = maxima[:, (e0 - t0) * B : (e1 - t0) * B]
     row_ids, row_addr, row_col0 = lay.row_ids, lay.row_addr, lay.row_col0
     best, top_g = _groups_to_read(groups_max, topk)  # (T * B, kg) each query's groups that can hold its top-k
     cand = (top_g[:, :, None] * GROUP + torch.arange(GROUP, device=dev)).reshape(TB, -1)  # (T * B, kg * GROUP) rows
@@ -442,6 +475,7 @@ def topk_affinity_cpu(
     keep_ties: bool = False,
     raw: bool = False,
     banded: bool = False,
+    copies: tuple[int, int, int] | None = None,
     band: int = KEY_BAND,
     tile: tuple[int, int] = QUERY_TILE,
     **rule,
@@ -471,13 +505,19 @@ def topk_affinity_cpu(
     query frames (about T x 64 x the keys in reach of a query x the context frames, in floats), plus the cached masks
     (about N x the window, in floats) and, unless ``banded``, a banded fp32 copy of the keys.
 
+    ``copies`` = (src, first, stop): bank frames first .. stop-1 hold frame src's features, bit for bit (the queue
+    that the propagation engine starts with n copies of frame 0, ``prefill_queue``). They are scored once, as frame
+    src, and each copy takes the scores as its own (its bank indices, its labels); a query frame reads only the first
+    ``topk`` copies in its context, as a key of a later copy ties with the same key of those and loses on the bank
+    index. The result is the same as without ``copies``; the first n frames of a prefilled video cost a fraction.
+
     Similarities are sgemm dot products over D, the same numbers as a whole-matrix ``q @ k.T`` (MKL's kernels sum
     over D in the same order whatever the GEMM's shape; tests/kernels checks it on the bank's shapes).
     """
     if keep_ties and not raw:
         return _topk_keep_ties(
-            topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, labels=labels, banded=banded, band=band,
-            tile=tile, **rule,
+            topk_affinity_cpu, query, keys, grid, ctx_start, ctx_stop, labels=labels, banded=banded, copies=copies,
+            band=band, tile=tile, **rule,
         )  # fmt: skip
     n_ref, topk, temperature, radius, neighbourhood, restrict_ref = astuple(Rule(**rule))
     T, N, D = query.shape
@@ -494,7 +534,8 @@ def topk_affinity_cpu(
     else:
         weights = torch.empty(T, N, out_k, dtype=torch.float32, device=dev)  # similarities when raw
         index = torch.empty(T, N, out_k, dtype=torch.int64, device=dev)
-    blocks = _frame_blocks(T, n_ref, [int(a) for a in ctx_start], [int(b) for b in ctx_stop], restrict_ref, shape)
+    starts, stops = [int(a) for a in ctx_start], [int(b) for b in ctx_stop]
+    blocks = _frame_blocks(T, n_ref, starts, stops, restrict_ref, shape, _copies(copies), topk)
 
     def one_tile(tl_: _Tile, scratch: _Scores) -> None:
         B = tl_.queries.numel()
@@ -520,6 +561,13 @@ def topk_affinity_cpu(
     if labels is not None and not raw:
         return out
     return weights, index
+
+
+def _copies(copies) -> tuple[int, int, int] | None:
+    """``copies`` as ints, None when there are none."""
+    if copies is None or int(copies[2]) <= int(copies[1]):
+        return None
+    return tuple(int(c) for c in copies)
 
 
 def _over_tiles(one_tile, plan: tuple[_Tile, ...], dev: torch.device) -> None:
@@ -616,6 +664,7 @@ def topk_affinity(
     backend: str = "auto",
     keep_ties: bool = False,
     banded: bool = False,
+    copies: tuple[int, int, int] | None = None,
 ):
     """Top-k context keys of every query patch and their softmax weights (see the module docstring).
 
@@ -625,6 +674,9 @@ def topk_affinity(
         ctx_stop[t] - 1; bank frames 0 .. n_ref-1 are reference frames, in every query frame's context.
     labels: optional (F, N, C) soft labels of the bank; then the gathered labels are returned.
     banded: the keys' patches are in :func:`band_order` (the CPU path's bank layout; the CPU path only).
+    copies: (src, first, stop), bank frames first .. stop-1 (short-term frames) hold frame src's features bit for
+        bit; the CPU path scores them once (:func:`topk_affinity_cpu`), checking that they do; the GPU kernel scores
+        every frame. The result is the same with or without.
     keep_ties: DINO's weights and tie rule (see :func:`topk_affinity_cpu`), on every backend: the CPU path and
         the GPU kernel hand their top ``topk + extra`` similarities to the same rule (``_topk_keep_ties``).
     Returns (weights (T, N, K) fp32, index (T, N, K) int64) in descending similarity, K = topk (more with
@@ -653,8 +705,26 @@ def topk_affinity(
     run = topk_affinity_triton if resolve_backend(backend, query.device) == "triton" else topk_affinity_cpu
     if banded and run is topk_affinity_triton:
         raise ValueError("banded keys are the CPU path's layout; the Triton kernel takes keys in raster order")
+    extra = {"banded": banded} if banded else {}
+    if copies is not None and run is topk_affinity_cpu:
+        extra["copies"] = _check_copies(copies, keys, n_ref)
     return run(
         query, keys, (h, w), ctx_start, ctx_stop, n_ref=n_ref, topk=topk, temperature=temperature,
         radius=radius, neighbourhood=neighbourhood, restrict_ref=restrict_ref, labels=labels, keep_ties=keep_ties,
-        **({"banded": banded} if banded else {}),
+        **extra,
     )  # fmt: skip
+
+
+def _check_copies(copies, keys: torch.Tensor, n_ref: int) -> tuple[int, int, int]:
+    """``copies`` (src, first, stop) as ints, after checking that frames first .. stop-1 of ``keys`` are short-term
+    frames equal to frame src, bit for bit (a wrong claim would change the result, not only the time)."""
+    F = keys.shape[0]
+    try:
+        src, first, stop = (int(c) for c in copies)
+    except (TypeError, ValueError):
+        raise ValueError(f"copies must be (src, first, stop) frame numbers, got {copies!r}") from None
+    if not (0 <= src < F and n_ref <= first <= stop <= F) or first <= src < stop:
+        raise ValueError(f"copies {copies!r}: need 0 <= src < {F}, {n_ref} <= first <= stop <= {F}, src outside")
+    if not torch.equal(keys[first:stop], keys[src : src + 1].expand(stop - first, -1, -1)):
+        raise ValueError(f"copies {copies!r}: bank frames {first} .. {stop - 1} are not copies of frame {src}")
+    return src, first, stop

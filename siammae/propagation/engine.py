@@ -50,6 +50,7 @@ class PropagationState:
     labels: torch.Tensor
     n_ref: int = 1
     n_queue: int = 0
+    n_copies: int = 0  # the first queued frames that are copies of frame 0 (prefill_queue), scored once
     order: torch.Tensor | None = None  # (N,) raster index of each bank position; None: raster order
     frames: int = 1
     stepped: bool = False  # step() has returned a frame (the one add_reference applies to)
@@ -176,7 +177,7 @@ class Propagator:
         labels = torch.empty(size, h * w, soft.shape[0], device=features0.device)
         feats[: 1 + copies] = _in_order(_normalise_keys(features0.reshape(h * w, D)), order)
         labels[: 1 + copies] = soft.to(features0.device).reshape(-1, h * w).T  # (C, h, w) -> (N, C)
-        self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies, order=order)
+        self.state = PropagationState((h, w), feats, labels, n_ref=1, n_queue=copies, n_copies=copies, order=order)
 
     @torch.no_grad()
     def step(self, features: torch.Tensor) -> torch.Tensor:
@@ -209,6 +210,7 @@ class Propagator:
             backend=self.backend,
             keep_ties=cfg.keep_ties,
             banded=st.order is not None,
+            copies=(0, st.n_ref, st.n_ref + st.n_copies) if st.n_copies else None,
         )
         query = _normalise(features).reshape(T, N, -1)  # (T, N, D); the bank holds the key form (_normalise_keys)
         keys, labels = st.feats[: first + T], st.labels[: first + T]
@@ -224,6 +226,7 @@ class Propagator:
         # Keep the last n + 1 frames that are not references: slide them down to follow the references.
         keep = min(cfg.n_last + 1, st.n_queue + T)
         st.move(st.n_used + T - keep, st.n_ref, keep)
+        st.n_copies = max(0, st.n_copies - (st.n_queue + T - keep))  # the oldest frames leave first
         st.n_queue, st.stepped, st.last_is_reference = keep, True, False
         st.frames += T
         return out.view(T, h, w, C).permute(0, 3, 1, 2)  # (T, N, C) -> (T, C, h, w)

@@ -448,3 +448,70 @@ def test_keep_ties_on_every_backend_is_the_specifications_choice_up_to_ties(back
     e = torch.exp(scores / 0.1).masked_fill(scores < kth[..., None], 0)  # DINO's weights over the kept keys
     got = torch.zeros_like(e).scatter_add_(2, i.clamp_min(0), w.double())
     torch.testing.assert_close(got, e / e.sum(2, keepdim=True), atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Copies of a frame (a prefilled queue): scored once on the CPU path, the same result
+# ------------------------------------------------------------------------------------------------------------
+def _bank_with_copies(grid, D, T, n_ref, copies, after, seed, tied, src=0):
+    """A bank of n_ref references, ``copies`` copies of frame ``src`` (0, or a frame after the copies), then
+    ``after`` frames; queries of T frames. With ``tied``, every feature is one of a few (keys tied inside a copy,
+    and across copies)."""
+    make = _tied_inputs if tied else _inputs
+    q, k = make(grid, D, T, n_ref + copies + after, seed=seed)
+    k[n_ref : n_ref + copies] = k[src]
+    return q, k.contiguous()
+
+
+COPY_CASES = [
+    # grid, T, n_ref, copies of frame src, after, ranges (start, stop per query frame), topk, radius, shape,
+    # restrict_ref
+    ((9, 13), 3, 1, 6, 0, 3, [(1, 7), (2, 8), (4, 10)], 2, 3.5, "circle", False),  # k below the copies read
+    ((9, 13), 2, 2, 4, 0, 2, [(2, 6), (3, 8)], 9, 4, "square", True),  # k beyond them
+    ((7, 9), 4, 1, 5, 0, 4, [(1, 6), (2, 7), (6, 10), (3, 8)], 3, None, "square", True),  # a frame reads no copy
+    ((7, 9), 1, 1, 3, 0, 0, [(1, 4)], 4, 2, "circle", True),
+    ((7, 9), 2, 1, 4, 5, 2, [(1, 5), (1, 7)], 3, 2, "circle", True),  # copies of frame 5, not in frame 0's context
+]
+
+
+@pytest.mark.parametrize("grid, T, n_ref, copies, src, after, ranges, topk, radius, shape, restrict_ref", COPY_CASES)
+def test_cpu_path_scores_copies_once_with_the_same_result(
+    grid, T, n_ref, copies, src, after, ranges, topk, radius, shape, restrict_ref, monkeypatch
+):
+    """Frames that the call says are copies of frame 0 are scored once: fewer keys go through the GEMMs, and the
+    weights, indices, gathered labels and raw similarities are bit for bit those of scoring every copy, and the
+    specification's, on random features and on features full of ties (inside a copy and between copies)."""
+    start, stop = [a for a, _ in ranges], [b for _, b in ranges]
+    kw = dict(n_ref=n_ref, topk=topk, temperature=0.1, radius=radius, neighbourhood=shape, restrict_ref=restrict_ref)
+    hint = (src, n_ref, n_ref + copies)
+    scored = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda a, b, **o: scored.append(a.shape[0] * a.shape[1]) or bmm(a, b, **o))
+    for tied in (False, True):
+        q, k = _bank_with_copies(grid, 16, T, n_ref, copies, after, seed=9, tied=tied, src=src)
+        labels = torch.rand(k.shape[0], k.shape[1], 3, generator=torch.Generator().manual_seed(2))
+        labels[n_ref : n_ref + copies] = labels[src]
+        for extra in (dict(), dict(labels=labels), dict(raw=True, temperature=1.0), dict(keep_ties=True)):
+            scored.clear()
+            every = topk_affinity_cpu(q, k, grid, start, stop, **{**kw, **extra})
+            n_every = sum(scored)
+            scored.clear()
+            once = topk_affinity_cpu(q, k, grid, start, stop, copies=hint, **{**kw, **extra})
+            assert sum(scored) < n_every  # the copies were not all scored
+            as_list = lambda r: list(r) if isinstance(r, tuple) else [r]  # noqa: E731
+            for a, b in zip(as_list(every), as_list(once), strict=True):
+                assert torch.equal(a, b), (tied, extra)
+        w, i = topk_affinity(q, k, grid, start, stop, copies=hint, backend="torch", **kw)
+        _assert_equals_spec(w, i, q, k, grid, start, stop, **kw)
+
+
+def test_a_wrong_copies_claim_is_an_error():
+    q, k = _bank_with_copies((3, 5), 8, 1, 1, 3, 0, seed=1, tied=False)
+    kw = dict(n_ref=1, topk=2, temperature=0.1, backend="torch")
+    k[2, 4, 0] += 1e-6  # one feature of one copy differs
+    with pytest.raises(ValueError, match="frames 1 .. 3 are not copies of frame 0"):
+        topk_affinity(q, k, (3, 5), [1], [4], copies=(0, 1, 4), **kw)
+    with pytest.raises(ValueError, match="copies \\(0, 0, 2\\): need"):  # a reference frame is not a copy
+        topk_affinity(q, k, (3, 5), [1], [4], copies=(0, 0, 2), **kw)
+    with pytest.raises(ValueError, match="frame numbers"):
+        topk_affinity(q, k, (3, 5), [1], [4], copies=(0, 1), **kw)

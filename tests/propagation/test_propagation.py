@@ -249,6 +249,34 @@ def test_prefill_puts_n_copies_of_frame_0_in_the_queue():
     assert prop.state.n_queue == 0
 
 
+def test_prefilled_copies_are_scored_once_and_change_nothing():
+    """The queue's copies of frame 0 are scored once (the step tells the top-k op which frames they are) while they
+    last, through chunks of any size and a reference added among them: the same labels as scoring every copy."""
+    h, w, D = 5, 7, 16
+    feats = _video(12, h, w, D, seed=4)
+    cfg = get_preset("siammae-davis", topk=3, n_last=4, radius=2.5).propagation
+    mask = torch.zeros(h, w, dtype=torch.long)
+    mask[1:3, 2:5] = 3  # an object that appears at frame 4
+
+    def run(hinted: bool):
+        prop = Propagator(cfg, backend="torch")
+        prop.reset(feats[0], _ids(h, w))
+        out, left, i = [], [], 1
+        for size in (1, 3, 2, 4, 1):
+            if not hinted:
+                prop.state.n_copies = 0  # as if they were frames of their own
+            out += list(prop.step(torch.stack(feats[i : i + size])))
+            i += size
+            if i == 5:
+                out.append(prop.add_reference(mask))
+            left.append(prop.state.n_copies)
+        return out, left
+
+    (hinted, left), (plain, _) = run(True), run(False)
+    assert left == [4, 1, 0, 0, 0]  # 4 copies; a step of 3 pushes 3 out of the queue of n + 1 = 5, then the rest
+    assert len(hinted) == len(plain) == 12 and all(torch.equal(a, b) for a, b in zip(hinted, plain, strict=True))
+
+
 def test_misuse_is_reported():
     prop = Propagator("dino", backend="torch")
     with pytest.raises(InputError, match="reset"):
