@@ -420,12 +420,22 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
     addr = torch.where(live, row_addr[cand] + col, 0)
     vals = values[addr].masked_fill_(~live, float("-inf"))  # (T * B, kg * GROUP)
     ids = row_ids[cand]
-    # the specification's order: similarity down, then bank index up (a stable sort by similarity of the
-    # candidates in index order), so tied keys are chosen the same way whatever the tiling, chunk or threads
-    by_id = ids.argsort(dim=1)
-    v, sel = vals.gather(1, by_id).sort(dim=1, descending=True, stable=True)
-    k = min(topk, vals.shape[1])
-    return v[:, :k], ids.gather(1, by_id.gather(1, sel[:, :k]))
+    return _in_spec_order(vals, ids, min(topk, vals.shape[1]))
+
+
+def _in_spec_order(vals: torch.Tensor, ids: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of each row's candidates (T * B, n) in the specification's order: similarity down, then bank index
+    up, so that tied keys are chosen the same way whatever the tiling, chunk or threads. A row whose k + 1 best hold
+    no tie (the rule on a real video's features) is ordered by one ``topk``; the others by a stable sort by
+    similarity of the candidates in index order."""
+    v, sel = vals.topk(min(k + 1, vals.shape[1]), dim=1)
+    tied = ((v[:, 1:] == v[:, :-1]) & (v[:, 1:] > float("-inf"))).any(1).nonzero()[:, 0]
+    v, i = v[:, :k], ids.gather(1, sel[:, :k])
+    if tied.numel():
+        by_id = ids[tied].argsort(dim=1)
+        vt, st = vals[tied].gather(1, by_id).sort(dim=1, descending=True, stable=True)
+        v[tied], i[tied] = vt[:, :k], ids[tied].gather(1, by_id.gather(1, st[:, :k]))
+    return v, i
 
 
 def _groups_to_read(groups_max: torch.Tensor, topk: int) -> tuple[torch.Tensor, torch.Tensor]:
