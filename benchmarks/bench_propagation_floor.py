@@ -8,11 +8,12 @@ For each preset (its propagation constants: top-k, temperature, context, neighbo
   (query patch, key in reach) pair of its context (the reference frame and the last n, each with its own
   neighbourhood rule) plus ``2 k C`` for the label sum, at that sgemm rate;
 - achieved: ``Propagator.step`` on chunks of 8 frames (the tracker's chunk), per frame, after the context is full;
-- where the time goes: the same steps under ``torch.profiler``, self CPU time per operator, grouped (similarity
-  GEMM: ``bmm`` / ``mm``; top-k: ``topk`` / ``amax`` / ``sort``; radius masking: ``add_`` of the cached masks;
-  softmax: ``exp`` / ``div`` / ``sum`` / ``masked_fill`` / ``clamp_min``; gathers: ``index`` (labels, candidate
-  scores, the tile's queries); layout copies: ``copy_`` / ``cat`` / ``index_put_`` / ``fill_`` / ``clone``; the
-  rest: normalising the frame, indexing arithmetic, Python);
+- where the time goes: the same step under ``torch.profiler`` on one thread (the same work: the profiler sees only
+  the calling thread, and with n threads the tiles run in threads of their own), self CPU time per operator,
+  grouped (similarity GEMM: ``bmm`` / ``mm``; top-k: ``topk`` / ``amax`` / ``sort``; radius masking: ``add_`` of
+  the cached masks; softmax: ``exp`` / ``div`` / ``sum`` / ``masked_fill`` / ``clamp_min``; gathers: ``index``
+  (labels, candidate scores, the tile's queries); layout copies: ``copy_`` / ``cat`` / ``index_put_`` / ``fill_`` /
+  ``clone``; the rest: normalising the frame, indexing arithmetic, Python);
 - the GEMM work actually done over the floor's (keys outside the neighbourhood computed because they share a
   tile's GEMM), from the CPU path's plan;
 - with ``--encoder``: a random ViT-S/16 forward of one frame at the preset's input size, the same process and
@@ -122,8 +123,13 @@ def propagate_case(preset: str, grid, repeats: int) -> dict:
         t = time.process_time()
         prop.step(chunk)
         times.append((time.process_time() - t) / CHUNK)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        prop.step(chunk)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the profiler sees the calling thread only; with n threads the tiles run in others
+    try:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            prop.step(chunk)
+    finally:
+        torch.set_num_threads(threads)
     by_op = {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
     total = sum(by_op.values())
     stages = defaultdict(float)
