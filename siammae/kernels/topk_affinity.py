@@ -176,8 +176,8 @@ MAX_RUN = 128  # keys per GEMM: (Fg, 128, D) x (D, 64) runs at ~85 % of the sgem
 class _Run:
     """Contiguous keys of a banded frame that a query tile scores in one GEMM: positions off .. off+size-1.
 
-    keys: (size,) their raster indices. mask: (size, B) additive, 0 in reach of the tile's query and -inf out of
-    it, or None when every key is in reach of every query of the tile."""
+    keys: (size,) their raster indices. mask: (size, 1, B) additive, 0 in reach of the tile's query and -inf out of
+    it (the same for every query frame), or None when every key is in reach of every query of the tile."""
 
     off: int
     size: int
@@ -262,7 +262,7 @@ def _plan(h, w, shape, reach, d2_max, band, tile) -> tuple[_Tile, ...]:
                 else:
                     out = dy * dy + dx * dx > d2_max
                 out |= ~inside[:, None]
-                mask = torch.zeros(out.shape).masked_fill_(out, float("-inf")) if bool(out.any()) else None
+                mask = torch.zeros(out.shape).masked_fill_(out, float("-inf"))[:, None] if bool(out.any()) else None
                 runs.append(_Run(wide, keys.numel(), keys, mask))
             tiles.append(_Tile(queries, tuple(runs)))
     return tuple(tiles)
@@ -397,19 +397,22 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
         return torch.empty(TB, 0, device=dev), torch.empty(TB, 0, dtype=torch.int64, device=dev)
     values = scratch.take(lay.size)
     groups_max = torch.full((lay.groups, TB), float("-inf"), device=dev)
+    # the operands as strided views of the three buffers (one call each: this loop runs ~500 times a frame)
+    ks, qs, vs, ND = keys.storage_offset(), qt.storage_offset(), values.storage_offset(), N * D
     for f0, f1, t0, t1, run, off, rows, g, echoes in lay.pieces:
-        width, n = (t1 - t0) * B, (f1 - f0) * run.size
-        piece = values[off : off + rows * width].view(rows, width)
-        out = piece[:n].view(f1 - f0, run.size, width)
-        torch.bmm(keys[f0:f1, run.off : run.off + run.size], qt[:, t0 * B : t1 * B].expand(f1 - f0, D, width), out=out)
-        if run.mask is not None:
-            out.view(f1 - f0, run.size, t1 - t0, B).add_(run.mask[:, None])  # -inf out of reach
-        if rows > n:
-            piece[n:] = float("-inf")
+        Fg, L, width = f1 - f0, run.size, (t1 - t0) * B
+        out = values.as_strided((Fg, L, width), (L * width, width, 1), vs + off)
+        a = keys.as_strided((Fg, L, D), (ND, D, 1), ks + f0 * ND + run.off * D)
+        torch.bmm(a, qt.as_strided((Fg, D, width), (0, TB, 1), qs + t0 * B), out=out)
+        if run.mask is not None:  # -inf out of reach; the mask is (L, 1, B), the same for every query frame
+            values.as_strided((Fg, L, t1 - t0, B), (L * width, width, B, 1), vs + off).add_(run.mask)
+        if rows > Fg * L:
+            values.as_strided(((rows - Fg * L) * width,), (1,), vs + off + Fg * L * width).fill_(float("-inf"))
+        grouped = values.as_strided((rows // GROUP, GROUP, width), (GROUP * width, width, 1), vs + off)
         if g >= 0:
-            groups_max[g : g + rows // GROUP, t0 * B : t1 * B] = torch.amax(piece.view(-1, GROUP, width), 1)
+            torch.amax(grouped, 1, out=groups_max.as_strided((rows // GROUP, width), (TB, 1), g * TB + t0 * B))
             continue
-        maxima = torch.amax(piece.view(-1, GROUP, width), 1)  # a source frame: each copy's groups, its maxima
+        maxima = torch.amax(grouped, 1)  # a source frame: each copy's groups, its maxima
         for ge, e0, e1 in echoes:
             groups_max[ge : ge + rows // GROUP, e0 * B : e1 * B] = maxima[:, (e0 - t0) * B : (e1 - t0) * B]
     row_ids, row_addr, row_col0 = lay.row_ids, lay.row_addr, lay.row_col0
@@ -535,7 +538,7 @@ def topk_affinity_cpu(
     shape, reach, d2_max = neighbourhood_reach(radius, neighbourhood)
     dev = query.device
     query = query.float()
-    keys = keys.float() if banded else keys.float()[:, band_order(h, w, band).to(dev)]  # (F, N, D) banded
+    keys = (keys.float() if banded else keys.float()[:, band_order(h, w, band).to(dev)]).contiguous()  # (F, N, D)
     plan, whole = _plan_on(h, w, shape, reach, d2_max, band, tuple(tile), dev)
     out_k = topk
     if labels is not None and not raw:
