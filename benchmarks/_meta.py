@@ -27,6 +27,17 @@ RESULTS = ROOT / "benchmarks" / "results"
 OPTIONAL_LIBRARIES = (("PyAV", "av"), ("onnxruntime", "onnxruntime"), ("TensorRT", "tensorrt"))  # (label, key)
 
 
+def random_vits16(path: Path) -> Path:
+    """A random ViT-S/16 (seed 0) saved by ``torch.save`` at ``path``: a model file that needs no download, for the
+    benchmarks that time a run (the weights change no time)."""
+    from siammae.model.encoder import ViTEncoder
+    from siammae.model.registry import model_config
+
+    torch.manual_seed(0)
+    torch.save(ViTEncoder(model_config("vits16")).state_dict(), path)
+    return path
+
+
 def git_commit(root: Path = ROOT) -> str:
     """Commit hash of ``root``, with ``-dirty`` when tracked files outside ``benchmarks/results`` are modified;
     "unknown" outside git."""

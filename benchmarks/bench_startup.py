@@ -107,10 +107,7 @@ def _child(spawned: float, argv: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------- the parent
 def make_inputs(folder: Path, frames: int) -> dict[str, Path]:
     """``frames`` frames and the first mask of the fixture sequence, and a random ViT-S/16 saved by torch.save."""
-    import torch
-
-    from siammae.model.encoder import ViTEncoder
-    from siammae.model.registry import model_config
+    from benchmarks._meta import random_vits16
 
     seq = sorted((FIXTURE / "JPEGImages" / "480p").iterdir())[0]
     out = folder / "frames"
@@ -119,9 +116,7 @@ def make_inputs(folder: Path, frames: int) -> dict[str, Path]:
         shutil.copy(f, out / f.name)
     mask = folder / "mask.png"
     shutil.copy(FIXTURE / "Annotations" / "480p" / seq.name / "00000.png", mask)
-    torch.manual_seed(0)
-    ckpt = folder / "vits16.pth"
-    torch.save(ViTEncoder(model_config("vits16")).state_dict(), ckpt)
+    ckpt = random_vits16(folder / "vits16.pth")
     (folder / "torch-home").mkdir()
     return {"frames": out, "mask": mask, "ckpt": ckpt, "torch_home": folder / "torch-home"}
 

@@ -25,18 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._meta import environment, environment_markdown, write_results  # noqa: E402
+from benchmarks._meta import environment, environment_markdown, random_vits16, write_results  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "davis2016"
-
-
-def random_vits16(path: Path) -> Path:
-    from siammae.model.encoder import ViTEncoder
-    from siammae.model.registry import model_config
-
-    torch.manual_seed(0)
-    torch.save(ViTEncoder(model_config("vits16")).state_dict(), path)
-    return path
 
 
 def run_case(sequence: str, preset: str, ckpt: Path, work: Path, data: Path) -> dict:

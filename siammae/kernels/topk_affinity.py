@@ -326,7 +326,8 @@ class _Layout:
     (``size``), the groups (a whole number of super-groups) and, per row of a group, its flat bank index (-1 for
     padding), where its scores start and the query column of the first. A piece of copies (:func:`_frame_blocks`)
     is one frame, its source, scored once for every query frame that reads a copy: it has no groups of its own
-    (first group -1) but ``echoes`` (first group, t0, t1), one per copy and run, whose rows point at its scores."""
+    (first group -1) but ``echoes`` (first group, copy's frame, t0, t1), one per copy and run, whose rows point at its
+    scores."""
 
     pieces: tuple
     size: int
@@ -351,25 +352,25 @@ def _layout(blocks: tuple, tile: _Tile, whole: tuple, N: int, B: int, dev: torch
             pieces.append((f0, f1, t0, t1, run, offset, rows, groups, ()))
             offset += rows * (t1 - t0) * B
             groups += rows // GROUP
-    copies = []  # (f, t0, t1, run, offset, rows, first group) of each echo
     for (src, restricted), (tc0, tc1) in sources.items():
         for run in tile.runs if restricted else whole:
             rows = -(-run.size // GROUP) * GROUP
             echoes = []
             for f0, f1, r, t0, t1, s in blocks:
-                if (s, r) == (src, restricted):
-                    for f in range(f0, f1):
-                        echoes.append((groups, t0, t1))
-                        copies.append((f, tc0, tc1, run, offset, rows, groups))
-                        groups += rows // GROUP
+                for f in range(f0, f1) if (s, r) == (src, restricted) else ():
+                    echoes.append((groups, f, t0, t1))
+                    groups += rows // GROUP
             pieces.append((src, src + 1, tc0, tc1, run, offset, rows, -1, tuple(echoes)))
             offset += rows * (tc1 - tc0) * B
     groups = -(-groups // SUPER) * SUPER  # whole super-groups; the last groups may be -inf padding
     row_ids = torch.full((groups * GROUP,), -1, dtype=torch.int64, device=dev)
     row_addr = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
     row_col0 = torch.zeros(groups * GROUP, dtype=torch.int64, device=dev)
-    rows_of = [(f0, f1, t0, t1, run, off, rows, g) for f0, f1, t0, t1, run, off, rows, g, _ in pieces if g >= 0]
-    for f0, f1, t0, t1, run, off, rows, g in rows_of + [(f, f + 1, *rest) for f, *rest in copies]:
+    # the rows of each group: a piece's own, or a copy's, which are its source's scores under the copy's bank indices
+    owners = [(f0, f1, t0, t1, run, off, rows, g) for f0, f1, t0, t1, run, off, rows, g, _ in pieces if g >= 0]
+    owners += [(f, f + 1, t0, t1, run, off, rows, ge) for _, _, t0, t1, run, off, rows, _, echoes in pieces
+               for ge, f, _, _ in echoes]  # fmt: skip
+    for f0, f1, t0, t1, run, off, rows, g in owners:
         r0, n, width = g * GROUP, (f1 - f0) * run.size, (t1 - t0) * B
         frames = torch.arange(f0, f1, device=dev)[:, None] * N  # (Fg, 1)
         row_ids[r0 : r0 + n] = (frames + run.keys[None]).reshape(-1)
@@ -413,7 +414,7 @@ def _tile_topk(qt, keys, blocks, tile, whole, topk, N, B, scratch):
             torch.amax(grouped, 1, out=groups_max.as_strided((rows // GROUP, width), (TB, 1), g * TB + t0 * B))
             continue
         maxima = torch.amax(grouped, 1)  # a source frame: each copy's groups, its maxima
-        for ge, e0, e1 in echoes:
+        for ge, _, e0, e1 in echoes:
             groups_max[ge : ge + rows // GROUP, e0 * B : e1 * B] = maxima[:, (e0 - t0) * B : (e1 - t0) * B]
     row_ids, row_addr, row_col0 = lay.row_ids, lay.row_addr, lay.row_col0
     best, top_g = _groups_to_read(groups_max, topk)  # (T * B, kg) each query's groups that can hold its top-k
